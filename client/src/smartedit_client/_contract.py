@@ -1,0 +1,41 @@
+"""The wire contract of the ``inpaint`` ensemble (DESIGN §2), declared once.
+
+The client builds requests from it; the server side generates the ensemble config and validates
+requests from it. Tensor names follow diffusers' argument names. Every tensor holds one element:
+the ensemble has ``max_batch_size: 0`` and each tensor has shape ``[1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODEL_NAME = "inpaint"
+
+
+@dataclass(frozen=True)
+class WireTensor:
+    name: str
+    datatype: str  # the KServe v2 / Triton datatype name: "BYTES", "INT32", "INT64", "FP32"
+    required: bool
+    meaning: str
+
+
+IMAGE = WireTensor("image", "BYTES", True, "encoded PNG / JPEG / WebP")
+MASK_IMAGE = WireTensor("mask_image", "BYTES", True, "encoded image; white (>=128) = repaint, black = keep")
+PROMPT = WireTensor("prompt", "BYTES", True, "UTF-8 text (may be empty)")
+NEGATIVE_PROMPT = WireTensor("negative_prompt", "BYTES", False, 'default ""')
+NUM_INFERENCE_STEPS = WireTensor("num_inference_steps", "INT32", False, "default from the model's config")
+GUIDANCE_SCALE = WireTensor("guidance_scale", "FP32", False, "default 7.5")
+STRENGTH = WireTensor("strength", "FP32", False, "default 1.0")
+SEED = WireTensor("seed", "INT64", False, "random when absent")
+SCHEDULER = WireTensor("scheduler", "BYTES", False, "ddim (default), euler, ...")
+
+EDITED_IMAGE = WireTensor("edited_image", "BYTES", True, "PNG, same size as image")
+SEED_USED = WireTensor("seed_used", "INT64", True, "the seed actually used")
+
+INPUTS: tuple[WireTensor, ...] = (
+    IMAGE, MASK_IMAGE, PROMPT, NEGATIVE_PROMPT, NUM_INFERENCE_STEPS, GUIDANCE_SCALE, STRENGTH, SEED, SCHEDULER,
+)
+OUTPUTS: tuple[WireTensor, ...] = (EDITED_IMAGE, SEED_USED)
+
+TENSOR_SHAPE = (1,)

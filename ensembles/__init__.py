@@ -1,0 +1,1 @@
+"""Ensemble definitions (``smartedit.ensembles``): the wiring of the served pipelines."""

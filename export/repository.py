@@ -1,0 +1,139 @@
+"""Write a complete Triton model repository for one runtime profile.
+
+    <out>/text_encoder|unet|vae_encoder|vae_decoder/   config.pbtxt, 1/model.onnx (+ 1/model.py on onnx-cpu)
+                                                       or 1/model.plan (tensorrt)
+    <out>/preprocess/   config.pbtxt, 1/model.py, 1/pipeline.json, 1/tokenizer/
+    <out>/scheduler/    config.pbtxt, 1/model.py, 1/pipeline.json, 1/scheduler_config.json
+    <out>/postprocess/  config.pbtxt, 1/model.py
+    <out>/inpaint/      config.pbtxt, 1/            (the ensemble)
+
+The repository is built in a sibling folder and moved into place at the end, so a failed export
+never leaves a half-written repository where a server would load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smartedit import steps
+from smartedit.ensembles.inpaint import inpaint_ensemble_config
+from smartedit.settings import PreprocessSettings
+from smartedit.spec import COMPONENTS, PipelineInfo
+from smartedit.triton_config import (
+    ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, TENSORRT, BatchingSettings, component_config, step_config, to_pbtxt,
+)
+from smartedit.export import onnx_export, tensorrt, verify
+
+log = logging.getLogger(__name__)
+
+# The Python models' sources: model_repository/ at the project root, next to this package's folder.
+SOURCES = Path(__file__).resolve().parent.parent / "model_repository"
+ONNX_CPU_HOST = SOURCES / "onnx_cpu_component" / "model.py"
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    profile: str = ONNX_CPU
+    precision: str = onnx_export.FP32_PRECISION
+    # The UNet sees two rows per request under guidance, so it gets the larger batch.
+    batching: dict[str, BatchingSettings] = field(default_factory=lambda: {
+        "text_encoder": BatchingSettings(max_batch_size=8),
+        "vae_encoder": BatchingSettings(max_batch_size=4),
+        "unet": BatchingSettings(max_batch_size=8),
+        "vae_decoder": BatchingSettings(max_batch_size=4),
+    })
+    # Loop instances: each runs one edit at a time, so this many edits denoise concurrently and
+    # their UNet calls can meet in the UNet's dynamic batcher.
+    scheduler_instances: int = 2
+    preprocess: PreprocessSettings = PreprocessSettings()
+    tensorrt_accelerator: bool = False  # onnx-gpu: let ONNX Runtime use its TensorRT EP
+    engine_sides: tuple[int, int, int] = (256, 512, 1024)  # tensorrt: min / opt / max image side
+    verify: bool = True
+
+    def __post_init__(self):
+        if self.profile not in RUNTIME_PROFILES:
+            raise ValueError(f"unknown runtime profile {self.profile!r}; choose one of {', '.join(RUNTIME_PROFILES)}")
+        if self.profile == ONNX_CPU and self.precision == onnx_export.FP16_PRECISION:
+            raise ValueError("fp16 is for the GPU profiles (onnx-gpu, tensorrt); ONNX Runtime on CPU runs fp32")
+        if self.scheduler_instances < 1:
+            raise ValueError(f"scheduler_instances must be >= 1, got {self.scheduler_instances}")
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _write_components(pipeline, info: PipelineInfo, out: Path, options: RepositoryOptions, onnx_dir: Path) -> None:
+    # TensorRT engines are built in FP16 from FP32 graphs; the ONNX profiles serve the graph itself.
+    precision = onnx_export.FP32_PRECISION if options.profile == TENSORRT else options.precision
+    graphs_dir = onnx_dir if options.profile == TENSORRT else out
+    for spec in COMPONENTS:
+        version_dir = graphs_dir / spec.name / VERSION
+        onnx_path = onnx_export.export_component(pipeline, spec, info, version_dir)
+        if precision == onnx_export.FP16_PRECISION:
+            onnx_export.convert_to_fp16(onnx_path)
+        if options.verify:
+            for result in verify.verify(pipeline, spec, onnx_path, info, precision):
+                log.info("%s matches PyTorch at batch %d, %dx%d: max error %.2g", spec.name, *result.shape,
+                         result.max_abs_error)
+        batching = options.batching[spec.name]
+        if options.profile == TENSORRT:
+            sides = tensorrt.Range(*options.engine_sides)
+            profile = tensorrt.EngineProfile(batch=tensorrt.Range(1, min(2, batching.max_batch_size),
+                                                                  batching.max_batch_size),
+                                             height=sides, width=sides)
+            tensorrt.build_engine(onnx_path, out / spec.name / VERSION / tensorrt.PLAN_FILENAME, spec, info, profile)
+        if options.profile == ONNX_CPU:
+            shutil.copy(ONNX_CPU_HOST, out / spec.name / VERSION / "model.py")
+        config = component_config(spec, info, options.profile, batching,
+                                  tensorrt_accelerator=options.tensorrt_accelerator)
+        _write(out / spec.name / "config.pbtxt", to_pbtxt(config))
+
+
+def _write_steps(pipeline, info: PipelineInfo, out: Path, options: RepositoryOptions) -> None:
+    preprocess_settings = {k: str(v) for k, v in vars(options.preprocess).items()}
+    configs = {
+        steps.PREPROCESS: step_config(steps.PREPROCESS, steps.PREPROCESS_INPUTS, steps.PREPROCESS_OUTPUTS,
+                                      parameters=preprocess_settings),
+        steps.SCHEDULER: step_config(steps.SCHEDULER, steps.SCHEDULER_INPUTS, steps.SCHEDULER_OUTPUTS,
+                                     instance_count=options.scheduler_instances),
+        steps.POSTPROCESS: step_config(steps.POSTPROCESS, steps.POSTPROCESS_INPUTS, steps.POSTPROCESS_OUTPUTS),
+    }
+    for name, config in configs.items():
+        version_dir = out / name / VERSION
+        version_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SOURCES / name / VERSION / "model.py", version_dir / "model.py")
+        _write(out / name / "config.pbtxt", to_pbtxt(config))
+    for name in (steps.PREPROCESS, steps.SCHEDULER):
+        _write(out / name / VERSION / "pipeline.json", info.to_json())
+    pipeline.tokenizer.save_pretrained(out / steps.PREPROCESS / VERSION / "tokenizer")
+    _write(out / steps.SCHEDULER / VERSION / "scheduler_config.json",
+           json.dumps(dict(pipeline.scheduler.config), indent=2, sort_keys=True, default=list))
+    ensemble = inpaint_ensemble_config()
+    (out / ensemble.name / VERSION).mkdir(parents=True, exist_ok=True)
+    _write(out / ensemble.name / "config.pbtxt", to_pbtxt(ensemble))
+
+
+def build_repository(pipeline, out: Path, options: RepositoryOptions = RepositoryOptions(),
+                     onnx_dir: Path | None = None) -> Path:
+    """Export ``pipeline`` and write the model repository for ``options.profile`` at ``out``."""
+    out = Path(out)
+    info = PipelineInfo.from_pipeline(pipeline)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _write_components(pipeline, info, staging, options, Path(onnx_dir or out.with_name(out.name + "-onnx")))
+        _write_steps(pipeline, info, staging, options)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    log.info("wrote the %s model repository to %s", options.profile, out)
+    return out

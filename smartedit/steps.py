@@ -1,0 +1,66 @@
+"""The tensors of the Python step models (preprocess, scheduler, postprocess), declared once.
+
+The step models read their tensor names from here and the config generator writes their configs
+from here. Step models have ``max_batch_size: 0`` (one request is one edit), so dims are full
+shapes with -1 for the axes that vary per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smartedit_client import _contract as wire
+
+PREPROCESS, SCHEDULER, POSTPROCESS = "preprocess", "scheduler", "postprocess"
+
+
+@dataclass(frozen=True)
+class StepTensor:
+    name: str
+    datatype: str  # Triton datatype name, as in the wire contract: "FP32", "INT64", "BYTES", ...
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+def wire_input(tensor: wire.WireTensor) -> StepTensor:
+    return StepTensor(tensor.name, tensor.datatype, wire.TENSOR_SHAPE, optional=not tensor.required)
+
+
+# Outputs of preprocess. The request's parameters come out resolved (defaults applied, seed drawn)
+# under their own names, because an ensemble tensor name can be produced only once.
+INPUT_IDS = StepTensor("input_ids", "INT64", (2, -1))  # row 0: negative prompt, row 1: prompt
+MASKED_IMAGE = StepTensor("masked_image", "FP32", (1, 3, -1, -1))  # in [-1, 1], 0 where repainted
+INIT_IMAGE = StepTensor("init_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]; encoded when strength < 1
+LATENT_MASK = StepTensor("latent_mask", "FP32", (1, 1, -1, -1))  # 1 = repaint, at latent resolution
+ORIGINAL_IMAGE = StepTensor("original_image", "UINT8", (-1, -1, 3))  # as sent, RGB, for the paste-back
+REPAINT_MASK = StepTensor("repaint_mask", "BOOL", (-1, -1))  # as sent, binarised, for the paste-back
+STEPS = StepTensor("resolved_num_inference_steps", "INT32", (1,))
+GUIDANCE = StepTensor("resolved_guidance_scale", "FP32", (1,))
+STRENGTH = StepTensor("resolved_strength", "FP32", (1,))
+SAMPLER = StepTensor("resolved_scheduler", "BYTES", (1,))
+SEED_USED = StepTensor(wire.SEED_USED.name, wire.SEED_USED.datatype, wire.TENSOR_SHAPE)
+
+PREPROCESS_INPUTS = tuple(wire_input(t) for t in wire.INPUTS)
+PREPROCESS_OUTPUTS = (
+    INPUT_IDS, MASKED_IMAGE, INIT_IMAGE, LATENT_MASK, ORIGINAL_IMAGE, REPAINT_MASK,
+    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED,
+)
+
+# The loop's inputs: what preprocess resolved, the prompt embeddings and the masked image's latent
+# distribution from the ensemble's component steps.
+PROMPT_EMBEDS = StepTensor("prompt_embeds", "FP32", (2, -1, -1))
+MASKED_IMAGE_MEAN = StepTensor("masked_image_latent_mean", "FP32", (1, -1, -1, -1))
+MASKED_IMAGE_STD = StepTensor("masked_image_latent_std", "FP32", (1, -1, -1, -1))
+LATENTS = StepTensor("latents", "FP32", (1, -1, -1, -1))  # denoised, divided by the VAE scaling factor
+
+SCHEDULER_INPUTS = (
+    PROMPT_EMBEDS, MASKED_IMAGE_MEAN, MASKED_IMAGE_STD, LATENT_MASK, INIT_IMAGE,
+    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED,
+)
+SCHEDULER_OUTPUTS = (LATENTS,)
+
+DECODED_IMAGE = StepTensor("decoded_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]
+EDITED_IMAGE = StepTensor(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wire.TENSOR_SHAPE)
+
+POSTPROCESS_INPUTS = (DECODED_IMAGE, ORIGINAL_IMAGE, REPAINT_MASK)
+POSTPROCESS_OUTPUTS = (EDITED_IMAGE,)

@@ -1,0 +1,127 @@
+"""The embedded default model: a tiny, seeded, randomly initialised SD inpainting pipeline.
+
+It is an ordinary diffusers folder (``StableDiffusionInpaintPipeline.from_pretrained`` loads it)
+built entirely from configs, so nothing is downloaded. It edits nothing meaningfully, but it runs
+every byte of the real path: export, Triton, the ensemble, the loop and the client. The shapes
+follow diffusers' own fast inpainting tests (9-channel UNet, two-level VAE, 5-layer CLIP).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Tokens of a byte-level CLIP BPE with no merges: every one of the 256 byte symbols, alone and as
+# a word ending ("</w>"), plus the two specials. CLIPTokenizer then splits text into characters,
+# which is all a random text encoder needs.
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+TEXT_MAX_LENGTH = 77
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins for bytes that CLIP's byte-level BPE uses (as in GPT-2)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    symbols, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return [symbols[b] for b in range(256)]
+
+
+def write_tokenizer(folder: Path) -> None:
+    """Write a CLIPTokenizer (vocab.json, merges.txt, configs) to ``folder``."""
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    vocab_list = symbols + [s + "</w>" for s in symbols] + [_BOS, _EOS]
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = CLIPTokenizer(
+        vocab={token: index for index, token in enumerate(vocab_list)},
+        merges=[],
+        model_max_length=TEXT_MAX_LENGTH,
+        pad_token=_EOS,
+    )
+    tokenizer.save_pretrained(folder)
+
+
+def build_tiny_pipeline(seed: int = 0):
+    """Build the tiny inpainting pipeline in memory; the same seed gives identical weights."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=9,  # latents 4 + mask 1 + masked-image latents 4: the SD inpainting layout
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=128,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=514,
+            max_position_embeddings=TEXT_MAX_LENGTH,
+        )
+    )
+    # Stable Diffusion's own noise schedule, so the samplers behave as they do on real weights.
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return unet, vae, text_encoder, scheduler
+
+
+def write_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
+    """Write the tiny pipeline as a diffusers folder and return the folder."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    tokenizer_dir = folder / "tokenizer"
+    write_tokenizer(tokenizer_dir)
+    unet, vae, text_encoder, scheduler = build_tiny_pipeline(seed)
+    pipeline = StableDiffusionInpaintPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder)
+    return folder
