@@ -45,8 +45,11 @@ def ensemble_steps() -> list[tuple[str, dict[str, str], dict[str, str]]]:
 def inpaint_ensemble_config() -> mc.ModelConfig:
     config = mc.ModelConfig(name=wire.MODEL_NAME, platform="ensemble", max_batch_size=0)
     for tensor in wire.INPUTS:
+        # Every input is optional to Triton: its ensemble scheduler does not reject a request that
+        # lacks a required input, it stalls ("unexpected deadlock"). Preprocess rejects it instead,
+        # with INVALID_ARG naming the missing field, which is what the contract promises.
         entry = config.input.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(wire.TENSOR_SHAPE))
-        entry.optional = not tensor.required
+        entry.optional = True
     for tensor in wire.OUTPUTS:
         config.output.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(wire.TENSOR_SHAPE))
     for model_name, input_map, output_map in ensemble_steps():

@@ -23,7 +23,10 @@ class StepTensor:
 
 
 def wire_input(tensor: wire.WireTensor) -> StepTensor:
-    return StepTensor(tensor.name, tensor.datatype, wire.TENSOR_SHAPE, optional=not tensor.required)
+    # Optional even where the wire contract requires the tensor: Triton 2.51's ensemble does not
+    # check required inputs itself (a missing one ends in "unexpected deadlock"), so preprocess
+    # must run and reject the request with a message naming the missing field.
+    return StepTensor(tensor.name, tensor.datatype, wire.TENSOR_SHAPE, optional=True)
 
 
 # Outputs of preprocess. The request's parameters come out resolved (defaults applied, seed drawn)

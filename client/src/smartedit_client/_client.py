@@ -1,0 +1,163 @@
+"""``InpaintClient``: one typed call per edit over gRPC (KServe v2 protocol, tritonclient)."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from typing import Union
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from smartedit_client import _contract as wire
+from smartedit_client._errors import InvalidRequestError, from_triton
+from smartedit_client._result import InpaintResult
+
+ImageLike = Union[bytes, str, os.PathLike, Image.Image]
+
+DEFAULT_URL = "127.0.0.1:8001"
+DEFAULT_TIMEOUT_S = 300.0
+_NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+
+
+def _encoded(field: str, value: ImageLike) -> bytes:
+    """Encoded image bytes from bytes (sent as they are), a file path, or a PIL image (as PNG)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, Image.Image):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return buffer.getvalue()
+    if isinstance(value, (str, os.PathLike)):
+        try:
+            with open(value, "rb") as handle:
+                return handle.read()
+        except OSError as error:
+            raise InvalidRequestError(f"{field}: cannot read {os.fspath(value)!r}: {error.strerror}") from None
+    raise InvalidRequestError(f"{field}: expected bytes, a path or a PIL image, got {type(value).__name__}")
+
+
+def _tensor(spec: wire.WireTensor, value) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(spec.name, list(wire.TENSOR_SHAPE), spec.datatype)
+    if spec.datatype == "BYTES" and isinstance(value, str):
+        value = value.encode("utf-8")
+    tensor.set_data_from_numpy(np.array([value], dtype=_NUMPY[spec.datatype]))
+    return tensor
+
+
+class InpaintClient:
+    """A client of the ``inpaint`` ensemble. Use it as a context manager, or call ``close()``.
+
+    One client may be shared by threads: each call is independent.
+
+    Args:
+        url: the server's gRPC address, ``host:port``.
+        timeout_s: default per-call timeout in seconds; each call may override it.
+        model_name: the served ensemble's name.
+        ssl: use TLS (for an Ingress that terminates gRPC over TLS).
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 model_name: str = wire.MODEL_NAME, ssl: bool = False):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.url = url
+        self.timeout_s = timeout_s
+        self.model_name = model_name
+        self._client = grpcclient.InferenceServerClient(url=url, ssl=ssl)
+
+    def __enter__(self) -> "InpaintClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the gRPC channel. Calling it twice is harmless."""
+        self._client.close()
+
+    def is_ready(self) -> bool:
+        """Whether the server is up and the model is ready to serve.
+
+        Raises:
+            SmartEditError: never for an unreachable server (that is ``False``).
+        """
+        try:
+            return bool(self._client.is_server_ready() and self._client.is_model_ready(self.model_name))
+        except InferenceServerException:
+            return False
+
+    def inpaint(
+        self,
+        *,
+        image: ImageLike,
+        mask_image: ImageLike,
+        prompt: str,
+        negative_prompt: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        strength: float | None = None,
+        seed: int | None = None,
+        scheduler: str | None = None,
+        timeout_s: float | None = None,
+    ) -> InpaintResult:
+        """Repaint the white part of ``mask_image`` in ``image`` as ``prompt`` describes.
+
+        Arguments left as None take the server's defaults (DESIGN §2); ``seed=None`` lets the server
+        draw one, returned as ``seed_used``.
+
+        Args:
+            image: the image to edit: encoded bytes (PNG, JPEG, WebP), a file path or a PIL image.
+            mask_image: same size as ``image``; white (>= 128) is repainted, black is kept.
+            prompt: what to paint in the masked region (may be empty).
+            negative_prompt: what to steer away from.
+            num_inference_steps: denoising steps.
+            guidance_scale: classifier-free guidance scale; <= 1 disables guidance.
+            strength: in (0, 1]; below 1 starts from the noised image instead of pure noise.
+            seed: makes the result reproducible.
+            scheduler: the sampler, e.g. ``"ddim"`` or ``"euler"``.
+            timeout_s: this call's timeout, overriding the client's.
+
+        Returns:
+            InpaintResult: the edited image, its PNG bytes, the seed used and the elapsed time.
+
+        Raises:
+            InvalidRequestError: a field is invalid (the message names it), locally or on the server.
+            RequestTimeoutError: the call took longer than its timeout.
+            ServerUnavailableError: the server is unreachable.
+            SmartEditError: any other failure, as a subclass named by the gRPC status.
+        """
+        values = {
+            wire.IMAGE: _encoded("image", image),
+            wire.MASK_IMAGE: _encoded("mask_image", mask_image),
+            wire.PROMPT: prompt,
+            wire.NEGATIVE_PROMPT: negative_prompt,
+            wire.NUM_INFERENCE_STEPS: num_inference_steps,
+            wire.GUIDANCE_SCALE: guidance_scale,
+            wire.STRENGTH: strength,
+            wire.SEED: seed,
+            wire.SCHEDULER: scheduler,
+        }
+        missing = [spec.name for spec, value in values.items() if spec.required and value is None]
+        if missing:
+            raise InvalidRequestError(f"{missing[0]}: is required")
+        try:
+            inputs = [_tensor(spec, value) for spec, value in values.items() if value is not None]
+        except (OverflowError, ValueError, TypeError) as error:
+            raise InvalidRequestError(f"could not encode the request: {error}") from None
+        outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
+        started = time.perf_counter()
+        try:
+            response = self._client.infer(self.model_name, inputs, outputs=outputs,
+                                          client_timeout=timeout_s or self.timeout_s)
+        except InferenceServerException as error:
+            raise from_triton(error) from None
+        elapsed = time.perf_counter() - started
+        png = response.as_numpy(wire.EDITED_IMAGE.name).reshape(-1)[0]
+        seed_used = int(response.as_numpy(wire.SEED_USED.name).reshape(-1)[0])
+        edited = Image.open(io.BytesIO(png))
+        edited.load()
+        return InpaintResult(image=edited, png=bytes(png), seed_used=seed_used, elapsed_s=elapsed)

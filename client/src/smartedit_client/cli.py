@@ -1,0 +1,48 @@
+"""``smartedit-edit``: send one edit to a running server and write the PNG."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from smartedit_client._client import DEFAULT_TIMEOUT_S, DEFAULT_URL, InpaintClient
+from smartedit_client._errors import SmartEditError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smartedit-edit", description="Inpaint the white part of --mask in --image.")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"server gRPC address (default {DEFAULT_URL})")
+    p.add_argument("--image", required=True, help="image to edit (PNG, JPEG or WebP)")
+    p.add_argument("--mask", required=True, help="mask, same size: white = repaint, black = keep")
+    p.add_argument("--prompt", required=True, help="what to paint in the masked region")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--steps", dest="num_inference_steps", type=int, default=None, help="denoising steps")
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--strength", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="for a reproducible result")
+    p.add_argument("--scheduler", default=None, help="sampler: ddim (default), euler, ...")
+    p.add_argument("--timeout", dest="timeout_s", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
+    p.add_argument("--out", required=True, help="where to write the edited PNG")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        with InpaintClient(args.url, timeout_s=args.timeout_s) as client:
+            result = client.inpaint(
+                image=args.image, mask_image=args.mask, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                strength=args.strength, seed=args.seed, scheduler=args.scheduler,
+            )
+    except SmartEditError as error:
+        print(f"smartedit-edit: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    result.save(args.out)
+    print(f"wrote {args.out} ({result.image.size[0]}x{result.image.size[1]}, seed {result.seed_used}, "
+          f"{result.elapsed_s:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

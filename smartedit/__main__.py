@@ -1,0 +1,179 @@
+"""``smartedit``: build the default model, export, serve, and run the end-to-end demo.
+
+    smartedit tiny-model  [--out build/tiny-model]
+    smartedit export      [--model <folder|hub id>] [--out build/model_repository] [--profile onnx-cpu]
+    smartedit serve       [--model-repository build/model_repository] [--host 127.0.0.1] [--grpc-port 8001]
+    smartedit demo        [--model <folder|hub id>] [--out out/demo.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+from smartedit.server import LOOPBACK, ServerAddress, ServerFailed, TritonServer
+
+log = logging.getLogger("smartedit")
+
+BUILD = Path("build")
+DEFAULT_TINY_MODEL = BUILD / "tiny-model"
+DEFAULT_REPOSITORY = BUILD / "model_repository"
+
+
+def _model_source(model: str | None) -> str:
+    """The model to export: the one given, or the embedded tiny model (built on first use)."""
+    if model:
+        return model
+    from smartedit.tiny_model import write_tiny_pipeline
+
+    if not (DEFAULT_TINY_MODEL / "model_index.json").exists():
+        log.info("no --model given: building the embedded tiny model at %s", DEFAULT_TINY_MODEL)
+        write_tiny_pipeline(DEFAULT_TINY_MODEL)
+    return str(DEFAULT_TINY_MODEL)
+
+
+def cmd_tiny_model(args) -> int:
+    from smartedit.tiny_model import write_tiny_pipeline
+
+    print(write_tiny_pipeline(Path(args.out), seed=args.seed))
+    return 0
+
+
+def export_repository(args, out: Path) -> Path:
+    """Export ``args.model`` (or the embedded default) into a model repository at ``out``."""
+    from smartedit.export.pipeline_loader import load_pipeline
+    from smartedit.export.repository import RepositoryOptions, build_repository
+    from smartedit.settings import PreprocessSettings
+
+    options = RepositoryOptions(
+        profile=args.profile,
+        precision=args.precision,
+        scheduler_instances=args.scheduler_instances,
+        preprocess=PreprocessSettings(default_num_inference_steps=args.default_steps),
+        tensorrt_accelerator=args.onnx_tensorrt_ep,
+        verify=not args.no_verify,
+    )
+    source = _model_source(args.model)
+    log.info("loading %s", source)
+    return build_repository(load_pipeline(source), out, options,
+                            onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
+
+
+def cmd_export(args) -> int:
+    print(export_repository(args, Path(args.out)))
+    return 0
+
+
+def _address(args) -> ServerAddress:
+    return ServerAddress(host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
+                         metrics_port=args.metrics_port)
+
+
+def cmd_serve(args) -> int:
+    server = TritonServer(Path(args.model_repository), _address(args), log_file=args.log_file,
+                          log_verbose=args.log_verbose)
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        log.info("%s received: stopping tritonserver (in-flight requests finish first)",
+                 signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    server.start()
+    try:
+        server.wait_until_ready(args.ready_timeout)
+        address = server.address
+        print(f"SmartEdit is serving {args.model_repository}: gRPC {address.grpc}, HTTP {address.http}, "
+              f"metrics http://{address.host}:{address.metrics_port}/metrics. Ctrl-C stops it.", flush=True)
+        while not stop.is_set():
+            if server.process.poll() is not None:
+                raise ServerFailed(f"tritonserver exited with code {server.process.returncode}")
+            stop.wait(1.0)
+    finally:
+        code = server.stop()
+    log.info("tritonserver stopped (exit code %s)", code)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from smartedit.demo import run_demo
+
+    path = run_demo(args)
+    print(path)
+    return 0
+
+
+def _add_server_arguments(p: argparse.ArgumentParser, grpc: int, http: int, metrics: int) -> None:
+    p.add_argument("--host", default=LOOPBACK, help="address to bind (default loopback only; 0.0.0.0 for all)")
+    p.add_argument("--grpc-port", type=int, default=grpc)
+    p.add_argument("--http-port", type=int, default=http)
+    p.add_argument("--metrics-port", type=int, default=metrics)
+    p.add_argument("--log-file", type=Path, default=None, help="write tritonserver's log here (default: stdout)")
+    p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the models to load")
+
+
+def _add_export_arguments(p: argparse.ArgumentParser) -> None:
+    from smartedit.triton_config import RUNTIME_PROFILES
+
+    p.add_argument("--model", default=None,
+                   help="diffusers inpainting folder or hub id (default: the embedded tiny model)")
+    p.add_argument("--profile", choices=RUNTIME_PROFILES, default="onnx-cpu", help="runtime profile")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="ONNX graph precision; fp16 is for the onnx-gpu profile (tensorrt is always FP16)")
+    p.add_argument("--default-steps", type=int, default=50, help="num_inference_steps when a request sends none")
+    p.add_argument("--scheduler-instances", type=int, default=2, help="denoising loops that run at once")
+    p.add_argument("--onnx-tensorrt-ep", action="store_true", help="onnx-gpu: enable ONNX Runtime's TensorRT EP")
+    p.add_argument("--onnx-dir", default=None, help="tensorrt: where the intermediate ONNX graphs go")
+    p.add_argument("--no-verify", action="store_true", help="skip checking each graph against PyTorch")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smartedit", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    tiny = sub.add_parser("tiny-model", help="write the embedded tiny inpainting pipeline (diffusers folder)")
+    tiny.add_argument("--out", default=str(DEFAULT_TINY_MODEL))
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_model)
+
+    export = sub.add_parser("export", help="export a pipeline into a Triton model repository")
+    _add_export_arguments(export)
+    export.add_argument("--out", default=str(DEFAULT_REPOSITORY))
+    export.set_defaults(func=cmd_export)
+
+    serve = sub.add_parser("serve", help="run tritonserver on a model repository until Ctrl-C / SIGTERM")
+    serve.add_argument("--model-repository", default=str(DEFAULT_REPOSITORY))
+    _add_server_arguments(serve, 8001, 8000, 8002)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="export, serve, send one edit through the SDK, write the PNG")
+    _add_export_arguments(demo)
+    demo.add_argument("--repository", default=str(DEFAULT_REPOSITORY))
+    demo.add_argument("--out", default="out/demo.png")
+    demo.add_argument("--steps", type=int, default=20)
+    _add_server_arguments(demo, 8001, 8000, 8002)
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ServerFailed as error:
+        print(f"smartedit: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

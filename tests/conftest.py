@@ -1,0 +1,77 @@
+"""Shared fixtures: the tiny model, its model repository, and a real tritonserver serving it.
+
+Built once per session; the functional tests under ``tests/functional`` share one server.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from smartedit.tiny_model import write_tiny_pipeline
+
+    return write_tiny_pipeline(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_model_dir):
+    from smartedit.export.pipeline_loader import load_pipeline
+
+    return load_pipeline(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def model_repository(tiny_pipeline, tmp_path_factory) -> Path:
+    from smartedit.export.repository import build_repository
+
+    return build_repository(tiny_pipeline, tmp_path_factory.mktemp("repo") / "model_repository")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(model_repository, tmp_path_factory):
+    from smartedit.server import ServerAddress, TritonServer
+
+    address = ServerAddress(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    log_file = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    with TritonServer(model_repository, address, log_file=log_file) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    from smartedit_client import InpaintClient
+
+    with InpaintClient(server.address.grpc, timeout_s=120) as c:
+        yield c
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def scene(width: int, height: int, seed: int = 0) -> tuple[Image.Image, Image.Image]:
+    """A random image and a mask with a rectangle to repaint."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[height // 4: 3 * height // 4, width // 5: 4 * width // 5] = 255
+    return image, Image.fromarray(mask)

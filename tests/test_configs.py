@@ -1,0 +1,105 @@
+"""Generated configs parse as ModelConfig; GPU profiles serve the same tensors as onnx-cpu."""
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from smartedit import steps
+from smartedit.ensembles.inpaint import ensemble_steps, inpaint_ensemble_config
+from smartedit.settings import OnnxHostSettings, PreprocessSettings, parse_bool
+from smartedit.spec import COMPONENTS, PipelineInfo
+from smartedit.triton_config import ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, TENSORRT, component_config, parse_pbtxt, to_pbtxt
+from smartedit_client import _contract as wire
+
+INFO = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,
+                    text_hidden_size=768, vae_scaling_factor=0.18215, unet_sample_size=64)
+
+
+def _tensors(config):
+    return [(t.name, t.data_type, list(t.dims), t.HasField("reshape"), list(t.reshape.shape))
+            for t in list(config.input) + list(config.output)]
+
+
+@pytest.mark.parametrize("profile", RUNTIME_PROFILES)
+@pytest.mark.parametrize("spec", COMPONENTS, ids=lambda s: s.name)
+def test_component_configs_parse_and_agree_across_profiles(spec, profile):
+    config = parse_pbtxt(to_pbtxt(component_config(spec, INFO, profile)))
+    reference = component_config(spec, INFO, ONNX_CPU)
+    assert _tensors(config) == _tensors(reference)
+    assert config.max_batch_size > 0 and config.HasField("dynamic_batching")
+    expected = {ONNX_CPU: ("python", ""), ONNX_GPU: ("", "onnxruntime_onnx"), TENSORRT: ("", "tensorrt_plan")}[profile]
+    assert (config.backend, config.platform) == expected
+    kind = mc.ModelInstanceGroup.KIND_CPU if profile == ONNX_CPU else mc.ModelInstanceGroup.KIND_GPU
+    assert config.instance_group[0].kind == kind
+
+
+def test_written_repository_configs_parse(model_repository):
+    names = set()
+    for path in model_repository.glob("*/config.pbtxt"):
+        config = parse_pbtxt(path.read_text())
+        assert config.name == path.parent.name
+        names.add(config.name)
+    assert names == {"preprocess", "text_encoder", "vae_encoder", "scheduler", "unet", "vae_decoder",
+                     "postprocess", "inpaint"}
+
+
+def test_unet_timestep_is_one_scalar_per_row():
+    unet = component_config(next(s for s in COMPONENTS if s.name == "unet"), INFO, TENSORRT)
+    timestep = next(t for t in unet.input if t.name == "timestep")
+    assert list(timestep.dims) == [1] and timestep.HasField("reshape") and list(timestep.reshape.shape) == []
+
+
+def test_onnx_gpu_can_enable_the_tensorrt_execution_provider():
+    config = component_config(COMPONENTS[2], INFO, ONNX_GPU, tensorrt_accelerator=True)
+    accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+
+
+def test_unknown_profile_is_rejected():
+    with pytest.raises(ValueError, match="unknown runtime profile 'onnx-tpu'"):
+        component_config(COMPONENTS[0], INFO, "onnx-tpu")
+
+
+def test_ensemble_implements_the_wire_contract():
+    config = parse_pbtxt(to_pbtxt(inpaint_ensemble_config()))
+    assert config.name == "inpaint" and config.platform == "ensemble" and config.max_batch_size == 0
+    inputs = {t.name: t for t in config.input}
+    assert list(inputs) == [t.name for t in wire.INPUTS]
+    for tensor in wire.INPUTS:
+        assert inputs[tensor.name].optional  # required ones are enforced by preprocess, by name
+        assert list(inputs[tensor.name].dims) == [1]
+    assert [t.name for t in config.output] == ["edited_image", "seed_used"]
+
+
+def test_every_ensemble_step_input_is_produced_before_it_is_used():
+    available = {t.name for t in wire.INPUTS}
+    for _, input_map, output_map in ensemble_steps():
+        missing = set(input_map.values()) - available
+        assert not missing, missing
+        available |= set(output_map.values())
+    assert {t.name for t in wire.OUTPUTS} <= available
+
+
+def test_settings_parse_booleans_explicitly_and_check_ranges():
+    assert parse_bool("x", "false") is False and parse_bool("x", "True") is True
+    with pytest.raises(ValueError, match="'x' must be true or false"):
+        parse_bool("x", "nope")
+    assert PreprocessSettings.parse({"default_num_inference_steps": "30"}).default_num_inference_steps == 30
+    with pytest.raises(ValueError, match="default_num_inference_steps' must be >= 1, got 0"):
+        PreprocessSettings.parse({"default_num_inference_steps": "0"})
+    with pytest.raises(ValueError, match="unknown parameter"):
+        OnnxHostSettings.parse({"intra_op_threads": "2"})
+    with pytest.raises(ValueError, match="must be an integer"):
+        OnnxHostSettings.parse({"intra_op_num_threads": "two"})
+
+
+def test_step_models_declare_what_the_ensemble_maps():
+    declared = {
+        steps.PREPROCESS: (steps.PREPROCESS_INPUTS, steps.PREPROCESS_OUTPUTS),
+        steps.SCHEDULER: (steps.SCHEDULER_INPUTS, steps.SCHEDULER_OUTPUTS),
+        steps.POSTPROCESS: (steps.POSTPROCESS_INPUTS, steps.POSTPROCESS_OUTPUTS),
+    }
+    components = {c.name: (c.inputs, c.outputs) for c in COMPONENTS}
+    for model, input_map, output_map in ensemble_steps():
+        ins, outs = declared.get(model) or components[model]
+        assert set(input_map) == {t.name for t in ins}
+        assert set(output_map) == {t.name for t in outs}

@@ -1,0 +1,96 @@
+"""Request validation: every rejection names the field and the value."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import png_bytes, scene
+from smartedit.errors import RequestError
+from smartedit.preprocessing import prepare_images, processing_size, resolve_parameters
+from smartedit.settings import PreprocessSettings
+from smartedit.spec import PipelineInfo
+
+INFO = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,
+                    text_hidden_size=32, vae_scaling_factor=0.18215, unet_sample_size=64)
+SETTINGS = PreprocessSettings()
+
+
+def _params(**overrides):
+    values = dict(prompt=b"a cat", negative_prompt=None, num_inference_steps=None, guidance_scale=None,
+                  strength=None, seed=None, scheduler=None, settings=SETTINGS)
+    values.update(overrides)
+    return resolve_parameters(**values)
+
+
+def test_defaults_are_applied_and_a_seed_is_drawn():
+    params = _params()
+    assert (params.num_inference_steps, params.guidance_scale, params.strength, params.scheduler) == (50, 7.5, 1.0, "ddim")
+    assert params.negative_prompt == "" and 0 <= params.seed < 2**63
+    assert _params().seed != params.seed
+
+
+@pytest.mark.parametrize("overrides,field,fragment", [
+    (dict(num_inference_steps=0), "num_inference_steps", "got 0"),
+    (dict(num_inference_steps=-3), "num_inference_steps", "got -3"),
+    (dict(guidance_scale=math.nan), "guidance_scale", "got nan"),
+    (dict(guidance_scale=math.inf), "guidance_scale", "got inf"),
+    (dict(strength=0.0), "strength", "got 0.0"),
+    (dict(strength=1.5), "strength", "got 1.5"),
+    (dict(strength=0.01, num_inference_steps=10), "strength", "leaves no step"),
+    (dict(scheduler=b"warp"), "scheduler", "'warp'"),
+    (dict(prompt=b"\xff\xfe"), "prompt", "UTF-8"),
+])
+def test_bad_parameters_name_the_field_and_value(overrides, field, fragment):
+    with pytest.raises(RequestError) as caught:
+        _params(**overrides)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(field + ":") and fragment in str(caught.value)
+
+
+def test_bad_images():
+    image, mask = scene(64, 48)
+    good, good_mask = png_bytes(image), png_bytes(mask)
+    cases = [
+        (b"not an image", good_mask, "image", "is not a PNG, JPEG or WebP image"),
+        (good[: len(good) // 2], good_mask, "image", "could not be decoded"),
+        (good, png_bytes(Image.new("L", (64, 40))), "mask_image", "is 64x40 but image is 64x48"),
+        (good, b"", "mask_image", "is empty"),
+    ]
+    for image_bytes, mask_bytes, field, fragment in cases:
+        with pytest.raises(RequestError) as caught:
+            prepare_images(image_bytes, mask_bytes, INFO, SETTINGS)
+        assert caught.value.field == field and fragment in str(caught.value), str(caught.value)
+
+
+def test_oversized_image_is_rejected_from_its_header():
+    big = Image.new("RGB", (3000, 2000))
+    with pytest.raises(RequestError, match=r"image: is 3000x2000 = 6000000 pixels; the limit is"):
+        prepare_images(png_bytes(big), png_bytes(big.convert("L")), INFO, SETTINGS)
+
+
+def test_sizes_off_the_grid_are_processed_at_a_multiple_and_returned_whole():
+    assert processing_size(70, 53, INFO) == (64, 48)
+    image, mask = scene(70, 53)
+    prepared = prepare_images(png_bytes(image), png_bytes(mask), INFO, SETTINGS)
+    assert prepared.init_image.shape == (1, 3, 48, 64)
+    assert prepared.latent_mask.shape == (1, 1, 6, 8)
+    assert prepared.original_image.shape == (53, 70, 3)
+
+
+def test_mask_threshold_is_128():
+    mask = Image.fromarray(np.array([[127, 128] * 4] * 8, dtype=np.uint8))
+    image = Image.new("RGB", (8, 8), (10, 20, 30))
+    prepared = prepare_images(png_bytes(image), png_bytes(mask), INFO, SETTINGS)
+    assert prepared.repaint_mask[0].tolist() == [False, True] * 4
+
+
+def test_jpeg_and_webp_are_accepted():
+    image, mask = scene(64, 48)
+    for fmt in ("JPEG", "WEBP"):
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        prepared = prepare_images(buffer.getvalue(), png_bytes(mask), INFO, SETTINGS)
+        assert prepared.original_image.shape == (48, 64, 3)

@@ -1,0 +1,156 @@
+"""Functional tier: the real tritonserver on the real model repository, over real gRPC.
+
+Results are compared with diffusers' StableDiffusionInpaintPipeline run in the test on the same
+tiny model folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from PIL import Image
+
+from conftest import png_bytes, scene
+from reference import diffusers_inpaint, psnr
+from smartedit_client import InvalidRequestError
+
+pytestmark = pytest.mark.functional
+
+EDIT = dict(prompt="a red chair", negative_prompt="ugly, blurry", num_inference_steps=5, guidance_scale=7.5, seed=1234)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+@pytest.mark.parametrize("size", [(64, 64), (80, 48)], ids=["64x64", "80x48"])
+def test_served_edit_matches_diffusers(client, tiny_pipeline, scheduler, size):
+    image, mask = scene(*size, seed=size[0])
+    result = client.inpaint(image=image, mask_image=mask, scheduler=scheduler, **EDIT)
+    served = np.asarray(result.image.convert("RGB"))
+    reference = diffusers_inpaint(tiny_pipeline, image, mask, scheduler=scheduler, **EDIT)
+    inside = np.asarray(mask) >= 128
+    assert served.shape == reference.shape == np.asarray(image).shape
+    assert psnr(served[inside], reference[inside]) >= 40
+    assert np.array_equal(served[~inside], np.asarray(image)[~inside])  # outside the mask: as sent
+    assert result.seed_used == EDIT["seed"]
+
+
+def test_strength_below_one_matches_diffusers(client, tiny_pipeline):
+    image, mask = scene(48, 32, seed=3)
+    edit = dict(EDIT, strength=0.6)
+    served = np.asarray(client.inpaint(image=image, mask_image=mask, scheduler="ddim", **edit).image)
+    reference = diffusers_inpaint(tiny_pipeline, image, mask, scheduler="ddim", **edit)
+    inside = np.asarray(mask) >= 128
+    assert psnr(served[inside], reference[inside]) >= 40
+
+
+def test_image_off_the_size_grid_comes_back_at_its_size_with_outside_pixels_intact(client):
+    image, mask = scene(67, 45, seed=5)
+    result = client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="x", num_inference_steps=2)
+    served = np.asarray(result.image)
+    assert result.image.size == (67, 45)
+    outside = np.asarray(mask) < 128
+    assert np.array_equal(served[outside], np.asarray(image)[outside])
+
+
+def test_same_seed_same_png_and_seed_used_reproduces(client):
+    image, mask = scene(48, 48, seed=9)
+    first = client.inpaint(image=image, mask_image=mask, prompt="a cat", num_inference_steps=3, seed=99)
+    second = client.inpaint(image=image, mask_image=mask, prompt="a cat", num_inference_steps=3, seed=99)
+    assert first.png == second.png
+    unseeded = client.inpaint(image=image, mask_image=mask, prompt="a cat", num_inference_steps=3)
+    replay = client.inpaint(image=image, mask_image=mask, prompt="a cat", num_inference_steps=3,
+                            seed=unseeded.seed_used)
+    assert replay.png == unseeded.png
+    other = client.inpaint(image=image, mask_image=mask, prompt="a cat", num_inference_steps=3, seed=100)
+    assert other.png != first.png  # the seed matters, so the equalities above mean something
+
+
+def _raw_request(server, tensors: dict[str, tuple[str, object]]):
+    """Send tensors as given (bypassing the SDK's checks) straight to the ensemble."""
+    inputs = []
+    for name, (datatype, value) in tensors.items():
+        dtype = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}[datatype]
+        tensor = grpcclient.InferInput(name, [1], datatype)
+        tensor.set_data_from_numpy(np.array([value], dtype=dtype))
+        inputs.append(tensor)
+    with grpcclient.InferenceServerClient(server.address.grpc) as raw:
+        return raw.infer("inpaint", inputs)
+
+
+def _valid_tensors():
+    image, mask = scene(32, 32)
+    return {"image": ("BYTES", png_bytes(image)), "mask_image": ("BYTES", png_bytes(mask)),
+            "prompt": ("BYTES", b"a cat"), "num_inference_steps": ("INT32", 2)}
+
+
+@pytest.mark.parametrize("field,change,fragment", [
+    ("image", ("BYTES", b"definitely not an image"), "image: is not a PNG, JPEG or WebP image"),
+    ("image", "truncated", "image: could not be decoded"),
+    ("mask_image", ("BYTES", png_bytes(Image.new("L", (32, 24)))), "mask_image: is 32x24 but image is 32x32"),
+    ("num_inference_steps", ("INT32", 0), "num_inference_steps: must be between 1 and"),
+    ("num_inference_steps", ("INT32", -5), "got -5"),
+    ("guidance_scale", ("FP32", float("nan")), "guidance_scale: must be a finite number >= 0, got nan"),
+    ("scheduler", ("BYTES", b"warp-drive"), "scheduler: unknown scheduler 'warp-drive'"),
+    ("mask_image", None, "mask_image"),
+    ("prompt", None, "prompt"),
+])
+def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(server, client, field, change, fragment):
+    from tritonclient.utils import InferenceServerException
+
+    tensors = _valid_tensors()
+    if change is None:
+        del tensors[field]
+    elif change == "truncated":
+        tensors[field] = ("BYTES", tensors[field][1][:60])
+    else:
+        tensors[field] = change
+    with pytest.raises(InferenceServerException) as caught:
+        _raw_request(server, tensors)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert field in caught.value.message() and fragment in caught.value.message()
+    # ... and the next valid request is served.
+    image, mask = scene(32, 32)
+    assert client.inpaint(image=image, mask_image=mask, prompt="ok", num_inference_steps=2).image.size == (32, 32)
+
+
+def test_sdk_raises_invalid_request_error_naming_the_field(client):
+    image, mask = scene(32, 32)
+    with pytest.raises(InvalidRequestError, match="num_inference_steps") as caught:
+        client.inpaint(image=image, mask_image=mask, prompt="x", num_inference_steps=0)
+    assert caught.value.status == "INVALID_ARGUMENT"
+
+
+def test_four_concurrent_requests_all_succeed_with_correct_results(client):
+    jobs = [(scene(48, 32, seed=s), s) for s in range(4)]
+
+    def edit(job):
+        (image, mask), seed = job
+        return client.inpaint(image=image, mask_image=mask, prompt=f"thing {seed}", num_inference_steps=4,
+                              seed=seed)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(edit, jobs))
+    for job, result in zip(jobs, concurrent):
+        alone = edit(job)  # the same edit on its own: what the concurrent one must equal
+        assert result.png == alone.png
+        assert result.seed_used == job[1]
+
+
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return (mapped or address).is_loopback
+
+
+def test_server_listens_on_loopback_only(server):
+    import psutil
+
+    ports = {server.address.grpc_port, server.address.http_port, server.address.metrics_port}
+    process = psutil.Process(server.process.pid)
+    listening = [c for p in [process] + process.children(recursive=True)
+                 for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert ports <= {c.laddr.port for c in listening}
+    assert all(_is_loopback(c.laddr.ip) for c in listening), listening
