@@ -123,6 +123,9 @@ def _write_steps(pipeline, info: PipelineInfo, out: Path, options: RepositoryOpt
 def build_repository(pipeline, out: Path, options: RepositoryOptions = RepositoryOptions(),
                      onnx_dir: Path | None = None) -> Path:
     """Export ``pipeline`` and write the model repository for ``options.profile`` at ``out``."""
+    if not ONNX_CPU_HOST.exists():
+        raise FileNotFoundError(f"the Python models' sources are not at {SOURCES}: install SmartEdit from a "
+                                f"checkout with `pip install -e .` (scripts/setup.sh does)")
     out = Path(out)
     info = PipelineInfo.from_pipeline(pipeline)
     staging = out.with_name(out.name + ".partial")

@@ -49,9 +49,9 @@ class DenoiseState:
     scheduler: Any
     timesteps: torch.Tensor
     latents: torch.Tensor  # [1, C, h, w]
-    mask: torch.Tensor  # [1, 1, h, w], 1 = repaint
-    masked_image_latents: torch.Tensor  # [1, C, h, w]
-    prompt_embeds: torch.Tensor  # [2, L, D]: negative, positive
+    # What the UNet sees besides the latents, already duplicated for guidance (fixed for the edit):
+    conditioning: torch.Tensor  # [rows, 1 + C, h, w]: latent mask, masked-image latents
+    encoder_hidden_states: torch.Tensor  # [rows, L, D]: (negative,) positive prompt embeddings
     guidance_scale: float
     generator: torch.Generator
     extra_step_kwargs: dict = field(default_factory=dict)
@@ -64,7 +64,7 @@ class DenoiseState:
     @property
     def rows(self) -> int:
         """UNet batch rows this edit needs per step."""
-        return 2 if self.do_classifier_free_guidance else 1
+        return self.conditioning.shape[0]
 
     @property
     def total_steps(self) -> int:
@@ -77,16 +77,12 @@ class DenoiseState:
     def unet_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sample, timestep, encoder_hidden_states) of this step: ``rows`` rows each."""
         t = self.timesteps[self.step_index]
-        cfg = self.do_classifier_free_guidance
         # 10. expand the latents for classifier-free guidance, scale, concat mask + masked latents
-        latent_model_input = torch.cat([self.latents] * 2) if cfg else self.latents
+        latent_model_input = torch.cat([self.latents] * self.rows) if self.rows > 1 else self.latents
         latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
-        mask = torch.cat([self.mask] * 2) if cfg else self.mask
-        masked = torch.cat([self.masked_image_latents] * 2) if cfg else self.masked_image_latents
-        sample = torch.cat([latent_model_input, mask, masked], dim=1)
+        sample = torch.cat([latent_model_input, self.conditioning], dim=1)
         timestep = t.to(torch.float32).reshape(1).expand(self.rows).contiguous()
-        embeds = self.prompt_embeds if cfg else self.prompt_embeds[1:]
-        return sample, timestep, embeds
+        return sample, timestep, self.encoder_hidden_states
 
     def advance(self, noise_pred: torch.Tensor) -> None:
         """Apply guidance to this step's UNet output and take the scheduler step."""
@@ -133,14 +129,15 @@ def start_denoising(
         latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
     # 7. masked image latents, sampled from the same generator after the noise
     masked_image_latents = sample_latents(masked_image_mean, masked_image_std, generator, info.vae_scaling_factor)
+    conditioning = torch.cat([latent_mask.to(latents.dtype), masked_image_latents], dim=1)
+    rows = 2 if guidance_scale > 1.0 else 1  # classifier-free guidance: negative and positive rows
     # 9. extra step kwargs
     return DenoiseState(
         scheduler=scheduler,
         timesteps=timesteps,
         latents=latents,
-        mask=latent_mask.to(latents.dtype),
-        masked_image_latents=masked_image_latents,
-        prompt_embeds=prompt_embeds,
+        conditioning=conditioning.repeat(rows, 1, 1, 1),
+        encoder_hidden_states=prompt_embeds[2 - rows:],
         guidance_scale=guidance_scale,
         generator=generator,
         extra_step_kwargs=step_kwargs(scheduler, generator),

@@ -96,7 +96,8 @@ def server_command(repositories: list[Path], address: ServerAddress, backends: P
         f"--metrics-address={address.host}",
         f"--metrics-port={address.metrics_port}",
         "--allow-metrics=true",
-        # Python models start separate stub processes; give a real model time to load.
+        # Python-backend tensors travel through shared memory; start the region at 16 MiB so that
+        # image-sized tensors do not make it grow on every first request.
         "--backend-config=python,shm-default-byte-size=16777216",
         "--exit-on-error=true",
         "--strict-readiness=true",
