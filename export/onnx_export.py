@@ -97,7 +97,7 @@ def example_inputs(spec: ComponentSpec, info: PipelineInfo, batch: int, height: 
         if tensor.dtype == "int64":
             # Token ids: any id below the smallest real vocabulary is valid.
             tensors.append(torch.randint(0, 256, shape, generator=generator, dtype=torch.int64))
-        elif tensor.name == "timestep":
+        elif not tensor.dims:  # the UNet's timestep: one scalar per row
             tensors.append(torch.randint(0, 1000, shape, generator=generator).float())
         else:
             tensors.append(torch.randn(shape, generator=generator, dtype=torch.float32))
@@ -139,7 +139,10 @@ def convert_to_fp16(path: Path) -> None:
 
     model = onnx.load(str(path))
     model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
-    too_big_for_protobuf = model.ByteSize() > 2**31 - 1 if _fits_bytesize(model) else True
+    try:
+        too_big_for_protobuf = model.ByteSize() > 2**31 - 1
+    except ValueError:  # protobuf refuses to even measure past 2 GiB
+        too_big_for_protobuf = True
     onnx.save_model(
         model,
         str(path),
@@ -147,15 +150,6 @@ def convert_to_fp16(path: Path) -> None:
         all_tensors_to_one_file=True,
         location=path.name + ".data",
     )
-
-
-def _fits_bytesize(model) -> bool:
-    """Whether protobuf can measure the model (it raises past 2 GiB)."""
-    try:
-        model.ByteSize()
-        return True
-    except ValueError:
-        return False
 
 
 def export_pipeline(pipeline, out_dir: Path, precision: str = FP32_PRECISION,

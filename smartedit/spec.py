@@ -83,9 +83,6 @@ class TensorSpec:
     dtype: str  # a numpy dtype name: "float32", "int64"
     dims: tuple[Dim, ...]
 
-    def is_dynamic(self, axis: int) -> bool:
-        return self.dims[axis] in SPATIAL_AXES
-
     def shape(self, info: PipelineInfo, batch: int, height: int, width: int) -> tuple[int, ...]:
         """The full shape, batch axis included, for ``batch`` items of ``height`` x ``width``."""
         return (batch,) + tuple(info.resolve(d, height, width) for d in self.dims)
@@ -104,15 +101,6 @@ class ComponentSpec:
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    # How many UNet-style rows one edit request puts through this component: the text encoder
-    # and the UNet see the negative and positive prompt together under classifier-free guidance.
-    rows_per_request: int = 1
-
-    def input(self, name: str) -> TensorSpec:
-        return next(t for t in self.inputs if t.name == name)
-
-    def output(self, name: str) -> TensorSpec:
-        return next(t for t in self.outputs if t.name == name)
 
     @property
     def input_names(self) -> list[str]:
@@ -127,7 +115,6 @@ TEXT_ENCODER = ComponentSpec(
     name="text_encoder",
     inputs=(TensorSpec("input_ids", "int64", ("text_length",)),),
     outputs=(TensorSpec("last_hidden_state", "float32", ("text_length", "text_hidden_size")),),
-    rows_per_request=2,
 )
 
 # The encoder returns the latent distribution's mean and std rather than a sample, so that the loop
@@ -151,7 +138,6 @@ UNET = ComponentSpec(
         TensorSpec("encoder_hidden_states", "float32", ("text_length", "text_hidden_size")),
     ),
     outputs=(TensorSpec("noise_pred", "float32", ("latent_channels", "latent_height", "latent_width")),),
-    rows_per_request=2,
 )
 
 VAE_DECODER = ComponentSpec(
@@ -162,9 +148,3 @@ VAE_DECODER = ComponentSpec(
 
 COMPONENTS: tuple[ComponentSpec, ...] = (TEXT_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)
 
-
-def component(name: str) -> ComponentSpec:
-    for spec in COMPONENTS:
-        if spec.name == name:
-            return spec
-    raise KeyError(f"unknown component {name!r}; known: {[c.name for c in COMPONENTS]}")

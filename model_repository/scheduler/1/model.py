@@ -41,15 +41,8 @@ class TritonPythonModel:
 
     def _unet(self, sample, timestep, encoder_hidden_states):
         # A scalar-per-row tensor travels as [rows, 1]; the unet config reshapes it to [rows].
-        (noise_pred,) = call_model(
-            self.settings.unet_model,
-            {
-                "sample": sample.numpy(),
-                "timestep": timestep.numpy().reshape(-1, 1),
-                "encoder_hidden_states": encoder_hidden_states.numpy(),
-            },
-            UNET.output_names,
-        )
+        values = (sample.numpy(), timestep.numpy().reshape(-1, 1), encoder_hidden_states.numpy())
+        (noise_pred,) = call_model(self.settings.unet_model, dict(zip(UNET.input_names, values)), UNET.output_names)
         return torch.from_numpy(noise_pred)
 
     def _encode_init_image(self, init_image):
