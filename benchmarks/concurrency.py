@@ -11,7 +11,6 @@ above 2 means rows of different edits shared UNet calls).
 from __future__ import annotations
 
 import argparse
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,14 +19,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from smartedit.server import ServerAddress, TritonServer
+from smartedit.server import ServerAddress, TritonServer, free_port
 from smartedit_client import InpaintClient
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -42,7 +35,7 @@ def main() -> None:
     image = Image.fromarray(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8))
     mask = np.zeros((args.size, args.size), dtype=np.uint8)
     mask[args.size // 4: 3 * args.size // 4, args.size // 4: 3 * args.size // 4] = 255
-    address = ServerAddress(grpc_port=_port(), http_port=_port(), metrics_port=_port())
+    address = ServerAddress(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
 
     with TritonServer(args.repository, address, log_file=args.repository.parent / "benchmark-tritonserver.log"):
         with InpaintClient(address.grpc) as client, grpcclient.InferenceServerClient(address.grpc) as stats:

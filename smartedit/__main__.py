@@ -69,13 +69,13 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _address(args) -> ServerAddress:
+def server_address(args) -> ServerAddress:
     return ServerAddress(host=args.host, grpc_port=args.grpc_port, http_port=args.http_port,
                          metrics_port=args.metrics_port)
 
 
 def cmd_serve(args) -> int:
-    server = TritonServer(Path(args.model_repository), _address(args), log_file=args.log_file,
+    server = TritonServer(Path(args.model_repository), server_address(args), log_file=args.log_file,
                           log_verbose=args.log_verbose)
     stop = threading.Event()
 

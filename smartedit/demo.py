@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from smartedit.server import ServerAddress, TritonServer
+from smartedit.server import TritonServer
 from smartedit.spec import PipelineInfo
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def demo_inputs(width: int, height: int) -> tuple[Image.Image, Image.Image]:
 
 
 def run_demo(args) -> Path:
-    from smartedit.__main__ import export_repository
+    from smartedit.__main__ import export_repository, server_address
     from smartedit_client import InpaintClient
 
     out = Path(args.out)
@@ -42,7 +42,7 @@ def run_demo(args) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out.with_name(out.stem + "-input.png"))
     mask.save(out.with_name(out.stem + "-mask.png"))
-    address = ServerAddress(args.host, args.grpc_port, args.http_port, args.metrics_port)
+    address = server_address(args)
     log_file = args.log_file or repository.parent / "tritonserver.log"
     log.info("starting tritonserver on %s (log: %s)", address.grpc, log_file)
     with TritonServer(repository, address, log_file=log_file):

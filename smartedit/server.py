@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -45,6 +46,13 @@ class ServerAddress:
     @property
     def http(self) -> str:
         return f"{self.host}:{self.http_port}"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` now (for tests and benchmarks that start servers)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def pytriton_dir() -> Path:

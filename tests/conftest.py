@@ -6,13 +6,14 @@ Built once per session; the functional tests under ``tests/functional`` share on
 from __future__ import annotations
 
 import io
-import socket
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from smartedit.server import free_port  # noqa: F401  (re-exported for the tests)
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -36,12 +37,6 @@ def model_repository(tiny_pipeline, tmp_path_factory) -> Path:
     from smartedit.export.repository import build_repository
 
     return build_repository(tiny_pipeline, tmp_path_factory.mktemp("repo") / "model_repository")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
