@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import uuid
 from typing import Union
 
 import numpy as np
@@ -103,6 +104,7 @@ class InpaintClient:
         seed: int | None = None,
         scheduler: str | None = None,
         timeout_s: float | None = None,
+        request_id: str | None = None,
     ) -> InpaintResult:
         """Repaint the white part of ``mask_image`` in ``image`` as ``prompt`` describes.
 
@@ -120,9 +122,11 @@ class InpaintClient:
             seed: makes the result reproducible.
             scheduler: the sampler, e.g. ``"ddim"`` or ``"euler"``.
             timeout_s: this call's timeout, overriding the client's.
+            request_id: the id the server's logs carry for this edit; a random one when None.
 
         Returns:
-            InpaintResult: the edited image, its PNG bytes, the seed used and the elapsed time.
+            InpaintResult: the edited image, its PNG bytes, the seed used, the request id and the
+            elapsed time.
 
         Raises:
             InvalidRequestError: a field is invalid (the message names it), locally or on the server.
@@ -149,9 +153,10 @@ class InpaintClient:
         except (OverflowError, ValueError, TypeError) as error:
             raise InvalidRequestError(f"could not encode the request: {error}") from None
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
+        request_id = request_id or uuid.uuid4().hex
         started = time.perf_counter()
         try:
-            response = self._client.infer(self.model_name, inputs, outputs=outputs,
+            response = self._client.infer(self.model_name, inputs, outputs=outputs, request_id=request_id,
                                           client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
             raise from_triton(error) from None
@@ -160,4 +165,5 @@ class InpaintClient:
         seed_used = int(response.as_numpy(wire.SEED_USED.name).reshape(-1)[0])
         edited = Image.open(io.BytesIO(png))
         edited.load()
-        return InpaintResult(image=edited, png=bytes(png), seed_used=seed_used, elapsed_s=elapsed)
+        return InpaintResult(image=edited, png=bytes(png), seed_used=seed_used, request_id=request_id,
+                             elapsed_s=elapsed)

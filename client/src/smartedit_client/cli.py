@@ -22,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="for a reproducible result")
     p.add_argument("--scheduler", default=None, help="sampler: ddim (default), euler, ...")
     p.add_argument("--timeout", dest="timeout_s", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
+    p.add_argument("--request-id", default=None, help="id the server's logs carry for this edit (default: random)")
     p.add_argument("--out", required=True, help="where to write the edited PNG")
     return p
 
@@ -33,14 +34,14 @@ def main(argv: list[str] | None = None) -> int:
             result = client.inpaint(
                 image=args.image, mask_image=args.mask, prompt=args.prompt, negative_prompt=args.negative_prompt,
                 num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                strength=args.strength, seed=args.seed, scheduler=args.scheduler,
+                strength=args.strength, seed=args.seed, scheduler=args.scheduler, request_id=args.request_id,
             )
     except SmartEditError as error:
         print(f"smartedit-edit: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
     result.save(args.out)
     print(f"wrote {args.out} ({result.image.size[0]}x{result.image.size[1]}, seed {result.seed_used}, "
-          f"{result.elapsed_s:.2f} s)")
+          f"request {result.request_id}, {result.elapsed_s:.2f} s)")
     return 0
 
 

@@ -5,7 +5,10 @@ import triton_python_backend_utils as pb_utils
 
 from smartedit import steps
 from smartedit.postprocessing import compose, encode_png, to_pixels
+from smartedit.structured_log import model_logger, timed_stage
 from smartedit.triton_io import array
+
+log = model_logger("postprocess")
 
 
 class TritonPythonModel:
@@ -15,11 +18,14 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            pixels = compose(
-                to_pixels(array(request, steps.DECODED_IMAGE.name)),
-                array(request, steps.ORIGINAL_IMAGE.name),
-                array(request, steps.REPAINT_MASK.name),
-            )
-            png = np.array([encode_png(pixels)], dtype=np.object_)
+            with timed_stage(log, request.request_id(), "postprocess") as fields:
+                pixels = compose(
+                    to_pixels(array(request, steps.DECODED_IMAGE.name)),
+                    array(request, steps.ORIGINAL_IMAGE.name),
+                    array(request, steps.REPAINT_MASK.name),
+                )
+                encoded = encode_png(pixels)
+                fields.update(png_bytes=len(encoded))
+            png = np.array([encoded], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.EDITED_IMAGE.name, png)]))
         return responses

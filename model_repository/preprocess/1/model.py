@@ -12,8 +12,11 @@ from smartedit.errors import RequestError
 from smartedit.preprocessing import prepare_images, resolve_parameters, tokenize
 from smartedit.settings import PreprocessSettings, parameters_of
 from smartedit.spec import PipelineInfo
+from smartedit.structured_log import model_logger, timed_stage
 from smartedit.triton_io import invalid_argument, optional_scalar, required_scalar
 from smartedit_client import _contract as wire
+
+log = model_logger("preprocess")
 
 
 class TritonPythonModel:
@@ -27,12 +30,14 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                responses.append(pb_utils.InferenceResponse(output_tensors=self._prepare(request)))
+                with timed_stage(log, request.request_id(), "preprocess") as fields:
+                    tensors = self._prepare(request, fields)
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             except RequestError as error:
                 responses.append(invalid_argument(error))
         return responses
 
-    def _prepare(self, request):
+    def _prepare(self, request, log_fields):
         # Scalars first: they are cheap to check, images are not.
         params = resolve_parameters(
             prompt=required_scalar(request, wire.PROMPT.name),
@@ -50,6 +55,9 @@ class TritonPythonModel:
             self.info,
             self.settings,
         )
+        height, width = images.original_image.shape[:2]
+        log_fields.update(width=int(width), height=int(height), scheduler=params.scheduler,
+                          num_inference_steps=params.num_inference_steps, seed=params.seed)
         input_ids = tokenize(self.tokenizer, params.negative_prompt, params.prompt)
         tensors = {
             steps.INPUT_IDS: input_ids,

@@ -15,10 +15,12 @@ import triton_python_backend_utils as pb_utils
 from smartedit import steps
 from smartedit.denoise import decoder_input, run_to_end, start_denoising
 from smartedit.settings import SchedulerSettings, parameters_of
+from smartedit.scheduler_metrics import SchedulerMetrics
 from smartedit.spec import UNET, VAE_ENCODER, PipelineInfo
+from smartedit.structured_log import log_event, model_logger, timed_stage
 from smartedit.triton_io import array, call_model, cancelled, internal_error
 
-log = logging.getLogger("smartedit.scheduler")
+log = model_logger("scheduler")
 
 
 class TritonPythonModel:
@@ -28,6 +30,11 @@ class TritonPythonModel:
         self.info = PipelineInfo.load(version_dir / "pipeline.json")
         self.scheduler_config = json.loads((version_dir / "scheduler_config.json").read_text())
         torch.set_num_threads(1)  # the loop's own arithmetic is tiny; leave the cores to the UNet
+        self.metrics = SchedulerMetrics(args["model_name"], args["model_version"], args["model_instance_name"])
+
+    def finalize(self):
+        # The Python backend wants each Metric released before its MetricFamily.
+        del self.metrics
 
     def execute(self, requests):
         responses = []
@@ -35,14 +42,17 @@ class TritonPythonModel:
             try:
                 responses.append(self._denoise(request))
             except Exception as error:  # one failed edit must not fail the others in this batch
-                log.exception("denoising failed")
+                log_event(log, "denoising failed", request_id=request.request_id(), stage="denoise",
+                          level=logging.ERROR, exc_info=True)
                 responses.append(internal_error(f"denoising failed: {error}"))
         return responses
 
-    def _unet(self, sample, timestep, encoder_hidden_states):
+    def _unet(self, record, sample, timestep, encoder_hidden_states):
         # A scalar-per-row tensor travels as [rows, 1]; the unet config reshapes it to [rows].
         values = (sample.numpy(), timestep.numpy().reshape(-1, 1), encoder_hidden_states.numpy())
-        (noise_pred,) = call_model(self.settings.unet_model, dict(zip(UNET.input_names, values)), UNET.output_names)
+        with self.metrics.unet_call(record):
+            (noise_pred,) = call_model(self.settings.unet_model, dict(zip(UNET.input_names, values)),
+                                       UNET.output_names)
         return torch.from_numpy(noise_pred)
 
     def _encode_init_image(self, init_image):
@@ -54,12 +64,20 @@ class TritonPythonModel:
         def scalar(spec):
             return array(request, spec.name).reshape(-1)[0]
 
+        sampler, num_steps = scalar(steps.SAMPLER).decode(), int(scalar(steps.STEPS))
+        with timed_stage(log, request.request_id(), "denoise", sampler=sampler,
+                         num_inference_steps=num_steps) as fields, self.metrics.edit() as record:
+            response = self._run_loop(request, scalar, sampler, num_steps, record)
+            fields.update(steps_run=record.steps, outcome=record.outcome)
+        return response
+
+    def _run_loop(self, request, scalar, sampler, num_steps, record):
         init_image = array(request, steps.INIT_IMAGE.name)
         state = start_denoising(
             info=self.info,
             scheduler_config=self.scheduler_config,
-            sampler=scalar(steps.SAMPLER).decode(),
-            num_inference_steps=int(scalar(steps.STEPS)),
+            sampler=sampler,
+            num_inference_steps=num_steps,
             strength=float(scalar(steps.STRENGTH)),
             guidance_scale=float(scalar(steps.GUIDANCE)),
             seed=int(scalar(steps.SEED_USED)),
@@ -69,8 +87,9 @@ class TritonPythonModel:
             latent_mask=torch.from_numpy(array(request, steps.LATENT_MASK.name)),
             encode_init_image=lambda: self._encode_init_image(init_image),
         )
-        finished = run_to_end(state, self._unet, should_stop=request.is_cancelled)
+        finished = run_to_end(state, lambda *inputs: self._unet(record, *inputs), should_stop=request.is_cancelled)
         if not finished:
+            record.outcome = "cancelled"
             return cancelled(f"cancelled after {state.step_index} of {state.total_steps} steps")
         latents = decoder_input(state, self.info).numpy().astype(np.float32)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.LATENTS.name, latents)])

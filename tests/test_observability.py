@@ -1,0 +1,131 @@
+"""JSON request logs and the scheduler's custom Prometheus metrics, on a real tritonserver."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import time
+import urllib.request
+
+import pytest
+
+from conftest import png_bytes, scene
+from smartedit.structured_log import JsonLineFormatter, timed_stage
+
+STEPS = 4
+
+
+def scrape(server) -> str:
+    url = f"http://{server.address.host}:{server.address.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    """The sum over the series of ``name`` whose labels include ``labels``."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{re.escape(name)}\{{(.*)\}} (\S+)", line)
+        if match and all(f'{key}="{value}"' in match.group(1) for key, value in labels.items()):
+            total, found = total + float(match.group(2)), True
+    if not found:
+        raise AssertionError(f"no series {name}{labels} in /metrics")
+    return total
+
+
+def json_lines_of(log_file, request_id: str, wait_s: float = 10.0) -> list[dict]:
+    """The JSON log lines carrying ``request_id``, waiting for the last stage to be flushed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        entries = []
+        for line in log_file.read_text(errors="replace").splitlines():
+            if line.startswith("{") and request_id in line:
+                entries.append(json.loads(line))
+        if any(e["stage"] == "postprocess" for e in entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.2)
+
+
+@pytest.mark.functional
+def test_metrics_show_the_scheduler_counters_after_an_edit(server, client):
+    image, mask = scene(64, 64, seed=7)
+    before = scrape(server)
+    ok_before = metric_value(before, "smartedit_scheduler_requests_total", outcome="ok")
+    steps_before = metric_value(before, "smartedit_scheduler_denoise_steps_total")
+
+    client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="metrics", seed=3,
+                   num_inference_steps=STEPS)
+
+    after = scrape(server)
+    assert metric_value(after, "smartedit_scheduler_requests_total", outcome="ok") >= ok_before + 1
+    assert metric_value(after, "smartedit_scheduler_denoise_steps_total") >= steps_before + STEPS
+    assert metric_value(after, "smartedit_scheduler_denoise_duration_seconds_count") >= 1
+    rates = [float(v) for v in re.findall(r"^smartedit_scheduler_steps_per_second\{.*\} (\S+)$", after, re.M)]
+    assert max(rates) > 0
+    # Gauges exist per loop instance; with no edit in flight (the suite is sequential) they are 0.
+    assert metric_value(after, "smartedit_scheduler_active_requests") == 0
+    assert metric_value(after, "smartedit_scheduler_unet_queue_depth") == 0
+
+
+@pytest.mark.functional
+def test_each_stage_of_an_edit_logs_a_json_line_with_its_request_id(server, client):
+    image, mask = scene(64, 64, seed=8)
+    result = client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="logs", seed=4,
+                            num_inference_steps=STEPS, request_id="test-logs-0001")
+    assert result.request_id == "test-logs-0001"
+
+    entries = json_lines_of(server.log_file, "test-logs-0001")
+    by_stage = {entry["stage"]: entry for entry in entries}
+    assert set(by_stage) == {"preprocess", "denoise", "postprocess"}
+    for entry in entries:
+        assert entry["request_id"] == "test-logs-0001"
+        assert entry["outcome"] == "ok"
+        assert entry["duration_ms"] > 0
+    assert by_stage["denoise"]["steps_run"] == STEPS
+    assert (by_stage["preprocess"]["width"], by_stage["preprocess"]["height"]) == (64, 64)
+
+
+@pytest.mark.functional
+def test_a_rejected_request_logs_the_field_and_value(server, client):
+    from smartedit_client import InvalidRequestError
+
+    _, mask = scene(64, 64)
+    with pytest.raises(InvalidRequestError):
+        client.inpaint(image=b"not an image", mask_image=png_bytes(mask), prompt="x", request_id="test-logs-bad")
+    deadline = time.monotonic() + 10
+    while not (entries := json_lines_of(server.log_file, "test-logs-bad", wait_s=0)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (entry,) = entries
+    assert entry["level"] == "warning" and entry["outcome"] == "failed"
+    assert "image" in entry["error"] and "not an" in entry["error"]
+
+
+def test_unseeded_client_calls_get_distinct_random_request_ids(client):
+    image, mask = scene(48, 48)
+    ids = {client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="", seed=1,
+                          num_inference_steps=1).request_id for _ in range(2)}
+    assert len(ids) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+
+
+def test_timed_stage_writes_one_json_object_per_line_and_reraises():
+    stream = io.StringIO()
+    logger = logging.getLogger("test.unit-test")  # not under "smartedit": leave its stderr handler alone
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLineFormatter())
+    logger.addHandler(handler)
+    try:
+        with timed_stage(logger, "r1", "work", size=3) as fields:
+            fields["extra"] = "yes"
+        with pytest.raises(ValueError):
+            with timed_stage(logger, None, "work"):
+                raise ValueError("broken input")
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["request_id"] == "r1" and first["size"] == 3 and first["extra"] == "yes"
+    assert first["outcome"] == "ok" and first["model"] == "unit-test"
+    assert second["request_id"] == "-" and second["outcome"] == "failed" and second["error"] == "broken input"
