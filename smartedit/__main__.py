@@ -4,6 +4,7 @@
     smartedit export      [--model <folder|hub id>] [--out build/model_repository] [--profile onnx-cpu]
     smartedit serve       [--model-repository build/model_repository] [--host 127.0.0.1] [--grpc-port 8001]
     smartedit demo        [--model <folder|hub id>] [--out out/demo.png]
+    smartedit loadtest    [--run-time 30] [--users 4] [--out out/loadtest]
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_loadtest(args) -> int:
+    from smartedit.local_loadtest import run_local_loadtest
+
+    return run_local_loadtest(args)
+
+
 def _add_server_arguments(p: argparse.ArgumentParser, grpc: int, http: int, metrics: int) -> None:
     p.add_argument("--host", default=LOOPBACK, help="address to bind (default loopback only; 0.0.0.0 for all)")
     p.add_argument("--grpc-port", type=int, default=grpc)
@@ -161,6 +168,18 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=20)
     _add_server_arguments(demo, 8001, 8000, 8002)
     demo.set_defaults(func=cmd_demo)
+
+    loadtest = sub.add_parser("loadtest", help="start a local server and run the Locust load test against it")
+    _add_export_arguments(loadtest)
+    loadtest.add_argument("--repository", default=str(DEFAULT_REPOSITORY), help="exported here if missing")
+    loadtest.add_argument("--run-time", type=int, default=30, help="seconds of load")
+    loadtest.add_argument("--users", type=int, default=4, help="most simultaneous users")
+    loadtest.add_argument("--step-users", type=int, default=1, help="users added at each load step")
+    loadtest.add_argument("--step-seconds", type=float, default=5.0, help="seconds between load steps")
+    loadtest.add_argument("--workload", choices=("tiny", "sd15"), default="tiny", help="request mix")
+    loadtest.add_argument("--out", default="out/loadtest", help="folder for the CSV and HTML reports")
+    _add_server_arguments(loadtest, 8001, 8000, 8002)
+    loadtest.set_defaults(func=cmd_loadtest)
     return p
 
 
