@@ -10,5 +10,7 @@ fi
 # torch first and pinned: 2.13.0 is the CPU build these machines carry; an unpinned torch pulled in
 # by diffusers would fetch the newest CUDA build (several GB) instead.
 .venv/bin/python -m pip install -q "torch==${SMARTEDIT_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e "./client[loadtest]" -e ".[test]"
-echo "SmartEdit is installed in .venv"
+.venv/bin/python -m pip install -q -e "./client[loadtest]" -e ".[local-server,test]"
+# helm v3 for the chart tests (tests/test_helm_chart.py), at .tools/bin/helm.
+bash scripts/install-helm.sh >/dev/null
+echo "SmartEdit is installed in .venv (helm at .tools/bin/helm)"

@@ -56,7 +56,11 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 def pytriton_dir() -> Path:
-    import pytriton
+    try:
+        import pytriton
+    except ImportError:
+        raise ServerFailed("no local tritonserver: install the local-server extra "
+                           "(pip install -e '.[local-server]'), or run the NGC Triton image") from None
 
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
 

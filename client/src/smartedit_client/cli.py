@@ -12,6 +12,7 @@ from smartedit_client._errors import SmartEditError
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smartedit-edit", description="Inpaint the white part of --mask in --image.")
     p.add_argument("--url", default=DEFAULT_URL, help=f"server gRPC address (default {DEFAULT_URL})")
+    p.add_argument("--ssl", action="store_true", help="TLS (e.g. through an Ingress on port 443)")
     p.add_argument("--image", required=True, help="image to edit (PNG, JPEG or WebP)")
     p.add_argument("--mask", required=True, help="mask, same size: white = repaint, black = keep")
     p.add_argument("--prompt", required=True, help="what to paint in the masked region")
@@ -30,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        with InpaintClient(args.url, timeout_s=args.timeout_s) as client:
+        with InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl) as client:
             result = client.inpaint(
                 image=args.image, mask_image=args.mask, prompt=args.prompt, negative_prompt=args.negative_prompt,
                 num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
