@@ -169,3 +169,19 @@ def test_compose_smoke_command_is_accepted_by_the_load_test_runner():
     command = [part.replace("${LOADTEST_WORKLOAD:-tiny}", "tiny") for part in smoke["command"]]
     args = run_py_parser().parse_args(command)
     assert args.host == "server:8001" and args.run_time > 0
+
+
+# --- helm/export-job.yaml: fills the PVC that values/gpu-cluster.yaml serves ----------------------
+
+def test_export_job_is_valid_and_writes_the_repository_the_gpu_cluster_values_serve():
+    import kubernetes_validate
+
+    job = yaml.safe_load((ROOT / "helm" / "export-job.yaml").read_text())
+    kubernetes_validate.validate(job, "1.29.0", strict=True)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    args = smartedit_parser().parse_args(container["command"][1:] + container["args"])
+    served = yaml.safe_load((ROOT / "helm" / "values" / "gpu-cluster.yaml").read_text())["modelRepository"]["pvc"]
+    mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "models")
+    assert args.out == f"{mount}/{served['subPath']}" and args.profile == "tensorrt"
+    claim = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "models")
+    assert claim["persistentVolumeClaim"]["claimName"] == served["claimName"]
