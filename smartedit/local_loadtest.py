@@ -24,7 +24,8 @@ def run_local_loadtest(args) -> int:
     from smartedit.__main__ import export_repository, server_address
 
     if not RUNNER.exists():
-        raise FileNotFoundError(f"{RUNNER} is missing: `smartedit loadtest` runs from a checkout (pip install -e .)")
+        raise SystemExit(f"smartedit: {RUNNER} is missing: `smartedit loadtest` runs from a checkout "
+                         "(pip install -e .); elsewhere run loadtests/run.py against a server")
     repository = Path(args.repository)
     if not (repository / "inpaint").is_dir():
         repository = export_repository(args, repository)
