@@ -35,9 +35,10 @@ def helm_binary() -> str:
     pytest.fail("no helm binary: run scripts/install-helm.sh (scripts/setup.sh does) or set SMARTEDIT_HELM")
 
 
-def helm(*args: str, chart: Path = CHART) -> subprocess.CompletedProcess:
-    return subprocess.run([helm_binary(), *args[:1], *(["t", str(chart)] if args[0] == "template" else [str(chart)]),
-                           *args[1:]], capture_output=True, text=True, timeout=120)
+def helm(command: str, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess:
+    """``helm lint <chart> ...`` or ``helm template t <chart> ...`` (release name "t")."""
+    target = ["t", str(chart)] if command == "template" else [str(chart)]
+    return subprocess.run([helm_binary(), command, *target, *args], capture_output=True, text=True, timeout=120)
 
 
 def values_args(value_set: str) -> list[str]:
