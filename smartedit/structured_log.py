@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator
 
+from smartedit.errors import RequestError
+
 ROOT_LOGGER = "smartedit"
 NO_REQUEST_ID = "-"
 
@@ -49,8 +51,8 @@ def model_logger(model: str, stream=None) -> logging.Logger:
 
 
 def log_event(logger: logging.Logger, message: str, *, request_id: str | None, stage: str,
-              level: int = logging.INFO, **fields) -> None:
-    logger.log(level, message, extra={"fields": {
+              level: int = logging.INFO, exc_info: bool = False, **fields) -> None:
+    logger.log(level, message, exc_info=exc_info, extra={"fields": {
         "model": logger.name.rsplit(".", 1)[-1], "request_id": request_id or NO_REQUEST_ID, "stage": stage, **fields}})
 
 
@@ -59,8 +61,9 @@ def timed_stage(logger: logging.Logger, request_id: str | None, stage: str, **fi
     """Log one line when ``stage`` ends, with ``duration_ms`` and ``outcome``.
 
     The body may add fields to the yielded dict (the steps it ran; ``outcome`` when it is not
-    "ok"). An exception is logged as outcome "failed" with its message and re-raised: the caller
-    decides what the client sees.
+    "ok"). An exception is logged once, here, as outcome "failed" with its message (and its
+    traceback, unless it is a ``RequestError``: a bad request is not a server fault), then
+    re-raised: the caller decides what the client sees.
     """
     started = time.perf_counter()
     fields = dict(fields, outcome="ok")
@@ -68,7 +71,9 @@ def timed_stage(logger: logging.Logger, request_id: str | None, stage: str, **fi
         yield fields
     except BaseException as error:
         fields.update(outcome="failed", error=str(error))
-        log_event(logger, f"{stage} failed", request_id=request_id, stage=stage, level=logging.WARNING,
+        server_fault = not isinstance(error, RequestError)
+        log_event(logger, f"{stage} failed", request_id=request_id, stage=stage,
+                  level=logging.ERROR if server_fault else logging.WARNING, exc_info=server_fault,
                   duration_ms=_elapsed_ms(started), **fields)
         raise
     log_event(logger, f"{stage} {fields['outcome']}", request_id=request_id, stage=stage,

@@ -5,7 +5,6 @@ moves tensors between Triton and it, and checks for cancellation between steps.
 """
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from smartedit.denoise import decoder_input, run_to_end, start_denoising
 from smartedit.settings import SchedulerSettings, parameters_of
 from smartedit.scheduler_metrics import SchedulerMetrics
 from smartedit.spec import UNET, VAE_ENCODER, PipelineInfo
-from smartedit.structured_log import log_event, model_logger, timed_stage
+from smartedit.structured_log import model_logger, timed_stage
 from smartedit.triton_io import array, call_model, cancelled, internal_error
 
 log = model_logger("scheduler")
@@ -41,9 +40,7 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._denoise(request))
-            except Exception as error:  # one failed edit must not fail the others in this batch
-                log_event(log, "denoising failed", request_id=request.request_id(), stage="denoise",
-                          level=logging.ERROR, exc_info=True)
+            except Exception as error:  # logged by the stage; one failed edit must not fail the others
                 responses.append(internal_error(f"denoising failed: {error}"))
         return responses
 
@@ -64,9 +61,9 @@ class TritonPythonModel:
         def scalar(spec):
             return array(request, spec.name).reshape(-1)[0]
 
-        sampler, num_steps = scalar(steps.SAMPLER).decode(), int(scalar(steps.STEPS))
-        with timed_stage(log, request.request_id(), "denoise", sampler=sampler,
-                         num_inference_steps=num_steps) as fields, self.metrics.edit() as record:
+        with timed_stage(log, request.request_id(), "denoise") as fields, self.metrics.edit() as record:
+            sampler, num_steps = scalar(steps.SAMPLER).decode(), int(scalar(steps.STEPS))
+            fields.update(sampler=sampler, num_inference_steps=num_steps)
             response = self._run_loop(request, scalar, sampler, num_steps, record)
             fields.update(steps_run=record.steps, outcome=record.outcome)
         return response
