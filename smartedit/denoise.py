@@ -2,8 +2,9 @@
 
 All per-request state (scheduler, latents, embeddings, mask, guidance, generator) lives in one
 ``DenoiseState``, and the UNet is a function the caller supplies. The scheduler model passes a
-BLS call; tests pass the PyTorch UNet. Keeping the state in one object is what lets a loop step
-many requests together later (their ``unet_inputs`` concatenated into one UNet batch).
+BLS call; tests pass the PyTorch UNet. Keeping the state in one object is what lets the batched
+engine (``smartedit.engine``) step many edits together: their ``unet_inputs`` concatenated into
+one UNet batch, each edit's rows of the output handed back to its own ``advance``.
 
 Stage numbers in comments are those of diffusers' ``__call__``, so the two read side by side.
 """
@@ -56,6 +57,9 @@ class DenoiseState:
     generator: torch.Generator
     extra_step_kwargs: dict = field(default_factory=dict)
     step_index: int = 0
+    # The scheduler's estimate of the clean latents after the last step, where the sampler gives one
+    # (DDIM, Euler, Heun do; DPM-Solver, PNDM, UniPC do not): what a cheap preview shows.
+    pred_original: torch.Tensor | None = None
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -90,8 +94,14 @@ class DenoiseState:
         if self.do_classifier_free_guidance:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
             noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
-        self.latents = self.scheduler.step(noise_pred, t, self.latents, **self.extra_step_kwargs, return_dict=False)[0]
+        output = self.scheduler.step(noise_pred, t, self.latents, **self.extra_step_kwargs, return_dict=False)
+        self.latents = output[0]
+        self.pred_original = output[1] if len(output) > 1 else None
         self.step_index += 1
+
+    def preview_latents(self) -> torch.Tensor:
+        """The latents a preview should show: the predicted clean latents, else the current ones."""
+        return self.latents if self.pred_original is None else self.pred_original
 
 
 def start_denoising(

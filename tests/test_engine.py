@@ -1,0 +1,249 @@
+"""The batched engine (smartedit.engine) on the tiny model's exported UNet, run by ONNX Runtime.
+
+No server: these pin the engine's own promises. An edit's result does not depend on what else shares
+its UNet calls; new edits join between steps; admission refuses past its bounds; an edit whose
+caller left stops within a step; one failing edit fails alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import png_bytes, scene
+from smartedit.denoise import run_to_end, start_denoising
+from smartedit.engine import AtCapacity, DenoiseEngine, EditRequest, EngineLimits, plan_unet_calls
+from smartedit.preprocessing import prepare_images, tokenize
+from smartedit.settings import PreprocessSettings
+from smartedit.spec import PipelineInfo
+
+
+class RecordingSink:
+    def __init__(self):
+        self.events = []
+        self.ended = threading.Event()
+        self.state = None
+
+    def progress(self, step, total_steps, preview_latents):
+        self.events.append(("progress", step, total_steps, preview_latents is not None))
+
+    def finished(self, state):
+        self.state = state
+        self.events.append(("finished",))
+        self.ended.set()
+
+    def failed(self, message):
+        self.events.append(("failed", message))
+        self.ended.set()
+
+    def cancelled(self, message):
+        self.events.append(("cancelled", message))
+        self.ended.set()
+
+    @property
+    def outcome(self):
+        return self.events[-1][0] if self.ended.is_set() else None
+
+
+@pytest.fixture(scope="module")
+def onnx_unet(model_repository):
+    session = ort.InferenceSession(str(model_repository / "unet" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    calls = []
+
+    def unet(sample, timestep, hidden):
+        calls.append(sample.shape[0])
+        return session.run(None, {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden})[0]
+
+    unet.calls = calls
+    return unet
+
+
+def torch_unet_of(onnx_unet):
+    return lambda s, t, e: torch.from_numpy(onnx_unet(s.numpy(), t.numpy(), e.numpy()))
+
+
+@pytest.fixture(scope="module")
+def make_edit(tiny_pipeline):
+    """``make_edit(**params)`` -> a function building the edit's DenoiseState, as the served loop does."""
+    pipe = tiny_pipeline
+    info = PipelineInfo.from_pipeline(pipe)
+
+    def make(size=(40, 24), sampler="ddim", steps=4, strength=1.0, guidance=7.5, seed=7, prompt="a red chair"):
+        image, mask = scene(*size, seed=seed)
+        prepared = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings())
+        with torch.inference_mode():
+            embeds = pipe.text_encoder(torch.from_numpy(tokenize(pipe.tokenizer, "ugly", prompt)))[0]
+            masked = pipe.vae.encode(torch.from_numpy(prepared.masked_image)).latent_dist
+            init = pipe.vae.encode(torch.from_numpy(prepared.init_image)).latent_dist
+
+        def prepare():
+            return start_denoising(info, pipe.scheduler.config, sampler, steps, strength, guidance, seed, embeds,
+                                   masked.mean, masked.std, torch.from_numpy(prepared.latent_mask),
+                                   lambda: (init.mean, init.std))
+        return prepare
+
+    return make
+
+
+def run_alone(prepare, onnx_unet):
+    state = prepare()
+    assert run_to_end(state, torch_unet_of(onnx_unet))
+    return state.latents
+
+
+def submit(engine, prepare, **kwargs):
+    sink = RecordingSink()
+    engine.submit(EditRequest(request_id="test", prepare=prepare, sink=sink, **kwargs))
+    return sink
+
+
+MIXED = [
+    dict(size=(40, 24), sampler="ddim", steps=4),
+    dict(size=(40, 24), sampler="euler", steps=6, guidance=1.0),  # one row: no guidance
+    dict(size=(40, 24), sampler="dpmpp_2m", steps=5, strength=0.6, guidance=5.0),
+    dict(size=(32, 32), sampler="heun", steps=3),
+    dict(size=(32, 32), sampler="euler_ancestral", steps=7, seed=11),
+    dict(size=(48, 32), sampler="unipc", steps=4, prompt="a lamp"),
+]
+
+
+def test_edits_batched_together_equal_the_same_edits_alone(make_edit, onnx_unet):
+    prepares = [make_edit(**params) for params in MIXED]
+    alone = [run_alone(prepare, onnx_unet) for prepare in prepares]
+    engine = DenoiseEngine(onnx_unet, EngineLimits(max_active_edits=8, max_queued_edits=0, max_unet_rows=6))
+    onnx_unet.calls.clear()
+    try:
+        sinks = [submit(engine, prepare) for prepare in prepares]
+        for sink in sinks:
+            assert sink.ended.wait(60)
+    finally:
+        engine.close()
+    for params, sink, reference in zip(MIXED, sinks, alone):
+        assert sink.outcome == "finished", (params, sink.events)
+        assert torch.equal(sink.state.latents, reference), params  # bit for bit, whatever shared the calls
+    assert max(onnx_unet.calls) > 2  # rows of several edits did share UNet calls
+    assert max(onnx_unet.calls) <= 6  # ... never more than the UNet's max rows
+
+
+def test_unet_calls_group_by_latent_size_and_never_split_an_edit():
+    class Fake:
+        def __init__(self, size, rows):
+            self.latent_size, self.rows = size, rows
+
+    a, b, c, d, e = Fake((3, 5), 2), Fake((4, 4), 2), Fake((3, 5), 1), Fake((3, 5), 2), Fake((3, 5), 2)
+    assert plan_unet_calls([a, b, c, d, e], max_rows=4) == [[a, c], [d, e], [b]]
+
+
+def test_a_new_edit_joins_at_the_next_step_without_waiting(make_edit, onnx_unet):
+    slow = lambda s, t, e: (time.sleep(0.02), onnx_unet(s, t, e))[1]  # noqa: E731
+    engine = DenoiseEngine(slow, EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=8))
+    try:
+        long = submit(engine, make_edit(steps=40), preview_every=0)
+        while len(long.events) < 3:
+            time.sleep(0.01)
+        short = submit(engine, make_edit(steps=2, seed=3))
+        assert short.ended.wait(30) and short.outcome == "finished"
+        assert not long.ended.is_set()  # the short edit finished while the long one was still running
+        assert long.ended.wait(60) and long.outcome == "finished"
+    finally:
+        engine.close()
+
+
+def test_admission_refuses_past_active_plus_queued_at_once(make_edit):
+    release = threading.Event()
+
+    def blocked_unet(sample, timestep, hidden):
+        release.wait(30)
+        return np.zeros((sample.shape[0], 4) + sample.shape[2:], dtype=np.float32)
+
+    engine = DenoiseEngine(blocked_unet, EngineLimits(max_active_edits=1, max_queued_edits=1, max_unet_rows=4))
+    try:
+        admitted = [submit(engine, make_edit(steps=2)), submit(engine, make_edit(steps=2, seed=8))]
+        started = time.perf_counter()
+        with pytest.raises(AtCapacity, match="server at capacity: .*limits 1 \\+ 1"):
+            submit(engine, make_edit(steps=2, seed=9))
+        assert time.perf_counter() - started < 0.1
+        release.set()
+        for sink in admitted:
+            assert sink.ended.wait(30) and sink.outcome == "finished"
+        assert engine.load() == (0, 0)
+        submit(engine, make_edit(steps=1)).ended.wait(30)  # capacity came back
+    finally:
+        release.set()
+        engine.close()
+
+
+def test_an_edit_past_its_deadline_stops_within_a_step_and_frees_its_rows(make_edit, onnx_unet):
+    slow = lambda s, t, e: (time.sleep(0.02), onnx_unet(s, t, e))[1]  # noqa: E731
+    engine = DenoiseEngine(slow, EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=8))
+    try:
+        abandoned = submit(engine, make_edit(steps=200), deadline=time.time() + 0.3, preview_every=0)
+        cancelled_flag = threading.Event()
+        cancelled = submit(engine, make_edit(steps=200, seed=5), cancelled=cancelled_flag.is_set, preview_every=0)
+        kept = submit(engine, make_edit(steps=30, seed=6))
+        assert abandoned.ended.wait(5) and abandoned.outcome == "cancelled"
+        assert "deadline" in abandoned.events[-1][1]
+        cancelled_flag.set()
+        steps_when_cancelled = len(cancelled.events)
+        assert cancelled.ended.wait(5) and cancelled.outcome == "cancelled"
+        assert len(cancelled.events) - 1 <= steps_when_cancelled + 1  # at most one more step ran
+        assert kept.ended.wait(30) and kept.outcome == "finished"
+        assert len(abandoned.events) - 1 < 200
+        assert engine.load() == (0, 0)
+    finally:
+        engine.close()
+
+
+def test_one_failing_edit_fails_alone(make_edit, onnx_unet):
+    def broken():
+        raise ValueError("no such thing")
+
+    def breaks_at_step_two():
+        state = make_edit(steps=5)()
+        advance = state.advance
+
+        def advance_then_break(noise_pred):
+            if state.step_index == 2:
+                raise RuntimeError("sampler exploded")
+            advance(noise_pred)
+        state.advance = advance_then_break
+        return state
+
+    engine = DenoiseEngine(onnx_unet, EngineLimits(max_active_edits=4, max_queued_edits=2, max_unet_rows=8))
+    try:
+        good = submit(engine, make_edit(steps=5, seed=2))
+        bad_start = submit(engine, broken)
+        bad_step = submit(engine, breaks_at_step_two)
+        for sink in (good, bad_start, bad_step):
+            assert sink.ended.wait(30)
+    finally:
+        engine.close()
+    assert good.outcome == "finished"
+    assert bad_start.events == [("failed", "could not start denoising: no such thing")]
+    assert bad_step.outcome == "failed" and "step 2 failed: sampler exploded" in bad_step.events[-1][1]
+
+
+def test_progress_after_every_step_and_previews_at_their_cadence(make_edit, onnx_unet):
+    engine = DenoiseEngine(onnx_unet, EngineLimits(max_active_edits=2, max_queued_edits=0, max_unet_rows=4))
+    try:
+        sink = submit(engine, make_edit(steps=5), preview_every=2)
+        assert sink.ended.wait(30)
+    finally:
+        engine.close()
+    progress = [e for e in sink.events if e[0] == "progress"]
+    assert [(step, total) for _, step, total, _ in progress] == [(s, 5) for s in range(1, 6)]
+    assert [step for _, step, _, preview in progress if preview] == [2, 4, 5]  # every 2nd, and the last
+    assert sink.events[-1] == ("finished",)
+
+
+def test_limits_are_checked():
+    with pytest.raises(ValueError, match="max_unet_rows must be >= 2"):
+        EngineLimits(max_active_edits=1, max_queued_edits=0, max_unet_rows=1)
+    with pytest.raises(ValueError, match="max_active_edits must be >= 1"):
+        EngineLimits(max_active_edits=0, max_queued_edits=0, max_unet_rows=2)
