@@ -4,6 +4,7 @@
                                                        or 1/model.plan (tensorrt)
     <out>/preprocess/   config.pbtxt, 1/model.py, 1/pipeline.json, 1/tokenizer/
     <out>/scheduler/    config.pbtxt, 1/model.py, 1/pipeline.json, 1/scheduler_config.json
+    <out>/denoise_engine/  config.pbtxt, 1/model.py, 1/pipeline.json, 1/scheduler_config.json, 1/preview.json
     <out>/postprocess/  config.pbtxt, 1/model.py
     <out>/inpaint/      config.pbtxt, 1/            (the ensemble)
 
@@ -16,12 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from smartedit import steps
 from smartedit.ensembles.inpaint import inpaint_ensemble_config
-from smartedit.settings import PreprocessSettings
+from smartedit.preview import PREVIEW_FILENAME, LatentPreview, fit_latent_preview
+from smartedit.settings import BATCHED, ENGINES, EngineSettings, PreprocessSettings
 from smartedit.spec import COMPONENTS, PipelineInfo
 from smartedit.triton_config import (
     ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, TENSORRT, BatchingSettings, component_config, step_config, to_pbtxt,
@@ -36,19 +38,29 @@ ONNX_CPU_HOST = SOURCES / "onnx_cpu_component" / "model.py"
 VERSION = "1"
 
 
+# Per profile: (UNet rows per call, edits denoising at once, edits waiting) of the batched engine.
+# On a CPU a UNet row costs nearly as much batched as alone, so a small batch keeps latency sane;
+# on a GPU one call costs little more for 32 rows than for 2, which is where the engine pays off.
+ENGINE_DEFAULTS = {
+    ONNX_CPU: (16, 8, 16),
+    ONNX_GPU: (32, 16, 64),
+    TENSORRT: (32, 16, 64),
+}
+
+
 @dataclass(frozen=True)
 class RepositoryOptions:
     profile: str = ONNX_CPU
     precision: str = onnx_export.FP32_PRECISION
-    # The UNet sees two rows per request under guidance, so it gets the larger batch.
-    batching: dict[str, BatchingSettings] = field(default_factory=lambda: {
-        "text_encoder": BatchingSettings(max_batch_size=8),
-        "vae_encoder": BatchingSettings(max_batch_size=4),
-        "unet": BatchingSettings(max_batch_size=8),
-        "vae_decoder": BatchingSettings(max_batch_size=4),
-    })
-    # Loop instances: each runs one edit at a time, so this many edits denoise concurrently and
-    # their UNet calls can meet in the UNet's dynamic batcher.
+    # Batching of the components; None: the profile's defaults (see ``batching_for``).
+    batching: dict[str, BatchingSettings] | None = None
+    # The ensemble's loop: "batched" (the denoise_engine) or "per_request" (one edit per scheduler instance).
+    engine: str = BATCHED
+    # Batched engine admission; None: the profile's default (ENGINE_DEFAULTS).
+    max_active_edits: int | None = None
+    max_queued_edits: int | None = None
+    # Per-request loop instances: each runs one edit at a time, so this many edits denoise concurrently
+    # and their UNet calls can meet in the UNet's dynamic batcher. (The batched engine needs one.)
     scheduler_instances: int = 2
     preprocess: PreprocessSettings = PreprocessSettings()
     tensorrt_accelerator: bool = False  # onnx-gpu: let ONNX Runtime use its TensorRT EP
@@ -60,8 +72,29 @@ class RepositoryOptions:
             raise ValueError(f"unknown runtime profile {self.profile!r}; choose one of {', '.join(RUNTIME_PROFILES)}")
         if self.profile == ONNX_CPU and self.precision == onnx_export.FP16_PRECISION:
             raise ValueError("fp16 is for the GPU profiles (onnx-gpu, tensorrt); ONNX Runtime on CPU runs fp32")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.scheduler_instances < 1:
             raise ValueError(f"scheduler_instances must be >= 1, got {self.scheduler_instances}")
+        self.engine_settings()  # range-checks the admission bounds now, not at model load
+
+    def batching_for(self, component: str) -> BatchingSettings:
+        if self.batching and component in self.batching:
+            return self.batching[component]
+        if component == "unet":
+            # The batched engine is the UNet's only caller and batches itself: waiting for company in
+            # Triton's batcher would only add latency to every step. Separate per-request loops meet there.
+            delay = 0 if self.engine == BATCHED else 2000
+            return BatchingSettings(max_batch_size=ENGINE_DEFAULTS[self.profile][0], max_queue_delay_microseconds=delay)
+        return BatchingSettings(max_batch_size=8 if component == "text_encoder" else 4)
+
+    def engine_settings(self) -> EngineSettings:
+        _, active, queued = ENGINE_DEFAULTS[self.profile]
+        return EngineSettings.parse({
+            "max_active_edits": str(active if self.max_active_edits is None else self.max_active_edits),
+            "max_queued_edits": str(queued if self.max_queued_edits is None else self.max_queued_edits),
+            "max_unet_rows": str(self.batching_for("unet").max_batch_size),
+        })
 
 
 def _write(path: Path, text: str) -> None:
@@ -82,11 +115,12 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
             for result in verify.verify(pipeline, spec, onnx_path, info, precision):
                 log.info("%s matches PyTorch at batch %d, %dx%d: max error %.2g", spec.name, *result.shape,
                          result.max_abs_error)
-        batching = options.batching[spec.name]
+        batching = options.batching_for(spec.name)
         if options.profile == TENSORRT:
             sides = tensorrt.Range(*options.engine_sides)
-            profile = tensorrt.EngineProfile(batch=tensorrt.Range(1, min(2, batching.max_batch_size),
-                                                                  batching.max_batch_size),
+            # Kernels are tuned for the opt batch: half the max, about what the batched engine sends.
+            opt_batch = min(batching.max_batch_size, max(2, batching.max_batch_size // 2))
+            profile = tensorrt.EngineProfile(batch=tensorrt.Range(1, opt_batch, batching.max_batch_size),
                                              height=sides, width=sides)
             tensorrt.build_engine(onnx_path, out / spec.name / VERSION / tensorrt.PLAN_FILENAME, spec, info, profile)
         if options.profile == ONNX_CPU:
@@ -96,13 +130,20 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
         _write(out / spec.name / "config.pbtxt", to_pbtxt(config))
 
 
-def _write_steps(pipeline, info: PipelineInfo, out: Path, options: RepositoryOptions) -> None:
+def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview: LatentPreview, out: Path,
+                 options: RepositoryOptions) -> None:
     preprocess_settings = {k: str(v) for k, v in vars(options.preprocess).items()}
+    engine_settings = {k: str(v) for k, v in vars(options.engine_settings()).items()}
+    batched = options.engine == BATCHED
     configs = {
         steps.PREPROCESS: step_config(steps.PREPROCESS, steps.PREPROCESS_INPUTS, steps.PREPROCESS_OUTPUTS,
                                       parameters=preprocess_settings),
+        # Batched, the step only forwards to the engine and answers asynchronously: one instance suffices.
         steps.SCHEDULER: step_config(steps.SCHEDULER, steps.SCHEDULER_INPUTS, steps.SCHEDULER_OUTPUTS,
-                                     instance_count=options.scheduler_instances),
+                                     instance_count=1 if batched else options.scheduler_instances,
+                                     parameters={"engine": options.engine}),
+        steps.DENOISE_ENGINE: step_config(steps.DENOISE_ENGINE, steps.ENGINE_INPUTS, steps.ENGINE_OUTPUTS,
+                                          parameters=engine_settings, decoupled=True),
         steps.POSTPROCESS: step_config(steps.POSTPROCESS, steps.POSTPROCESS_INPUTS, steps.POSTPROCESS_OUTPUTS),
     }
     for name, config in configs.items():
@@ -110,11 +151,14 @@ def _write_steps(pipeline, info: PipelineInfo, out: Path, options: RepositoryOpt
         version_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(SOURCES / name / VERSION / "model.py", version_dir / "model.py")
         _write(out / name / "config.pbtxt", to_pbtxt(config))
-    for name in (steps.PREPROCESS, steps.SCHEDULER):
+    loop_models = (steps.SCHEDULER, steps.DENOISE_ENGINE)
+    for name in (steps.PREPROCESS,) + loop_models:
         _write(out / name / VERSION / "pipeline.json", info.to_json())
-    pipeline.tokenizer.save_pretrained(out / steps.PREPROCESS / VERSION / "tokenizer")
-    _write(out / steps.SCHEDULER / VERSION / "scheduler_config.json",
-           json.dumps(dict(pipeline.scheduler.config), indent=2, sort_keys=True, default=list))
+    tokenizer.save_pretrained(out / steps.PREPROCESS / VERSION / "tokenizer")
+    for name in loop_models:
+        _write(out / name / VERSION / "scheduler_config.json",
+               json.dumps(scheduler_config, indent=2, sort_keys=True, default=list))
+    _write(out / steps.DENOISE_ENGINE / VERSION / PREVIEW_FILENAME, preview.to_json())
     ensemble = inpaint_ensemble_config()
     (out / ensemble.name / VERSION).mkdir(parents=True, exist_ok=True)
     _write(out / ensemble.name / "config.pbtxt", to_pbtxt(ensemble))
@@ -132,7 +176,8 @@ def build_repository(pipeline, out: Path, options: RepositoryOptions = Repositor
     shutil.rmtree(staging, ignore_errors=True)
     try:
         _write_components(pipeline, info, staging, options, Path(onnx_dir or out.with_name(out.name + "-onnx")))
-        _write_steps(pipeline, info, staging, options)
+        preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)
+        _write_steps(info, pipeline.tokenizer, dict(pipeline.scheduler.config), preview, staging, options)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

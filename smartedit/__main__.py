@@ -48,21 +48,33 @@ def cmd_tiny_model(args) -> int:
 def export_repository(args, out: Path) -> Path:
     """Export ``args.model`` (or the embedded default) into a model repository at ``out``."""
     from smartedit.export.pipeline_loader import load_pipeline
-    from smartedit.export.repository import RepositoryOptions, build_repository
+    from smartedit.export.repository import build_repository
+
+    try:
+        options = repository_options(args)
+    except ValueError as error:
+        raise SystemExit(f"smartedit: {error}") from None
+    source = _model_source(args.model)
+    log.info("loading %s", source)
+    return build_repository(load_pipeline(source), out, options,
+                            onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
+
+
+def repository_options(args):
+    from smartedit.export.repository import RepositoryOptions
     from smartedit.settings import PreprocessSettings
 
-    options = RepositoryOptions(
+    return RepositoryOptions(
         profile=args.profile,
         precision=args.precision,
+        engine=args.engine.replace("-", "_"),
+        max_active_edits=args.max_active_edits,
+        max_queued_edits=args.max_queued_edits,
         scheduler_instances=args.scheduler_instances,
         preprocess=PreprocessSettings(default_num_inference_steps=args.default_steps),
         tensorrt_accelerator=args.onnx_tensorrt_ep,
         verify=not args.no_verify,
     )
-    source = _model_source(args.model)
-    log.info("loading %s", source)
-    return build_repository(load_pipeline(source), out, options,
-                            onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
 
 
 def cmd_export(args) -> int:
@@ -136,7 +148,16 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="ONNX graph precision; fp16 is for the onnx-gpu profile (tensorrt is always FP16)")
     p.add_argument("--default-steps", type=int, default=50, help="num_inference_steps when a request sends none")
-    p.add_argument("--scheduler-instances", type=int, default=2, help="denoising loops that run at once")
+    p.add_argument("--engine", choices=("batched", "per-request"), default="batched",
+                   help="the inpaint ensemble's loop: batched (every active edit in one UNet call per step) or "
+                        "per-request (one edit per scheduler instance, the engine before)")
+    p.add_argument("--max-active-edits", type=int, default=None,
+                   help="batched engine: edits denoising at once (default: by profile, 8 on onnx-cpu, 16 on GPU)")
+    p.add_argument("--max-queued-edits", type=int, default=None,
+                   help="batched engine: admitted edits waiting for a slot; more are refused at once "
+                        "(default: by profile, 16 on onnx-cpu, 64 on GPU)")
+    p.add_argument("--scheduler-instances", type=int, default=2,
+                   help="per-request engine: denoising loops that run at once")
     p.add_argument("--onnx-tensorrt-ep", action="store_true", help="onnx-gpu: enable ONNX Runtime's TensorRT EP")
     p.add_argument("--onnx-dir", default=None, help="tensorrt: where the intermediate ONNX graphs go")
     p.add_argument("--no-verify", action="store_true", help="skip checking each graph against PyTorch")

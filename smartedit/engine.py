@@ -329,6 +329,8 @@ class DenoiseEngine:
     def _leave(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False) -> None:
         with self._lock:
             self._active.remove(edit)
+            # Before the answer leaves: whoever reads the gauges after the answer sees the edit gone.
+            self._metrics.load(len(self._active), self._preparing + len(self._ready))
         self._end(edit, outcome, message, exc_info)
 
     def _end(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False) -> None:

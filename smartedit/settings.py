@@ -96,10 +96,21 @@ class PreprocessSettings:
         )
 
 
+BATCHED, PER_REQUEST = "batched", "per_request"
+ENGINES = (BATCHED, PER_REQUEST)
+
+
 @dataclass(frozen=True)
 class SchedulerSettings:
-    """Where the loop sends its BLS calls."""
+    """The ``inpaint`` ensemble's loop step: which engine runs its edits, and where BLS calls go.
 
+    ``batched`` (default) hands each edit to the ``denoise_engine`` model, which steps every active
+    edit in shared UNet calls; ``per_request`` runs the edit's loop here, one edit per instance at a
+    time (the engine before the batched one; kept so the two can be compared).
+    """
+
+    engine: str = BATCHED
+    engine_model: str = "denoise_engine"
     unet_model: str = "unet"
     vae_encoder_model: str = "vae_encoder"
 
@@ -107,9 +118,46 @@ class SchedulerSettings:
     def parse(cls, params: Mapping[str, str]) -> "SchedulerSettings":
         _reject_unknown(cls, params)
         d = cls()
+        engine = params.get("engine", d.engine).strip().lower().replace("-", "_")
+        if engine not in ENGINES:
+            raise ValueError(f"parameter 'engine' must be one of {', '.join(ENGINES)}, got {params['engine']!r}")
         return cls(
+            engine=engine,
+            engine_model=params.get("engine_model", d.engine_model).strip(),
             unet_model=params.get("unet_model", d.unet_model).strip(),
             vae_encoder_model=params.get("vae_encoder_model", d.vae_encoder_model).strip(),
+        )
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The batched engine (``denoise_engine``): its admission bounds and the UNet it calls.
+
+    ``max_active_edits`` edits denoise at once (2 UNet rows each under guidance), up to
+    ``max_queued_edits`` more wait for a slot, and any request beyond both is refused at once.
+    ``max_unet_rows`` is the UNet's max batch: an iteration with more rows makes several calls.
+    """
+
+    max_active_edits: int = 8
+    max_queued_edits: int = 16
+    max_unet_rows: int = 16
+    unet_model: str = "unet"
+    vae_encoder_model: str = "vae_encoder"
+    # Threads that prepare admitted edits (scheduler set-up; a VAE-encoder BLS call when strength < 1).
+    prepare_workers: int = 2
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> "EngineSettings":
+        _reject_unknown(cls, params)
+        d = cls()
+        get = params.get
+        return cls(
+            max_active_edits=parse_int("max_active_edits", get("max_active_edits", str(d.max_active_edits)), 1, 4096),
+            max_queued_edits=parse_int("max_queued_edits", get("max_queued_edits", str(d.max_queued_edits)), 0, 65536),
+            max_unet_rows=parse_int("max_unet_rows", get("max_unet_rows", str(d.max_unet_rows)), 2, 4096),
+            unet_model=get("unet_model", d.unet_model).strip(),
+            vae_encoder_model=get("vae_encoder_model", d.vae_encoder_model).strip(),
+            prepare_workers=parse_int("prepare_workers", get("prepare_workers", str(d.prepare_workers)), 1, 64),
         )
 
 

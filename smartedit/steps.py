@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from smartedit_client import _contract as wire
 
 PREPROCESS, SCHEDULER, POSTPROCESS = "preprocess", "scheduler", "postprocess"
+# The batched denoising engine: a decoupled model the `scheduler` step (and the streaming entry) call.
+DENOISE_ENGINE = "denoise_engine"
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,14 @@ GUIDANCE = StepTensor("resolved_guidance_scale", "FP32", (1,))
 STRENGTH = StepTensor("resolved_strength", "FP32", (1,))
 SAMPLER = StepTensor("resolved_scheduler", "BYTES", (1,))
 SEED_USED = StepTensor(wire.SEED_USED.name, wire.SEED_USED.datatype, wire.TENSOR_SHAPE)
+# When the caller gives up, as ``time.time()`` seconds; 0 when it set no timeout. Preprocess computes it
+# from Triton's request timeout, which the client sets from its own and the ensemble passes to every step.
+DEADLINE = StepTensor("deadline", "FP64", (1,))
 
 PREPROCESS_INPUTS = tuple(wire_input(t) for t in wire.INPUTS)
 PREPROCESS_OUTPUTS = (
     INPUT_IDS, MASKED_IMAGE, INIT_IMAGE, LATENT_MASK, ORIGINAL_IMAGE, REPAINT_MASK,
-    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED,
+    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED, DEADLINE,
 )
 
 # The loop's inputs: what preprocess resolved, the prompt embeddings and the masked image's latent
@@ -58,9 +63,26 @@ LATENTS = StepTensor("latents", "FP32", (1, -1, -1, -1))  # denoised, divided by
 
 SCHEDULER_INPUTS = (
     PROMPT_EMBEDS, MASKED_IMAGE_MEAN, MASKED_IMAGE_STD, LATENT_MASK, INIT_IMAGE,
-    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED,
+    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED, DEADLINE,
 )
 SCHEDULER_OUTPUTS = (LATENTS,)
+
+# The engine takes the loop's inputs plus, from the streaming entry, how often to send previews and
+# the token under which that entry marks the edit cancelled (smartedit.cancellation). It answers with
+# progress responses (step, total_steps, and preview_pixels every preview_every steps) when asked, then
+# one final response: the latents, or the error as error_code (a TritonError code name) and
+# error_message. (Triton 2.51 turns every error that comes back through BLS into INTERNAL, and the
+# callers must tell a refusal for capacity, UNAVAILABLE, from a cancellation or a fault.)
+PREVIEW_EVERY = StepTensor("preview_every", "INT32", (1,), optional=True)
+CANCEL_TOKEN = StepTensor("cancel_token", "BYTES", (1,), optional=True)
+STEP = StepTensor("step", "INT32", (1,))
+TOTAL_STEPS = StepTensor("total_steps", "INT32", (1,))
+PREVIEW_PIXELS = StepTensor("preview_pixels", "UINT8", (-1, -1, 3))  # RGB at latent resolution
+ERROR_CODE = StepTensor("error_code", "BYTES", (1,))
+ERROR_MESSAGE = StepTensor("error_message", "BYTES", (1,))
+
+ENGINE_INPUTS = SCHEDULER_INPUTS + (PREVIEW_EVERY, CANCEL_TOKEN)
+ENGINE_OUTPUTS = (LATENTS, STEP, TOTAL_STEPS, PREVIEW_PIXELS, ERROR_CODE, ERROR_MESSAGE)
 
 DECODED_IMAGE = StepTensor("decoded_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]
 EDITED_IMAGE = StepTensor(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wire.TENSOR_SHAPE)

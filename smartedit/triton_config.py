@@ -100,9 +100,15 @@ def _add_step_tensor(target, tensor: StepTensor) -> None:
 
 
 def step_config(name: str, inputs: Iterable[StepTensor], outputs: Iterable[StepTensor],
-                instance_count: int = 1, parameters: Mapping[str, str] | None = None) -> mc.ModelConfig:
-    """The config of a Python step model: one request is one edit, so no batching."""
+                instance_count: int = 1, parameters: Mapping[str, str] | None = None,
+                decoupled: bool = False) -> mc.ModelConfig:
+    """The config of a Python step model: one request is one edit, so no batching.
+
+    ``decoupled`` models answer each request with any number of responses, sent from any thread.
+    """
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+    if decoupled:
+        config.model_transaction_policy.decoupled = True
     for tensor in inputs:
         _add_step_tensor(config.input, tensor)
     for tensor in outputs:

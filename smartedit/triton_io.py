@@ -5,9 +5,12 @@ Imported only inside Triton's Python backend stub, where ``triton_python_backend
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from smartedit import steps
 from smartedit.errors import RequestError
 
 
@@ -48,14 +51,56 @@ def cancelled(message: str):
         output_tensors=[], error=pb_utils.TritonError(message, pb_utils.TritonError.CANCELLED))
 
 
-def call_model(model_name: str, inputs: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
+def request_deadline(request) -> float:
+    """``time.time()`` at which the caller gives up, from Triton's request timeout; 0 for none.
+
+    The client sets the timeout (microseconds) from its own; an ensemble passes it to every step.
+    Measured from now, so a step that runs later sees a later deadline than the first one did:
+    the first step computes it and passes it on.
+    """
+    timeout_us = request.timeout()
+    return time.time() + timeout_us / 1e6 if timeout_us else 0.0
+
+
+def call_model(model_name: str, inputs: dict[str, np.ndarray], output_names: list[str],
+               request_id: str = "") -> list[np.ndarray]:
     """One synchronous BLS call; a failed call raises with the callee's message."""
     request = pb_utils.InferenceRequest(
         model_name=model_name,
         requested_output_names=output_names,
         inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+        request_id=request_id,
     )
     response = request.exec()
     if response.has_error():
         raise RuntimeError(f"{model_name} failed: {response.error().message()}")
     return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names]
+
+
+def error_as_tensors(code: str, message: str):
+    """A final answer of the engine that carries an error in tensors, so its code survives BLS.
+
+    Args:
+        code: a ``TritonError`` code name: "UNAVAILABLE", "CANCELLED", "INTERNAL", ...
+    """
+    return pb_utils.InferenceResponse(output_tensors=[
+        pb_utils.Tensor(steps.ERROR_CODE.name, np.array([code.encode()], dtype=np.object_)),
+        pb_utils.Tensor(steps.ERROR_MESSAGE.name, np.array([message.encode()], dtype=np.object_)),
+    ])
+
+
+def error_from_tensors(response):
+    """The ``TritonError`` a response of ``error_as_tensors`` carries, with its code; None if none."""
+    code = pb_utils.get_output_tensor_by_name(response, steps.ERROR_CODE.name)
+    if code is None:
+        return None
+    message = pb_utils.get_output_tensor_by_name(response, steps.ERROR_MESSAGE.name).as_numpy().reshape(-1)[0]
+    name = code.as_numpy().reshape(-1)[0].decode()
+    return pb_utils.TritonError(message.decode(), getattr(pb_utils.TritonError, name, pb_utils.TritonError.INTERNAL))
+
+
+def error_of_response(response):
+    """The error a BLS response stands for, code included where the callee sent it in tensors."""
+    if response.has_error():
+        return response.error()  # raised by Triton or a model: its code is lost on the way back
+    return error_from_tensors(response)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,33 @@ def model_repository(tiny_pipeline, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(model_repository, tmp_path_factory):
+    with serving(model_repository, tmp_path_factory.mktemp("triton") / "tritonserver.log") as running:
+        yield running
+
+
+def configure_copy(model_repository: Path, destination: Path, parameters: dict[str, dict[str, str]]) -> Path:
+    """A copy of ``model_repository`` whose models' config ``parameters`` are changed as given
+    (``{model: {key: value}}``): a server with other settings, without exporting again."""
+    import shutil
+
+    from smartedit.triton_config import parse_pbtxt, to_pbtxt
+
+    shutil.copytree(model_repository, destination)
+    for model, changes in parameters.items():
+        path = destination / model / "config.pbtxt"
+        config = parse_pbtxt(path.read_text())
+        for key, value in changes.items():
+            config.parameters[key].string_value = str(value)
+        path.write_text(to_pbtxt(config))
+    return destination
+
+
+@contextmanager
+def serving(repository: Path, log_file: Path):
     from smartedit.server import ServerAddress, TritonServer
 
     address = ServerAddress(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-    log_file = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    with TritonServer(model_repository, address, log_file=log_file) as running:
+    with TritonServer(repository, address, log_file=log_file) as running:
         yield running
 
 

@@ -45,6 +45,17 @@ def test_errors_map_on_status_codes(status, expected):
     assert isinstance(error, _errors.SmartEditError)
 
 
+@pytest.mark.parametrize("message,expected", [
+    ("in ensemble 'inpaint', server at capacity: 8 edits denoising and 16 waiting", _errors.ServerOverloadedError),
+    ("Exceeds maximum queue size", _errors.ServerOverloadedError),
+    ("Server is not ready", _errors.ServerUnavailableError),
+    ("failed to connect to all addresses", _errors.ServerUnavailableError),
+])
+def test_unavailable_is_overloaded_only_when_the_server_refused_for_capacity(message, expected):
+    error = _errors.from_triton(FakeTritonError("StatusCode.UNAVAILABLE", message))
+    assert type(error) is expected and error.status == "UNAVAILABLE"
+
+
 def test_unreachable_server_is_server_unavailable():
     from smartedit_client import InpaintClient, ServerUnavailableError
 

@@ -5,7 +5,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from smartedit import steps
 from smartedit.ensembles.inpaint import ensemble_steps, inpaint_ensemble_config
-from smartedit.settings import OnnxHostSettings, PreprocessSettings, parse_bool
+from smartedit.settings import EngineSettings, OnnxHostSettings, PreprocessSettings, SchedulerSettings, parse_bool
 from smartedit.spec import COMPONENTS, PipelineInfo
 from smartedit.triton_config import ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, TENSORRT, component_config, parse_pbtxt, to_pbtxt
 from smartedit_client import _contract as wire
@@ -38,8 +38,8 @@ def test_written_repository_configs_parse(model_repository):
         config = parse_pbtxt(path.read_text())
         assert config.name == path.parent.name
         names.add(config.name)
-    assert names == {"preprocess", "text_encoder", "vae_encoder", "scheduler", "unet", "vae_decoder",
-                     "postprocess", "inpaint"}
+    assert names == {"preprocess", "text_encoder", "vae_encoder", "scheduler", "denoise_engine", "unet",
+                     "vae_decoder", "postprocess", "inpaint"}
 
 
 def test_unet_timestep_is_one_scalar_per_row():
@@ -103,3 +103,45 @@ def test_step_models_declare_what_the_ensemble_maps():
         ins, outs = declared.get(model) or components[model]
         assert set(input_map) == {t.name for t in ins}
         assert set(output_map) == {t.name for t in outs}
+
+
+def _parameters(config) -> dict[str, str]:
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def test_the_engine_is_decoupled_but_no_step_of_the_ensemble_is(model_repository):
+    def config(name):
+        return parse_pbtxt((model_repository / name / "config.pbtxt").read_text())
+
+    engine = config("denoise_engine")
+    assert engine.model_transaction_policy.decoupled
+    # A decoupled step would make the ensemble decoupled, and gRPC's unary ModelInfer refuses those.
+    for model, _, _ in ensemble_steps():
+        assert not config(model).model_transaction_policy.decoupled, model
+    settings = EngineSettings.parse(_parameters(engine))
+    unet = config("unet")
+    assert settings.max_unet_rows == unet.max_batch_size  # the engine never sends more rows than the UNet takes
+    assert unet.dynamic_batching.max_queue_delay_microseconds == 0  # the engine batches; waiting adds latency
+    assert SchedulerSettings.parse(_parameters(config("scheduler"))).engine == "batched"
+
+
+def test_engine_settings_are_range_checked_and_the_engine_name_is_explicit():
+    assert EngineSettings.parse({"max_active_edits": "4"}).max_active_edits == 4
+    with pytest.raises(ValueError, match="'max_unet_rows' must be >= 2, got 1"):
+        EngineSettings.parse({"max_unet_rows": "1"})
+    with pytest.raises(ValueError, match="'max_queued_edits' must be >= 0"):
+        EngineSettings.parse({"max_queued_edits": "-1"})
+    assert SchedulerSettings.parse({"engine": "per-request"}).engine == "per_request"
+    with pytest.raises(ValueError, match="'engine' must be one of batched, per_request, got 'turbo'"):
+        SchedulerSettings.parse({"engine": "turbo"})
+
+
+def test_per_request_export_keeps_the_old_loop_and_lets_concurrent_loops_meet_in_the_batcher():
+    from smartedit.export.repository import RepositoryOptions
+
+    options = RepositoryOptions(engine="per_request", scheduler_instances=3)
+    assert options.batching_for("unet").max_queue_delay_microseconds > 0
+    with pytest.raises(ValueError, match="unknown engine 'turbo'"):
+        RepositoryOptions(engine="turbo")
+    with pytest.raises(ValueError, match="'max_active_edits' must be >= 1, got 0"):
+        RepositoryOptions(max_active_edits=0)

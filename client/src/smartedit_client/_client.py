@@ -49,6 +49,10 @@ def _tensor(spec: wire.WireTensor, value) -> grpcclient.InferInput:
     return tensor
 
 
+def _microseconds(seconds: float) -> int:
+    return max(1, int(seconds * 1_000_000))
+
+
 class InpaintClient:
     """A client of the ``inpaint`` ensemble. Use it as a context manager, or call ``close()``.
 
@@ -130,8 +134,9 @@ class InpaintClient:
 
         Raises:
             InvalidRequestError: a field is invalid (the message names it), locally or on the server.
-            RequestTimeoutError: the call took longer than its timeout.
-            ServerUnavailableError: the server is unreachable.
+            RequestTimeoutError: the call took longer than its timeout (the server stops the edit too).
+            ServerOverloadedError: the server is at capacity and refused the edit at once; retry later.
+            ServerUnavailableError: the server is unreachable or shutting down.
             SmartEditError: any other failure, as a subclass named by the gRPC status.
         """
         values = {
@@ -154,10 +159,13 @@ class InpaintClient:
             raise InvalidRequestError(f"could not encode the request: {error}") from None
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
         request_id = request_id or uuid.uuid4().hex
+        timeout_s = timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
+            # The timeout goes twice: as the gRPC deadline (the client stops waiting) and as Triton's
+            # request timeout, which reaches the denoising loop, so the server stops the edit too.
             response = self._client.infer(self.model_name, inputs, outputs=outputs, request_id=request_id,
-                                          client_timeout=timeout_s or self.timeout_s)
+                                          client_timeout=timeout_s, timeout=_microseconds(timeout_s))
         except InferenceServerException as error:
             raise from_triton(error) from None
         elapsed = time.perf_counter() - started

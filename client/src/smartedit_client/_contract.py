@@ -39,3 +39,9 @@ INPUTS: tuple[WireTensor, ...] = (
 OUTPUTS: tuple[WireTensor, ...] = (EDITED_IMAGE, SEED_USED)
 
 TENSOR_SHAPE = (1,)
+
+# Triton has no RESOURCE_EXHAUSTED status: a request refused for lack of capacity comes back as
+# UNAVAILABLE, the status of a server that is down or draining too. The server's refusals say why in
+# one of these fixed phrases (SmartEdit's engine: "server at capacity"; Triton's own bounded queues:
+# "Exceeds maximum queue size"), which is how the client tells "retry later" from "not serving".
+CAPACITY_REFUSALS: tuple[str, ...] = ("server at capacity", "Exceeds maximum queue size")

@@ -5,12 +5,19 @@
     ├── RequestTimeoutError            DEADLINE_EXCEEDED: the per-call timeout passed
     ├── RequestCancelledError          CANCELLED
     ├── ServerUnavailableError         UNAVAILABLE: no server at the URL, or it is shutting down
-    ├── ServerOverloadedError          RESOURCE_EXHAUSTED: queue full; retry later
+    ├── ServerOverloadedError          RESOURCE_EXHAUSTED, or UNAVAILABLE refusing for capacity: retry later
     ├── ModelNotFoundError             NOT_FOUND: the server does not serve the model
     └── ServerError                    INTERNAL and anything else: a fault on the server's side
+
+Mapping is by status code. One status needs a second look: Triton has no RESOURCE_EXHAUSTED, so a
+server at capacity refuses with UNAVAILABLE, like a server that is down. Its refusals name their
+reason with one of the wire contract's fixed ``CAPACITY_REFUSALS`` phrases, and only those make an
+UNAVAILABLE a ``ServerOverloadedError``.
 """
 
 from __future__ import annotations
+
+from smartedit_client._contract import CAPACITY_REFUSALS
 
 
 class SmartEditError(Exception):
@@ -76,5 +83,7 @@ def from_triton(error: Exception) -> SmartEditError:
     status_method = getattr(error, "status", None)
     status = status_name(status_method() if callable(status_method) else None)
     message_method = getattr(error, "message", None)
-    message = message_method() if callable(message_method) else str(error)
-    return _BY_STATUS.get(status, ServerError)(message or str(error), status)
+    message = (message_method() if callable(message_method) else None) or str(error)
+    if status == "UNAVAILABLE" and any(reason in message for reason in CAPACITY_REFUSALS):
+        return ServerOverloadedError(message, status)
+    return _BY_STATUS.get(status, ServerError)(message, status)

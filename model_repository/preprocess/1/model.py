@@ -13,7 +13,7 @@ from smartedit.preprocessing import prepare_images, resolve_parameters, tokenize
 from smartedit.settings import PreprocessSettings, parameters_of
 from smartedit.spec import PipelineInfo
 from smartedit.structured_log import model_logger, timed_stage
-from smartedit.triton_io import invalid_argument, optional_scalar, required_scalar
+from smartedit.triton_io import invalid_argument, optional_scalar, request_deadline, required_scalar
 from smartedit_client import _contract as wire
 
 log = model_logger("preprocess")
@@ -71,5 +71,6 @@ class TritonPythonModel:
             steps.STRENGTH: np.array([params.strength], dtype=np.float32),
             steps.SAMPLER: np.array([params.scheduler.encode()], dtype=np.object_),
             steps.SEED_USED: np.array([params.seed], dtype=np.int64),
+            steps.DEADLINE: np.array([request_deadline(request)], dtype=np.float64),
         }
         return [pb_utils.Tensor(spec.name, value) for spec, value in tensors.items()]

@@ -1,10 +1,21 @@
-"""``scheduler``: the denoising loop of one edit, calling ``unet`` through BLS each step.
+"""``scheduler``: the ``inpaint`` ensemble's denoising step, run by one of two engines.
 
-The loop itself is ``smartedit.denoise`` (it reads like diffusers' ``__call__``); this model only
-moves tensors between Triton and it, and checks for cancellation between steps.
+- ``engine: batched`` (default): the edit goes to the ``denoise_engine`` model through BLS and this
+  step answers with the engine's final response. ``execute`` returns at once and answers arrive
+  later through each request's response sender, so one instance holds any number of edits while
+  the engine steps them together. (A non-decoupled model may answer from another thread this way;
+  a decoupled step would make the whole ensemble decoupled, which unary gRPC refuses.)
+- ``engine: per_request``: the loop of ``smartedit.denoise`` runs here, one edit per instance at a
+  time, with a BLS call to ``unet`` every step; concurrent edits meet only in the UNet's batcher.
+
+Either way the loop stops when the caller's deadline passes (Triton does not tell a model inside an
+ensemble that its client went away, so the deadline is what reaches it).
 """
 
+import asyncio
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,29 +24,40 @@ import triton_python_backend_utils as pb_utils
 
 from smartedit import steps
 from smartedit.denoise import decoder_input, run_to_end, start_denoising
-from smartedit.settings import SchedulerSettings, parameters_of
 from smartedit.scheduler_metrics import SchedulerMetrics
+from smartedit.settings import BATCHED, SchedulerSettings, parameters_of
 from smartedit.spec import UNET, VAE_ENCODER, PipelineInfo
 from smartedit.structured_log import model_logger, timed_stage
-from smartedit.triton_io import array, call_model, cancelled, internal_error
+from smartedit.triton_io import array, call_model, cancelled, error_of_response, internal_error
 
 log = model_logger("scheduler")
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 class TritonPythonModel:
     def initialize(self, args):
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.settings = SchedulerSettings.parse(parameters_of(json.loads(args["model_config"])))
+        if self.settings.engine == BATCHED:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="scheduler-forward", daemon=True).start()
+            return
         self.info = PipelineInfo.load(version_dir / "pipeline.json")
         self.scheduler_config = json.loads((version_dir / "scheduler_config.json").read_text())
         torch.set_num_threads(1)  # the loop's own arithmetic is tiny; leave the cores to the UNet
         self.metrics = SchedulerMetrics(args["model_name"], args["model_version"], args["model_instance_name"])
 
     def finalize(self):
-        # The Python backend wants each Metric released before its MetricFamily.
-        del self.metrics
+        if self.settings.engine == BATCHED:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        else:
+            del self.metrics  # the Python backend wants each Metric released before its MetricFamily
 
     def execute(self, requests):
+        if self.settings.engine == BATCHED:
+            for request in requests:
+                asyncio.run_coroutine_threadsafe(self._forward(request, request.get_response_sender()), self._loop)
+            return None
         responses = []
         for request in requests:
             try:
@@ -44,10 +66,36 @@ class TritonPythonModel:
                 responses.append(internal_error(f"denoising failed: {error}"))
         return responses
 
+    # --- batched: forward to the engine -------------------------------------------------------------
+
+    async def _forward(self, request, sender):
+        try:
+            engine_request = pb_utils.InferenceRequest(
+                model_name=self.settings.engine_model, inputs=request.inputs(), request_id=request.request_id(),
+                requested_output_names=[steps.LATENTS.name, steps.ERROR_CODE.name, steps.ERROR_MESSAGE.name])
+            # The engine answers this caller with one final response (no progress was asked for), so the
+            # await returns with every response already in and iterating does not block the loop.
+            responses = await engine_request.async_exec(decoupled=True)
+            answer = None
+            for response in responses:
+                error = error_of_response(response)
+                if error is not None:
+                    answer = pb_utils.InferenceResponse(output_tensors=[], error=error)
+                    continue
+                latents = pb_utils.get_output_tensor_by_name(response, steps.LATENTS.name)
+                if latents is not None:
+                    answer = pb_utils.InferenceResponse(output_tensors=[latents])
+            sender.send(answer or internal_error("the denoising engine ended the edit without an answer"), flags=FINAL)
+        except Exception as error:
+            log.exception("forwarding to the engine failed")
+            sender.send(internal_error(f"forwarding to the denoising engine failed: {error}"), flags=FINAL)
+
+    # --- per request: the loop runs here -------------------------------------------------------------
+
     def _unet(self, record, sample, timestep, encoder_hidden_states):
         # A scalar-per-row tensor travels as [rows, 1]; the unet config reshapes it to [rows].
         values = (sample.numpy(), timestep.numpy().reshape(-1, 1), encoder_hidden_states.numpy())
-        with self.metrics.unet_call(record):
+        with self.metrics.unet_call(record, rows=sample.shape[0]):
             (noise_pred,) = call_model(self.settings.unet_model, dict(zip(UNET.input_names, values)),
                                        UNET.output_names)
         return torch.from_numpy(noise_pred)
@@ -70,6 +118,7 @@ class TritonPythonModel:
 
     def _run_loop(self, request, scalar, sampler, num_steps, record):
         init_image = array(request, steps.INIT_IMAGE.name)
+        deadline = float(scalar(steps.DEADLINE))
         state = start_denoising(
             info=self.info,
             scheduler_config=self.scheduler_config,
@@ -84,9 +133,11 @@ class TritonPythonModel:
             latent_mask=torch.from_numpy(array(request, steps.LATENT_MASK.name)),
             encode_init_image=lambda: self._encode_init_image(init_image),
         )
-        finished = run_to_end(state, lambda *inputs: self._unet(record, *inputs), should_stop=request.is_cancelled)
+        caller_gone = lambda: bool(deadline) and time.time() >= deadline  # noqa: E731
+        finished = run_to_end(state, lambda *inputs: self._unet(record, *inputs), should_stop=caller_gone)
         if not finished:
             record.outcome = "cancelled"
-            return cancelled(f"cancelled after {state.step_index} of {state.total_steps} steps")
+            return cancelled(f"cancelled after {state.step_index} of {state.total_steps} steps: "
+                             f"the caller's deadline passed")
         latents = decoder_input(state, self.info).numpy().astype(np.float32)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.LATENTS.name, latents)])

@@ -1,0 +1,147 @@
+"""``denoise_engine``: the batched denoising engine of one loop instance (smartedit.engine).
+
+A decoupled model: ``execute`` admits each request into the engine (or refuses it at once with
+UNAVAILABLE, "server at capacity") and returns; the engine's worker steps every active edit in
+shared UNet calls (BLS to ``unet``), and answers go out through each request's response sender:
+progress responses when the caller asked for them (``preview_every``), then one final response
+with the latents, or the edit's error as tensors (``error_as_tensors``: an error's code does not
+survive BLS in Triton 2.51). Callers: the ``inpaint`` ensemble's ``scheduler`` step and
+the ``inpaint_stream`` entry, both through BLS.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from smartedit import steps
+from smartedit.cancellation import CancelBoard
+from smartedit.denoise import decoder_input, start_denoising
+from smartedit.engine import AtCapacity, DenoiseEngine, EditRequest, EngineLimits
+from smartedit.preview import PREVIEW_FILENAME, LatentPreview
+from smartedit.scheduler_metrics import EngineReporter, SchedulerMetrics
+from smartedit.settings import EngineSettings, parameters_of
+from smartedit.spec import UNET, VAE_ENCODER, PipelineInfo
+from smartedit.structured_log import model_logger
+from smartedit.triton_io import call_model, error_as_tensors
+
+log = model_logger("denoise_engine")
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _input(request, tensor):
+    found = pb_utils.get_input_tensor_by_name(request, tensor.name)
+    # Copied: the request's memory is released with its final response, the edit may outlive that.
+    return None if found is None else np.array(found.as_numpy(), copy=True)
+
+
+def _scalar(request, tensor):
+    value = _input(request, tensor)
+    return None if value is None else value.reshape(-1)[0]
+
+
+class ResponseSink:
+    """Sends one edit's answers through its request's response sender (from the engine's outbox)."""
+
+    def __init__(self, sender, info: PipelineInfo, preview: LatentPreview):
+        self._sender, self._info, self._preview = sender, info, preview
+
+    def progress(self, step, total_steps, preview_latents):
+        tensors = [pb_utils.Tensor(steps.STEP.name, np.array([step], dtype=np.int32)),
+                   pb_utils.Tensor(steps.TOTAL_STEPS.name, np.array([total_steps], dtype=np.int32))]
+        if preview_latents is not None:
+            tensors.append(pb_utils.Tensor(steps.PREVIEW_PIXELS.name, self._preview.render(preview_latents)))
+        self._sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+
+    def finished(self, state):
+        latents = decoder_input(state, self._info).numpy().astype(np.float32)
+        self._sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.LATENTS.name, latents)]),
+                          flags=FINAL)
+
+    def failed(self, message):
+        self._sender.send(error_as_tensors("INTERNAL", f"denoising failed: {message}"), flags=FINAL)
+
+    def cancelled(self, message):
+        self._sender.send(error_as_tensors("CANCELLED", f"denoising cancelled: {message}"), flags=FINAL)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.settings = EngineSettings.parse(parameters_of(json.loads(args["model_config"])))
+        self.info = PipelineInfo.load(version_dir / "pipeline.json")
+        self.scheduler_config = json.loads((version_dir / "scheduler_config.json").read_text())
+        self.preview = LatentPreview.load(version_dir / PREVIEW_FILENAME)
+        self.cancel_board = CancelBoard.of_this_server()
+        # The loop's own arithmetic is small; leave the cores to the UNet (on onnx-cpu, the same machine).
+        torch.set_num_threads(1)
+        self.metrics = SchedulerMetrics(args["model_name"], args["model_version"], args["model_instance_name"])
+        limits = EngineLimits(max_active_edits=self.settings.max_active_edits,
+                              max_queued_edits=self.settings.max_queued_edits,
+                              max_unet_rows=self.settings.max_unet_rows)
+        self.engine = DenoiseEngine(self._unet, limits, logger=log, metrics=EngineReporter(self.metrics),
+                                    prepare_workers=self.settings.prepare_workers)
+
+    def finalize(self):
+        self.engine.close()
+        # The Python backend wants each Metric released before its MetricFamily.
+        del self.metrics
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                self.engine.submit(self._edit_request(request, sender))
+            except AtCapacity as error:
+                # Triton has no RESOURCE_EXHAUSTED: a refusal for capacity is UNAVAILABLE, like Triton's own
+                # "Exceeds maximum queue size", and says "server at capacity", which the client recognises.
+                sender.send(error_as_tensors("UNAVAILABLE", str(error)), flags=FINAL)
+            except Exception as error:  # malformed inputs from a caller: answer it, keep serving
+                sender.send(error_as_tensors("INTERNAL", f"denoise_engine could not take the edit: {error}"),
+                            flags=FINAL)
+        return None
+
+    def _unet(self, sample, timestep, hidden):
+        # A scalar-per-row tensor travels as [rows, 1]; the unet config reshapes it to [rows].
+        values = (sample, timestep.reshape(-1, 1), hidden)
+        (noise_pred,) = call_model(self.settings.unet_model, dict(zip(UNET.input_names, values)), UNET.output_names)
+        return noise_pred
+
+    def _edit_request(self, request, sender) -> EditRequest:
+        sampler = _scalar(request, steps.SAMPLER).decode()
+        num_steps = int(_scalar(request, steps.STEPS))
+        strength = float(_scalar(request, steps.STRENGTH))
+        guidance = float(_scalar(request, steps.GUIDANCE))
+        seed = int(_scalar(request, steps.SEED_USED))
+        deadline = float(_scalar(request, steps.DEADLINE))
+        prompt_embeds = torch.from_numpy(_input(request, steps.PROMPT_EMBEDS))
+        mean = torch.from_numpy(_input(request, steps.MASKED_IMAGE_MEAN))
+        std = torch.from_numpy(_input(request, steps.MASKED_IMAGE_STD))
+        latent_mask = torch.from_numpy(_input(request, steps.LATENT_MASK))
+        # The init image is only encoded when strength < 1; keep the request's copy out of memory otherwise.
+        init_image = _input(request, steps.INIT_IMAGE) if strength < 1.0 else None
+        request_id = request.request_id()
+
+        def encode_init_image():
+            mean_, std_ = call_model(self.settings.vae_encoder_model, {VAE_ENCODER.inputs[0].name: init_image},
+                                     VAE_ENCODER.output_names, request_id=request_id)
+            return torch.from_numpy(mean_), torch.from_numpy(std_)
+
+        def prepare():
+            return start_denoising(self.info, self.scheduler_config, sampler, num_steps, strength, guidance, seed,
+                                   prompt_embeds, mean, std, latent_mask, encode_init_image)
+
+        preview_every = _scalar(request, steps.PREVIEW_EVERY)
+        token = _scalar(request, steps.CANCEL_TOKEN)
+        token = token.decode() if token is not None else None
+        return EditRequest(
+            request_id=request_id,
+            prepare=prepare,
+            sink=ResponseSink(sender, self.info, self.preview),
+            deadline=deadline or None,
+            cancelled=(lambda: self.cancel_board.is_cancelled(token)) if token else (lambda: False),
+            preview_every=None if preview_every is None else int(preview_every),
+            log_fields={"sampler": sampler, "num_inference_steps": num_steps},
+        )
