@@ -7,6 +7,7 @@
     <out>/denoise_engine/  config.pbtxt, 1/model.py, 1/pipeline.json, 1/scheduler_config.json, 1/preview.json
     <out>/postprocess/  config.pbtxt, 1/model.py
     <out>/inpaint/      config.pbtxt, 1/            (the ensemble)
+    <out>/inpaint_stream/  config.pbtxt, 1/model.py, 1/pipeline.json, 1/tokenizer/   (the streaming entry)
 
 The repository is built in a sibling folder and moved into place at the end, so a failed export
 never leaves a half-written repository where a server would load it.
@@ -145,6 +146,9 @@ def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview:
         steps.DENOISE_ENGINE: step_config(steps.DENOISE_ENGINE, steps.ENGINE_INPUTS, steps.ENGINE_OUTPUTS,
                                           parameters=engine_settings, decoupled=True),
         steps.POSTPROCESS: step_config(steps.POSTPROCESS, steps.POSTPROCESS_INPUTS, steps.POSTPROCESS_OUTPUTS),
+        # It validates requests itself, with preprocess's settings (StreamSettings reads the same keys).
+        steps.INPAINT_STREAM: step_config(steps.INPAINT_STREAM, steps.STREAM_INPUTS, steps.STREAM_OUTPUTS,
+                                          parameters=preprocess_settings, decoupled=True),
     }
     for name, config in configs.items():
         version_dir = out / name / VERSION
@@ -152,9 +156,11 @@ def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview:
         shutil.copy(SOURCES / name / VERSION / "model.py", version_dir / "model.py")
         _write(out / name / "config.pbtxt", to_pbtxt(config))
     loop_models = (steps.SCHEDULER, steps.DENOISE_ENGINE)
-    for name in (steps.PREPROCESS,) + loop_models:
+    request_models = (steps.PREPROCESS, steps.INPAINT_STREAM)
+    for name in request_models + loop_models:
         _write(out / name / VERSION / "pipeline.json", info.to_json())
-    tokenizer.save_pretrained(out / steps.PREPROCESS / VERSION / "tokenizer")
+    for name in request_models:
+        tokenizer.save_pretrained(out / name / VERSION / "tokenizer")
     for name in loop_models:
         _write(out / name / VERSION / "scheduler_config.json",
                json.dumps(scheduler_config, indent=2, sort_keys=True, default=list))

@@ -26,3 +26,8 @@ def encode_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def finish_edit(decoded: np.ndarray, original: np.ndarray, repaint_mask: np.ndarray) -> bytes:
+    """The response's PNG from the VAE decoder's output: what the ``postprocess`` step does."""
+    return encode_png(compose(to_pixels(decoded), original, repaint_mask))

@@ -11,15 +11,18 @@ import io
 import math
 import secrets
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from smartedit import steps
 from smartedit.errors import RequestError
 from smartedit.samplers import SAMPLERS
 from smartedit.settings import PreprocessSettings
 from smartedit.spec import PipelineInfo
+from smartedit_client import _contract as wire
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 INT64_MAX = 2**63 - 1
@@ -173,3 +176,52 @@ def tokenize(tokenizer, negative_prompt: str, prompt: str) -> np.ndarray:
         return_tensors="np",
     ).input_ids
     return ids.astype(np.int64)
+
+
+def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, settings: PreprocessSettings,
+                    deadline: float) -> tuple[dict[steps.StepTensor, np.ndarray], dict[str, Any]]:
+    """Everything preprocess hands on for one request: the step tensors, and the fields to log.
+
+    Args:
+        read: the one element of a wire input by name, or None when the request left it out.
+        deadline: ``time.time()`` at which the caller gives up, 0 for none (``request_deadline``).
+
+    Raises:
+        RequestError: naming the first bad field, before any image is decoded when a scalar is bad.
+    """
+    def required(name: str):
+        value = read(name)
+        if value is None:
+            raise RequestError(name, "is required")
+        return value
+
+    # Scalars first: they are cheap to check, images are not.
+    params = resolve_parameters(
+        prompt=required(wire.PROMPT.name),
+        negative_prompt=read(wire.NEGATIVE_PROMPT.name),
+        num_inference_steps=read(wire.NUM_INFERENCE_STEPS.name),
+        guidance_scale=read(wire.GUIDANCE_SCALE.name),
+        strength=read(wire.STRENGTH.name),
+        seed=read(wire.SEED.name),
+        scheduler=read(wire.SCHEDULER.name),
+        settings=settings,
+    )
+    images = prepare_images(required(wire.IMAGE.name), required(wire.MASK_IMAGE.name), info, settings)
+    height, width = images.original_image.shape[:2]
+    tensors = {
+        steps.INPUT_IDS: tokenize(tokenizer, params.negative_prompt, params.prompt),
+        steps.MASKED_IMAGE: images.masked_image,
+        steps.INIT_IMAGE: images.init_image,
+        steps.LATENT_MASK: images.latent_mask,
+        steps.ORIGINAL_IMAGE: images.original_image,
+        steps.REPAINT_MASK: images.repaint_mask,
+        steps.STEPS: np.array([params.num_inference_steps], dtype=np.int32),
+        steps.GUIDANCE: np.array([params.guidance_scale], dtype=np.float32),
+        steps.STRENGTH: np.array([params.strength], dtype=np.float32),
+        steps.SAMPLER: np.array([params.scheduler.encode()], dtype=np.object_),
+        steps.SEED_USED: np.array([params.seed], dtype=np.int64),
+        steps.DEADLINE: np.array([deadline], dtype=np.float64),
+    }
+    log_fields = dict(width=int(width), height=int(height), scheduler=params.scheduler,
+                      num_inference_steps=params.num_inference_steps, seed=params.seed)
+    return tensors, log_fields

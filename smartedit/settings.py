@@ -162,6 +162,31 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """The streaming entry (``inpaint_stream``): its own settings, and preprocess's, which it applies
+    itself (same keys and meaning as in preprocess's config, so both validate requests alike)."""
+
+    preprocess: PreprocessSettings = PreprocessSettings()
+    engine_model: str = "denoise_engine"
+    # Streams open at once; each holds a thread for the edit's life. Past it, streams are refused.
+    max_open_streams: int = 128
+    default_preview_every: int = 5
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> "StreamSettings":
+        own = {f.name for f in fields(cls)} - {"preprocess"}
+        d = cls()
+        get = params.get
+        return cls(
+            preprocess=PreprocessSettings.parse({k: v for k, v in params.items() if k not in own}),
+            engine_model=get("engine_model", d.engine_model).strip(),
+            max_open_streams=parse_int("max_open_streams", get("max_open_streams", str(d.max_open_streams)), 1, 65536),
+            default_preview_every=parse_int("default_preview_every",
+                                            get("default_preview_every", str(d.default_preview_every)), 0),
+        )
+
+
+@dataclass(frozen=True)
 class OnnxHostSettings:
     """ONNX Runtime session options of a Python-hosted component (the onnx-cpu profile)."""
 

@@ -14,6 +14,8 @@ from smartedit_client import _contract as wire
 PREPROCESS, SCHEDULER, POSTPROCESS = "preprocess", "scheduler", "postprocess"
 # The batched denoising engine: a decoupled model the `scheduler` step (and the streaming entry) call.
 DENOISE_ENGINE = "denoise_engine"
+# The streaming entry point (decoupled): the wire contract's stream, served by one Python model.
+INPAINT_STREAM = wire.STREAM_MODEL_NAME
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,6 @@ EDITED_IMAGE = StepTensor(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wi
 
 POSTPROCESS_INPUTS = (DECODED_IMAGE, ORIGINAL_IMAGE, REPAINT_MASK)
 POSTPROCESS_OUTPUTS = (EDITED_IMAGE,)
+
+STREAM_INPUTS = tuple(wire_input(t) for t in wire.STREAM_INPUTS)
+STREAM_OUTPUTS = tuple(StepTensor(t.name, t.datatype, wire.TENSOR_SHAPE) for t in wire.STREAM_OUTPUTS)

@@ -25,13 +25,6 @@ def optional_scalar(request, name: str):
     return array.reshape(-1)[0]
 
 
-def required_scalar(request, name: str):
-    value = optional_scalar(request, name)
-    if value is None:
-        raise RequestError(name, "is required")
-    return value
-
-
 def array(request, name: str) -> np.ndarray:
     return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
 

@@ -5,6 +5,10 @@
     with InpaintClient("127.0.0.1:8001") as client:
         result = client.inpaint(image="photo.png", mask_image="mask.png", prompt="a red sofa", seed=7)
         result.save("edited.png")
+
+        with client.inpaint_stream(image="photo.png", mask_image="mask.png", prompt="a red sofa") as stream:
+            for event in stream:  # ProgressEvent, PreviewEvent, ..., then the InpaintResult
+                print(event)
 """
 
 from smartedit_client._client import DEFAULT_TIMEOUT_S, DEFAULT_URL, InpaintClient
@@ -18,15 +22,20 @@ from smartedit_client._errors import (
     ServerUnavailableError,
     SmartEditError,
 )
+from smartedit_client._events import PreviewEvent, ProgressEvent
 from smartedit_client._result import InpaintResult
+from smartedit_client._stream import InpaintStream
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_URL",
     "InpaintClient",
     "InpaintResult",
+    "InpaintStream",
     "InvalidRequestError",
     "ModelNotFoundError",
+    "PreviewEvent",
+    "ProgressEvent",
     "RequestCancelledError",
     "RequestTimeoutError",
     "ServerError",

@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from smartedit_client import _contract as wire
 from smartedit_client._errors import InvalidRequestError, from_triton
 from smartedit_client._result import InpaintResult
+from smartedit_client._stream import InpaintStream
 
 ImageLike = Union[bytes, str, os.PathLike, Image.Image]
 
@@ -62,16 +63,20 @@ class InpaintClient:
         url: the server's gRPC address, ``host:port``.
         timeout_s: default per-call timeout in seconds; each call may override it.
         model_name: the served ensemble's name.
+        stream_model_name: the served streaming entry's name (``inpaint_stream``).
         ssl: use TLS (for an Ingress that terminates gRPC over TLS).
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 model_name: str = wire.MODEL_NAME, ssl: bool = False):
+                 model_name: str = wire.MODEL_NAME, stream_model_name: str = wire.STREAM_MODEL_NAME,
+                 ssl: bool = False):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.url = url
         self.timeout_s = timeout_s
         self.model_name = model_name
+        self.stream_model_name = stream_model_name
+        self._ssl = ssl
         self._client = grpcclient.InferenceServerClient(url=url, ssl=ssl)
 
     def __enter__(self) -> "InpaintClient":
@@ -139,24 +144,9 @@ class InpaintClient:
             ServerUnavailableError: the server is unreachable or shutting down.
             SmartEditError: any other failure, as a subclass named by the gRPC status.
         """
-        values = {
-            wire.IMAGE: _encoded("image", image),
-            wire.MASK_IMAGE: _encoded("mask_image", mask_image),
-            wire.PROMPT: prompt,
-            wire.NEGATIVE_PROMPT: negative_prompt,
-            wire.NUM_INFERENCE_STEPS: num_inference_steps,
-            wire.GUIDANCE_SCALE: guidance_scale,
-            wire.STRENGTH: strength,
-            wire.SEED: seed,
-            wire.SCHEDULER: scheduler,
-        }
-        missing = [spec.name for spec, value in values.items() if spec.required and value is None]
-        if missing:
-            raise InvalidRequestError(f"{missing[0]}: is required")
-        try:
-            inputs = [_tensor(spec, value) for spec, value in values.items() if value is not None]
-        except (OverflowError, ValueError, TypeError) as error:
-            raise InvalidRequestError(f"could not encode the request: {error}") from None
+        inputs = _edit_inputs(image=image, mask_image=mask_image, prompt=prompt, negative_prompt=negative_prompt,
+                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                              strength=strength, seed=seed, scheduler=scheduler)
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
         request_id = request_id or uuid.uuid4().hex
         timeout_s = timeout_s or self.timeout_s
@@ -175,3 +165,69 @@ class InpaintClient:
         edited.load()
         return InpaintResult(image=edited, png=bytes(png), seed_used=seed_used, request_id=request_id,
                              elapsed_s=elapsed)
+
+    def inpaint_stream(
+        self,
+        *,
+        image: ImageLike,
+        mask_image: ImageLike,
+        prompt: str,
+        negative_prompt: str | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        strength: float | None = None,
+        seed: int | None = None,
+        scheduler: str | None = None,
+        preview_every: int | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> InpaintStream:
+        """The same edit as ``inpaint``, streamed: progress after every step, previews, then the result.
+
+        Takes ``inpaint``'s arguments, plus ``preview_every``. The result is the same PNG bytes
+        ``inpaint`` returns for the same arguments and seed.
+
+        Args:
+            preview_every: steps between previews (the server's default, 5, when None); 0 for progress
+                events only.
+
+        Returns:
+            InpaintStream: iterate it for ``ProgressEvent`` / ``PreviewEvent`` and, last, the
+            ``InpaintResult``; leaving it early cancels the edit. Its channel is its own, so streams
+            may run side by side from one client.
+
+        Raises:
+            InvalidRequestError: a field is invalid, found before sending (server-side ones are raised
+                while iterating, as are the other errors ``inpaint`` lists).
+            ServerUnavailableError: the server is unreachable.
+        """
+        extra = {} if preview_every is None else {wire.PREVIEW_EVERY: preview_every}
+        inputs = _edit_inputs(image=image, mask_image=mask_image, prompt=prompt, negative_prompt=negative_prompt,
+                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                              strength=strength, seed=seed, scheduler=scheduler, extra=extra)
+        return InpaintStream(self.url, ssl=self._ssl, model_name=self.stream_model_name, inputs=inputs,
+                             request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s)
+
+
+def _edit_inputs(*, image, mask_image, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, seed,
+                 scheduler, extra=None) -> list[grpcclient.InferInput]:
+    """The request's tensors, checked and encoded; absent optional arguments are left out."""
+    values = {
+        wire.IMAGE: _encoded("image", image),
+        wire.MASK_IMAGE: _encoded("mask_image", mask_image),
+        wire.PROMPT: prompt,
+        wire.NEGATIVE_PROMPT: negative_prompt,
+        wire.NUM_INFERENCE_STEPS: num_inference_steps,
+        wire.GUIDANCE_SCALE: guidance_scale,
+        wire.STRENGTH: strength,
+        wire.SEED: seed,
+        wire.SCHEDULER: scheduler,
+        **(extra or {}),
+    }
+    missing = [spec.name for spec, value in values.items() if spec.required and value is None]
+    if missing:
+        raise InvalidRequestError(f"{missing[0]}: is required")
+    try:
+        return [_tensor(spec, value) for spec, value in values.items() if value is not None]
+    except (OverflowError, ValueError, TypeError) as error:
+        raise InvalidRequestError(f"could not encode the request: {error}") from None

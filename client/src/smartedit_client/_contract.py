@@ -40,6 +40,29 @@ OUTPUTS: tuple[WireTensor, ...] = (EDITED_IMAGE, SEED_USED)
 
 TENSOR_SHAPE = (1,)
 
+# The streaming entry: the same edit over a gRPC bidirectional stream (a decoupled model). It takes
+# the same inputs plus preview_every, and answers with a progress response after every denoising
+# step (step, total_steps; preview_image too every preview_every steps and at the last step), then
+# one final response holding edited_image and seed_used, the same bytes `inpaint` returns -- or,
+# when the edit fails, error_code and error_message: the KServe stream carries an error as a bare
+# message with no status, so the status travels as a tensor. Closing the stream cancels the edit.
+STREAM_MODEL_NAME = "inpaint_stream"
+DEFAULT_PREVIEW_EVERY = 5
+PREVIEW_EVERY = WireTensor("preview_every", "INT32", False,
+                           f"steps between previews; default {DEFAULT_PREVIEW_EVERY}, 0 = progress only")
+STEP = WireTensor("step", "INT32", False, "denoising steps done so far")
+TOTAL_STEPS = WireTensor("total_steps", "INT32", False, "denoising steps the edit runs")
+PREVIEW_IMAGE = WireTensor("preview_image", "BYTES", False,
+                           "small PNG of the edit in progress, at latent resolution (1/8 of the image side on SD)")
+
+ERROR_CODE = WireTensor("error_code", "BYTES", False,
+                        "on failure: the gRPC status name (INVALID_ARGUMENT, UNAVAILABLE, CANCELLED, INTERNAL)")
+ERROR_MESSAGE = WireTensor("error_message", "BYTES", False, "on failure: what went wrong, naming the field if one")
+
+STREAM_INPUTS: tuple[WireTensor, ...] = INPUTS + (PREVIEW_EVERY,)
+STREAM_OUTPUTS: tuple[WireTensor, ...] = (STEP, TOTAL_STEPS, PREVIEW_IMAGE, EDITED_IMAGE, SEED_USED, ERROR_CODE,
+                                          ERROR_MESSAGE)
+
 # Triton has no RESOURCE_EXHAUSTED status: a request refused for lack of capacity comes back as
 # UNAVAILABLE, the status of a server that is down or draining too. The server's refusals say why in
 # one of these fixed phrases (SmartEdit's engine: "server at capacity"; Triton's own bounded queues:

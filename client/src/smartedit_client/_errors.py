@@ -78,12 +78,17 @@ def status_name(status: object) -> str | None:
     return name.rsplit(".", 1)[-1]
 
 
+def from_status(status: str | None, message: str) -> SmartEditError:
+    """The error for a gRPC status name ("INVALID_ARGUMENT") and the server's message."""
+    if status == "UNAVAILABLE" and any(reason in message for reason in CAPACITY_REFUSALS):
+        return ServerOverloadedError(message, status)
+    return _BY_STATUS.get(status, ServerError)(message, status)
+
+
 def from_triton(error: Exception) -> SmartEditError:
     """Translate a ``tritonclient`` exception into this package's error tree, by status code."""
     status_method = getattr(error, "status", None)
     status = status_name(status_method() if callable(status_method) else None)
     message_method = getattr(error, "message", None)
     message = (message_method() if callable(message_method) else None) or str(error)
-    if status == "UNAVAILABLE" and any(reason in message for reason in CAPACITY_REFUSALS):
-        return ServerOverloadedError(message, status)
-    return _BY_STATUS.get(status, ServerError)(message, status)
+    return from_status(status, message)

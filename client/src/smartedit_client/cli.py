@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from smartedit_client._client import DEFAULT_TIMEOUT_S, DEFAULT_URL, InpaintClient
 from smartedit_client._errors import SmartEditError
+from smartedit_client._events import PreviewEvent, ProgressEvent
+from smartedit_client._result import InpaintResult
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,21 +28,47 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", dest="timeout_s", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
     p.add_argument("--request-id", default=None, help="id the server's logs carry for this edit (default: random)")
     p.add_argument("--out", required=True, help="where to write the edited PNG")
+    p.add_argument("--previews", metavar="DIR", default=None,
+                   help="stream the edit: print progress and write previews to DIR as they come "
+                        "(preview-STEP.png); Ctrl-C cancels the edit on the server")
+    p.add_argument("--preview-every", type=int, default=None,
+                   help="with --previews: steps between previews (server default 5; 0: progress only)")
     return p
 
 
+def _streamed(client: InpaintClient, edit: dict, previews: Path, preview_every: int | None) -> InpaintResult:
+    previews.mkdir(parents=True, exist_ok=True)
+    with client.inpaint_stream(**edit, preview_every=preview_every) as stream:
+        for event in stream:
+            if isinstance(event, ProgressEvent):
+                print(f"step {event.step}/{event.total_steps}", file=sys.stderr, flush=True)
+            elif isinstance(event, PreviewEvent):
+                path = previews / f"preview-{event.step:04d}.png"
+                path.write_bytes(event.png)
+                print(f"preview {path}", file=sys.stderr, flush=True)
+    return stream.result
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.preview_every is not None and not args.previews:
+        cli.error("--preview-every needs --previews DIR (previews come only with a streamed edit)")
+    edit = dict(image=args.image, mask_image=args.mask, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                strength=args.strength, seed=args.seed, scheduler=args.scheduler, request_id=args.request_id)
     try:
         with InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl) as client:
-            result = client.inpaint(
-                image=args.image, mask_image=args.mask, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                strength=args.strength, seed=args.seed, scheduler=args.scheduler, request_id=args.request_id,
-            )
+            if args.previews:
+                result = _streamed(client, edit, Path(args.previews), args.preview_every)
+            else:
+                result = client.inpaint(**edit)
     except SmartEditError as error:
         print(f"smartedit-edit: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # leaving the stream's with-block has cancelled the edit on the server
+        print("smartedit-edit: interrupted; the edit was cancelled", file=sys.stderr)
+        return 130
     result.save(args.out)
     print(f"wrote {args.out} ({result.image.size[0]}x{result.image.size[1]}, seed {result.seed_used}, "
           f"request {result.request_id}, {result.elapsed_s:.2f} s)")

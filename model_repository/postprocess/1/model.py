@@ -4,7 +4,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from smartedit import steps
-from smartedit.postprocessing import compose, encode_png, to_pixels
+from smartedit.postprocessing import finish_edit
 from smartedit.structured_log import model_logger, timed_stage
 from smartedit.triton_io import array
 
@@ -19,12 +19,11 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             with timed_stage(log, request.request_id(), "postprocess") as fields:
-                pixels = compose(
-                    to_pixels(array(request, steps.DECODED_IMAGE.name)),
+                encoded = finish_edit(
+                    array(request, steps.DECODED_IMAGE.name),
                     array(request, steps.ORIGINAL_IMAGE.name),
                     array(request, steps.REPAINT_MASK.name),
                 )
-                encoded = encode_png(pixels)
                 fields.update(png_bytes=len(encoded))
             png = np.array([encoded], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.EDITED_IMAGE.name, png)]))

@@ -1,0 +1,138 @@
+"""``InpaintStream``: one edit over a gRPC stream, yielding progress, previews and the result."""
+
+from __future__ import annotations
+
+import io
+import queue
+import time
+from typing import Iterator, Union
+
+import tritonclient.grpc as grpcclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from smartedit_client import _contract as wire
+from smartedit_client._errors import RequestTimeoutError, from_status, from_triton
+from smartedit_client._events import PreviewEvent, ProgressEvent
+from smartedit_client._result import InpaintResult
+
+StreamEvent = Union[ProgressEvent, PreviewEvent, InpaintResult]
+# How long past its own timeout the stream waits for the server's word before giving up on it.
+_GRACE_S = 5.0
+
+
+def _scalar(result, tensor: wire.WireTensor):
+    array = result.as_numpy(tensor.name)
+    return None if array is None else array.reshape(-1)[0]
+
+
+class InpaintStream:
+    """One streamed edit. Iterate it for its events; the last one is the ``InpaintResult``.
+
+        with client.inpaint_stream(image="photo.png", mask_image="mask.png", prompt="a bench") as stream:
+            for event in stream:
+                if isinstance(event, PreviewEvent):
+                    event.image.save(f"preview-{event.step}.png")
+        stream.result.save("edited.png")
+
+    Closing the stream before the result — leaving the ``with`` block, ``close()``, ``cancel()``, or
+    dropping an iteration half-way — cancels the edit on the server, which stops within a step.
+    Each stream has a gRPC channel of its own, closed with it.
+
+    Attributes:
+        request_id: the id the server's log lines for this edit carry.
+        result: the ``InpaintResult`` once it has arrived, else None.
+    """
+
+    def __init__(self, url: str, *, ssl: bool, model_name: str, inputs: list, request_id: str, timeout_s: float):
+        self.request_id = request_id
+        self.result: InpaintResult | None = None
+        self._timeout_s = timeout_s
+        self._responses: queue.SimpleQueue = queue.SimpleQueue()
+        self._open = True
+        self._started = time.perf_counter()
+        self._client = grpcclient.InferenceServerClient(url=url, ssl=ssl)
+        outputs = [grpcclient.InferRequestedOutput(t.name) for t in wire.STREAM_OUTPUTS]
+        try:
+            self._client.start_stream(callback=self._on_response, stream_timeout=timeout_s)
+            # The timeout also travels as Triton's request timeout: the server stops the edit by it too.
+            self._client.async_stream_infer(model_name, inputs, outputs=outputs, request_id=request_id,
+                                            timeout=max(1, int(timeout_s * 1_000_000)))
+        except InferenceServerException as error:
+            self._close(cancel=False)
+            raise from_triton(error) from None
+
+    def _on_response(self, result, error) -> None:
+        self._responses.put((result, error))
+
+    def __enter__(self) -> "InpaintStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        """The edit's events as they arrive.
+
+        Raises:
+            InvalidRequestError: a field is invalid (the message names it).
+            ServerOverloadedError: the server is at capacity and refused the edit; retry later.
+            RequestTimeoutError: the edit took longer than its timeout (the server stops it too).
+            SmartEditError: any other failure, as a subclass named by the gRPC status.
+        """
+        try:
+            while self.result is None:
+                if not self._open:
+                    raise RuntimeError("the stream is closed")
+                try:
+                    result, error = self._responses.get(timeout=self._timeout_s + _GRACE_S)
+                except queue.Empty:
+                    raise RequestTimeoutError(f"no word from the server for {self._timeout_s + _GRACE_S:.0f} s",
+                                              "DEADLINE_EXCEEDED") from None
+                if error is not None:
+                    self._close(cancel=False)
+                    raise from_triton(error) from None
+                yield from self._events_of(result)
+        finally:
+            # Done, failed, or abandoned half-way (a break, an exception in the caller's loop).
+            self.close()
+
+    def _events_of(self, result) -> Iterator[StreamEvent]:
+        status = _scalar(result, wire.ERROR_CODE)
+        if status is not None:
+            self._close(cancel=False)
+            raise from_status(status.decode(), _scalar(result, wire.ERROR_MESSAGE).decode())
+        png = _scalar(result, wire.EDITED_IMAGE)
+        if png is not None:
+            edited = Image.open(io.BytesIO(png))
+            edited.load()
+            self.result = InpaintResult(image=edited, png=bytes(png), seed_used=int(_scalar(result, wire.SEED_USED)),
+                                        request_id=self.request_id, elapsed_s=time.perf_counter() - self._started)
+            yield self.result
+            return
+        step, total = _scalar(result, wire.STEP), _scalar(result, wire.TOTAL_STEPS)
+        if step is None:
+            return  # nothing for the caller (an empty final flag)
+        yield ProgressEvent(step=int(step), total_steps=int(total))
+        preview = _scalar(result, wire.PREVIEW_IMAGE)
+        if preview is not None:
+            image = Image.open(io.BytesIO(preview))
+            image.load()
+            yield PreviewEvent(step=int(step), total_steps=int(total), image=image, png=bytes(preview))
+
+    def cancel(self) -> None:
+        """Stop the edit: the server stops denoising within a step. Harmless once the result is in."""
+        self._close(cancel=self.result is None)
+
+    def close(self) -> None:
+        """Close the stream (cancelling the edit if its result has not arrived). Calling it twice is harmless."""
+        self.cancel()
+
+    def _close(self, cancel: bool) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            self._client.stop_stream(cancel_requests=cancel)
+        finally:
+            self._client.close()

@@ -1,0 +1,182 @@
+"""``inpaint_stream``: the edit over a gRPC stream, with progress after every step and previews.
+
+A decoupled model that clients call directly (``start_stream`` / ``async_stream_infer``). Each
+stream runs on a thread of its own through the same stages as the ``inpaint`` ensemble, with the
+same code, so the final image is the same bytes:
+
+    prepare_request (preprocess's own function) → text_encoder, vae_encoder (BLS)
+      → denoise_engine (BLS, decoupled: a progress response per step, preview pixels every N steps)
+      → vae_decoder (BLS) → finish_edit (postprocess's own function) → final response
+
+Preprocess and postprocess run here, not through BLS, because an error's code does not survive
+BLS in Triton 2.51: a bad field must reach the client as INVALID_ARGUMENT. When the client closes
+the stream, this model sees it (its requests are the client's own, not an ensemble's) at the next
+progress response, and marks the edit on the cancel board, where the engine looks between steps.
+"""
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from transformers import AutoTokenizer
+
+from smartedit import steps
+from smartedit.cancellation import CancelBoard
+from smartedit.errors import RequestError
+from smartedit.postprocessing import encode_png, finish_edit
+from smartedit.preprocessing import prepare_request
+from smartedit.settings import StreamSettings, parameters_of
+from smartedit.spec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, PipelineInfo
+from smartedit.structured_log import model_logger, timed_stage
+from smartedit.triton_io import call_model, error_of_response, optional_scalar, request_deadline
+from smartedit_client import _contract as wire
+
+log = model_logger("inpaint_stream")
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class StreamClosed(Exception):
+    """The client went away; the edit was stopped."""
+
+
+class EngineError(Exception):
+    """The engine ended the edit with an error; ``code`` is the TritonError code's name."""
+
+    def __init__(self, error):
+        super().__init__(error.message())
+        self.code = str(error.code()).rsplit(".", 1)[-1]
+
+
+# TritonError code names to the gRPC status names the stream's error_code carries.
+_GRPC_STATUS = {"UNAVAILABLE": "UNAVAILABLE", "CANCELLED": "CANCELLED", "INVALID_ARG": "INVALID_ARGUMENT"}
+_OUTCOMES = {"UNAVAILABLE": "refused", "CANCELLED": "cancelled"}
+
+
+def _tensor(spec, value) -> "pb_utils.Tensor":
+    return pb_utils.Tensor(spec.name, np.asarray(value))
+
+
+def _failure(status: str, message: str):
+    """The stream's final answer for a failed edit: the KServe stream has no per-response status, so it
+    travels as the wire contract's error_code / error_message tensors."""
+    return pb_utils.InferenceResponse(output_tensors=[
+        _tensor(wire.ERROR_CODE, np.array([status.encode()], dtype=np.object_)),
+        _tensor(wire.ERROR_MESSAGE, np.array([message.encode()], dtype=np.object_)),
+    ])
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.settings = StreamSettings.parse(parameters_of(json.loads(args["model_config"])))
+        self.info = PipelineInfo.load(version_dir / "pipeline.json")
+        self.tokenizer = AutoTokenizer.from_pretrained(version_dir / "tokenizer")
+        self.cancel_board = CancelBoard.of_this_server()
+        self._open = threading.BoundedSemaphore(self.settings.max_open_streams)
+        self._pool = ThreadPoolExecutor(self.settings.max_open_streams, thread_name_prefix="stream")
+
+    def finalize(self):
+        self._pool.shutdown(wait=True)
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            if not self._open.acquire(blocking=False):
+                sender.send(_failure("UNAVAILABLE", f"server at capacity: {self.settings.max_open_streams} "
+                                                    f"streams open; retry later"), flags=FINAL)
+                continue
+            self._pool.submit(self._serve, request, sender)
+        return None
+
+    def _serve(self, request, sender):
+        request_id = request.request_id()
+        try:
+            with timed_stage(log, request_id, "stream") as fields:
+                try:
+                    answer = self._edit(request, sender, request_id, fields)
+                except StreamClosed as error:  # the client's doing, not a fault
+                    fields.update(outcome="cancelled", error=str(error))
+                    answer = _failure("CANCELLED", str(error))
+                except EngineError as error:  # refused, past its deadline, or failed: the engine logged which
+                    status = _GRPC_STATUS.get(error.code, "INTERNAL")
+                    fields.update(outcome=_OUTCOMES.get(status, "failed"), error=str(error))
+                    answer = _failure(status, str(error))
+        except RequestError as error:  # logged by the stage, as the client's error
+            answer = _failure("INVALID_ARGUMENT", str(error))
+        except Exception as error:  # logged by the stage, with its traceback
+            answer = _failure("INTERNAL", f"the streamed edit failed: {error}")
+        finally:
+            self._open.release()
+        sender.send(answer, flags=FINAL)
+
+    def _edit(self, request, sender, request_id, fields):
+        preview_every = optional_scalar(request, wire.PREVIEW_EVERY.name)
+        preview_every = self.settings.default_preview_every if preview_every is None else int(preview_every)
+        if preview_every < 0:
+            raise RequestError(wire.PREVIEW_EVERY.name, f"must be >= 0 (0: no previews), got {preview_every}")
+        tensors, log_fields = prepare_request(lambda name: optional_scalar(request, name), self.tokenizer, self.info,
+                                              self.settings.preprocess, deadline=request_deadline(request))
+        fields.update(log_fields, preview_every=preview_every)
+        (prompt_embeds,) = call_model(TEXT_ENCODER.name, {TEXT_ENCODER.inputs[0].name: tensors[steps.INPUT_IDS]},
+                                      TEXT_ENCODER.output_names, request_id=request_id)
+        mean, std = call_model(VAE_ENCODER.name, {VAE_ENCODER.inputs[0].name: tensors[steps.MASKED_IMAGE]},
+                               VAE_ENCODER.output_names, request_id=request_id)
+        tensors.update({steps.PROMPT_EMBEDS: prompt_embeds, steps.MASKED_IMAGE_MEAN: mean,
+                        steps.MASKED_IMAGE_STD: std, steps.PREVIEW_EVERY: np.array([preview_every], dtype=np.int32)})
+        latents = self._denoise(request, sender, request_id, tensors)
+        (decoded,) = call_model(VAE_DECODER.name, {VAE_DECODER.inputs[0].name: latents}, VAE_DECODER.output_names,
+                                request_id=request_id)
+        png = finish_edit(decoded, tensors[steps.ORIGINAL_IMAGE], tensors[steps.REPAINT_MASK])
+        return pb_utils.InferenceResponse(output_tensors=[
+            _tensor(wire.EDITED_IMAGE, np.array([png], dtype=np.object_)),
+            _tensor(wire.SEED_USED, tensors[steps.SEED_USED]),
+        ])
+
+    def _denoise(self, request, sender, request_id, tensors) -> np.ndarray:
+        """The engine's part, relaying its progress to the client; the latents when it is done."""
+        if request.is_cancelled():
+            raise StreamClosed("the client closed the stream before denoising began")
+        token = self.cancel_board.new_token()
+        inputs = [pb_utils.Tensor(spec.name, tensors[spec]) for spec in steps.SCHEDULER_INPUTS]
+        inputs += [pb_utils.Tensor(steps.PREVIEW_EVERY.name, tensors[steps.PREVIEW_EVERY]),
+                   pb_utils.Tensor(steps.CANCEL_TOKEN.name, np.array([token.encode()], dtype=np.object_))]
+        engine_request = pb_utils.InferenceRequest(
+            model_name=self.settings.engine_model, inputs=inputs, request_id=request_id,
+            requested_output_names=[t.name for t in steps.ENGINE_OUTPUTS])
+        latents, error, closed = None, None, False
+        try:
+            for response in engine_request.exec(decoupled=True):
+                error = error_of_response(response) or error
+                found = pb_utils.get_output_tensor_by_name(response, steps.LATENTS.name)
+                if found is not None:
+                    latents = found.as_numpy()
+                step = pb_utils.get_output_tensor_by_name(response, steps.STEP.name)
+                if step is None or closed:
+                    continue
+                if request.is_cancelled():
+                    # Keep reading: the engine answers the cancellation within a step, and the iterator
+                    # must be drained before the token is forgotten.
+                    closed = True
+                    self.cancel_board.cancel(token)
+                    continue
+                self._relay_progress(sender, response, step)
+        finally:
+            self.cancel_board.forget(token)
+        if closed:
+            raise StreamClosed("the client closed the stream")
+        if error is not None:
+            raise EngineError(error)
+        if latents is None:
+            raise RuntimeError("the denoising engine ended the edit without latents")
+        return latents
+
+    def _relay_progress(self, sender, response, step):
+        total = pb_utils.get_output_tensor_by_name(response, steps.TOTAL_STEPS.name)
+        outputs = [_tensor(wire.STEP, step.as_numpy()), _tensor(wire.TOTAL_STEPS, total.as_numpy())]
+        pixels = pb_utils.get_output_tensor_by_name(response, steps.PREVIEW_PIXELS.name)
+        if pixels is not None:
+            outputs.append(_tensor(wire.PREVIEW_IMAGE, np.array([encode_png(pixels.as_numpy())], dtype=np.object_)))
+        sender.send(pb_utils.InferenceResponse(output_tensors=outputs))

@@ -1,0 +1,143 @@
+"""The streaming entry (``inpaint_stream``) over a real gRPC stream, through the SDK and the CLI.
+
+Progress after every step, previews at the requested cadence, the unary call's exact bytes at the
+end; and a stream that is cancelled, dropped or whose client dies stops its edit within a step.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import png_bytes, scene
+from smartedit_client import InvalidRequestError, PreviewEvent, ProgressEvent
+from smartedit_client import InpaintResult
+from test_engine_serving import log_entries
+from test_observability import metric_value, scrape
+
+pytestmark = pytest.mark.functional
+
+EDIT = dict(prompt="a red chair", negative_prompt="ugly", num_inference_steps=7, guidance_scale=7.5, seed=31,
+            scheduler="euler")
+
+
+def inputs(size=(64, 64), seed=4):
+    image, mask = scene(*size, seed=seed)
+    return dict(image=png_bytes(image), mask_image=png_bytes(mask))
+
+
+def test_progress_every_step_previews_at_their_cadence_and_the_unary_bytes_at_the_end(client):
+    with client.inpaint_stream(**inputs(), **EDIT, preview_every=3) as stream:
+        events = list(stream)
+    progress = [e for e in events if isinstance(e, ProgressEvent)]
+    previews = [e for e in events if isinstance(e, PreviewEvent)]
+    assert [(e.step, e.total_steps) for e in progress] == [(s, 7) for s in range(1, 8)]
+    assert [e.step for e in previews] == [3, 6, 7]  # every 3rd step, and the last
+    assert all(p.image.size == (32, 32) and p.png.startswith(b"\x89PNG") for p in previews)  # latent resolution
+    assert isinstance(events[-1], InpaintResult) and events[-1] is stream.result
+    unary = client.inpaint(**inputs(), **EDIT)
+    assert stream.result.png == unary.png and stream.result.seed_used == unary.seed_used == EDIT["seed"]
+
+
+def test_preview_every_zero_gives_progress_only(client):
+    with client.inpaint_stream(**inputs(), **dict(EDIT, num_inference_steps=3), preview_every=0) as stream:
+        events = list(stream)
+    assert [type(e).__name__ for e in events] == ["ProgressEvent"] * 3 + ["InpaintResult"]
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (dict(preview_every=-1), "preview_every: must be >= 0"),
+    (dict(num_inference_steps=0), "num_inference_steps: must be between 1 and"),
+    (dict(image=b"not an image"), "image: is not a PNG, JPEG or WebP image"),
+])
+def test_a_bad_field_is_invalid_argument_on_the_stream_too(client, change, fragment):
+    edit = dict(inputs(), **EDIT)
+    edit.update(change)
+    with pytest.raises(InvalidRequestError, match=fragment) as caught:
+        list(client.inpaint_stream(**edit))
+    assert caught.value.status == "INVALID_ARGUMENT"
+
+
+def _stopped_early(server, request_id: str, total: int) -> dict:
+    (entry,) = log_entries(server.log_file, request_id, "denoise")
+    assert entry["outcome"] == "cancelled" and "cancelled" in entry["error"], entry
+    assert 0 < entry["steps_run"] < total
+    return entry
+
+
+def _wait_idle(server, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while metric_value(scrape(server), "smartedit_scheduler_active_requests") != 0:
+        assert time.monotonic() < deadline, "the cancelled edit is still denoising"
+        time.sleep(0.1)
+
+
+def test_cancel_stops_the_edit_within_a_step(server, client):
+    cancelled_before = metric_value(scrape(server), "smartedit_scheduler_requests_total", outcome="cancelled")
+    stream = client.inpaint_stream(**inputs(), **dict(EDIT, num_inference_steps=300), preview_every=0,
+                                   request_id="stream-cancel-0001")
+    for event in stream:
+        if event.step == 3:
+            stream.cancel()
+            cancelled_at = time.monotonic()
+            break
+    entry = _stopped_early(server, "stream-cancel-0001", 300)
+    assert entry["steps_run"] < 300
+    _wait_idle(server)
+    assert time.monotonic() - cancelled_at < 5.0
+    (stream_entry,) = log_entries(server.log_file, "stream-cancel-0001", "stream")
+    assert stream_entry["outcome"] == "cancelled"
+    assert metric_value(scrape(server), "smartedit_scheduler_requests_total", outcome="cancelled") \
+        == cancelled_before + 1
+
+
+def test_leaving_the_stream_half_way_closes_it_and_cancels_the_edit(server, client):
+    with client.inpaint_stream(**inputs(), **dict(EDIT, num_inference_steps=300), preview_every=0,
+                               request_id="stream-dropped-0001") as stream:
+        for event in stream:
+            if event.step == 2:
+                break  # the with-block closes the stream
+    _stopped_early(server, "stream-dropped-0001", 300)
+    _wait_idle(server)
+
+
+CLIENT_THAT_DIES = textwrap.dedent("""
+    import os, signal, sys
+    from smartedit_client import InpaintClient
+    image, mask = open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
+    client = InpaintClient(sys.argv[1])
+    stream = client.inpaint_stream(image=image, mask_image=mask, prompt="x", num_inference_steps=300,
+                                   preview_every=0, request_id="stream-killed-0001")
+    for event in stream:
+        if event.step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # no goodbye: the connection just drops
+""")
+
+
+def test_a_client_that_dies_mid_stream_has_its_edit_stopped(server, tmp_path):
+    edit = inputs()
+    (tmp_path / "image.png").write_bytes(edit["image"])
+    (tmp_path / "mask.png").write_bytes(edit["mask_image"])
+    completed = subprocess.run([sys.executable, "-c", CLIENT_THAT_DIES, server.address.grpc,
+                                str(tmp_path / "image.png"), str(tmp_path / "mask.png")], timeout=120)
+    assert completed.returncode == -9
+    _stopped_early(server, "stream-killed-0001", 300)
+    _wait_idle(server)
+
+
+def test_cli_writes_previews_and_the_edit(server, tmp_path):
+    edit = inputs()
+    (tmp_path / "image.png").write_bytes(edit["image"])
+    (tmp_path / "mask.png").write_bytes(edit["mask_image"])
+    command = [sys.executable, "-m", "smartedit_client.cli", "--url", server.address.grpc,
+               "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"), "--prompt", "a lamp",
+               "--steps", "4", "--seed", "3", "--out", str(tmp_path / "out.png"),
+               "--previews", str(tmp_path / "previews"), "--preview-every", "2"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["preview-0002.png", "preview-0004.png"]
+    assert "step 4/4" in completed.stderr and (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG")
