@@ -24,10 +24,11 @@ from pathlib import Path
 from smartedit import steps
 from smartedit.ensembles.inpaint import inpaint_ensemble_config
 from smartedit.preview import PREVIEW_FILENAME, LatentPreview, fit_latent_preview
-from smartedit.settings import BATCHED, ENGINES, EngineSettings, PreprocessSettings
+from smartedit.settings import BATCHED, ENGINES, PER_REQUEST, EngineSettings, PreprocessSettings
 from smartedit.spec import COMPONENTS, PipelineInfo
 from smartedit.triton_config import (
-    ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, TENSORRT, BatchingSettings, component_config, step_config, to_pbtxt,
+    ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, SIMULATED, TENSORRT, BatchingSettings, component_config, parse_pbtxt,
+    step_config, to_pbtxt,
 )
 from smartedit.export import onnx_export, tensorrt, verify
 
@@ -46,7 +47,13 @@ ENGINE_DEFAULTS = {
     ONNX_CPU: (16, 8, 16),
     ONNX_GPU: (32, 16, 64),
     TENSORRT: (32, 16, 64),
+    SIMULATED: (64, 32, 64),  # the shipped latency table's; a table sets its own
 }
+
+
+# How long the UNet's batcher waits for company. The batched engine is its only caller and batches
+# itself: waiting would only add latency to every step. Separate per-request loops meet there.
+UNET_QUEUE_DELAY_US = {BATCHED: 0, PER_REQUEST: 2000}
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ class RepositoryOptions:
     verify: bool = True
 
     def __post_init__(self):
-        if self.profile not in RUNTIME_PROFILES:
+        if self.profile not in RUNTIME_PROFILES + (SIMULATED,):
             raise ValueError(f"unknown runtime profile {self.profile!r}; choose one of {', '.join(RUNTIME_PROFILES)}")
         if self.profile == ONNX_CPU and self.precision == onnx_export.FP16_PRECISION:
             raise ValueError("fp16 is for the GPU profiles (onnx-gpu, tensorrt); ONNX Runtime on CPU runs fp32")
@@ -83,10 +90,8 @@ class RepositoryOptions:
         if self.batching and component in self.batching:
             return self.batching[component]
         if component == "unet":
-            # The batched engine is the UNet's only caller and batches itself: waiting for company in
-            # Triton's batcher would only add latency to every step. Separate per-request loops meet there.
-            delay = 0 if self.engine == BATCHED else 2000
-            return BatchingSettings(max_batch_size=ENGINE_DEFAULTS[self.profile][0], max_queue_delay_microseconds=delay)
+            return BatchingSettings(max_batch_size=ENGINE_DEFAULTS[self.profile][0],
+                                    max_queue_delay_microseconds=UNET_QUEUE_DELAY_US[self.engine])
         return BatchingSettings(max_batch_size=8 if component == "text_encoder" else 4)
 
     def engine_settings(self) -> EngineSettings:
@@ -173,21 +178,50 @@ def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview:
 def build_repository(pipeline, out: Path, options: RepositoryOptions = RepositoryOptions(),
                      onnx_dir: Path | None = None) -> Path:
     """Export ``pipeline`` and write the model repository for ``options.profile`` at ``out``."""
-    if not ONNX_CPU_HOST.exists():
-        raise FileNotFoundError(f"the Python models' sources are not at {SOURCES}: install SmartEdit from a "
-                                f"checkout with `pip install -e .` (scripts/setup.sh does)")
-    out = Path(out)
     info = PipelineInfo.from_pipeline(pipeline)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+
+    def write(staging: Path) -> None:
         _write_components(pipeline, info, staging, options, Path(onnx_dir or out.with_name(out.name + "-onnx")))
         preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)
         _write_steps(info, pipeline.tokenizer, dict(pipeline.scheduler.config), preview, staging, options)
+
+    out = Path(out)
+    write_atomically(out, write)
+    log.info("wrote the %s model repository to %s", options.profile, out)
+    return out
+
+
+def write_atomically(out: Path, write) -> None:
+    """``write(staging)`` into a sibling folder, then move it to ``out``: a failed export never leaves
+    a half-written repository where a server would load it."""
+    if not ONNX_CPU_HOST.exists():
+        raise FileNotFoundError(f"the Python models' sources are not at {SOURCES}: install SmartEdit from a "
+                                f"checkout with `pip install -e .` (scripts/setup.sh does)")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        write(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
-    log.info("wrote the %s model repository to %s", options.profile, out)
-    return out
+
+
+def switch_engine(repository: Path, engine: str, scheduler_instances: int = 2) -> None:
+    """Make an exported repository's ``inpaint`` ensemble use ``engine``, without exporting again.
+
+    Rewrites what ``RepositoryOptions.engine`` decides: the scheduler step's ``engine`` parameter and
+    instance count, and how long the UNet's batcher waits for company.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    scheduler_path = Path(repository) / steps.SCHEDULER / "config.pbtxt"
+    scheduler = parse_pbtxt(scheduler_path.read_text())
+    scheduler.parameters["engine"].string_value = engine
+    scheduler.instance_group[0].count = 1 if engine == BATCHED else scheduler_instances
+    scheduler_path.write_text(to_pbtxt(scheduler))
+    unet_path = Path(repository) / "unet" / "config.pbtxt"
+    unet = parse_pbtxt(unet_path.read_text())
+    unet.dynamic_batching.max_queue_delay_microseconds = UNET_QUEUE_DELAY_US[engine]
+    unet_path.write_text(to_pbtxt(unet))

@@ -24,6 +24,7 @@ log = logging.getLogger("smartedit")
 BUILD = Path("build")
 DEFAULT_TINY_MODEL = BUILD / "tiny-model"
 DEFAULT_REPOSITORY = BUILD / "model_repository"
+DEFAULT_LATENCY_TABLE = Path(__file__).resolve().parent.parent / "benchmarks" / "latency" / "sd15-512-h100.json"
 
 
 def _model_source(model: str | None) -> str:
@@ -50,8 +51,17 @@ def export_repository(args, out: Path) -> Path:
     from smartedit.export.pipeline_loader import load_pipeline
     from smartedit.export.repository import build_repository
 
+    from smartedit.triton_config import SIMULATED
+
     try:
         options = repository_options(args)
+        if args.profile == SIMULATED:
+            from smartedit.export.simulated import build_simulated_repository
+
+            if args.model:
+                raise ValueError("--profile simulated takes no --model: its shapes and timings come from "
+                                 "--latency-table")
+            return build_simulated_repository(Path(args.latency_table), out, options)
     except ValueError as error:
         raise SystemExit(f"smartedit: {error}") from None
     source = _model_source(args.model)
@@ -140,11 +150,15 @@ def _add_server_arguments(p: argparse.ArgumentParser, grpc: int, http: int, metr
 
 
 def _add_export_arguments(p: argparse.ArgumentParser) -> None:
-    from smartedit.triton_config import RUNTIME_PROFILES
+    from smartedit.triton_config import RUNTIME_PROFILES, SIMULATED
 
     p.add_argument("--model", default=None,
                    help="diffusers inpainting folder or hub id (default: the embedded tiny model)")
-    p.add_argument("--profile", choices=RUNTIME_PROFILES, default="onnx-cpu", help="runtime profile")
+    p.add_argument("--profile", choices=RUNTIME_PROFILES + (SIMULATED,), default="onnx-cpu",
+                   help="runtime profile (simulated: benchmarks, a device that sleeps per --latency-table)")
+    p.add_argument("--latency-table", default=str(DEFAULT_LATENCY_TABLE),
+                   help="simulated profile: the device's latency table (default: SD 1.5 at 512 px, H100-class, "
+                        "assumed figures)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="ONNX graph precision; fp16 is for the onnx-gpu profile (tensorrt is always FP16)")
     p.add_argument("--default-steps", type=int, default=50, help="num_inference_steps when a request sends none")

@@ -78,12 +78,20 @@ class DenoiseState:
     def done(self) -> bool:
         return self.step_index >= self.total_steps
 
+    def model_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scaled latents ``[1, C, h, w]``, timestep) of this step: what changes from step to step.
+
+        Every row of the edit sees the same scaled latents (the guidance rows differ only in their
+        prompt embeddings), so a batch builder may broadcast them instead of concatenating copies.
+        """
+        t = self.timesteps[self.step_index]
+        return self.scheduler.scale_model_input(self.latents, t), t
+
     def unet_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sample, timestep, encoder_hidden_states) of this step: ``rows`` rows each."""
-        t = self.timesteps[self.step_index]
         # 10. expand the latents for classifier-free guidance, scale, concat mask + masked latents
-        latent_model_input = torch.cat([self.latents] * self.rows) if self.rows > 1 else self.latents
-        latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+        scaled, t = self.model_input()
+        latent_model_input = scaled.expand(self.rows, -1, -1, -1)
         sample = torch.cat([latent_model_input, self.conditioning], dim=1)
         timestep = t.to(torch.float32).reshape(1).expand(self.rows).contiguous()
         return sample, timestep, self.encoder_hidden_states

@@ -110,6 +110,18 @@ class ComponentSpec:
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
 
+    def image_size(self, info: PipelineInfo, input_shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
+        """(height, width) in image pixels of a call whose inputs have these shapes (batch axis first);
+        (0, 0) for a component with no spatial axis."""
+        for tensor in self.inputs:
+            shape = input_shapes[tensor.name][1:]
+            for axis, dim in enumerate(tensor.dims):
+                if dim == "image_height":
+                    return shape[axis], shape[axis + 1]
+                if dim == "latent_height":
+                    return shape[axis] * info.vae_scale_factor, shape[axis + 1] * info.vae_scale_factor
+        return 0, 0
+
 
 TEXT_ENCODER = ComponentSpec(
     name="text_encoder",

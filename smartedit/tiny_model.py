@@ -53,7 +53,7 @@ def write_tokenizer(folder: Path) -> None:
 def build_tiny_pipeline(seed: int = 0):
     """Build the tiny inpainting pipeline in memory; the same seed gives identical weights."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -92,8 +92,14 @@ def build_tiny_pipeline(seed: int = 0):
             max_position_embeddings=TEXT_MAX_LENGTH,
         )
     )
-    # Stable Diffusion's own noise schedule, so the samplers behave as they do on real weights.
-    scheduler = DDIMScheduler(
+    return unet, vae, text_encoder, stable_diffusion_scheduler()
+
+
+def stable_diffusion_scheduler():
+    """Stable Diffusion's own noise schedule, so the samplers behave as they do on real weights."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -101,7 +107,6 @@ def build_tiny_pipeline(seed: int = 0):
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    return unet, vae, text_encoder, scheduler
 
 
 def write_tiny_pipeline(folder: Path, seed: int = 0) -> Path:

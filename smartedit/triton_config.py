@@ -7,7 +7,8 @@ Runtime profiles change only how a component is served, never its tensors:
 
 - ``onnx-cpu``: a Python-backend model hosting an ONNX Runtime CPU session (runs anywhere);
 - ``onnx-gpu``: Triton's native ``onnxruntime_onnx`` platform (CUDA EP, optional TensorRT EP);
-- ``tensorrt``: Triton's native ``tensorrt_plan`` platform with FP16 engines.
+- ``tensorrt``: Triton's native ``tensorrt_plan`` platform with FP16 engines;
+- ``simulated`` (benchmarks): a Python-backend model per component that sleeps as a latency table says.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from smartedit.steps import StepTensor
 
 ONNX_CPU, ONNX_GPU, TENSORRT = "onnx-cpu", "onnx-gpu", "tensorrt"
 RUNTIME_PROFILES = (ONNX_CPU, ONNX_GPU, TENSORRT)
+# Benchmarks only: Python-backend components that sleep per a latency table (smartedit.latency_table).
+SIMULATED = "simulated"
 
 _NUMPY_TO_TRITON = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
 
@@ -70,7 +73,7 @@ def component_config(spec: ComponentSpec, info: PipelineInfo, profile: str,
                      parameters: Mapping[str, str] | None = None,
                      tensorrt_accelerator: bool = False) -> mc.ModelConfig:
     """The config of one component for ``profile``; tensors are identical across profiles."""
-    if profile not in RUNTIME_PROFILES:
+    if profile not in RUNTIME_PROFILES + (SIMULATED,):
         raise ValueError(f"unknown runtime profile {profile!r}; choose one of {', '.join(RUNTIME_PROFILES)}")
     config = mc.ModelConfig(name=spec.name, max_batch_size=batching.max_batch_size)
     for tensor in spec.inputs:
@@ -78,7 +81,7 @@ def component_config(spec: ComponentSpec, info: PipelineInfo, profile: str,
     for tensor in spec.outputs:
         _add_component_tensor(config.output, tensor, info)
     config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
-    if profile == ONNX_CPU:
+    if profile in (ONNX_CPU, SIMULATED):
         config.backend = "python"
         config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=batching.instance_count)
     else:

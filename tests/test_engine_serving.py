@@ -129,9 +129,11 @@ def test_past_its_bounds_the_server_refuses_at_once_and_serves_the_admitted_corr
 
 @pytest.fixture(scope="module")
 def per_request_server(model_repository, tmp_path_factory):
+    from smartedit.export.repository import switch_engine
+
     folder = tmp_path_factory.mktemp("per-request")
-    repository = configure_copy(model_repository, folder / "model_repository",
-                                {"scheduler": {"engine": "per_request"}})
+    repository = configure_copy(model_repository, folder / "model_repository", {})
+    switch_engine(repository, "per_request", scheduler_instances=2)
     with serving(repository, folder / "tritonserver.log") as running:
         yield running
 

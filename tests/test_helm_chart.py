@@ -251,7 +251,8 @@ def test_hpa_is_autoscaling_v2_on_the_metric_the_adapter_rule_produces():
     (metric,) = hpa["spec"]["metrics"]
     (rule,) = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == rule["name"]["as"]
-    assert "nv_inference_queue_duration_us" in rule["seriesQuery"] and 'model="scheduler"' in rule["metricsQuery"]
+    assert rule["seriesQuery"].startswith("smartedit_scheduler_queue_wait_seconds_count")
+    assert "smartedit_scheduler_queue_wait_seconds_sum" in rule["metricsQuery"]
     assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "250"}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 6)
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 600
@@ -263,7 +264,7 @@ def test_keda_scales_on_the_same_queue_time_without_an_hpa_of_ours():
     assert not any(o["kind"] == "HorizontalPodAutoscaler" for o in objects)
     (trigger,) = only(objects, "ScaledObject")["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
-    assert "nv_inference_queue_duration_us" in trigger["metadata"]["query"]
+    assert "smartedit_scheduler_queue_wait_seconds_sum" in trigger["metadata"]["query"]
     assert 'namespace="edit"' in trigger["metadata"]["query"]
 
 

@@ -48,11 +48,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* PromQL: average milliseconds an edit waited for a free denoising loop (the scheduler model),
+{{/* PromQL: average milliseconds an admitted edit waited for a slot in the denoising engine,
      per pod, over the last minute. The adapter rule in helm/prometheus-adapter-values.yaml and the
      KEDA trigger both use this expression. */}}
 {{- define "smartedit.queueTimeQuery" -}}
-sum(rate(nv_inference_queue_duration_us{model="scheduler",namespace="{{ .Release.Namespace }}",pod=~"{{ include "smartedit.fullname" . }}-.*"}[1m])) / 1000 / clamp_min(sum(rate(nv_inference_request_success{model="scheduler",namespace="{{ .Release.Namespace }}",pod=~"{{ include "smartedit.fullname" . }}-.*"}[1m])), 1e-9)
+sum(rate(smartedit_scheduler_queue_wait_seconds_sum{namespace="{{ .Release.Namespace }}",pod=~"{{ include "smartedit.fullname" . }}-.*"}[1m])) * 1000 / clamp_min(sum(rate(smartedit_scheduler_queue_wait_seconds_count{namespace="{{ .Release.Namespace }}",pod=~"{{ include "smartedit.fullname" . }}-.*"}[1m])), 1e-9)
 {{- end -}}
 
 {{/* Cross-field checks the JSON schema cannot express; each fails with the values to change. */}}

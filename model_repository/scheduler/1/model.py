@@ -12,10 +12,9 @@ Either way the loop stops when the caller's deadline passes (Triton does not tel
 ensemble that its client went away, so the deadline is what reaches it).
 """
 
-import asyncio
 import json
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from smartedit.triton_io import array, call_model, cancelled, error_of_response,
 
 log = model_logger("scheduler")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+MAX_FORWARDED_EDITS = 1024
 
 
 class TritonPythonModel:
@@ -39,8 +39,12 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.settings = SchedulerSettings.parse(parameters_of(json.loads(args["model_config"])))
         if self.settings.engine == BATCHED:
-            self._loop = asyncio.new_event_loop()
-            threading.Thread(target=self._loop.run_forever, name="scheduler-forward", daemon=True).start()
+            # One thread per edit in flight, each blocked in its BLS call while the engine works. (The
+            # Python backend's async_exec runs the same blocking call on asyncio's default executor,
+            # which has min(32, cores + 4) threads: 6 edits at a time on a 2-core machine.) Threads
+            # are started as needed; past this many, edits would wait here unseen, so it is generous:
+            # the engine refuses what it cannot take, and a refused edit frees its thread at once.
+            self._forwarders = ThreadPoolExecutor(MAX_FORWARDED_EDITS, thread_name_prefix="scheduler-forward")
             return
         self.info = PipelineInfo.load(version_dir / "pipeline.json")
         self.scheduler_config = json.loads((version_dir / "scheduler_config.json").read_text())
@@ -49,14 +53,14 @@ class TritonPythonModel:
 
     def finalize(self):
         if self.settings.engine == BATCHED:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._forwarders.shutdown(wait=True)
         else:
             del self.metrics  # the Python backend wants each Metric released before its MetricFamily
 
     def execute(self, requests):
         if self.settings.engine == BATCHED:
             for request in requests:
-                asyncio.run_coroutine_threadsafe(self._forward(request, request.get_response_sender()), self._loop)
+                self._forwarders.submit(self._forward, request, request.get_response_sender())
             return None
         responses = []
         for request in requests:
@@ -68,16 +72,13 @@ class TritonPythonModel:
 
     # --- batched: forward to the engine -------------------------------------------------------------
 
-    async def _forward(self, request, sender):
+    def _forward(self, request, sender):
         try:
             engine_request = pb_utils.InferenceRequest(
                 model_name=self.settings.engine_model, inputs=request.inputs(), request_id=request.request_id(),
                 requested_output_names=[steps.LATENTS.name, steps.ERROR_CODE.name, steps.ERROR_MESSAGE.name])
-            # The engine answers this caller with one final response (no progress was asked for), so the
-            # await returns with every response already in and iterating does not block the loop.
-            responses = await engine_request.async_exec(decoupled=True)
             answer = None
-            for response in responses:
+            for response in engine_request.exec(decoupled=True):
                 error = error_of_response(response)
                 if error is not None:
                     answer = pb_utils.InferenceResponse(output_tensors=[], error=error)

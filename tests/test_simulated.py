@@ -1,0 +1,67 @@
+"""The simulated device (benchmarks): its latency table, its repository, and one edit through it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from smartedit.latency_table import LatencyTable
+from smartedit.triton_config import parse_pbtxt
+
+TABLE = Path(__file__).resolve().parent.parent / "benchmarks" / "latency" / "sd15-512-h100.json"
+
+
+def test_the_shipped_table_is_sd15_at_512_and_its_limits_follow_the_formula():
+    table = LatencyTable.load(TABLE)
+    assert (table.pipeline.vae_scale_factor, table.pipeline.text_hidden_size, table.reference_image_size) \
+        == (8, 768, (512, 512))
+    assert table.unet_step_s(2) == pytest.approx(0.0096)  # a + 2b: one guided step of one edit
+    # c / (steps · (a + b · 2c)): 16 edits share a 32-row call of 5.6 + 64 ms
+    assert table.device_limit(16, 30) == pytest.approx(16 / (30 * 0.0696))
+    assert table.unet_step_s(130) == pytest.approx(2 * table.unet.seconds(64) + table.unet.seconds(2))  # chunked
+
+
+def test_a_table_without_a_component_is_refused_naming_it(tmp_path):
+    data = json.loads(TABLE.read_text())
+    del data["components"]["vae_decoder"]
+    (tmp_path / "table.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="no figures for vae_decoder"):
+        LatencyTable.load(tmp_path / "table.json")
+
+
+@pytest.fixture(scope="module")
+def simulated_repository(tmp_path_factory):
+    from smartedit.export.simulated import build_simulated_repository
+
+    return build_simulated_repository(TABLE, tmp_path_factory.mktemp("sim") / "model_repository")
+
+
+def test_the_repository_serves_sleeping_components_with_the_tables_batches(simulated_repository):
+    unet = parse_pbtxt((simulated_repository / "unet" / "config.pbtxt").read_text())
+    assert unet.backend == "python" and unet.max_batch_size == 64
+    assert unet.parameters["latency_a_ms"].string_value == "5.6"
+    assert unet.dynamic_batching.max_queue_delay_microseconds == 0  # the batched engine batches itself
+    engine = parse_pbtxt((simulated_repository / "denoise_engine" / "config.pbtxt").read_text())
+    assert engine.parameters["max_active_edits"].string_value == "32"
+    assert engine.parameters["max_unet_rows"].string_value == "64"
+
+
+@pytest.mark.functional
+def test_an_edit_through_the_simulated_device_takes_the_tables_time(simulated_repository, tmp_path):
+    from conftest import png_bytes, scene, serving
+    from smartedit_client import InpaintClient
+
+    image, mask = scene(512, 512)
+    with serving(simulated_repository, tmp_path / "tritonserver.log") as server, \
+            InpaintClient(server.address.grpc, timeout_s=60) as client:
+        client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="x", num_inference_steps=2)
+        started = time.perf_counter()
+        result = client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="x",
+                                num_inference_steps=20, seed=1)
+        elapsed = time.perf_counter() - started
+    assert result.image.size == (512, 512)
+    # The device's share alone (20 guided steps, encoders, decoder) is a floor no serving can beat.
+    assert elapsed >= LatencyTable.load(TABLE).edit_device_s(20)
