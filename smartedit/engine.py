@@ -417,7 +417,7 @@ class DenoiseEngine:
                   CANCELLED: (sink.cancelled, (message,))}[outcome]
         self._outbox.put(answer)
         now = time.monotonic()
-        self._metrics.ended(outcome, now - (edit.started or edit.submitted))
+        self._metrics.ended(outcome, now - edit.submitted)
         state = edit.state
         fields = dict(edit.request.log_fields, outcome=outcome,
                       steps_run=state.step_index if state else 0,

@@ -10,6 +10,7 @@ managers. Labels: ``model`` and ``version``; gauges that describe one loop insta
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -39,6 +40,31 @@ NAMES = {
 }
 
 
+# The Python backend's metrics API is not thread-safe: updates from two threads of one model at once
+# crashed tritonserver 2.51 (SIGSEGV in libtriton_python.so). The engine updates metrics from its
+# worker, from execute and from its prepare pool, so every update takes this lock.
+_UPDATE_LOCK = threading.Lock()
+
+
+class _Serialized:
+    """A metric whose updates take the process's update lock."""
+
+    def __init__(self, metric):
+        self._metric = metric
+
+    def increment(self, value) -> None:
+        with _UPDATE_LOCK:
+            self._metric.increment(value)
+
+    def set(self, value) -> None:
+        with _UPDATE_LOCK:
+            self._metric.set(value)
+
+    def observe(self, value) -> None:
+        with _UPDATE_LOCK:
+            self._metric.observe(value)
+
+
 class SchedulerMetrics:
     """The families are registered once per process; Triton merges same-named ones across models."""
 
@@ -63,15 +89,16 @@ class SchedulerMetrics:
             duration := family(NAMES["duration"], "Wall time of one edit's denoising loop.", family.HISTOGRAM),
             edits := family(NAMES["edits"], "Edits the loop ended or refused, by outcome.", family.COUNTER),
         ]
-        self.steps = steps.Metric(labels=model_labels)
-        self.steps_per_second = rate.Metric(labels=instance_labels)
-        self.active = active.Metric(labels=instance_labels)
-        self.queued = queued.Metric(labels=instance_labels)
-        self.queue_depth = queue.Metric(labels=instance_labels)
-        self.rows = rows.Metric(labels=model_labels, buckets=ROWS_BUCKETS)
-        self.queue_wait = wait.Metric(labels=model_labels, buckets=QUEUE_BUCKETS)
-        self.duration = duration.Metric(labels=model_labels, buckets=DURATION_BUCKETS)
-        self.outcomes = {outcome: edits.Metric(labels={**model_labels, "outcome": outcome}) for outcome in OUTCOMES}
+        self.steps = _Serialized(steps.Metric(labels=model_labels))
+        self.steps_per_second = _Serialized(rate.Metric(labels=instance_labels))
+        self.active = _Serialized(active.Metric(labels=instance_labels))
+        self.queued = _Serialized(queued.Metric(labels=instance_labels))
+        self.queue_depth = _Serialized(queue.Metric(labels=instance_labels))
+        self.rows = _Serialized(rows.Metric(labels=model_labels, buckets=ROWS_BUCKETS))
+        self.queue_wait = _Serialized(wait.Metric(labels=model_labels, buckets=QUEUE_BUCKETS))
+        self.duration = _Serialized(duration.Metric(labels=model_labels, buckets=DURATION_BUCKETS))
+        self.outcomes = {outcome: _Serialized(edits.Metric(labels={**model_labels, "outcome": outcome}))
+                         for outcome in OUTCOMES}
 
     # --- the per-request loop ----------------------------------------------------------------------
 
@@ -123,6 +150,7 @@ class EngineReporter(EngineMetrics):
         self._metrics = metrics
         self._load = None
         self._recent_steps: deque[tuple[float, int]] = deque()
+        self._rate_lock = threading.Lock()  # load() comes from execute's thread too
 
     def refused(self) -> None:
         self._metrics.outcomes["refused"].increment(1)
@@ -133,7 +161,8 @@ class EngineReporter(EngineMetrics):
             self._metrics.active.set(active)
             self._metrics.queued.set(queued)
             if active == 0:  # idle: the rate is zero, not the last busy window's
-                self._recent_steps.clear()
+                with self._rate_lock:
+                    self._recent_steps.clear()
                 self._metrics.steps_per_second.set(0)
 
     def joined(self, queue_wait_s: float) -> None:
@@ -145,14 +174,16 @@ class EngineReporter(EngineMetrics):
     def stepped(self, edits: int) -> None:
         if edits:
             self._metrics.steps.increment(edits)
-        if self._load and self._load[0] == 0:
-            return  # the iteration's last edits just ended: idle, and the rate stays 0
-        now = time.monotonic()
-        self._recent_steps.append((now, edits))
-        while self._recent_steps and self._recent_steps[0][0] < now - RATE_WINDOW_S:
-            self._recent_steps.popleft()
-        span = max(now - self._recent_steps[0][0], 1.0)
-        self._metrics.steps_per_second.set(sum(n for _, n in self._recent_steps) / span)
+        with self._rate_lock:
+            if self._load and self._load[0] == 0:
+                return  # the iteration's last edits just ended: idle, and the rate stays 0
+            now = time.monotonic()
+            self._recent_steps.append((now, edits))
+            while self._recent_steps and self._recent_steps[0][0] < now - RATE_WINDOW_S:
+                self._recent_steps.popleft()
+            span = max(now - self._recent_steps[0][0], 1.0)
+            rate = sum(n for _, n in self._recent_steps) / span
+        self._metrics.steps_per_second.set(rate)
 
     def ended(self, outcome: str, duration_s: float) -> None:
         self._metrics.outcomes[outcome].increment(1)

@@ -102,7 +102,7 @@ class TritonPythonModel:
                     answer = _failure("CANCELLED", str(error))
                 except EngineError as error:  # refused, past its deadline, or failed: the engine logged which
                     status = _GRPC_STATUS.get(error.code, "INTERNAL")
-                    fields.update(outcome=_OUTCOMES.get(status, "failed"), error=str(error))
+                    fields.update(outcome=_OUTCOMES.get(error.code, "failed"), error=str(error))
                     answer = _failure(status, str(error))
         except RequestError as error:  # logged by the stage, as the client's error
             answer = _failure("INVALID_ARGUMENT", str(error))
