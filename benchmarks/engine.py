@@ -12,7 +12,9 @@ edit when the last one returns), on two targets:
              every component sleeps per a latency table (benchmarks/latency/sd15-512-h100.json, assumed
              H100-class figures) while the loop, BLS, batching and data movement are real.
 
-It reports edits/s, p50/p95 latency and mean rows per UNet call, and sets them against what the
+Both engines' servers run at once and the measurements alternate between them, one concurrency at a
+time, so that this machine's slow minutes fall on both alike. It reports edits/s, p50/p95 latency
+and mean rows per UNet call, and sets them against what the
 hardware allows: for (a) the UNet's own compute limit at its best batch size (ONNX Runtime in this
 process, same model and threads), for (b) the device limit c / (steps · (a + b · 2c)) of the table,
 and the device time of one edit, steps · (a + 2b). Writes results.json, results.md and results.png
@@ -22,9 +24,11 @@ under --out. Nothing is asserted: these are figures to read, measured side by si
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import platform
+import shutil
 import statistics
 import threading
 import time
@@ -78,6 +82,17 @@ def scene(side: int) -> tuple[bytes, bytes]:
         picture.save(buffer, format="PNG")
         encoded.append(buffer.getvalue())
     return encoded[0], encoded[1]
+
+
+def copy_for(repository: Path, engine: str) -> Path:
+    """A copy of ``repository`` whose ensemble uses ``engine``."""
+    from smartedit.export.repository import switch_engine
+
+    copy = repository.with_name(f"{repository.name}-{engine}")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(repository, copy)
+    switch_engine(copy, engine)
+    return copy
 
 
 def export(target: str, out: Path, max_concurrency: int) -> Path:
@@ -268,7 +283,6 @@ def main() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise SystemExit("benchmarks/engine.py draws its plot with matplotlib: pip install -e '.[benchmark]'")
-    from smartedit.export.repository import switch_engine
     from smartedit.latency_table import LatencyTable
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -289,20 +303,27 @@ def main() -> None:
                             f"steps · (a + 2b) = {STEPS['sim'] * table.unet_step_s(2):.3f} s, with encoders and "
                             f"decoder {table.edit_device_s(STEPS['sim']):.3f} s")
             notes["sim_edit_device_s"] = STEPS["sim"] * table.unet_step_s(2)
-        for engine in ENGINES:
-            switch_engine(repository, engine)
-            address = ServerAddress(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-            log_file = args.out / target / f"tritonserver-{engine}.log"
-            with TritonServer(repository, address, log_file=log_file):
-                single = one_edit_s(address, target)
-                for concurrency in args.concurrency:
-                    point = run_point(address, target, engine, concurrency, args.seconds, stagger_s=single / 2)
+        # Both engines' servers run side by side and the points alternate between them, so that a
+        # slow minute of this machine does not land on one engine only; the idle one costs no CPU.
+        repositories = {engine: copy_for(repository, engine) for engine in ENGINES}
+        with contextlib.ExitStack() as servers:
+            addresses = {}
+            for engine in ENGINES:
+                addresses[engine] = ServerAddress(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+                servers.enter_context(TritonServer(repositories[engine], addresses[engine],
+                                                   log_file=args.out / target / f"tritonserver-{engine}.log"))
+            single = {engine: one_edit_s(addresses[engine], target) for engine in ENGINES}
+            for concurrency in args.concurrency:
+                for engine in ENGINES:
+                    point = run_point(addresses[engine], target, engine, concurrency, args.seconds,
+                                      stagger_s=single[engine] / 2)
                     point.limit_edits_per_s = (limit if target == "tiny"
                                                else table.device_limit(concurrency, STEPS["sim"]))
                     points.append(point)
                     print(f"{target:5s} {engine:12s} c={concurrency:3d} {point.edits_per_s:6.2f} edits/s "
                           f"p50 {point.p50_s:6.2f} s p95 {point.p95_s:6.2f} s rows/call {point.rows_per_unet_call:5.1f}"
                           f" {point.of_limit:5.0%} of limit", flush=True)
+    points.sort(key=lambda p: (p.target, ENGINES.index(p.engine), p.concurrency))
     (args.out / "results.json").write_text(json.dumps({"notes": notes, "points": [asdict(p) for p in points]},
                                                       indent=1))
     write_markdown(points, notes, args.out / "results.md")
