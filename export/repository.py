@@ -15,6 +15,7 @@ never leaves a half-written repository where a server would load it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -138,9 +139,10 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
 
 def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview: LatentPreview, out: Path,
                  options: RepositoryOptions) -> None:
-    preprocess_settings = {k: str(v) for k, v in vars(options.preprocess).items()}
-    engine_settings = {k: str(v) for k, v in vars(options.engine_settings()).items()}
     batched = options.engine == BATCHED
+    preprocess = dataclasses.replace(options.preprocess, admission_model=admission_model(options.engine))
+    preprocess_settings = {k: str(v) for k, v in vars(preprocess).items()}
+    engine_settings = {k: str(v) for k, v in vars(options.engine_settings()).items()}
     configs = {
         steps.PREPROCESS: step_config(steps.PREPROCESS, steps.PREPROCESS_INPUTS, steps.PREPROCESS_OUTPUTS,
                                       parameters=preprocess_settings),
@@ -208,14 +210,24 @@ def write_atomically(out: Path, write) -> None:
     staging.rename(out)
 
 
+def admission_model(engine: str) -> str:
+    """Where preprocess reserves an edit's place before any work: the batched engine; with the
+    per-request loop, nowhere (edits wait in Triton's queue for a scheduler instance)."""
+    return steps.DENOISE_ENGINE if engine == BATCHED else ""
+
+
 def switch_engine(repository: Path, engine: str, scheduler_instances: int = 2) -> None:
     """Make an exported repository's ``inpaint`` ensemble use ``engine``, without exporting again.
 
     Rewrites what ``RepositoryOptions.engine`` decides: the scheduler step's ``engine`` parameter and
-    instance count, and how long the UNet's batcher waits for company.
+    instance count, where preprocess reserves places, and how long the UNet's batcher waits for company.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    preprocess_path = Path(repository) / steps.PREPROCESS / "config.pbtxt"
+    preprocess = parse_pbtxt(preprocess_path.read_text())
+    preprocess.parameters["admission_model"].string_value = admission_model(engine)
+    preprocess_path.write_text(to_pbtxt(preprocess))
     scheduler_path = Path(repository) / steps.SCHEDULER / "config.pbtxt"
     scheduler = parse_pbtxt(scheduler_path.read_text())
     scheduler.parameters["engine"].string_value = engine

@@ -59,3 +59,10 @@ class CancelBoard:
     def forget(self, token: str) -> None:
         """Remove the mark once the edit has ended (whether or not it was ever marked)."""
         self._path(token).unlink(missing_ok=True)
+
+    def remove_if_empty(self) -> None:
+        """At unload: leave no folder behind once no edit has a mark (the other model may still)."""
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass

@@ -108,6 +108,7 @@ class EditRequest:
         cancelled: whether the caller has gone (checked between steps); never, by default.
         preview_every: None: no progress messages; 0: progress after every step; n > 0: progress after
             every step and the preview latents every n steps and at the last.
+        reservation: the token of the place ``reserve`` kept for this edit, if any.
         log_fields: extra fields of the edit's log line (sampler, steps, ...).
     """
 
@@ -117,6 +118,7 @@ class EditRequest:
     deadline: float | None = None
     cancelled: Callable[[], bool] = lambda: False
     preview_every: int | None = None
+    reservation: str | None = None
     log_fields: dict = field(default_factory=dict)
 
 
@@ -151,7 +153,7 @@ class _Edit:
 
 def plan_unet_calls(edits: list, max_rows: int) -> list[list]:
     """The UNet calls of one iteration: edits grouped by latent size, each group cut into chunks of at
-    most ``max_rows`` rows (an edit's rows are never split), in admission order."""
+    most ``max_rows`` rows (an edit's rows are never split), keeping the edits' order."""
     groups: dict[tuple[int, ...], list] = {}
     for edit in edits:
         groups.setdefault(edit.latent_size, []).append(edit)
@@ -182,17 +184,16 @@ class _UNetBatches:
         self._calls: dict = {}  # key -> _CallArrays
 
     def inputs(self, key, chunk: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sample, timestep, encoder_hidden_states) of one call over ``chunk``'s rows."""
-        rows = sum(edit.rows for edit in chunk)
+        """(sample, timestep, encoder_hidden_states) of one call; ``chunk``: (edit, its ``model_input()``)."""
+        rows = sum(edit.rows for edit, _ in chunk)
         arrays = self._calls.get(key)
-        if arrays is None or not arrays.fits(chunk[0].state, rows):
-            arrays = self._calls[key] = _CallArrays(chunk[0].state, rows)
+        if arrays is None or not arrays.fits(chunk[0][0].state, rows):
+            arrays = self._calls[key] = _CallArrays(chunk[0][0].state, rows)
         offset = 0
-        for edit in chunk:
+        for edit, (scaled, t) in chunk:
             state = edit.state
             if not arrays.holds(edit, offset):
                 arrays.place(edit, offset)
-            scaled, t = state.model_input()
             arrays.sample[offset:offset + edit.rows, :state.latents.shape[1]] = scaled.numpy()
             arrays.timestep[offset:offset + edit.rows] = float(t)
             offset += edit.rows
@@ -254,6 +255,7 @@ class DenoiseEngine:
         self._metrics = metrics or EngineMetrics()
         self._lock = threading.Condition()
         self._preparing = 0
+        self._reserved: dict[str, float] = {}  # token -> monotonic expiry of a place kept by ``reserve``
         self._ready: deque[_Edit] = deque()
         # Active edits by latent size. An edit keeps its place in its group until it leaves, and the
         # group's last edit takes the place of one that leaves: most rows of the next batch are where
@@ -261,6 +263,7 @@ class DenoiseEngine:
         self._groups: dict[tuple[int, ...], list[_Edit]] = {}
         self._active = 0
         self._batches = _UNetBatches()
+        self._stepped = 0  # edits that took their step in the current iteration
         self._closing = False
         self._prepare_pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="engine-prepare")
         # Answers (responses over IPC, PNG previews) leave from their own thread, so that the worker
@@ -274,35 +277,69 @@ class DenoiseEngine:
     # --- admission -------------------------------------------------------------------------------
 
     def load(self) -> tuple[int, int]:
-        """(active, queued) edits now; queued counts those still being prepared."""
+        """(active, queued) edits now; queued counts those reserved or still being prepared."""
         with self._lock:
-            return self._active, self._preparing + len(self._ready)
+            return self._active, self._queued_locked()
+
+    def _queued_locked(self) -> int:
+        return len(self._reserved) + self._preparing + len(self._ready)
+
+    def reserve(self, token: str, request_id: str = "", ttl_s: float = 60.0) -> None:
+        """Keep a place for an edit that is still on its way (being decoded, its prompt encoded), so
+        that a request the engine cannot take is refused before any of that work. The place lapses
+        after ``ttl_s`` if no edit claims it.
+
+        Raises:
+            AtCapacity: as ``submit`` would.
+        """
+        with self._lock:
+            self._check_capacity_locked(request_id, {})
+            self._reserved[token] = time.monotonic() + ttl_s
+            self._metrics.load(self._active, self._queued_locked())
+
+    def release(self, token: str) -> None:
+        """Give back a reserved place whose edit will not come (the request turned out invalid)."""
+        with self._lock:
+            if self._reserved.pop(token, None) is not None:
+                self._metrics.load(self._active, self._queued_locked())
 
     def submit(self, request: EditRequest) -> None:
-        """Admit ``request`` or refuse it at once.
+        """Admit ``request`` (into its reserved place, if it has one) or refuse it at once.
 
         Raises:
             AtCapacity: the engine already holds ``max_active_edits + max_queued_edits`` edits.
-            RuntimeError: the engine is shutting down.
+            RuntimeError: the engine is shutting down, or its worker has stopped.
         """
-        limits = self.limits
         with self._lock:
-            if self._closing:
-                raise RuntimeError("the denoising engine is shutting down")
-            active, queued = self._active, self._preparing + len(self._ready)
-            if active + queued >= limits.max_active_edits + limits.max_queued_edits:
-                self._metrics.refused()
-                raise AtCapacity(
-                    f"server at capacity: {active} edits denoising and {queued} waiting on this loop instance "
-                    f"(limits {limits.max_active_edits} + {limits.max_queued_edits}); retry later")
+            if self._reserved.pop(request.reservation, None) is None:
+                self._check_capacity_locked(request.request_id, request.log_fields)
             self._preparing += 1
-            self._metrics.load(active, queued + 1)
+            self._metrics.load(self._active, self._queued_locked())
         edit = _Edit(request, submitted=time.monotonic())
         self._prepare_pool.submit(self._prepare, edit)
+
+    def _check_capacity_locked(self, request_id: str, log_fields: dict) -> None:
+        if self._closing:
+            raise RuntimeError("the denoising engine is shutting down")
+        if not self._worker.is_alive():
+            raise RuntimeError("the denoising engine's worker has stopped; see the log for why")
+        now = time.monotonic()
+        for token in [token for token, expiry in self._reserved.items() if expiry < now]:
+            del self._reserved[token]  # reserved for an edit that never came
+        limits = self.limits
+        active, queued = self._active, self._queued_locked()
+        if active + queued >= limits.max_active_edits + limits.max_queued_edits:
+            self._metrics.refused()
+            message = (f"server at capacity: {active} edits denoising and {queued} waiting on this loop instance "
+                       f"(limits {limits.max_active_edits} + {limits.max_queued_edits}); retry later")
+            log_event(self._log, "denoise refused", request_id=request_id, stage="denoise", level=logging.WARNING,
+                      outcome="refused", error=message, **log_fields)
+            raise AtCapacity(message)
 
     def _prepare(self, edit: _Edit) -> None:
         try:
             edit.state = edit.request.prepare()
+            edit.request.prepare = None  # its closure holds the request's copies of the inputs
         except Exception as error:  # a bad edit fails alone; the request already passed validation
             with self._lock:
                 self._preparing -= 1
@@ -325,7 +362,7 @@ class DenoiseEngine:
                     self._lock.wait()
                 gone = self._drop_stopped_ready_locked()
                 joining = self._take_ready_locked()
-                self._metrics.load(self._active, self._preparing + len(self._ready))
+                self._metrics.load(self._active, self._queued_locked())
             for edit, reason in gone:
                 self._end(edit, CANCELLED, f"stopped before its first step: {reason}")
             now = time.monotonic()
@@ -333,7 +370,12 @@ class DenoiseEngine:
                 edit.started = now
                 self._metrics.joined(now - edit.submitted)
             if self._active:
-                self._iterate()
+                try:
+                    self._iterate()
+                except Exception as error:  # a fault of the engine itself: fail what it held, keep serving
+                    self._log.exception("a denoising iteration failed")
+                    for edit in [edit for group in self._groups.values() for edit in group]:
+                        self._leave(edit, FAILED, f"the denoising engine failed: {error}")
 
     def _drop_stopped_ready_locked(self) -> list[tuple[_Edit, str]]:
         # Edits whose caller left while they queued give their place back before they cost a step.
@@ -364,17 +406,25 @@ class DenoiseEngine:
             if reason is not None:
                 self._leave(edit, CANCELLED, f"stopped after {edit.state.step_index} of "
                                              f"{edit.state.total_steps} steps: {reason}")
-        stepping, calls = 0, []
+        self._stepped, calls = 0, []
         for size, group in list(self._groups.items()):
             for index, chunk in enumerate(plan_unet_calls(group, self.limits.max_unet_rows)):
                 calls.append((size, index))
                 self._step_chunk(calls[-1], chunk)
-                stepping += len(chunk)
         self._batches.keep_only(calls)
-        self._metrics.stepped(stepping)
+        self._metrics.stepped(self._stepped)
 
     def _step_chunk(self, key, chunk: list[_Edit]) -> None:
-        sample, timestep, hidden = self._batches.inputs(key, chunk)
+        inputs = []
+        for edit in chunk:
+            try:
+                inputs.append((edit, edit.state.model_input()))
+            except Exception as error:
+                self._leave(edit, FAILED, f"step {edit.state.step_index} failed: {error}", exc_info=True)
+        if not inputs:
+            return
+        chunk = [edit for edit, _ in inputs]
+        sample, timestep, hidden = self._batches.inputs(key, inputs)
         self._metrics.unet_call(sample.shape[0])
         try:
             noise_pred = self._unet(sample, timestep, hidden)
@@ -386,14 +436,15 @@ class DenoiseEngine:
         for edit in chunk:
             rows = torch.from_numpy(noise_pred[offset:offset + edit.rows])
             offset += edit.rows
-            try:
-                edit.state.advance(rows)
-            except Exception as error:
-                self._leave(edit, FAILED, f"step {edit.state.step_index} failed: {error}", exc_info=True)
-                continue
             state = edit.state
-            if edit.request.preview_every is not None:
+            try:
+                state.advance(rows)
                 preview = state.preview_latents().clone() if edit.wants_preview() else None
+            except Exception as error:
+                self._leave(edit, FAILED, f"step {state.step_index} failed: {error}", exc_info=True)
+                continue
+            self._stepped += 1
+            if edit.request.preview_every is not None:
                 self._outbox.put((edit.request.sink.progress, (state.step_index, state.total_steps, preview)))
             if state.done:
                 self._leave(edit, OK)
@@ -408,7 +459,7 @@ class DenoiseEngine:
                 del self._groups[edit.latent_size]
             self._active -= 1
             # Before the answer leaves: whoever reads the gauges after the answer sees the edit gone.
-            self._metrics.load(self._active, self._preparing + len(self._ready))
+            self._metrics.load(self._active, self._queued_locked())
         self._end(edit, outcome, message, exc_info)
 
     def _end(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False) -> None:
@@ -442,8 +493,12 @@ class DenoiseEngine:
 
     # --- shutdown --------------------------------------------------------------------------------
 
-    def close(self, timeout_s: float = 60.0) -> None:
-        """Finish every admitted edit (new ones are refused), then stop the threads."""
+    def close(self, timeout_s: float = 60.0) -> bool:
+        """Finish every admitted edit (new ones are refused), then stop the threads.
+
+        Returns:
+            Whether every thread stopped within ``timeout_s`` (if not, the worker may still report).
+        """
         with self._lock:
             self._closing = True
             self._lock.notify_all()
@@ -451,3 +506,4 @@ class DenoiseEngine:
         self._prepare_pool.shutdown(wait=True)
         self._outbox.put(None)
         self._outbox_thread.join(timeout_s)
+        return not (self._worker.is_alive() or self._outbox_thread.is_alive())

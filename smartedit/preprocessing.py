@@ -179,12 +179,13 @@ def tokenize(tokenizer, negative_prompt: str, prompt: str) -> np.ndarray:
 
 
 def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, settings: PreprocessSettings,
-                    deadline: float) -> tuple[dict[steps.StepTensor, np.ndarray], dict[str, Any]]:
+                    deadline: float, reservation: str = "") -> tuple[dict[steps.StepTensor, np.ndarray], dict[str, Any]]:
     """Everything preprocess hands on for one request: the step tensors, and the fields to log.
 
     Args:
         read: the one element of a wire input by name, or None when the request left it out.
         deadline: ``time.time()`` at which the caller gives up, 0 for none (``request_deadline``).
+        reservation: the token of the place reserved in the engine for this edit, "" for none.
 
     Raises:
         RequestError: naming the first bad field, before any image is decoded when a scalar is bad.
@@ -221,6 +222,7 @@ def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, s
         steps.SAMPLER: np.array([params.scheduler.encode()], dtype=np.object_),
         steps.SEED_USED: np.array([params.seed], dtype=np.int64),
         steps.DEADLINE: np.array([deadline], dtype=np.float64),
+        steps.RESERVATION: np.array([reservation.encode()], dtype=np.object_),
     }
     log_fields = dict(width=int(width), height=int(height), scheduler=params.scheduler,
                       num_inference_steps=params.num_inference_steps, seed=params.seed)

@@ -11,6 +11,9 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from smartedit import steps
+from smartedit_client import _contract as wire
+
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
@@ -77,6 +80,9 @@ class PreprocessSettings:
     max_image_pixels: int = 2048 * 2048
     # Smallest side, in pixels; below one latent pixel per UNet level nothing useful comes out.
     min_image_side: int = 8
+    # The engine to reserve a place with before any work (the batched engine's model); "": none, as
+    # with the per-request loop, where edits wait in Triton's queue for a scheduler instance.
+    admission_model: str = ""
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> "PreprocessSettings":
@@ -93,6 +99,7 @@ class PreprocessSettings:
             default_scheduler=get("default_scheduler", d.default_scheduler).strip(),
             max_image_pixels=parse_int("max_image_pixels", get("max_image_pixels", str(d.max_image_pixels)), 64),
             min_image_side=parse_int("min_image_side", get("min_image_side", str(d.min_image_side)), 1),
+            admission_model=get("admission_model", d.admission_model).strip(),
         )
 
 
@@ -110,7 +117,7 @@ class SchedulerSettings:
     """
 
     engine: str = BATCHED
-    engine_model: str = "denoise_engine"
+    engine_model: str = steps.DENOISE_ENGINE
     unet_model: str = "unet"
     vae_encoder_model: str = "vae_encoder"
 
@@ -145,6 +152,8 @@ class EngineSettings:
     vae_encoder_model: str = "vae_encoder"
     # Threads that prepare admitted edits (scheduler set-up; a VAE-encoder BLS call when strength < 1).
     prepare_workers: int = 2
+    # A place reserved for an edit (by preprocess, before decoding it) lapses if the edit has not come.
+    reservation_ttl_s: float = 60.0
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> "EngineSettings":
@@ -158,6 +167,8 @@ class EngineSettings:
             unet_model=get("unet_model", d.unet_model).strip(),
             vae_encoder_model=get("vae_encoder_model", d.vae_encoder_model).strip(),
             prepare_workers=parse_int("prepare_workers", get("prepare_workers", str(d.prepare_workers)), 1, 64),
+            reservation_ttl_s=parse_float("reservation_ttl_s", get("reservation_ttl_s", str(d.reservation_ttl_s)),
+                                          1.0, 3600.0),
         )
 
 
@@ -167,10 +178,10 @@ class StreamSettings:
     itself (same keys and meaning as in preprocess's config, so both validate requests alike)."""
 
     preprocess: PreprocessSettings = PreprocessSettings()
-    engine_model: str = "denoise_engine"
+    engine_model: str = steps.DENOISE_ENGINE
     # Streams open at once; each holds a thread for the edit's life. Past it, streams are refused.
     max_open_streams: int = 128
-    default_preview_every: int = 5
+    default_preview_every: int = wire.DEFAULT_PREVIEW_EVERY
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> "StreamSettings":

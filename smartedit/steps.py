@@ -7,7 +7,7 @@ shapes with -1 for the axes that vary per request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from smartedit_client import _contract as wire
 
@@ -49,11 +49,14 @@ SEED_USED = StepTensor(wire.SEED_USED.name, wire.SEED_USED.datatype, wire.TENSOR
 # When the caller gives up, as ``time.time()`` seconds; 0 when it set no timeout. Preprocess computes it
 # from Triton's request timeout, which the client sets from its own and the ensemble passes to every step.
 DEADLINE = StepTensor("deadline", "FP64", (1,))
+# The place preprocess reserved in the engine for this edit before decoding anything (empty: none),
+# so that the engine refuses at once what it cannot take; the edit claims the place when it arrives.
+RESERVATION = StepTensor("reservation", "BYTES", (1,))
 
 PREPROCESS_INPUTS = tuple(wire_input(t) for t in wire.INPUTS)
 PREPROCESS_OUTPUTS = (
     INPUT_IDS, MASKED_IMAGE, INIT_IMAGE, LATENT_MASK, ORIGINAL_IMAGE, REPAINT_MASK,
-    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED, DEADLINE,
+    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED, DEADLINE, RESERVATION,
 )
 
 # The loop's inputs: what preprocess resolved, the prompt embeddings and the masked image's latent
@@ -65,7 +68,7 @@ LATENTS = StepTensor("latents", "FP32", (1, -1, -1, -1))  # denoised, divided by
 
 SCHEDULER_INPUTS = (
     PROMPT_EMBEDS, MASKED_IMAGE_MEAN, MASKED_IMAGE_STD, LATENT_MASK, INIT_IMAGE,
-    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED, DEADLINE,
+    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED, DEADLINE, RESERVATION,
 )
 SCHEDULER_OUTPUTS = (LATENTS,)
 
@@ -75,15 +78,21 @@ SCHEDULER_OUTPUTS = (LATENTS,)
 # one final response: the latents, or the error as error_code (a TritonError code name) and
 # error_message. (Triton 2.51 turns every error that comes back through BLS into INTERNAL, and the
 # callers must tell a refusal for capacity, UNAVAILABLE, from a cancellation or a fault.)
-PREVIEW_EVERY = StepTensor("preview_every", "INT32", (1,), optional=True)
+PREVIEW_EVERY = StepTensor(wire.PREVIEW_EVERY.name, wire.PREVIEW_EVERY.datatype, (1,), optional=True)
 CANCEL_TOKEN = StepTensor("cancel_token", "BYTES", (1,), optional=True)
-STEP = StepTensor("step", "INT32", (1,))
-TOTAL_STEPS = StepTensor("total_steps", "INT32", (1,))
+# A request holding only `admission` ("reserve" or "release") and `reservation` keeps or gives back a
+# place; it is answered at once, with an empty response or the refusal.
+ADMISSION = StepTensor("admission", "BYTES", (1,), optional=True)
+RESERVE, RELEASE = b"reserve", b"release"
+STEP = StepTensor(wire.STEP.name, wire.STEP.datatype, (1,))
+TOTAL_STEPS = StepTensor(wire.TOTAL_STEPS.name, wire.TOTAL_STEPS.datatype, (1,))
 PREVIEW_PIXELS = StepTensor("preview_pixels", "UINT8", (-1, -1, 3))  # RGB at latent resolution
-ERROR_CODE = StepTensor("error_code", "BYTES", (1,))
-ERROR_MESSAGE = StepTensor("error_message", "BYTES", (1,))
+# As the stream's, but the engine's code is a TritonError code name (its callers rebuild the error).
+ERROR_CODE = StepTensor(wire.ERROR_CODE.name, wire.ERROR_CODE.datatype, (1,))
+ERROR_MESSAGE = StepTensor(wire.ERROR_MESSAGE.name, wire.ERROR_MESSAGE.datatype, (1,))
 
-ENGINE_INPUTS = SCHEDULER_INPUTS + (PREVIEW_EVERY, CANCEL_TOKEN)
+# Every input optional to Triton: an admission request carries two of them; the engine checks the rest.
+ENGINE_INPUTS = tuple(replace(t, optional=True) for t in SCHEDULER_INPUTS) + (PREVIEW_EVERY, CANCEL_TOKEN, ADMISSION)
 ENGINE_OUTPUTS = (LATENTS, STEP, TOTAL_STEPS, PREVIEW_PIXELS, ERROR_CODE, ERROR_MESSAGE)
 
 DECODED_IMAGE = StepTensor("decoded_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]

@@ -92,6 +92,23 @@ def error_from_tensors(response):
     return pb_utils.TritonError(message.decode(), getattr(pb_utils.TritonError, name, pb_utils.TritonError.INTERNAL))
 
 
+def admission_call(engine_model: str, action: bytes, token: str, request_id: str = ""):
+    """Reserve (``steps.RESERVE``) or give back (``steps.RELEASE``) a place in the engine for one edit.
+
+    Returns:
+        The engine's refusal (an UNAVAILABLE ``TritonError``, "server at capacity"), or None.
+    """
+    request = pb_utils.InferenceRequest(
+        model_name=engine_model, request_id=request_id,
+        inputs=[pb_utils.Tensor(steps.ADMISSION.name, np.array([action], dtype=np.object_)),
+                pb_utils.Tensor(steps.RESERVATION.name, np.array([token.encode()], dtype=np.object_))],
+        requested_output_names=[steps.ERROR_CODE.name, steps.ERROR_MESSAGE.name])
+    error = None
+    for response in request.exec(decoupled=True):
+        error = error_of_response(response) or error
+    return error
+
+
 def error_of_response(response):
     """The error a BLS response stands for, code included where the callee sent it in tensors."""
     if response.has_error():

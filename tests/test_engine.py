@@ -179,6 +179,28 @@ def test_admission_refuses_past_active_plus_queued_at_once(make_edit):
         engine.close()
 
 
+def test_a_reserved_place_is_counted_claimed_by_its_edit_released_or_lapses(make_edit, onnx_unet):
+    engine = DenoiseEngine(onnx_unet, EngineLimits(max_active_edits=1, max_queued_edits=1, max_unet_rows=4))
+    try:
+        engine.reserve("a")
+        engine.reserve("b")
+        assert engine.load() == (0, 2)
+        with pytest.raises(AtCapacity, match="server at capacity"):
+            engine.reserve("c")  # both places are kept for edits on their way
+        with pytest.raises(AtCapacity):
+            submit(engine, make_edit(steps=2))  # ... so an edit without one is refused too
+        engine.release("b")
+        claimed = submit(engine, make_edit(steps=2), reservation="a")  # takes its own place, no new check
+        assert claimed.ended.wait(30) and claimed.outcome == "finished"
+        engine.reserve("d", ttl_s=0.05)
+        engine.reserve("e")
+        time.sleep(0.1)
+        engine.reserve("f")  # "d" lapsed: its edit never came
+        assert engine.load() == (0, 2)
+    finally:
+        engine.close()
+
+
 def test_an_edit_past_its_deadline_stops_within_a_step_and_frees_its_rows(make_edit, onnx_unet):
     slow = lambda s, t, e: (time.sleep(0.02), onnx_unet(s, t, e))[1]  # noqa: E731
     engine = DenoiseEngine(slow, EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=8))

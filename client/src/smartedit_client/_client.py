@@ -50,10 +50,6 @@ def _tensor(spec: wire.WireTensor, value) -> grpcclient.InferInput:
     return tensor
 
 
-def _microseconds(seconds: float) -> int:
-    return max(1, int(seconds * 1_000_000))
-
-
 class InpaintClient:
     """A client of the ``inpaint`` ensemble. Use it as a context manager, or call ``close()``.
 
@@ -155,7 +151,7 @@ class InpaintClient:
             # The timeout goes twice: as the gRPC deadline (the client stops waiting) and as Triton's
             # request timeout, which reaches the denoising loop, so the server stops the edit too.
             response = self._client.infer(self.model_name, inputs, outputs=outputs, request_id=request_id,
-                                          client_timeout=timeout_s, timeout=_microseconds(timeout_s))
+                                          client_timeout=timeout_s, timeout=wire.request_timeout_us(timeout_s))
         except InferenceServerException as error:
             raise from_triton(error) from None
         elapsed = time.perf_counter() - started

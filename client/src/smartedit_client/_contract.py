@@ -40,6 +40,11 @@ OUTPUTS: tuple[WireTensor, ...] = (EDITED_IMAGE, SEED_USED)
 
 TENSOR_SHAPE = (1,)
 
+
+def request_timeout_us(seconds: float) -> int:
+    """Triton's request timeout (the ``timeout`` request parameter) is in microseconds."""
+    return max(1, int(seconds * 1_000_000))
+
 # The streaming entry: the same edit over a gRPC bidirectional stream (a decoupled model). It takes
 # the same inputs plus preview_every, and answers with a progress response after every denoising
 # step (step, total_steps; preview_image too every preview_every steps and at the last step), then

@@ -57,7 +57,7 @@ class InpaintStream:
             self._client.start_stream(callback=self._on_response, stream_timeout=timeout_s)
             # The timeout also travels as Triton's request timeout: the server stops the edit by it too.
             self._client.async_stream_infer(model_name, inputs, outputs=outputs, request_id=request_id,
-                                            timeout=max(1, int(timeout_s * 1_000_000)))
+                                            timeout=wire.request_timeout_us(timeout_s))
         except InferenceServerException as error:
             self._close(cancel=False)
             raise from_triton(error) from None
@@ -77,7 +77,8 @@ class InpaintStream:
         Raises:
             InvalidRequestError: a field is invalid (the message names it).
             ServerOverloadedError: the server is at capacity and refused the edit; retry later.
-            RequestTimeoutError: the edit took longer than its timeout (the server stops it too).
+            RequestTimeoutError: the edit took longer than its timeout (the server stops it too; should
+                the server's word come first, it is RequestCancelledError, "deadline passed").
             SmartEditError: any other failure, as a subclass named by the gRPC status.
         """
         try:

@@ -85,14 +85,23 @@ class TritonPythonModel:
                                     prepare_workers=self.settings.prepare_workers)
 
     def finalize(self):
-        self.engine.close()
-        # The Python backend wants each Metric released before its MetricFamily.
-        del self.metrics
+        # Triton unloads a model once its in-flight requests are answered, so the engine is idle here.
+        stopped = self.engine.close()
+        self.cancel_board.remove_if_empty()
+        if stopped:
+            # The Python backend wants each Metric released before its MetricFamily; a worker still
+            # running would update released metrics, so they are kept if it did not stop.
+            del self.metrics
 
     def execute(self, requests):
         for request in requests:
             sender = request.get_response_sender()
             try:
+                action = _scalar(request, steps.ADMISSION)
+                if action is not None:
+                    self._admission(request, action)
+                    sender.send(pb_utils.InferenceResponse(output_tensors=[]), flags=FINAL)
+                    continue
                 self.engine.submit(self._edit_request(request, sender))
             except AtCapacity as error:
                 # Triton has no RESOURCE_EXHAUSTED: a refusal for capacity is UNAVAILABLE, like Triton's own
@@ -102,6 +111,15 @@ class TritonPythonModel:
                 sender.send(error_as_tensors("INTERNAL", f"denoise_engine could not take the edit: {error}"),
                             flags=FINAL)
         return None
+
+    def _admission(self, request, action: bytes) -> None:
+        token = _scalar(request, steps.RESERVATION).decode()
+        if action == steps.RESERVE:
+            self.engine.reserve(token, request.request_id(), ttl_s=self.settings.reservation_ttl_s)
+        elif action == steps.RELEASE:
+            self.engine.release(token)
+        else:
+            raise ValueError(f"admission must be {steps.RESERVE!r} or {steps.RELEASE!r}, got {action!r}")
 
     def _unet(self, sample, timestep, hidden):
         # A scalar-per-row tensor travels as [rows, 1]; the unet config reshapes it to [rows].
@@ -136,6 +154,7 @@ class TritonPythonModel:
         preview_every = _scalar(request, steps.PREVIEW_EVERY)
         token = _scalar(request, steps.CANCEL_TOKEN)
         token = token.decode() if token is not None else None
+        reservation = _scalar(request, steps.RESERVATION)
         return EditRequest(
             request_id=request_id,
             prepare=prepare,
@@ -143,5 +162,6 @@ class TritonPythonModel:
             deadline=deadline or None,
             cancelled=(lambda: self.cancel_board.is_cancelled(token)) if token else (lambda: False),
             preview_every=None if preview_every is None else int(preview_every),
+            reservation=reservation.decode() if reservation else None,
             log_fields={"sampler": sampler, "num_inference_steps": num_steps},
         )

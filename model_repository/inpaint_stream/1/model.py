@@ -4,18 +4,21 @@ A decoupled model that clients call directly (``start_stream`` / ``async_stream_
 stream runs on a thread of its own through the same stages as the ``inpaint`` ensemble, with the
 same code, so the final image is the same bytes:
 
-    prepare_request (preprocess's own function) → text_encoder, vae_encoder (BLS)
+    reserve a place in denoise_engine → prepare_request (preprocess's own function)
+      → text_encoder, vae_encoder (BLS)
       → denoise_engine (BLS, decoupled: a progress response per step, preview pixels every N steps)
       → vae_decoder (BLS) → finish_edit (postprocess's own function) → final response
 
 Preprocess and postprocess run here, not through BLS, because an error's code does not survive
 BLS in Triton 2.51: a bad field must reach the client as INVALID_ARGUMENT. When the client closes
 the stream, this model sees it (its requests are the client's own, not an ensemble's) at the next
-progress response, and marks the edit on the cancel board, where the engine looks between steps.
+progress response, or through its watcher while the edit still waits for a slot, and marks the
+edit on the cancel board, where the engine looks between steps.
 """
 
 import json
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,11 +34,14 @@ from smartedit.preprocessing import prepare_request
 from smartedit.settings import StreamSettings, parameters_of
 from smartedit.spec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, PipelineInfo
 from smartedit.structured_log import model_logger, timed_stage
-from smartedit.triton_io import call_model, error_of_response, optional_scalar, request_deadline
+from smartedit.triton_io import (
+    admission_call, call_model, error_as_tensors, error_of_response, optional_scalar, request_deadline,
+)
 from smartedit_client import _contract as wire
 
 log = model_logger("inpaint_stream")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+WATCH_INTERVAL_S = 0.25  # how soon a client that left is noticed while its edit waits for a slot
 
 
 class StreamClosed(Exception):
@@ -61,11 +67,8 @@ def _tensor(spec, value) -> "pb_utils.Tensor":
 
 def _failure(status: str, message: str):
     """The stream's final answer for a failed edit: the KServe stream has no per-response status, so it
-    travels as the wire contract's error_code / error_message tensors."""
-    return pb_utils.InferenceResponse(output_tensors=[
-        _tensor(wire.ERROR_CODE, np.array([status.encode()], dtype=np.object_)),
-        _tensor(wire.ERROR_MESSAGE, np.array([message.encode()], dtype=np.object_)),
-    ])
+    travels as the wire contract's error_code (a gRPC status name) and error_message tensors."""
+    return error_as_tensors(status, message)
 
 
 class TritonPythonModel:
@@ -77,9 +80,18 @@ class TritonPythonModel:
         self.cancel_board = CancelBoard.of_this_server()
         self._open = threading.BoundedSemaphore(self.settings.max_open_streams)
         self._pool = ThreadPoolExecutor(self.settings.max_open_streams, thread_name_prefix="stream")
+        # Streams whose edit is in the engine, by cancel token: a watcher marks those whose client has
+        # gone, so that an edit still queued (it sends no progress yet) is dropped before its first step.
+        self._watch_lock = threading.Lock()
+        self._watched, self._closed_tokens = {}, set()
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_streams, name="stream-watcher", daemon=True)
+        self._watcher.start()
 
     def finalize(self):
+        self._stopping.set()
         self._pool.shutdown(wait=True)
+        self.cancel_board.remove_if_empty()
 
     def execute(self, requests):
         for request in requests:
@@ -117,8 +129,18 @@ class TritonPythonModel:
         preview_every = self.settings.default_preview_every if preview_every is None else int(preview_every)
         if preview_every < 0:
             raise RequestError(wire.PREVIEW_EVERY.name, f"must be >= 0 (0: no previews), got {preview_every}")
-        tensors, log_fields = prepare_request(lambda name: optional_scalar(request, name), self.tokenizer, self.info,
-                                              self.settings.preprocess, deadline=request_deadline(request))
+        # Before any decoding: a server at capacity refuses now, not after the work (as preprocess does).
+        reservation = uuid.uuid4().hex
+        refusal = admission_call(self.settings.engine_model, steps.RESERVE, reservation, request_id)
+        if refusal is not None:
+            raise EngineError(refusal)
+        try:
+            tensors, log_fields = prepare_request(lambda name: optional_scalar(request, name), self.tokenizer,
+                                                  self.info, self.settings.preprocess,
+                                                  deadline=request_deadline(request), reservation=reservation)
+        except RequestError:
+            admission_call(self.settings.engine_model, steps.RELEASE, reservation, request_id)
+            raise
         fields.update(log_fields, preview_every=preview_every)
         (prompt_embeds,) = call_model(TEXT_ENCODER.name, {TEXT_ENCODER.inputs[0].name: tensors[steps.INPUT_IDS]},
                                       TEXT_ENCODER.output_names, request_id=request_id)
@@ -147,7 +169,10 @@ class TritonPythonModel:
             model_name=self.settings.engine_model, inputs=inputs, request_id=request_id,
             requested_output_names=[t.name for t in steps.ENGINE_OUTPUTS])
         latents, error, closed = None, None, False
+        self._watch(token, request)
         try:
+            # Read to the end even once the client has gone: the engine answers a cancellation within a
+            # step, and the token must outlive the edit.
             for response in engine_request.exec(decoupled=True):
                 error = error_of_response(response) or error
                 found = pb_utils.get_output_tensor_by_name(response, steps.LATENTS.name)
@@ -156,14 +181,16 @@ class TritonPythonModel:
                 step = pb_utils.get_output_tensor_by_name(response, steps.STEP.name)
                 if step is None or closed:
                     continue
-                if request.is_cancelled():
-                    # Keep reading: the engine answers the cancellation within a step, and the iterator
-                    # must be drained before the token is forgotten.
+                try:
+                    if request.is_cancelled():
+                        raise StreamClosed("the client closed the stream")
+                    self._relay_progress(sender, response, step)
+                except Exception as reason:  # the client left, or its stream broke: stop the edit
                     closed = True
                     self.cancel_board.cancel(token)
-                    continue
-                self._relay_progress(sender, response, step)
+                    log.info("stopping the edit: %s", reason)
         finally:
+            closed = self._unwatch(token) or closed
             self.cancel_board.forget(token)
         if closed:
             raise StreamClosed("the client closed the stream")
@@ -172,6 +199,33 @@ class TritonPythonModel:
         if latents is None:
             raise RuntimeError("the denoising engine ended the edit without latents")
         return latents
+
+    # --- noticing a client that left while its edit waits in the engine's queue (no progress yet) ---
+
+    def _watch(self, token, request):
+        with self._watch_lock:
+            self._watched[token] = request
+
+    def _unwatch(self, token) -> bool:
+        """Stop watching; whether the watcher found the client gone."""
+        with self._watch_lock:
+            self._watched.pop(token, None)
+            if token in self._closed_tokens:
+                self._closed_tokens.discard(token)
+                return True
+            return False
+
+    def _watch_streams(self):
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            with self._watch_lock:
+                watched = list(self._watched.items())
+            for token, request in watched:
+                if request.is_cancelled():
+                    with self._watch_lock:  # marked under the lock: never after its edit forgot the token
+                        if self._watched.pop(token, None) is None:
+                            continue  # its edit ended meanwhile
+                        self._closed_tokens.add(token)
+                        self.cancel_board.cancel(token)
 
     def _relay_progress(self, sender, response, step):
         total = pb_utils.get_output_tensor_by_name(response, steps.TOTAL_STEPS.name)

@@ -1,17 +1,20 @@
-"""``preprocess``: validate the request, decode image and mask, tokenize, resolve parameters."""
+"""``preprocess``: reserve the edit's place in the engine, validate the request, decode image and mask,
+tokenize, resolve parameters."""
 
 import json
+import uuid
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
+from smartedit import steps
 from smartedit.errors import RequestError
 from smartedit.preprocessing import prepare_request
 from smartedit.settings import PreprocessSettings, parameters_of
 from smartedit.spec import PipelineInfo
 from smartedit.structured_log import model_logger, timed_stage
-from smartedit.triton_io import invalid_argument, optional_scalar, request_deadline
+from smartedit.triton_io import admission_call, invalid_argument, optional_scalar, request_deadline
 
 log = model_logger("preprocess")
 
@@ -24,16 +27,27 @@ class TritonPythonModel:
         self.tokenizer = AutoTokenizer.from_pretrained(version_dir / "tokenizer")
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                with timed_stage(log, request.request_id(), "preprocess") as fields:
-                    tensors, log_fields = prepare_request(
-                        lambda name: optional_scalar(request, name), self.tokenizer, self.info, self.settings,
-                        deadline=request_deadline(request))
-                    fields.update(log_fields)
-                outputs = [pb_utils.Tensor(spec.name, value) for spec, value in tensors.items()]
-                responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
-            except RequestError as error:
-                responses.append(invalid_argument(error))
-        return responses
+        return [self._prepare(request) for request in requests]
+
+    def _prepare(self, request):
+        request_id = request.request_id()
+        reservation = ""
+        try:
+            with timed_stage(log, request_id, "preprocess") as fields:
+                if self.settings.admission_model:
+                    # Before any decoding: a server at capacity refuses now, not after the work.
+                    reservation = uuid.uuid4().hex
+                    refusal = admission_call(self.settings.admission_model, steps.RESERVE, reservation, request_id)
+                    if refusal is not None:
+                        fields.update(outcome="refused", error=refusal.message())
+                        return pb_utils.InferenceResponse(output_tensors=[], error=refusal)
+                tensors, log_fields = prepare_request(
+                    lambda name: optional_scalar(request, name), self.tokenizer, self.info, self.settings,
+                    deadline=request_deadline(request), reservation=reservation)
+                fields.update(log_fields)
+        except RequestError as error:
+            if reservation:
+                admission_call(self.settings.admission_model, steps.RELEASE, reservation, request_id)
+            return invalid_argument(error)
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(spec.name, value)
+                                                         for spec, value in tensors.items()])

@@ -134,11 +134,13 @@ class TritonPythonModel:
             latent_mask=torch.from_numpy(array(request, steps.LATENT_MASK.name)),
             encode_init_image=lambda: self._encode_init_image(init_image),
         )
-        caller_gone = lambda: bool(deadline) and time.time() >= deadline  # noqa: E731
+        # Inside an ensemble is_cancelled() stays false (Triton 2.51), so the deadline is what stops it;
+        # a caller of this step alone would be seen.
+        caller_gone = lambda: request.is_cancelled() or (bool(deadline) and time.time() >= deadline)  # noqa: E731
         finished = run_to_end(state, lambda *inputs: self._unet(record, *inputs), should_stop=caller_gone)
         if not finished:
             record.outcome = "cancelled"
             return cancelled(f"cancelled after {state.step_index} of {state.total_steps} steps: "
-                             f"the caller's deadline passed")
+                             f"the caller's deadline passed or it cancelled")
         latents = decoder_input(state, self.info).numpy().astype(np.float32)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.LATENTS.name, latents)])
