@@ -148,6 +148,10 @@ class EngineSettings:
     max_active_edits: int = 8
     max_queued_edits: int = 16
     max_unet_rows: int = 16
+    # Cohorts of active edits whose UNet calls take turns, so that one's host work overlaps the other's
+    # device time (smartedit.engine); 1 when the host's work per step is smaller than the UNet's fixed cost.
+    unet_lanes: int = 2
+    lane_min_rows: int = 16
     unet_model: str = "unet"
     vae_encoder_model: str = "vae_encoder"
     # Threads that prepare admitted edits (scheduler set-up; a VAE-encoder BLS call when strength < 1).
@@ -164,6 +168,8 @@ class EngineSettings:
             max_active_edits=parse_int("max_active_edits", get("max_active_edits", str(d.max_active_edits)), 1, 4096),
             max_queued_edits=parse_int("max_queued_edits", get("max_queued_edits", str(d.max_queued_edits)), 0, 65536),
             max_unet_rows=parse_int("max_unet_rows", get("max_unet_rows", str(d.max_unet_rows)), 2, 4096),
+            unet_lanes=parse_int("unet_lanes", get("unet_lanes", str(d.unet_lanes)), 1, 4),
+            lane_min_rows=parse_int("lane_min_rows", get("lane_min_rows", str(d.lane_min_rows)), 1, 4096),
             unet_model=get("unet_model", d.unet_model).strip(),
             vae_encoder_model=get("vae_encoder_model", d.vae_encoder_model).strip(),
             prepare_workers=parse_int("prepare_workers", get("prepare_workers", str(d.prepare_workers)), 1, 64),

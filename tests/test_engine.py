@@ -131,6 +131,62 @@ def test_edits_batched_together_equal_the_same_edits_alone(make_edit, onnx_unet)
     assert max(onnx_unet.calls) <= 6  # ... never more than the UNet's max rows
 
 
+class InFlightCounter:
+    """A UNet that takes 10 ms a call and counts how many of its calls were ever in flight at once."""
+
+    def __init__(self, unet):
+        self._unet, self._lock, self._now, self.most = unet, threading.Lock(), 0, 0
+
+    def __call__(self, sample, timestep, hidden):
+        with self._lock:
+            self._now += 1
+            self.most = max(self.most, self._now)
+        try:
+            time.sleep(0.01)  # long enough for the other lane's call to be sent meanwhile
+            return self._unet(sample, timestep, hidden)
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+def test_two_lanes_split_the_edits_into_calls_in_flight_together_and_change_no_result(make_edit, onnx_unet):
+    prepares = [make_edit(**params) for params in MIXED]
+    alone = [run_alone(prepare, onnx_unet) for prepare in prepares]
+    counter = InFlightCounter(onnx_unet)
+    limits = EngineLimits(max_active_edits=8, max_queued_edits=0, max_unet_rows=64, unet_lanes=2, lane_min_rows=1)
+    engine = DenoiseEngine(counter, limits)
+    onnx_unet.calls.clear()
+    try:
+        sinks = [submit(engine, prepare) for prepare in prepares]
+        for sink in sinks:
+            assert sink.ended.wait(60)
+    finally:
+        engine.close()
+    for params, sink, reference in zip(MIXED, sinks, alone):
+        assert sink.outcome == "finished", (params, sink.events)
+        assert torch.equal(sink.state.latents, reference), params
+    assert counter.most >= 2  # one lane's calls were on the "device" while the other's were sent
+    rows_of_all = sum(2 if params.get("guidance", 7.5) > 1 else 1 for params in MIXED[:3])
+    assert max(onnx_unet.calls) < rows_of_all  # the 40x24 edits were split between the lanes
+
+
+@pytest.mark.parametrize("lane_min_rows, most_in_flight", [(100, 1), (2, 2)])
+def test_a_second_lane_opens_only_once_each_lane_has_lane_min_rows(make_edit, onnx_unet, lane_min_rows,
+                                                                   most_in_flight):
+    prepares = [make_edit(steps=8, seed=seed) for seed in (1, 2, 3)]  # one latent size: one call per lane
+    counter = InFlightCounter(onnx_unet)
+    limits = EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=16, unet_lanes=2,
+                          lane_min_rows=lane_min_rows)
+    engine = DenoiseEngine(counter, limits)
+    try:
+        sinks = [submit(engine, prepare) for prepare in prepares]
+        for sink in sinks:
+            assert sink.ended.wait(30) and sink.outcome == "finished"
+    finally:
+        engine.close()
+    assert counter.most == most_in_flight
+
+
 def test_unet_calls_group_by_latent_size_and_never_split_an_edit():
     class Fake:
         def __init__(self, size, rows):
@@ -265,6 +321,8 @@ def test_progress_after_every_step_and_previews_at_their_cadence(make_edit, onnx
 
 
 def test_limits_are_checked():
+    with pytest.raises(ValueError, match="unet_lanes must be between 1 and 4, got 0"):
+        EngineLimits(max_active_edits=1, max_queued_edits=0, max_unet_rows=2, unet_lanes=0)
     with pytest.raises(ValueError, match="max_unet_rows must be >= 2"):
         EngineLimits(max_active_edits=1, max_queued_edits=0, max_unet_rows=1)
     with pytest.raises(ValueError, match="max_active_edits must be >= 1"):

@@ -80,7 +80,8 @@ class TritonPythonModel:
         self.metrics = SchedulerMetrics(args["model_name"], args["model_version"], args["model_instance_name"])
         limits = EngineLimits(max_active_edits=self.settings.max_active_edits,
                               max_queued_edits=self.settings.max_queued_edits,
-                              max_unet_rows=self.settings.max_unet_rows)
+                              max_unet_rows=self.settings.max_unet_rows,
+                              unet_lanes=self.settings.unet_lanes, lane_min_rows=self.settings.lane_min_rows)
         self.engine = DenoiseEngine(self._unet, limits, logger=log, metrics=EngineReporter(self.metrics),
                                     prepare_workers=self.settings.prepare_workers)
 
