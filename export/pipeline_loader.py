@@ -6,7 +6,20 @@ from pathlib import Path
 
 
 class UnsupportedModel(ValueError):
-    """The model is not a 9-channel Stable Diffusion inpainting pipeline."""
+    """The model cannot be loaded, or is not a 9-channel Stable Diffusion inpainting pipeline."""
+
+
+def _looks_like_a_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or "\\" in source or Path(source).exists() or source.count("/") > 1
+
+
+def _check_local(source: str) -> None:
+    folder = Path(source).expanduser()
+    if not folder.exists():
+        raise UnsupportedModel(f"{source}: no such folder (give a diffusers inpainting pipeline folder or a "
+                               f"hub id such as runwayml/stable-diffusion-inpainting)")
+    if not (folder / "model_index.json").is_file():
+        raise UnsupportedModel(f"{source}: not a diffusers pipeline folder (it has no model_index.json)")
 
 
 def load_pipeline(source: str | Path):
@@ -18,8 +31,15 @@ def load_pipeline(source: str | Path):
     import torch
     from diffusers import StableDiffusionInpaintPipeline
 
-    pipeline = StableDiffusionInpaintPipeline.from_pretrained(
-        str(source), torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+    source = str(source)
+    if _looks_like_a_path(source):
+        _check_local(source)
+    try:
+        pipeline = StableDiffusionInpaintPipeline.from_pretrained(
+            source, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError, TypeError) as error:  # hub errors are OSErrors or ValueErrors; bad configs TypeErrors
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnsupportedModel(f"{source}: could not load it as a diffusers inpainting pipeline: {reason}") from None
     pipeline.set_progress_bar_config(disable=True)
     unet_channels = pipeline.unet.config.in_channels
     expected = 2 * pipeline.vae.config.latent_channels + 1

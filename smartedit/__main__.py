@@ -17,7 +17,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from smartedit.server import LOOPBACK, ServerAddress, ServerFailed, TritonServer
+from smartedit.server import LOOPBACK, ServerAddress, ServerFailed, StartInterrupted, TritonServer
 
 log = logging.getLogger("smartedit")
 
@@ -64,10 +64,15 @@ def export_repository(args, out: Path) -> Path:
             return build_simulated_repository(Path(args.latency_table), out, options)
     except ValueError as error:
         raise SystemExit(f"smartedit: {error}") from None
+    from smartedit.export.pipeline_loader import UnsupportedModel
+
     source = _model_source(args.model)
     log.info("loading %s", source)
-    return build_repository(load_pipeline(source), out, options,
-                            onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
+    try:
+        pipeline = load_pipeline(source)
+    except UnsupportedModel as error:
+        raise SystemExit(f"smartedit: --model {error}") from None
+    return build_repository(pipeline, out, options, onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
 
 
 def repository_options(args):
@@ -107,11 +112,16 @@ def cmd_serve(args) -> int:
                  signal.Signals(signum).name)
         stop.set()
 
+    # Before the launch, so that a signal at any moment, model loading included, stops the server.
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     server.start()
     try:
-        server.wait_until_ready(args.ready_timeout)
+        try:
+            server.wait_until_ready(args.ready_timeout, stop=stop)
+        except StartInterrupted as interrupted:
+            log.info("tritonserver %s", interrupted)
+            return 0
         address = server.address
         print(f"SmartEdit is serving {args.model_repository}: gRPC {address.grpc}, HTTP {address.http}, "
               f"metrics http://{address.host}:{address.metrics_port}/metrics. Ctrl-C stops it.", flush=True)

@@ -11,17 +11,22 @@ By default it listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from smartedit.ports import busy_port_message, port_in_use
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,10 @@ LOOPBACK = "127.0.0.1"
 
 class ServerFailed(RuntimeError):
     """tritonserver exited or did not become ready."""
+
+
+class StartInterrupted(RuntimeError):
+    """Asked to stop (Ctrl-C, SIGTERM) while the models were still loading; the server was stopped."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,22 @@ class ServerAddress:
     @property
     def http(self) -> str:
         return f"{self.host}:{self.http_port}"
+
+    @property
+    def local_host(self) -> str:
+        """Where this machine reaches the server: the loopback address when it listens on all."""
+        return {"0.0.0.0": LOOPBACK, "::": "::1", "": LOOPBACK}.get(self.host, self.host)
+
+    def check_free(self) -> None:
+        """Raise ServerFailed naming the first of the three ports that is taken (or given twice)."""
+        ports = [("gRPC", self.grpc_port, "--grpc-port"), ("HTTP", self.http_port, "--http-port"),
+                 ("metrics", self.metrics_port, "--metrics-port")]
+        for index, (name, port, option) in enumerate(ports):
+            for other, other_port, _ in ports[:index]:
+                if port == other_port:
+                    raise ServerFailed(f"the {other} and {name} ports are both {port}; give {option} another")
+            if port_in_use(self.host, port):
+                raise ServerFailed(busy_port_message(name, self.host, port, option))
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -135,6 +160,8 @@ class TritonServer:
         for repository in self.repositories:
             if not Path(repository).is_dir():
                 raise ServerFailed(f"model repository {repository} does not exist; run the export first")
+        # Triton would find a busy port only after loading every model, and say only "exit code 1".
+        self.address.check_free()
         backends = backend_dir(self.work_dir)
         command = server_command(self.repositories, self.address, backends, self.log_verbose)
         if self.log_file is not None:
@@ -147,29 +174,46 @@ class TritonServer:
             start_new_session=True)
         return self
 
-    def wait_until_ready(self, timeout_s: float = 300.0) -> None:
-        import tritonclient.grpc as grpcclient
+    def wait_until_ready(self, timeout_s: float = 300.0, stop: threading.Event | None = None) -> None:
+        """Poll readiness every 0.2 s (a new HTTP connection each time: a gRPC channel that failed to
+        connect backs off for seconds) and log each model as it loads.
 
+        Raises:
+            ServerFailed: tritonserver exited, or was not ready within ``timeout_s`` (it is stopped).
+            StartInterrupted: ``stop`` was set first (it is stopped).
+        """
         deadline = time.monotonic() + timeout_s
-        client = grpcclient.InferenceServerClient(self.address.grpc)
-        try:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise ServerFailed(f"tritonserver exited with code {self.process.returncode} before it was "
-                                       f"ready{self._log_hint()}")
-                try:
-                    if client.is_server_ready():
-                        return
-                except Exception:
-                    pass  # not listening yet
-                time.sleep(0.5)
-        finally:
-            client.close()
+        progress = _LoadProgress(self.log_file, self.repositories)
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerFailed(f"tritonserver exited with code {self.process.returncode} before it was "
+                                   f"ready{self._log_hint()}")
+            if stop is not None and stop.is_set():
+                self.stop(timeout_s=10.0)
+                raise StartInterrupted("stopped while the models were loading")
+            progress.poll()
+            if self._http_get_status("/v2/health/ready") == 200:
+                return
+            (stop or threading.Event()).wait(0.2)
         self.stop()
         raise ServerFailed(f"tritonserver was not ready after {timeout_s:.0f} s{self._log_hint()}")
 
+    def _http_get_status(self, path: str) -> int | None:
+        connection = http.client.HTTPConnection(self.address.local_host, self.address.http_port, timeout=2.0)
+        try:
+            connection.request("GET", path)
+            return connection.getresponse().status
+        except OSError:
+            return None  # not listening yet: Triton opens its endpoints after loading the models
+        finally:
+            connection.close()
+
     def _log_hint(self) -> str:
-        return f"; its log is {self.log_file}" if self.log_file else ""
+        if not self.log_file:
+            return ""
+        errors = _error_lines(Path(self.log_file))
+        reason = f": {errors[-1]}" if errors else ""
+        return f"{reason} (its log is {self.log_file})"
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM (Triton drains in-flight requests), then SIGKILL past ``timeout_s``."""
@@ -198,3 +242,55 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class _LoadProgress:
+    """Logs each model once as Triton reports it loaded, or failed to load, while the server starts.
+
+    Triton opens its endpoints only after loading every model, so its log is the only witness; when
+    the log goes to the terminal (no log file) its own lines already say this.
+    """
+
+    _LOADED = re.compile(r"successfully loaded '([^']+)'")
+    _FAILED = re.compile(r"failed to load '([^']+)'[^:]*: (.*?)\"?$")
+
+    def __init__(self, log_file: Path | None, repositories: list[Path]):
+        self._log_file, self._offset, self._loaded = log_file, 0, 0
+        self._total = sum(1 for repository in repositories for config in Path(repository).glob("*/config.pbtxt"))
+        if log_file is not None and Path(log_file).exists():
+            self._offset = Path(log_file).stat().st_size  # an appended log: only this start's lines
+
+    def poll(self) -> None:
+        if self._log_file is None:
+            return
+        try:
+            with open(self._log_file, "rb") as handle:
+                handle.seek(self._offset)
+                text = handle.read()
+        except OSError:
+            return
+        complete = text.rfind(b"\n") + 1  # a line still being written is read next time
+        self._offset += complete
+        for line in text[:complete].decode(errors="replace").splitlines():
+            if (loaded := self._LOADED.search(line)) is not None:
+                self._loaded += 1
+                log.info("model %s loaded (%d of %d)", loaded.group(1), self._loaded, self._total)
+            elif (failed := self._FAILED.search(line)) is not None:
+                log.error("model %s failed to load: %s", failed.group(1), failed.group(2))
+
+
+# Error lines every start of the wheel's tritonserver writes on a machine without a GPU.
+_HARMLESS_ERRORS = ("CudaDriverHelper has not been initialized",)
+
+
+def _error_lines(log_file: Path, tail_bytes: int = 65536) -> list[str]:
+    """Triton's error lines ("E1122 01:02:03.456 ... ] message") near the end of its log."""
+    try:
+        with open(log_file, "rb") as handle:
+            handle.seek(max(0, log_file.stat().st_size - tail_bytes))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return []
+    lines = [line.split("] ", 1)[-1].strip().strip('"') for line in text.splitlines()
+             if line[:1] == "E" and line[1:5].isdigit()]
+    return [line for line in lines if not any(harmless in line for harmless in _HARMLESS_ERRORS)]

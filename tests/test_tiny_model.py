@@ -32,3 +32,35 @@ def test_loads_as_an_inpainting_pipeline(tiny_pipeline):
     ids = tiny_pipeline.tokenizer("a cat", padding="max_length", max_length=77).input_ids
     assert ids[0] == tiny_pipeline.tokenizer.bos_token_id and len(ids) == 77
     assert len(set(ids[1:4])) == 3  # characters map to distinct tokens, not to <unk>
+
+
+def export_errors(*argv) -> str:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "smartedit", "export", *argv], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_export_of_a_missing_or_non_pipeline_folder_says_so_in_one_line(tmp_path):
+    assert export_errors("--model", str(tmp_path / "nope"), "--out", str(tmp_path / "out")) == (
+        f"smartedit: --model {tmp_path / 'nope'}: no such folder (give a diffusers inpainting pipeline folder or a "
+        f"hub id such as runwayml/stable-diffusion-inpainting)")
+    assert export_errors("--model", str(tmp_path), "--out", str(tmp_path / "out")) == (
+        f"smartedit: --model {tmp_path}: not a diffusers pipeline folder (it has no model_index.json)")
+
+
+def test_export_of_a_text_to_image_model_says_it_is_not_an_inpainting_one(tiny_model_dir, tmp_path):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path / "txt2img"
+    shutil.copytree(tiny_model_dir, folder)
+    config = dict(UNet2DConditionModel.load_config(folder / "unet"), in_channels=4)
+    shutil.rmtree(folder / "unet")
+    UNet2DConditionModel.from_config(config).save_pretrained(folder / "unet")
+    line = export_errors("--model", str(folder), "--out", str(tmp_path / "out"))
+    assert line.startswith(f"smartedit: --model {folder}: the UNet takes 4 input channels; an inpainting UNet takes 9")
