@@ -66,6 +66,71 @@ def test_unreachable_server_is_server_unavailable():
             client.inpaint(image=image, mask_image=mask, prompt="x")
 
 
+@pytest.mark.parametrize("url,target", [("127.0.0.1:8001", "127.0.0.1:8001"),
+                                        ("grpc://edit.example.com:443/", "edit.example.com:443")])
+def test_the_client_takes_host_port_or_a_grpc_url(url, target):
+    from smartedit_client import InpaintClient
+
+    with InpaintClient(url) as client:
+        assert client.url == target
+
+
+def test_an_http_url_is_refused_saying_what_to_give():
+    from smartedit_client import InpaintClient
+
+    with pytest.raises(ValueError, match="url 'http://127.0.0.1:8000': give the server's gRPC endpoint as host:port"):
+        InpaintClient("http://127.0.0.1:8000")
+
+
+def cli_errors(argv) -> str:
+    result = subprocess.run([sys.executable, "-m", "smartedit_client.cli", *argv], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+EDIT_ARGS = ["--image", "in.png", "--mask", "mask.png", "--prompt", "a cat"]
+
+
+@pytest.mark.parametrize("out,message", [
+    ("/nonexistent-folder/x.png", "--out '/nonexistent-folder/x.png': the folder '/nonexistent-folder' does not exist"),
+    ("x.bmp", "--out 'x.bmp': the file extension decides the format; use one of .png, .jpg, .jpeg, .webp"),
+    ("/", "--out '/' is a folder; give a file name"),
+])
+def test_the_cli_refuses_an_unusable_out_before_sending_anything(out, message):
+    # No server listens on this port: the error must come before any attempt to reach one.
+    assert cli_errors(EDIT_ARGS + ["--url", f"127.0.0.1:{free_port()}", "--out", out]) == f"smartedit-edit: error: {message}"
+
+
+def test_the_cli_refuses_an_http_url_with_a_message():
+    line = cli_errors(EDIT_ARGS + ["--url", "http://127.0.0.1:8000", "--out", "x.png"])
+    assert line.startswith("smartedit-edit: error: url 'http://127.0.0.1:8000': give the server's gRPC endpoint")
+
+
+def test_a_result_is_saved_in_the_format_its_extension_names(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from smartedit_client._result import InpaintResult
+
+    image, _ = scene(24, 16)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    result = InpaintResult(image=Image.open(io.BytesIO(buffer.getvalue())), png=buffer.getvalue(), seed_used=1,
+                           request_id="r", elapsed_s=0.1)
+    result.save(tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes() == buffer.getvalue()  # the server's bytes, not re-encoded
+    for name, image_format in (("a.jpg", "JPEG"), ("a.JPEG", "JPEG"), ("a.webp", "WEBP")):
+        result.save(tmp_path / name)
+        with Image.open(tmp_path / name) as written:
+            assert written.format == image_format and written.size == (24, 16)
+    with Image.open(tmp_path / "a.webp") as webp:
+        assert list(webp.convert("RGB").getdata()) == list(image.convert("RGB").getdata())  # lossless
+    with pytest.raises(ValueError, match="the file extension decides the format"):
+        result.save(tmp_path / "a.gif")
+
+
 @pytest.mark.functional
 def test_client_installs_alone_and_works(server, tmp_path):
     venv = tmp_path / "client-venv"

@@ -42,6 +42,21 @@ def _encoded(field: str, value: ImageLike) -> bytes:
     raise InvalidRequestError(f"{field}: expected bytes, a path or a PIL image, got {type(value).__name__}")
 
 
+def grpc_target(url: str) -> str:
+    """``host:port`` of the server's gRPC endpoint, from ``host:port`` or ``grpc://host:port``.
+
+    Raises:
+        ValueError: an http(s):// URL (the SDK speaks gRPC; Triton's HTTP port is another one).
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    if scheme.lower() == "grpc":
+        return rest.rstrip("/")
+    raise ValueError(f"url {url!r}: give the server's gRPC endpoint as host:port (e.g. 127.0.0.1:8001); "
+                     f"the SDK speaks gRPC, not {scheme}")
+
+
 def _tensor(spec: wire.WireTensor, value) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(spec.name, list(wire.TENSOR_SHAPE), spec.datatype)
     if spec.datatype == "BYTES" and isinstance(value, str):
@@ -56,7 +71,7 @@ class InpaintClient:
     One client may be shared by threads: each call is independent.
 
     Args:
-        url: the server's gRPC address, ``host:port``.
+        url: the server's gRPC address, ``host:port`` (or ``grpc://host:port``).
         timeout_s: default per-call timeout in seconds; each call may override it.
         model_name: the served ensemble's name.
         stream_model_name: the served streaming entry's name (``inpaint_stream``).
@@ -68,7 +83,7 @@ class InpaintClient:
                  ssl: bool = False):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.url = url
+        self.url = url = grpc_target(url)
         self.timeout_s = timeout_s
         self.model_name = model_name
         self.stream_model_name = stream_model_name

@@ -9,7 +9,7 @@ from pathlib import Path
 from smartedit_client._client import DEFAULT_TIMEOUT_S, DEFAULT_URL, InpaintClient
 from smartedit_client._errors import SmartEditError
 from smartedit_client._events import PreviewEvent, ProgressEvent
-from smartedit_client._result import InpaintResult
+from smartedit_client._result import SAVE_FORMATS, InpaintResult, check_output_path
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,7 +27,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, help="sampler: ddim (default), euler, ...")
     p.add_argument("--timeout", dest="timeout_s", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
     p.add_argument("--request-id", default=None, help="id the server's logs carry for this edit (default: random)")
-    p.add_argument("--out", required=True, help="where to write the edited PNG")
+    p.add_argument("--out", required=True,
+                   help=f"where to write the edited image; its extension picks the format ({', '.join(SAVE_FORMATS)})")
     p.add_argument("--previews", metavar="DIR", default=None,
                    help="stream the edit: print progress and write previews to DIR as they come "
                         "(preview-STEP.png); Ctrl-C cancels the edit on the server")
@@ -37,7 +38,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _streamed(client: InpaintClient, edit: dict, previews: Path, preview_every: int | None) -> InpaintResult:
-    previews.mkdir(parents=True, exist_ok=True)
     with client.inpaint_stream(**edit, preview_every=preview_every) as stream:
         for event in stream:
             if isinstance(event, ProgressEvent):
@@ -54,11 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
     if args.preview_every is not None and not args.previews:
         cli.error("--preview-every needs --previews DIR (previews come only with a streamed edit)")
+    try:  # before the edit: a bad --out must not cost the edit
+        check_output_path(args.out)
+    except ValueError as error:
+        cli.error(f"--out {error}")
+    if args.previews:
+        try:
+            Path(args.previews).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            cli.error(f"--previews {args.previews!r}: cannot create it: {error.strerror}")
     edit = dict(image=args.image, mask_image=args.mask, prompt=args.prompt, negative_prompt=args.negative_prompt,
                 num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                 strength=args.strength, seed=args.seed, scheduler=args.scheduler, request_id=args.request_id)
     try:
-        with InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl) as client:
+        client = InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl)
+    except ValueError as error:
+        cli.error(str(error))
+    try:
+        with client:
             if args.previews:
                 result = _streamed(client, edit, Path(args.previews), args.preview_every)
             else:
@@ -69,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # leaving the stream's with-block has cancelled the edit on the server
         print("smartedit-edit: interrupted; the edit was cancelled", file=sys.stderr)
         return 130
-    result.save(args.out)
+    try:
+        result.save(args.out)
+    except OSError as error:
+        print(f"smartedit-edit: could not write {args.out}: {error.strerror}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out} ({result.image.size[0]}x{result.image.size[1]}, seed {result.seed_used}, "
           f"request {result.request_id}, {result.elapsed_s:.2f} s)")
     return 0
