@@ -15,16 +15,22 @@ def to_pixels(decoded: np.ndarray) -> np.ndarray:
 
 
 def compose(generated: np.ndarray, original: np.ndarray, repaint_mask: np.ndarray) -> np.ndarray:
-    """The edit at the original size, with every pixel outside the mask exactly as sent."""
+    """The edit at the original size, with every pixel outside the mask exactly as sent.
+
+    ``original`` is RGB, or RGBA whose alpha channel comes back unchanged everywhere: an edit
+    repaints colour, not transparency.
+    """
     height, width = original.shape[:2]
     if generated.shape[:2] != (height, width):
         generated = np.asarray(Image.fromarray(generated).resize((width, height), resample=Image.LANCZOS))
-    return np.where(repaint_mask[..., None], generated, original)
+    rgb = np.where(repaint_mask[..., None], generated, original[..., :3])
+    return rgb if original.shape[2] == 3 else np.dstack([rgb, original[..., 3]])
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG of ``[h, w, 3]`` RGB or ``[h, w, 4]`` RGBA pixels."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")
+    Image.fromarray(pixels, mode="RGB" if pixels.shape[2] == 3 else "RGBA").save(buffer, format="PNG")
     return buffer.getvalue()
 
 

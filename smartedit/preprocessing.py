@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from smartedit import steps
 from smartedit.errors import RequestError
@@ -43,8 +43,8 @@ class EditParameters:
 
 @dataclass(frozen=True)
 class PreparedImages:
-    original_image: np.ndarray  # [H, W, 3] uint8, as sent
-    repaint_mask: np.ndarray  # [H, W] bool, as sent
+    original_image: np.ndarray  # [H, W, 3] uint8 RGB, or [H, W, 4] RGBA when sent with transparency; upright
+    repaint_mask: np.ndarray  # [H, W] bool, upright
     init_image: np.ndarray  # [1, 3, h, w] float32 in [-1, 1], h and w multiples of the VAE factor
     masked_image: np.ndarray  # [1, 3, h, w] float32, 0 where repainted
     latent_mask: np.ndarray  # [1, 1, h/f, w/f] float32, 1 = repaint
@@ -74,9 +74,28 @@ def decode_image(field: str, data: bytes, settings: PreprocessSettings) -> Image
         raise RequestError(field, f"is {width}x{height}; each side must be at least {settings.min_image_side} pixels")
     try:
         image.load()  # a truncated or corrupt file fails here, not later in a model
+        # Upright as displayed: a phone photo is stored sideways with an EXIF orientation tag, and
+        # its mask was drawn on what the user saw.
+        return ImageOps.exif_transpose(image)
+    except RequestError:
+        raise
     except Exception as error:
         raise RequestError(field, f"could not be decoded as {image.format}: {error}") from None
-    return image
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
+
+
+def split_alpha(image: Image.Image) -> tuple[Image.Image, np.ndarray | None]:
+    """The RGB the models edit, and the alpha channel to give back (None for an opaque format).
+
+    Grayscale and palette images are edited in RGB and come back as RGB (RGBA with transparency).
+    """
+    if not _has_alpha(image):
+        return image.convert("RGB"), None
+    rgba = image.convert("RGBA")
+    return rgba.convert("RGB"), np.asarray(rgba.getchannel("A"), dtype=np.uint8)
 
 
 def processing_size(width: int, height: int, info: PipelineInfo) -> tuple[int, int]:
@@ -87,12 +106,15 @@ def processing_size(width: int, height: int, info: PipelineInfo) -> tuple[int, i
 
 def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo,
                    settings: PreprocessSettings) -> PreparedImages:
-    image = decode_image("image", image_bytes, settings).convert("RGB")
+    image, alpha = split_alpha(decode_image("image", image_bytes, settings))
     mask = decode_image("mask_image", mask_bytes, settings).convert("L")
     if mask.size != image.size:
         raise RequestError("mask_image", f"is {mask.size[0]}x{mask.size[1]} but image is "
-                                         f"{image.size[0]}x{image.size[1]}; they must be the same size")
+                                         f"{image.size[0]}x{image.size[1]} (upright, after its EXIF orientation); "
+                                         f"they must be the same size")
     original = np.asarray(image, dtype=np.uint8)
+    if alpha is not None:
+        original = np.dstack([original, alpha])
     repaint_mask = np.asarray(mask, dtype=np.uint8) >= 128
     width, height = processing_size(image.size[0], image.size[1], info)
     if (width, height) != image.size:

@@ -39,7 +39,7 @@ INPUT_IDS = StepTensor("input_ids", "INT64", (2, -1))  # row 0: negative prompt,
 MASKED_IMAGE = StepTensor("masked_image", "FP32", (1, 3, -1, -1))  # in [-1, 1], 0 where repainted
 INIT_IMAGE = StepTensor("init_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]; encoded when strength < 1
 LATENT_MASK = StepTensor("latent_mask", "FP32", (1, 1, -1, -1))  # 1 = repaint, at latent resolution
-ORIGINAL_IMAGE = StepTensor("original_image", "UINT8", (-1, -1, 3))  # as sent, RGB, for the paste-back
+ORIGINAL_IMAGE = StepTensor("original_image", "UINT8", (-1, -1, -1))  # as sent, RGB or RGBA, upright
 REPAINT_MASK = StepTensor("repaint_mask", "BOOL", (-1, -1))  # as sent, binarised, for the paste-back
 STEPS = StepTensor("resolved_num_inference_steps", "INT32", (1,))
 GUIDANCE = StepTensor("resolved_guidance_scale", "FP32", (1,))

@@ -93,3 +93,14 @@ def scene(width: int, height: int, seed: int = 0) -> tuple[Image.Image, Image.Im
     mask = np.zeros((height, width), dtype=np.uint8)
     mask[height // 4: 3 * height // 4, width // 5: 4 * width // 5] = 255
     return image, Image.fromarray(mask)
+
+
+def exif_sideways(image: Image.Image) -> bytes:
+    """``image`` as a camera held sideways stores it: JPEG pixels as shot, plus EXIF orientation 6
+    (turn 90° clockwise to display)."""
+    stored = image.transpose(Image.Transpose.ROTATE_90)  # what exif_transpose with tag 6 turns back
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif, quality=100)
+    return buffer.getvalue()

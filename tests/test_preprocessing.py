@@ -5,10 +5,11 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from conftest import png_bytes, scene
+from conftest import exif_sideways, png_bytes, scene
 from smartedit.errors import RequestError
+from smartedit.postprocessing import compose, encode_png
 from smartedit.preprocessing import prepare_images, processing_size, resolve_parameters
 from smartedit.settings import PreprocessSettings
 from smartedit.spec import PipelineInfo
@@ -94,3 +95,39 @@ def test_jpeg_and_webp_are_accepted():
         image.save(buffer, format=fmt)
         prepared = prepare_images(buffer.getvalue(), png_bytes(mask), INFO, SETTINGS)
         assert prepared.original_image.shape == (48, 64, 3)
+
+
+def test_a_photo_with_an_exif_orientation_is_edited_upright_as_its_mask_was_drawn():
+    image, mask = scene(40, 64)  # as displayed: portrait
+    sent = exif_sideways(image)
+    assert Image.open(io.BytesIO(sent)).size == (64, 40)  # stored landscape
+    prepared = prepare_images(sent, png_bytes(mask), INFO, SETTINGS)
+    assert prepared.original_image.shape == (64, 40, 3)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(sent))).convert("RGB"))
+    assert np.array_equal(prepared.original_image, upright)
+    assert np.array_equal(prepared.repaint_mask, np.asarray(mask) >= 128)
+
+
+def test_transparency_is_kept_for_the_paste_back_and_the_models_see_rgb():
+    image, mask = scene(64, 48)
+    alpha = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1))
+    rgba = np.dstack([np.asarray(image), alpha])
+    prepared = prepare_images(png_bytes(Image.fromarray(rgba, "RGBA")), png_bytes(mask), INFO, SETTINGS)
+    assert np.array_equal(prepared.original_image, rgba)
+    assert prepared.init_image.shape == (1, 3, 48, 64)
+    generated = np.zeros((48, 64, 3), dtype=np.uint8)
+    out = Image.open(io.BytesIO(encode_png(compose(generated, prepared.original_image, prepared.repaint_mask))))
+    assert out.mode == "RGBA"
+    pixels = np.asarray(out)
+    assert np.array_equal(pixels[..., 3], alpha)  # the original alpha everywhere, masked pixels too
+    keep = ~prepared.repaint_mask
+    assert np.array_equal(pixels[keep], rgba[keep])  # unmasked pixels byte-exact, alpha included
+    assert not pixels[prepared.repaint_mask][:, :3].any()  # masked colour from the edit
+
+
+@pytest.mark.parametrize("mode", ["L", "P"])
+def test_grayscale_and_palette_images_are_edited_as_rgb(mode):
+    image, mask = scene(64, 48)
+    prepared = prepare_images(png_bytes(image.convert(mode)), png_bytes(mask), INFO, SETTINGS)
+    assert prepared.original_image.shape == (48, 64, 3)
+    assert np.array_equal(prepared.original_image, np.asarray(image.convert(mode).convert("RGB")))

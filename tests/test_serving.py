@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from conftest import png_bytes, scene
+from conftest import exif_sideways, png_bytes, scene
 from reference import diffusers_inpaint, psnr
 from smartedit_client import InvalidRequestError
 
@@ -53,6 +53,23 @@ def test_image_off_the_size_grid_comes_back_at_its_size_with_outside_pixels_inta
     assert result.image.size == (67, 45)
     outside = np.asarray(mask) < 128
     assert np.array_equal(served[outside], np.asarray(image)[outside])
+
+
+def test_a_transparent_image_comes_back_with_its_alpha_and_a_sideways_photo_upright(client):
+    image, mask = scene(48, 40, seed=6)
+    alpha = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (40, 1))
+    rgba = np.dstack([np.asarray(image), alpha])
+    result = client.inpaint(image=png_bytes(Image.fromarray(rgba, "RGBA")), mask_image=mask, prompt="x",
+                            num_inference_steps=2)
+    served = np.asarray(result.image)
+    assert result.image.mode == "RGBA" and np.array_equal(served[..., 3], alpha)
+    outside = np.asarray(mask) < 128
+    assert np.array_equal(served[outside], rgba[outside])
+
+    portrait, portrait_mask = scene(40, 48, seed=7)  # as displayed; stored sideways with EXIF orientation 6
+    result = client.inpaint(image=exif_sideways(portrait), mask_image=portrait_mask, prompt="x",
+                            num_inference_steps=2)
+    assert result.image.size == (40, 48)
 
 
 def test_same_seed_same_png_and_seed_used_reproduces(client):
