@@ -11,6 +11,6 @@ fi
 # by diffusers would fetch the newest CUDA build (several GB) instead.
 .venv/bin/python -m pip install -q "torch==${SMARTEDIT_TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q -e "./client[loadtest]" -e ".[local-server,test]"
-# helm v3 for the chart tests (tests/test_helm_chart.py), at .tools/bin/helm.
-bash scripts/install-helm.sh >/dev/null
-echo "SmartEdit is installed in .venv (helm at .tools/bin/helm)"
+# No helm here: the demo does not use it. The chart tests install it on first need
+# (scripts/install-helm.sh, which needs npm).
+echo "SmartEdit is installed in .venv"
