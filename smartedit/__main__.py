@@ -17,7 +17,8 @@ import threading
 import warnings
 from pathlib import Path
 
-from smartedit.server import LOOPBACK, ServerAddress, ServerFailed, StartInterrupted, TritonServer
+from smartedit.server import (ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER, LOOPBACK, ServerAddress, ServerFailed, StartInterrupted, TlsFiles,
+                              TritonServer, default_work_dir, restriction_args)
 
 log = logging.getLogger("smartedit")
 
@@ -102,9 +103,59 @@ def server_address(args) -> ServerAddress:
                          metrics_port=args.metrics_port)
 
 
+def _admin_key(args, work_dir: Path) -> str | None:
+    """The key that opens Triton's admin APIs: from --admin-key-file, or a new random one written
+    (owner-only) under the work folder; None with --no-restrict."""
+    if args.no_restrict:
+        log.warning("--no-restrict: shared-memory, model-repository, model-config, statistics, trace and "
+                    "logging APIs are open to anyone who reaches the ports")
+        return None
+    if args.admin_key_file:
+        try:
+            key = Path(args.admin_key_file).read_text().strip()
+        except OSError as error:
+            raise ServerFailed(f"--admin-key-file {args.admin_key_file}: {error.strerror}") from None
+        try:
+            restriction_args(key)
+        except ValueError as error:
+            raise ServerFailed(f"--admin-key-file {args.admin_key_file}: {error}") from None
+        return key
+    import secrets
+
+    key = secrets.token_urlsafe(24)
+    path = work_dir / "admin-key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(key + "\n")
+    log.info("admin APIs (statistics, model config, repository, shared memory, trace, logging) need the key in %s, "
+             "sent as the HTTP header %s or the gRPC header %s", path, ADMIN_KEY_HEADER, ADMIN_KEY_GRPC_HEADER)
+    return key
+
+
+def _tls(args) -> TlsFiles | None:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ServerFailed("--tls-cert and --tls-key go together")
+    if not args.tls_cert:
+        return None
+    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if not Path(path).is_file():
+            raise ServerFailed(f"{option} {path}: no such file")
+    return TlsFiles(Path(args.tls_cert), Path(args.tls_key))
+
+
 def cmd_serve(args) -> int:
-    server = TritonServer(Path(args.model_repository), server_address(args), log_file=args.log_file,
-                          log_verbose=args.log_verbose)
+    repository = Path(args.model_repository)
+    tls = _tls(args)
+    address = server_address(args)
+    if tls is not None and address.host != LOOPBACK:
+        # Triton 2.51 has no HTTPS: its HTTP endpoint (health, and inference too) stays on this machine.
+        log.info("gRPC over TLS on %s; Triton's HTTP endpoint has no TLS, so it listens on %s only",
+                 address.host, LOOPBACK)
+        address = ServerAddress(host=address.host, grpc_port=address.grpc_port, http_port=address.http_port,
+                                metrics_port=address.metrics_port, http_host=LOOPBACK)
+    server = TritonServer(repository, address, log_file=args.log_file, log_verbose=args.log_verbose, tls=tls,
+                          admin_key=_admin_key(args, default_work_dir(repository)))
     stop = threading.Event()
 
     def request_stop(signum, _frame):
@@ -123,7 +174,8 @@ def cmd_serve(args) -> int:
             log.info("tritonserver %s", interrupted)
             return 0
         address = server.address
-        print(f"SmartEdit is serving {args.model_repository}: gRPC {address.grpc}, HTTP {address.http}, "
+        grpc = f"gRPC {address.grpc}" + (" (TLS)" if tls else "")
+        print(f"SmartEdit is serving {args.model_repository}: {grpc}, HTTP {address.http}, "
               f"metrics http://{address.host}:{address.metrics_port}/metrics. Ctrl-C stops it.", flush=True)
         while not stop.is_set():
             if server.process.poll() is not None:
@@ -203,6 +255,14 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run tritonserver on a model repository until Ctrl-C / SIGTERM")
     serve.add_argument("--model-repository", default=str(DEFAULT_REPOSITORY))
+    serve.add_argument("--admin-key-file", default=None,
+                       help=f"file holding the key that opens the admin APIs (header {ADMIN_KEY_HEADER}); "
+                            "default: a new random key, written under the repository's .triton folder")
+    serve.add_argument("--no-restrict", action="store_true",
+                       help="leave the admin APIs (shared memory, model repository/config, statistics, trace, "
+                            "logging) open to anyone who reaches the ports")
+    serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve gRPC over TLS (with --tls-key)")
+    serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     _add_server_arguments(serve, 8001, 8000, 8002)
     serve.set_defaults(func=cmd_serve)
 

@@ -32,6 +32,41 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 
+# Triton's APIs that only operators need: closed to callers without the admin key header when the
+# server is started restricted (``smartedit serve`` and the chart do so by default). Inference,
+# health and metadata stay open. (Shared memory is the dangerous one: a caller could register the
+# Python backend's own region.)
+RESTRICTED_APIS = ("shared-memory", "model-config", "model-repository", "statistics", "trace", "logging")
+ADMIN_KEY_HEADER = "smartedit-admin-key"  # the HTTP header; over gRPC Triton expects it prefixed:
+ADMIN_KEY_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for gRPC over TLS (Triton 2.51's HTTP endpoint has no TLS)."""
+
+    cert: Path
+    key: Path
+
+
+def default_work_dir(repository: Path) -> Path:
+    """Where a server's backend folder (and ``smartedit serve``'s admin key) go: beside the repository."""
+    return Path(repository).resolve().parent / ".triton"
+
+
+def restriction_args(admin_key: str) -> list[str]:
+    """tritonserver flags that close ``RESTRICTED_APIS`` to requests without ``ADMIN_KEY_HEADER: admin_key``."""
+    if not admin_key or any(c in admin_key for c in ",:= \n"):
+        raise ValueError("the admin key must be non-empty, without spaces, commas, colons or '='")
+    apis = ",".join(RESTRICTED_APIS)
+    return [f"--grpc-restricted-protocol={apis}:{ADMIN_KEY_HEADER}={admin_key}",
+            f"--http-restricted-api={apis}:{ADMIN_KEY_HEADER}={admin_key}"]
+
+
+def tls_args(tls: TlsFiles) -> list[str]:
+    return ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(tls.cert).resolve()}",
+            f"--grpc-server-key={Path(tls.key).resolve()}"]
+
 
 class ServerFailed(RuntimeError):
     """tritonserver exited or did not become ready."""
@@ -47,6 +82,7 @@ class ServerAddress:
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
+    http_host: str | None = None  # where HTTP listens, if not on ``host`` (loopback only under TLS)
 
     @property
     def grpc(self) -> str:
@@ -54,23 +90,25 @@ class ServerAddress:
 
     @property
     def http(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        return f"{self.http_host or self.host}:{self.http_port}"
 
     @property
-    def local_host(self) -> str:
-        """Where this machine reaches the server: the loopback address when it listens on all."""
-        return {"0.0.0.0": LOOPBACK, "::": "::1", "": LOOPBACK}.get(self.host, self.host)
+    def local_http_host(self) -> str:
+        """Where this machine reaches the HTTP endpoint: the loopback address when it listens on all."""
+        host = self.http_host or self.host
+        return {"0.0.0.0": LOOPBACK, "::": "::1", "": LOOPBACK}.get(host, host)
 
     def check_free(self) -> None:
         """Raise ServerFailed naming the first of the three ports that is taken (or given twice)."""
-        ports = [("gRPC", self.grpc_port, "--grpc-port"), ("HTTP", self.http_port, "--http-port"),
-                 ("metrics", self.metrics_port, "--metrics-port")]
-        for index, (name, port, option) in enumerate(ports):
-            for other, other_port, _ in ports[:index]:
+        ports = [("gRPC", self.host, self.grpc_port, "--grpc-port"),
+                 ("HTTP", self.http_host or self.host, self.http_port, "--http-port"),
+                 ("metrics", self.host, self.metrics_port, "--metrics-port")]
+        for index, (name, host, port, option) in enumerate(ports):
+            for other, _, other_port, _ in ports[:index]:
                 if port == other_port:
                     raise ServerFailed(f"the {other} and {name} ports are both {port}; give {option} another")
-            if port_in_use(self.host, port):
-                raise ServerFailed(busy_port_message(name, self.host, port, option))
+            if port_in_use(host, port):
+                raise ServerFailed(busy_port_message(name, host, port, option))
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -126,7 +164,7 @@ def server_command(repositories: list[Path], address: ServerAddress, backends: P
         command.append(f"--model-repository={Path(repository).resolve()}")
     command += [
         f"--backend-directory={backends}",
-        f"--http-address={address.host}",
+        f"--http-address={address.http_host or address.host}",
         f"--http-port={address.http_port}",
         f"--grpc-address={address.host}",
         f"--grpc-port={address.grpc_port}",
@@ -147,10 +185,15 @@ class TritonServer:
     """A running tritonserver process; a context manager that stops it on exit."""
 
     def __init__(self, repositories: list[Path] | Path, address: ServerAddress = ServerAddress(),
-                 work_dir: Path | None = None, log_file: Path | None = None, log_verbose: int = 0):
+                 work_dir: Path | None = None, log_file: Path | None = None, log_verbose: int = 0,
+                 admin_key: str | None = None, tls: TlsFiles | None = None):
+        """``admin_key``: close ``RESTRICTED_APIS`` behind it (None: all APIs open, as for tests and
+        benchmarks that read statistics). ``tls``: serve gRPC over TLS."""
         self.repositories = [repositories] if isinstance(repositories, (str, Path)) else list(repositories)
         self.address = address
-        self.work_dir = Path(work_dir or Path(self.repositories[0]).resolve().parent / ".triton")
+        self.extra_args = (restriction_args(admin_key) if admin_key is not None else []) + (
+            tls_args(tls) if tls is not None else [])
+        self.work_dir = Path(work_dir or default_work_dir(self.repositories[0]))
         self.log_file = log_file
         self.log_verbose = log_verbose
         self.process: subprocess.Popen | None = None
@@ -163,11 +206,11 @@ class TritonServer:
         # Triton would find a busy port only after loading every model, and say only "exit code 1".
         self.address.check_free()
         backends = backend_dir(self.work_dir)
-        command = server_command(self.repositories, self.address, backends, self.log_verbose)
+        command = server_command(self.repositories, self.address, backends, self.log_verbose, self.extra_args)
         if self.log_file is not None:
             Path(self.log_file).parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = open(self.log_file, "ab")
-        log.info("starting %s", " ".join(command))
+        log.info("starting %s", " ".join(_hide_key(part) for part in command))
         self.process = subprocess.Popen(
             command, env=server_environment(), stdout=self._log_handle, stderr=subprocess.STDOUT,
             # Its own process group, so a Ctrl-C in the terminal reaches us, and we stop it in order.
@@ -199,7 +242,7 @@ class TritonServer:
         raise ServerFailed(f"tritonserver was not ready after {timeout_s:.0f} s{self._log_hint()}")
 
     def _http_get_status(self, path: str) -> int | None:
-        connection = http.client.HTTPConnection(self.address.local_host, self.address.http_port, timeout=2.0)
+        connection = http.client.HTTPConnection(self.address.local_http_host, self.address.http_port, timeout=2.0)
         try:
             connection.request("GET", path)
             return connection.getresponse().status
@@ -294,3 +337,9 @@ def _error_lines(log_file: Path, tail_bytes: int = 65536) -> list[str]:
     lines = [line.split("] ", 1)[-1].strip().strip('"') for line in text.splitlines()
              if line[:1] == "E" and line[1:5].isdigit()]
     return [line for line in lines if not any(harmless in line for harmless in _HARMLESS_ERRORS)]
+
+
+def _hide_key(argument: str) -> str:
+    if argument.startswith(("--grpc-restricted-protocol=", "--http-restricted-api=")):
+        return argument.rsplit("=", 1)[0] + "=***"
+    return argument

@@ -137,6 +137,13 @@ def test_server_entrypoint_is_valid_sh_and_its_commands_are_accepted():
     exec_line = text[text.index("exec tritonserver"):]
     flags = [word.rstrip("\\").strip() for word in exec_line.split() if word.startswith("--")]
     assert_tritonserver_accepts(flags)
+    # The admin APIs are restricted as smartedit serve restricts them.
+    from smartedit.server import RESTRICTED_APIS
+
+    assert f"APIS={','.join(RESTRICTED_APIS)}\n" in text
+    restricting = re.findall(r'"(--[a-z-]+)=\$APIS', text)
+    assert sorted(restricting) == ["--grpc-restricted-protocol", "--http-restricted-api"]
+    assert_tritonserver_accepts(restricting)
 
 
 @pytest.mark.parametrize("value_set", ["defaults", "cpu", "s3"])

@@ -8,6 +8,7 @@ there: they are listed explicitly and checked by hand. No cluster is needed.
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import shutil
@@ -210,7 +211,7 @@ def test_gcs_source_mounts_the_credentials_file():
     objects = render("gcs")
     container = server_container(objects)
     assert arg_value(container, "model-repository").startswith("gs://")
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     mount = next(m for m in container["volumeMounts"] if m["name"] == "object-storage-credentials")
     assert env["GOOGLE_APPLICATION_CREDENTIALS"] == mount["mountPath"] + "/credentials.json"
     volume = next(v for v in pod_spec(objects)["volumes"] if v["name"] == "object-storage-credentials")
@@ -228,6 +229,33 @@ def test_build_source_exports_in_an_init_container_into_the_served_volume():
 
 
 # --- services, ingress, monitoring, scaling, policies --------------------------------------------
+
+def test_admin_apis_are_restricted_by_default_with_a_key_from_a_generated_secret():
+    from smartedit.server import ADMIN_KEY_HEADER, RESTRICTED_APIS
+
+    objects = render()
+    container = server_container(objects)
+    expected = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}=$(SMARTEDIT_ADMIN_KEY)"  # as smartedit serve does
+    assert arg_value(container, "grpc-restricted-protocol") == expected
+    assert arg_value(container, "http-restricted-api") == expected
+    env = next(e for e in container["env"] if e["name"] == "SMARTEDIT_ADMIN_KEY")
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "t-smartedit-admin-key", "key": "admin-key"}
+    secret = only(objects, "Secret")
+    assert secret["metadata"]["name"] == "t-smartedit-admin-key"
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert len(base64.b64decode(secret["data"]["admin-key"])) == 40
+
+
+def test_admin_key_from_an_existing_secret_or_no_restriction_when_asked():
+    objects = render("defaults", "triton.adminKey.existingSecret=ops-keys")
+    env = next(e for e in server_container(objects)["env"] if e["name"] == "SMARTEDIT_ADMIN_KEY")
+    assert env["valueFrom"]["secretKeyRef"]["name"] == "ops-keys"
+    assert not [o for o in objects if o["kind"] == "Secret"]  # the chart makes none of its own
+    open_objects = render("defaults", "triton.adminKey.restrict=false")
+    container = server_container(open_objects)
+    assert not [a for a in container["args"] if "restricted" in a]
+    assert all(e["name"] != "SMARTEDIT_ADMIN_KEY" for e in container["env"])
+
 
 def test_services_expose_grpc_http_and_metrics_separately():
     services = {s["metadata"]["name"]: s for s in render() if s["kind"] == "Service"}

@@ -77,3 +77,84 @@ def test_serve_reports_each_model_as_it_loads_and_stops_on_sigterm_while_loading
     assert "stopped while the models were loading" in rest
     leftover = subprocess.run(["pgrep", "-f", f"--grpc-port={grpc_port}"], capture_output=True, text=True)
     assert leftover.stdout == ""  # no tritonserver left behind
+
+
+@pytest.fixture(scope="module")
+def locked_down_server(model_repository, tmp_path_factory):
+    """``smartedit serve`` with gRPC over TLS (a self-signed certificate made here) and the admin APIs
+    behind a key from a file."""
+    folder = tmp_path_factory.mktemp("locked")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(folder / "key.pem"),
+                    "-out", str(folder / "cert.pem")], check=True, capture_output=True)
+    (folder / "admin-key").write_text("s3cret-key\n")
+    ports = dict(grpc_port=free_port(), http_port=free_port())
+    command = serve_command(model_repository, folder, **ports) + [
+        "--tls-cert", str(folder / "cert.pem"), "--tls-key", str(folder / "key.pem"),
+        "--admin-key-file", str(folder / "admin-key")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "SmartEdit is serving" in line:
+                break
+        assert "(TLS)" in lines[-1], "".join(lines)
+        yield dict(ports, cert=folder / "cert.pem", key="s3cret-key")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.mark.functional
+def test_a_tls_server_edits_for_a_client_that_trusts_its_certificate_only(locked_down_server):
+    from conftest import scene
+    from smartedit_client import InpaintClient
+
+    url = f"127.0.0.1:{locked_down_server['grpc_port']}"
+    image, mask = scene(32, 32)
+    with InpaintClient(url, root_certificates=locked_down_server["cert"], timeout_s=60) as client:
+        result = client.inpaint(image=image, mask_image=mask, prompt="a cat", num_inference_steps=2, seed=1)
+    assert result.png.startswith(b"\x89PNG")
+    with InpaintClient(url, timeout_s=10) as plaintext:
+        assert not plaintext.is_ready()  # no TLS, no service
+    with InpaintClient(url, ssl=True, timeout_s=10) as untrusting:
+        assert not untrusting.is_ready()  # TLS, but the self-signed certificate is not in the system's store
+
+
+@pytest.mark.functional
+def test_admin_apis_are_refused_without_the_key_and_served_with_it(locked_down_server):
+    import http.client
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from smartedit.server import ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER
+
+    def register_shared_memory(headers):
+        connection = http.client.HTTPConnection("127.0.0.1", locked_down_server["http_port"], timeout=10)
+        body = '{"key": "/smartedit-test-no-such-region", "offset": 0, "byte_size": 64}'
+        connection.request("POST", "/v2/systemsharedmemory/region/stolen/register", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+
+    status, body = register_shared_memory({})
+    assert status == 403 and "restricted" in body.lower(), (status, body)
+    status, body = register_shared_memory({ADMIN_KEY_HEADER: "wrong"})
+    assert status == 403, (status, body)
+    status, body = register_shared_memory({ADMIN_KEY_HEADER: locked_down_server["key"]})
+    assert "restricted" not in body.lower(), (status, body)  # past the lock (whatever the region's fate)
+
+    url = f"127.0.0.1:{locked_down_server['grpc_port']}"
+    with grpcclient.InferenceServerClient(url, ssl=True, root_certificates=str(locked_down_server["cert"])) as client:
+        with pytest.raises(InferenceServerException, match="(?i)restricted"):
+            client.get_inference_statistics("unet")
+        with pytest.raises(InferenceServerException, match="(?i)restricted"):
+            client.get_inference_statistics("unet", headers={ADMIN_KEY_GRPC_HEADER: "wrong"})
+        stats = client.get_inference_statistics("unet", headers={ADMIN_KEY_GRPC_HEADER: locked_down_server["key"]})
+        assert stats.model_stats[0].name == "unet"
+        assert client.is_server_ready()  # health stays open

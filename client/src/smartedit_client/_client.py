@@ -75,20 +75,26 @@ class InpaintClient:
         timeout_s: default per-call timeout in seconds; each call may override it.
         model_name: the served ensemble's name.
         stream_model_name: the served streaming entry's name (``inpaint_stream``).
-        ssl: use TLS (for an Ingress that terminates gRPC over TLS).
+        ssl: use TLS (for an Ingress that terminates gRPC over TLS, or ``smartedit serve --tls-cert``).
+        root_certificates: PEM file of the CA(s) to trust (a self-signed server's own certificate);
+            implies ``ssl``. Default: the system's trust store.
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  model_name: str = wire.MODEL_NAME, stream_model_name: str = wire.STREAM_MODEL_NAME,
-                 ssl: bool = False):
+                 ssl: bool = False, root_certificates: str | os.PathLike | None = None):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.url = url = grpc_target(url)
         self.timeout_s = timeout_s
         self.model_name = model_name
         self.stream_model_name = stream_model_name
-        self._ssl = ssl
-        self._client = grpcclient.InferenceServerClient(url=url, ssl=ssl)
+        if root_certificates is not None:
+            if not os.path.isfile(root_certificates):
+                raise ValueError(f"root_certificates {os.fspath(root_certificates)!r}: no such file")
+            ssl = True
+        self._tls = dict(ssl=ssl, root_certificates=None if root_certificates is None else os.fspath(root_certificates))
+        self._client = grpcclient.InferenceServerClient(url=url, **self._tls)
 
     def __enter__(self) -> "InpaintClient":
         return self
@@ -216,7 +222,7 @@ class InpaintClient:
         inputs = _edit_inputs(image=image, mask_image=mask_image, prompt=prompt, negative_prompt=negative_prompt,
                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                               strength=strength, seed=seed, scheduler=scheduler, extra=extra)
-        return InpaintStream(self.url, ssl=self._ssl, model_name=self.stream_model_name, inputs=inputs,
+        return InpaintStream(self.url, tls=self._tls, model_name=self.stream_model_name, inputs=inputs,
                              request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s)
 
 

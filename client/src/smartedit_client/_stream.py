@@ -44,14 +44,14 @@ class InpaintStream:
         result: the ``InpaintResult`` once it has arrived, else None.
     """
 
-    def __init__(self, url: str, *, ssl: bool, model_name: str, inputs: list, request_id: str, timeout_s: float):
+    def __init__(self, url: str, *, tls: dict, model_name: str, inputs: list, request_id: str, timeout_s: float):
         self.request_id = request_id
         self.result: InpaintResult | None = None
         self._timeout_s = timeout_s
         self._responses: queue.SimpleQueue = queue.SimpleQueue()
         self._open = True
         self._started = time.perf_counter()
-        self._client = grpcclient.InferenceServerClient(url=url, ssl=ssl)
+        self._client = grpcclient.InferenceServerClient(url=url, **tls)  # ssl, root_certificates
         outputs = [grpcclient.InferRequestedOutput(t.name) for t in wire.STREAM_OUTPUTS]
         try:
             self._client.start_stream(callback=self._on_response, stream_timeout=timeout_s)

@@ -16,6 +16,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smartedit-edit", description="Inpaint the white part of --mask in --image.")
     p.add_argument("--url", default=DEFAULT_URL, help=f"server gRPC address (default {DEFAULT_URL})")
     p.add_argument("--ssl", action="store_true", help="TLS (e.g. through an Ingress on port 443)")
+    p.add_argument("--ca-bundle", default=None,
+                   help="PEM file of the CA(s) to trust, e.g. a self-signed server's certificate (implies --ssl)")
     p.add_argument("--image", required=True, help="image to edit (PNG, JPEG or WebP)")
     p.add_argument("--mask", required=True, help="mask, same size: white = repaint, black = keep")
     p.add_argument("--prompt", required=True, help="what to paint in the masked region")
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
                 strength=args.strength, seed=args.seed, scheduler=args.scheduler, request_id=args.request_id)
     try:
-        client = InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl)
+        client = InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl, root_certificates=args.ca_bundle)
     except ValueError as error:
         cli.error(str(error))
     try:

@@ -71,3 +71,13 @@ sum(rate(smartedit_scheduler_queue_wait_seconds_sum{namespace="{{ .Release.Names
 {{- fail "modelRepository.build.precision fp16 needs a GPU profile; use fp32 with runtimeProfile onnx-cpu" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Secret holding the key of Triton's admin APIs (key "admin-key"). */}}
+{{- define "smartedit.adminKeySecret" -}}
+{{- .Values.triton.adminKey.existingSecret | default (printf "%s-admin-key" (include "smartedit.fullname" .)) -}}
+{{- end }}
+
+{{/* Triton's APIs that need the admin key; smartedit/server.py RESTRICTED_APIS lists the same. */}}
+{{- define "smartedit.restrictedApis" -}}
+shared-memory,model-config,model-repository,statistics,trace,logging
+{{- end }}
