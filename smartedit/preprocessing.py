@@ -138,9 +138,12 @@ def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo,
     )
 
 
-def _text(field: str, value: bytes | None) -> str:
+def _text(field: str, value: bytes | None, max_bytes: int | None = None) -> str:
     if value is None:
         return ""
+    if max_bytes is not None and len(value) > max_bytes:
+        raise RequestError(field, f"is {len(value)} bytes; the limit is {max_bytes} (the text encoder reads only "
+                                  f"its first 77 tokens)")
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -158,6 +161,8 @@ def resolve_parameters(
     settings: PreprocessSettings,
 ) -> EditParameters:
     """Check every scalar parameter and apply the defaults."""
+    prompt_text = _text("prompt", prompt, settings.max_prompt_bytes)
+    negative_text = _text("negative_prompt", negative_prompt, settings.max_prompt_bytes)
     steps = settings.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
     if not 1 <= steps <= settings.max_num_inference_steps:
         raise RequestError("num_inference_steps", f"must be between 1 and {settings.max_num_inference_steps}, got {steps}")
@@ -175,8 +180,8 @@ def resolve_parameters(
         raise RequestError("scheduler", f"unknown scheduler {sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
     seed_value = secrets.randbelow(INT64_MAX) if seed is None else int(seed)
     return EditParameters(
-        prompt=_text("prompt", prompt),
-        negative_prompt=_text("negative_prompt", negative_prompt),
+        prompt=prompt_text,
+        negative_prompt=negative_text,
         num_inference_steps=steps,
         guidance_scale=guidance,
         strength=strength_value,

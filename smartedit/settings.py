@@ -80,6 +80,9 @@ class PreprocessSettings:
     max_image_pixels: int = 2048 * 2048
     # Smallest side, in pixels; below one latent pixel per UNet level nothing useful comes out.
     min_image_side: int = 8
+    # Longest prompt / negative prompt, in UTF-8 bytes. CLIP reads only the first 77 tokens; the cap
+    # keeps a request from making the tokenizer chew megabytes.
+    max_prompt_bytes: int = 4096
     # The engine to reserve a place with before any work (the batched engine's model); "": none, as
     # with the per-request loop, where edits wait in Triton's queue for a scheduler instance.
     admission_model: str = ""
@@ -99,6 +102,7 @@ class PreprocessSettings:
             default_scheduler=get("default_scheduler", d.default_scheduler).strip(),
             max_image_pixels=parse_int("max_image_pixels", get("max_image_pixels", str(d.max_image_pixels)), 64),
             min_image_side=parse_int("min_image_side", get("min_image_side", str(d.min_image_side)), 1),
+            max_prompt_bytes=parse_int("max_prompt_bytes", get("max_prompt_bytes", str(d.max_prompt_bytes)), 1),
             admission_model=get("admission_model", d.admission_model).strip(),
         )
 

@@ -43,6 +43,8 @@ def test_defaults_are_applied_and_a_seed_is_drawn():
     (dict(strength=0.01, num_inference_steps=10), "strength", "leaves no step"),
     (dict(scheduler=b"warp"), "scheduler", "'warp'"),
     (dict(prompt=b"\xff\xfe"), "prompt", "UTF-8"),
+    (dict(prompt=b"a" * 4097), "prompt", "is 4097 bytes; the limit is 4096"),
+    (dict(negative_prompt=b"n" * 5000), "negative_prompt", "is 5000 bytes; the limit is 4096"),
 ])
 def test_bad_parameters_name_the_field_and_value(overrides, field, fragment):
     with pytest.raises(RequestError) as caught:
