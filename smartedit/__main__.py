@@ -168,23 +168,38 @@ def cmd_serve(args) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     server.start()
     try:
-        try:
-            server.wait_until_ready(args.ready_timeout, stop=stop)
-        except StartInterrupted as interrupted:
-            log.info("tritonserver %s", interrupted)
-            return 0
+        server.wait_until_ready(args.ready_timeout, stop=stop)
         address = server.address
         grpc = f"gRPC {address.grpc}" + (" (TLS)" if tls else "")
         print(f"SmartEdit is serving {args.model_repository}: {grpc}, HTTP {address.http}, "
               f"metrics http://{address.host}:{address.metrics_port}/metrics. Ctrl-C stops it.", flush=True)
-        while not stop.is_set():
-            if server.process.poll() is not None:
-                raise ServerFailed(f"tritonserver exited with code {server.process.returncode}")
-            stop.wait(1.0)
+        _watch(server, stop, args.ready_timeout)
+    except StartInterrupted as interrupted:
+        log.info("tritonserver %s", interrupted)
     finally:
         code = server.stop()
     log.info("tritonserver stopped (exit code %s)", code)
     return 0
+
+
+def _watch(server: TritonServer, stop: threading.Event, ready_timeout: float) -> None:
+    """Until ``stop``: restart tritonserver when one of its model processes dies, which Triton 2.51
+    neither repairs nor reports (smartedit.health). While it restarts, readiness is not 200."""
+    from smartedit.health import StubCensus
+
+    census = StubCensus(server.process.pid)
+    while not stop.wait(1.0):
+        if server.process.poll() is not None:
+            raise ServerFailed(f"tritonserver exited with code {server.process.returncode}")
+        dead = census.dead()
+        if not dead:
+            continue
+        log.error("model process died: %s; restarting tritonserver (Triton does not replace it)", ", ".join(dead))
+        server.stop(timeout_s=15.0)  # edits in flight fail now rather than against a dead model
+        server.start()
+        server.wait_until_ready(ready_timeout, stop=stop)
+        log.info("tritonserver restarted and ready")
+        census = StubCensus(server.process.pid)
 
 
 def cmd_demo(args) -> int:

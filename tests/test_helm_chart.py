@@ -135,11 +135,18 @@ def test_cpu_profile_asks_for_no_gpu_anywhere():
         assert GPU not in container["resources"].get("requests", {})
 
 
-def test_probes_use_triton_health_endpoints_on_the_http_port():
+def test_probes_use_triton_health_endpoints_and_check_every_model_process():
+    from smartedit.health import main as health_main
+
     container = server_container(render())
     assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    readiness = container["readinessProbe"]["exec"]["command"]
+    liveness = container["livenessProbe"]["exec"]["command"]
+    assert readiness == ["python3", "-m", "smartedit.health", "--ready", "--http-port", "8000"]
+    assert liveness == ["python3", "-m", "smartedit.health", "--live", "--http-port", "8000"]
+    with pytest.raises(SystemExit) as shown:  # the module's own parser takes these arguments
+        health_main([*readiness[3:], "--help"])
+    assert shown.value.code == 0
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model loading takes minutes
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}

@@ -1,0 +1,146 @@
+"""Is every Python-backend model process of a tritonserver still alive?
+
+Triton 2.51 never replaces a Python-backend stub that dies (server issues #7347, #8604): its model
+stays "ready", ``/v2/health/ready`` keeps answering 200, and every request to the model fails with
+"Stub process '<model>_0_0' is not healthy". Nothing Triton reports notices, so SmartEdit watches
+the stub processes themselves: ``smartedit serve`` restarts tritonserver when one dies, and the
+chart's readiness and liveness probes run this module, so that Kubernetes stops routing to the pod
+and restarts it.
+
+    python -m smartedit.health [--pid PID] [--state FILE] [--http-port 8000] [--ready | --live]
+
+The first run records the stubs of the server (the ``tritonserver`` process, or ``--pid``) in
+``--state``; every later run for the same server fails (exit 1, naming the model) if one of them
+is gone. Stdlib only: a probe starts a fresh interpreter every few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+from pathlib import Path
+
+STUB_COMM = "triton_python_b"  # the kernel keeps 15 characters of "triton_python_backend_stub"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1], start time [19])."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def is_alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")  # a dead stub lingers as a zombie
+
+
+def start_time(pid: int) -> str | None:
+    fields = _stat(pid)
+    return None if fields is None else fields[19]
+
+
+def stubs_of(server_pid: int) -> dict[int, str]:
+    """The live Python-backend stubs of a tritonserver: pid -> model name."""
+    stubs = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        fields = _stat(pid)
+        try:
+            if fields is None or int(fields[1]) != server_pid or Path(f"/proc/{pid}/comm").read_text().strip() != STUB_COMM:
+                continue
+            # argv[1] is the model's source: <repository>/<model>/<version>/model.py
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if is_alive(pid) and len(argv) > 1:
+            stubs[pid] = Path(argv[1].decode(errors="replace")).parent.parent.name
+    return stubs
+
+
+class StubCensus:
+    """The stubs a server had when counted; ``dead()`` names the models whose stub has gone since."""
+
+    def __init__(self, server_pid: int, stubs: dict[int, str] | None = None):
+        self.server_pid = server_pid
+        self.stubs = stubs_of(server_pid) if stubs is None else stubs
+
+    def dead(self) -> list[str]:
+        return sorted(f"{model} (pid {pid})" for pid, model in self.stubs.items() if not is_alive(pid))
+
+
+def find_server() -> int | None:
+    """The one process named tritonserver (in a container, the server itself)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{entry}/comm").read_text().strip() == "tritonserver":
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found[0] if len(found) == 1 else None
+
+
+def _answers_200(http_port: int, path: str) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=3.0)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def check(server_pid: int, state_file: Path) -> str | None:
+    """None if every stub recorded for this server is alive, else what died. Records the census on
+    the first call for a server (a new pid or start time: the container restarted)."""
+    identity = {"pid": server_pid, "start_time": start_time(server_pid)}
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = None
+    if state is None or state.get("server") != identity:
+        census = StubCensus(server_pid)
+        partial = state_file.with_name(f"{state_file.name}.{os.getpid()}")
+        partial.write_text(json.dumps({"server": identity, "stubs": census.stubs}))
+        partial.replace(state_file)  # whole or not at all: the readiness and liveness probes may race
+        return None
+    dead = StubCensus(server_pid, {int(pid): model for pid, model in state["stubs"].items()}).dead()
+    return f"model process died: {', '.join(dead)}" if dead else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m smartedit.health", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pid", type=int, default=None, help="the tritonserver process (default: the one running)")
+    parser.add_argument("--state", type=Path, default=Path("/tmp/smartedit-stubs.json"))
+    endpoint = parser.add_mutually_exclusive_group()
+    endpoint.add_argument("--ready", action="store_true", help="also require /v2/health/ready to answer 200")
+    endpoint.add_argument("--live", action="store_true", help="also require /v2/health/live to answer 200")
+    parser.add_argument("--http-port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    server_pid = args.pid or find_server()
+    if server_pid is None or start_time(server_pid) is None:
+        print("smartedit.health: no tritonserver process found", file=sys.stderr)
+        return 1
+    for wanted, path in ((args.ready, "/v2/health/ready"), (args.live, "/v2/health/live")):
+        if wanted and not _answers_200(args.http_port, path):
+            print(f"smartedit.health: {path} does not answer 200", file=sys.stderr)
+            return 1
+    problem = check(server_pid, args.state)
+    if problem:
+        print(f"smartedit.health: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
