@@ -20,6 +20,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -65,15 +66,50 @@ def stubs_of(server_pid: int) -> dict[int, str]:
     return stubs
 
 
+def server_repositories(server_pid: int) -> list[Path]:
+    """The local model repositories a tritonserver was started on (none for s3:// or gs://)."""
+    try:
+        argv = Path(f"/proc/{server_pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+    prefix = "--model-repository="
+    return [Path(arg[len(prefix):]) for arg in argv if arg.startswith(prefix) and "://" not in arg]
+
+
+_PYTHON_BACKEND = re.compile(r'^\s*backend\s*:\s*"python"', re.MULTILINE)
+
+
+def python_models(repositories: list[Path]) -> set[str]:
+    """Models of these repositories that run in Python-backend stubs."""
+    models = set()
+    for repository in repositories:
+        for config in repository.glob("*/config.pbtxt"):
+            try:
+                if _PYTHON_BACKEND.search(config.read_text()):
+                    models.add(config.parent.name)
+            except OSError:
+                continue
+    return models
+
+
 class StubCensus:
-    """The stubs a server had when counted; ``dead()`` names the models whose stub has gone since."""
+    """The stubs a server had when counted, and the Python-backend models its repository declares.
+
+    ``dead()`` names what has gone since: a counted stub that died, or a declared model with no
+    stub at all (one that died before the count, or never started).
+    """
 
     def __init__(self, server_pid: int, stubs: dict[int, str] | None = None):
         self.server_pid = server_pid
         self.stubs = stubs_of(server_pid) if stubs is None else stubs
+        self.expected = python_models(server_repositories(server_pid))
 
     def dead(self) -> list[str]:
-        return sorted(f"{model} (pid {pid})" for pid, model in self.stubs.items() if not is_alive(pid))
+        live = stubs_of(self.server_pid)
+        gone = [f"{model} (pid {pid})" for pid, model in self.stubs.items() if pid not in live]
+        missing = [f"{model} (no process)" for model in self.expected - set(live.values())
+                   if model not in self.stubs.values()]
+        return sorted(gone + missing)
 
 
 def find_server() -> int | None:

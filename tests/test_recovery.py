@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import scene, serving
-from smartedit.health import find_server, stubs_of
+from smartedit.health import StubCensus, stubs_of
 from smartedit.server import free_port
 from smartedit_client import InpaintClient, ProgressEvent, SmartEditError
 
@@ -56,6 +56,8 @@ def test_a_dead_stub_leaves_triton_ready_and_the_health_check_names_it(model_rep
         checked = health("--pid", str(pid), "--state", str(state), "--ready", "--http-port", str(port))
         assert checked.returncode == 1
         assert "model process died: unet (pid" in checked.stderr
+        # Counted only after it died (a census taken late), it is still missed: the repository declares it.
+        assert StubCensus(pid).dead() == ["unet (no process)"]
 
 
 @pytest.fixture(scope="module")
@@ -122,13 +124,13 @@ def test_an_idle_model_process_killed_is_recovered_within_a_minute(watched_serve
     took_s, readiness_dropped = recover(watched_server, time.monotonic())
     assert took_s < 60, watched_server["log"].read_text()[-3000:]
     assert readiness_dropped  # not 200 while it recovered
-    assert f"model process died: {model} (pid" in watched_server["log"].read_text()
+    assert f"model process died: {model} (" in watched_server["log"].read_text()
     print(f"{model}: edits succeed again {took_s:.1f} s after the kill")
 
 
 def test_the_unet_killed_under_an_edit_fails_that_edit_clearly_then_recovers(watched_server):
     server_pid = tritonserver_of(watched_server["process"].pid)
-    image, mask = scene(32, 32)
+    image, mask = scene(256, 256)  # 32x32 latents: 500 steps take far longer than the kill
     with InpaintClient(f"127.0.0.1:{watched_server['grpc']}", timeout_s=120) as client:
         with pytest.raises(SmartEditError) as failed:
             with client.inpaint_stream(image=image, mask_image=mask, prompt="a cat", num_inference_steps=500,
