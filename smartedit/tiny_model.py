@@ -68,14 +68,16 @@ def build_tiny_pipeline(seed: int = 0):
         cross_attention_dim=32,
     )
     torch.manual_seed(seed)
+    # Four levels: it downsamples 8x like every real SD VAE, so the default model sees the latent
+    # shapes (and costs) a real one does: a 512 px photo is 64x64 latents, not 256x256.
     vae = AutoencoderKL(
-        block_out_channels=[32, 64],
+        block_out_channels=[32, 32, 64, 64],
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
         latent_channels=4,
-        sample_size=128,
+        sample_size=256,
     )
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(

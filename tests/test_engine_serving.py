@@ -71,7 +71,7 @@ def test_edits_sent_together_equal_the_same_edits_sent_alone(server, client):
 def test_an_abandoned_edit_stops_within_two_seconds_and_the_server_is_idle_again(server, client):
     before = scrape(server)
     cancelled_before = metric_value(before, "smartedit_scheduler_requests_total", outcome="cancelled")
-    image, mask = scene(64, 64, seed=21)
+    image, mask = scene(256, 256, seed=21)  # 32x32 latents: 200 steps take well over the 1 s timeout
     with pytest.raises(RequestTimeoutError):
         client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="abandoned", seed=1,
                        num_inference_steps=200, timeout_s=1.0, request_id="abandoned-edit-0001")
@@ -101,7 +101,7 @@ def small_server(model_repository, tmp_path_factory):
 
 
 def test_past_its_bounds_the_server_refuses_at_once_and_serves_the_admitted_correctly(small_server):
-    jobs = [dict(size=(32, 32), scheduler="ddim", num_inference_steps=150, guidance_scale=7.5, seed=s)
+    jobs = [dict(size=(128, 128), scheduler="ddim", num_inference_steps=150, guidance_scale=7.5, seed=s)
             for s in range(8)]
 
     def attempt(job):

@@ -73,7 +73,7 @@ def test_metrics_show_the_scheduler_counters_after_an_edit(server, client):
 
 @pytest.mark.functional
 def test_step_counter_and_gauges_move_while_an_edit_denoises(server, client):
-    image, mask = scene(64, 64, seed=7)
+    image, mask = scene(256, 256, seed=7)  # 32x32 latents: slow enough to read the metrics mid-way
     steps_before = metric_value(scrape(server), "smartedit_scheduler_denoise_steps_total")
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(client.inpaint, image=png_bytes(image), mask_image=png_bytes(mask), prompt="live",

@@ -25,6 +25,10 @@ EDIT = dict(prompt="a red chair", negative_prompt="ugly", num_inference_steps=7,
             scheduler="euler")
 
 
+# Edits a test must stop half-way: 32x32 latents, so that 300 steps take seconds, not a blink.
+LONG = (256, 256)
+
+
 def inputs(size=(64, 64), seed=4):
     image, mask = scene(*size, seed=seed)
     return dict(image=png_bytes(image), mask_image=png_bytes(mask))
@@ -37,7 +41,7 @@ def test_progress_every_step_previews_at_their_cadence_and_the_unary_bytes_at_th
     previews = [e for e in events if isinstance(e, PreviewEvent)]
     assert [(e.step, e.total_steps) for e in progress] == [(s, 7) for s in range(1, 8)]
     assert [e.step for e in previews] == [3, 6, 7]  # every 3rd step, and the last
-    assert all(p.image.size == (32, 32) and p.png.startswith(b"\x89PNG") for p in previews)  # latent resolution
+    assert all(p.image.size == (8, 8) and p.png.startswith(b"\x89PNG") for p in previews)  # latents: 64 px / 8
     assert isinstance(events[-1], InpaintResult) and events[-1] is stream.result
     unary = client.inpaint(**inputs(), **EDIT)
     assert stream.result.png == unary.png and stream.result.seed_used == unary.seed_used == EDIT["seed"]
@@ -78,7 +82,7 @@ def _wait_idle(server, timeout_s: float = 10.0) -> None:
 
 def test_cancel_stops_the_edit_within_a_step(server, client):
     cancelled_before = metric_value(scrape(server), "smartedit_scheduler_requests_total", outcome="cancelled")
-    stream = client.inpaint_stream(**inputs(), **dict(EDIT, num_inference_steps=300), preview_every=0,
+    stream = client.inpaint_stream(**inputs(LONG), **dict(EDIT, num_inference_steps=300), preview_every=0,
                                    request_id="stream-cancel-0001")
     for event in stream:
         if event.step == 3:
@@ -96,7 +100,7 @@ def test_cancel_stops_the_edit_within_a_step(server, client):
 
 
 def test_leaving_the_stream_half_way_closes_it_and_cancels_the_edit(server, client):
-    with client.inpaint_stream(**inputs(), **dict(EDIT, num_inference_steps=300), preview_every=0,
+    with client.inpaint_stream(**inputs(LONG), **dict(EDIT, num_inference_steps=300), preview_every=0,
                                request_id="stream-dropped-0001") as stream:
         for event in stream:
             if event.step == 2:
@@ -119,7 +123,7 @@ CLIENT_THAT_DIES = textwrap.dedent("""
 
 
 def test_a_client_that_dies_mid_stream_has_its_edit_stopped(server, tmp_path):
-    edit = inputs()
+    edit = inputs(LONG)
     (tmp_path / "image.png").write_bytes(edit["image"])
     (tmp_path / "mask.png").write_bytes(edit["mask_image"])
     completed = subprocess.run([sys.executable, "-c", CLIENT_THAT_DIES, server.address.grpc,
