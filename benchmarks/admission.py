@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, default=Path("build/model_repository"))
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (256: 32x32 latents on the tiny model)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)

@@ -45,7 +45,8 @@ from smartedit_client import InpaintClient
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ("per_request", "batched")
 STEPS = {"tiny": 10, "sim": 30}
-SIZES = {"tiny": 64, "sim": 512}
+# Image sides: 32x32 latents on the tiny model (its VAE downsamples 8x), 64x64 at SD 1.5's 512 px.
+SIZES = {"tiny": 256, "sim": 512}
 
 
 @dataclass
