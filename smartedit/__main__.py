@@ -17,8 +17,8 @@ import threading
 import warnings
 from pathlib import Path
 
-from smartedit.server import (ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER, LOOPBACK, ServerAddress, ServerFailed, StartInterrupted, TlsFiles,
-                              TritonServer, default_work_dir, restriction_args)
+from smartedit.server import (ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER, LOOPBACK, ServerAddress, ServerFailed,
+                              StartInterrupted, TlsFiles, TritonServer, default_work_dir, restriction_args)
 
 log = logging.getLogger("smartedit")
 

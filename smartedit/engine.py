@@ -16,14 +16,14 @@ count, guidance, strength and timestep: the UNet takes one timestep per row, and
 happens per edit in ``DenoiseState.advance``.
 
 Lanes pipeline host and device: under load (``lane_min_rows`` rows per lane) the active edits are
-split into up to ``unet_lanes`` cohorts of about the same rows, and while one cohort's UNet call is on the device the worker advances the other cohort
-and sends its next call, which then waits at the UNet already built. On a GPU the host's share of
-a step (sampler arithmetic for every edit, building the batch, the BLS copies) is otherwise dead
-time for the device: at 32 edits on SD 1.5 shapes it is about a fifth of the step on the build VM.
+split into up to ``unet_lanes`` cohorts of about the same rows, and while one cohort's UNet call is
+on the device the worker advances the other cohort and sends its next call, which then waits at the
+UNet already built. On a GPU the host's share of a step (sampler arithmetic for every edit,
+building the batch, the BLS copies) is otherwise dead time for the device: at 32 edits on SD 1.5
+shapes it is about a fifth of the step on the build VM.
 
-Rows of one edit never change with its company, so
-an edit gives the same result whatever else is in the batch (provided the UNet is batch-invariant;
-ONNX Runtime on CPU is bit-for-bit).
+Rows of one edit never change with its company, so an edit gives the same result whatever else is
+in the batch (provided the UNet is batch-invariant; ONNX Runtime on CPU is bit-for-bit).
 
 Nothing here knows Triton: the UNet is a function, answers go to an ``EditSink``. The ``scheduler``
 Python models plug in BLS calls and response senders; the tests plug in ONNX Runtime directly.

@@ -55,7 +55,9 @@ def stubs_of(server_pid: int) -> dict[int, str]:
         pid = int(entry)
         fields = _stat(pid)
         try:
-            if fields is None or int(fields[1]) != server_pid or Path(f"/proc/{pid}/comm").read_text().strip() != STUB_COMM:
+            if fields is None or int(fields[1]) != server_pid:
+                continue
+            if Path(f"/proc/{pid}/comm").read_text().strip() != STUB_COMM:
                 continue
             # argv[1] is the model's source: <repository>/<model>/<version>/model.py
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
