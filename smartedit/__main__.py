@@ -169,11 +169,12 @@ def cmd_serve(args) -> int:
     server.start()
     try:
         server.wait_until_ready(args.ready_timeout, stop=stop)
+        _warm_up(server, tls)
         address = server.address
         grpc = f"gRPC {address.grpc}" + (" (TLS)" if tls else "")
         print(f"SmartEdit is serving {args.model_repository}: {grpc}, HTTP {address.http}, "
               f"metrics http://{address.host}:{address.metrics_port}/metrics. Ctrl-C stops it.", flush=True)
-        _watch(server, stop, args.ready_timeout)
+        _watch(server, stop, args.ready_timeout, tls)
     except StartInterrupted as interrupted:
         log.info("tritonserver %s", interrupted)
     finally:
@@ -182,7 +183,31 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _watch(server: TritonServer, stop: threading.Event, ready_timeout: float) -> None:
+def _warm_up(server: TritonServer, tls: TlsFiles | None) -> None:
+    """One small edit before saying "serving": the first edit pays for first-call set-up in every
+    model (ONNX Runtime's allocations, torch's first ops), so a client's first edit need not."""
+    import time
+
+    from PIL import Image
+
+    from smartedit_client import InpaintClient, SmartEditError
+
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    started = time.perf_counter()
+    try:
+        with InpaintClient(server.address.local_grpc, timeout_s=120,
+                           root_certificates=tls.cert if tls else None) as client:
+            client.inpaint(image=image, mask_image=mask, prompt="warm-up", num_inference_steps=2, seed=0,
+                           request_id="smartedit-warm-up")
+    except (SmartEditError, ValueError) as error:  # a server that cannot edit will say so to its clients too
+        log.warning("warm-up edit failed: %s", error)
+        return
+    log.info("warmed up with one edit in %.2f s", time.perf_counter() - started)
+
+
+def _watch(server: TritonServer, stop: threading.Event, ready_timeout: float, tls: TlsFiles | None) -> None:
     """Until ``stop``: restart tritonserver when one of its model processes dies, which Triton 2.51
     neither repairs nor reports (smartedit.health). While it restarts, readiness is not 200."""
     from smartedit.health import StubCensus
@@ -198,6 +223,7 @@ def _watch(server: TritonServer, stop: threading.Event, ready_timeout: float) ->
         server.stop(timeout_s=15.0)  # edits in flight fail now rather than against a dead model
         server.start()
         server.wait_until_ready(ready_timeout, stop=stop)
+        _warm_up(server, tls)
         log.info("tritonserver restarted and ready")
         census = StubCensus(server.process.pid)
 

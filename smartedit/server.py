@@ -95,8 +95,12 @@ class ServerAddress:
     @property
     def local_http_host(self) -> str:
         """Where this machine reaches the HTTP endpoint: the loopback address when it listens on all."""
-        host = self.http_host or self.host
-        return {"0.0.0.0": LOOPBACK, "::": "::1", "": LOOPBACK}.get(host, host)
+        return _local(self.http_host or self.host)
+
+    @property
+    def local_grpc(self) -> str:
+        """Where this machine reaches the gRPC endpoint (``host:port``)."""
+        return f"{_local(self.host)}:{self.grpc_port}"
 
     def check_free(self) -> None:
         """Raise ServerFailed naming the first of the three ports that is taken (or given twice)."""
@@ -109,6 +113,10 @@ class ServerAddress:
                     raise ServerFailed(f"the {other} and {name} ports are both {port}; give {option} another")
             if port_in_use(host, port):
                 raise ServerFailed(busy_port_message(name, host, port, option))
+
+
+def _local(host: str) -> str:
+    return {"0.0.0.0": LOOPBACK, "::": "::1", "": LOOPBACK}.get(host, host)
 
 
 def free_port(host: str = LOOPBACK) -> int:
