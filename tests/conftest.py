@@ -104,3 +104,25 @@ def exif_sideways(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     stored.save(buffer, format="JPEG", exif=exif, quality=100)
     return buffer.getvalue()
+
+
+def read_until_serving(process) -> list[str]:
+    """The lines ``smartedit serve`` (started with stdout piped, text) prints up to "SmartEdit is serving"."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "SmartEdit is serving" in line:
+            break
+    return lines
+
+
+def stop_serve(process) -> None:
+    """SIGTERM a ``smartedit serve`` process, as Ctrl-C would; kill it if it does not stop in a minute."""
+    import signal
+    import subprocess
+
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()

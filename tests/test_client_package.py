@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, scene
+from conftest import free_port, read_until_serving, scene
 from smartedit_client import _errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,11 +167,7 @@ def test_serve_command_reports_and_stops_cleanly_on_sigterm(model_repository, tm
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if "SmartEdit is serving" in line:
-                break
+        lines = read_until_serving(process)
         assert f"gRPC 127.0.0.1:{grpc_port}" in lines[-1], "".join(lines)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 0

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import scene, serving
+from conftest import scene, serving, stop_serve
 from smartedit.health import StubCensus, stubs_of
 from smartedit.server import free_port
 from smartedit_client import InpaintClient, ProgressEvent, SmartEditError
@@ -80,11 +80,7 @@ def watched_server(model_repository, tmp_path_factory):
     try:
         yield dict(ports, process=process, log=folder / "serve.log")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_serve(process)
 
 
 def tritonserver_of(serve_pid: int) -> int:

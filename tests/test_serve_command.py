@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import read_until_serving, stop_serve
 from smartedit.ports import port_holder, port_in_use
 from smartedit.server import ServerAddress, ServerFailed, free_port
 
@@ -95,19 +96,11 @@ def locked_down_server(model_repository, tmp_path_factory):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if "SmartEdit is serving" in line:
-                break
+        lines = read_until_serving(process)
         assert "(TLS)" in lines[-1], "".join(lines)
         yield dict(ports, cert=folder / "cert.pem", key="s3cret-key")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_serve(process)
 
 
 @pytest.mark.functional
