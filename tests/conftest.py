@@ -46,6 +46,21 @@ def server(model_repository, tmp_path_factory):
         yield running
 
 
+@pytest.fixture(autouse=True)
+def _shared_server_survives(request):
+    """Fail the test after which the shared server is found dead, with the end of its log: otherwise
+    the cause shows only as "connection refused" in every later test."""
+    yield
+    if "server" not in request.fixturenames:
+        return
+    running = request.getfixturevalue("server")
+    code = running.process.poll()
+    if code is not None:
+        tail = Path(running.log_file).read_text(errors="replace")[-6000:] if running.log_file else ""
+        pytest.fail(f"the shared tritonserver exited with code {code} during this test; its log ends:\n{tail}",
+                    pytrace=False)
+
+
 def configure_copy(model_repository: Path, destination: Path, parameters: dict[str, dict[str, str]]) -> Path:
     """A copy of ``model_repository`` whose models' config ``parameters`` are changed as given
     (``{model: {key: value}}``): a server with other settings, without exporting again."""
