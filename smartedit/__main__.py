@@ -32,9 +32,9 @@ def _model_source(model: str | None) -> str:
     """The model to export: the one given, or the embedded tiny model (built on first use)."""
     if model:
         return model
-    from smartedit.tiny_model import write_tiny_pipeline
+    from smartedit.tiny_model import is_current_tiny_pipeline, write_tiny_pipeline
 
-    if not (DEFAULT_TINY_MODEL / "model_index.json").exists():
+    if not is_current_tiny_pipeline(DEFAULT_TINY_MODEL):
         log.info("no --model given: building the embedded tiny model at %s", DEFAULT_TINY_MODEL)
         write_tiny_pipeline(DEFAULT_TINY_MODEL)
     return str(DEFAULT_TINY_MODEL)

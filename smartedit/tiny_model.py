@@ -8,6 +8,8 @@ follow diffusers' own fast inpainting tests (9-channel UNet, two-level VAE, 5-la
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 # Tokens of a byte-level CLIP BPE with no merges: every one of the 256 byte symbols, alone and as
@@ -111,6 +113,20 @@ def stable_diffusion_scheduler():
     )
 
 
+# Raised whenever build_tiny_pipeline changes what it builds, so that a folder built by an older
+# version is rebuilt rather than served (version 2: the VAE downsamples 8x, as real SD VAEs do).
+TINY_MODEL_VERSION = 2
+_STAMP = "smartedit-tiny-model.json"
+
+
+def is_current_tiny_pipeline(folder: Path) -> bool:
+    """Whether ``folder`` holds the tiny pipeline this version of SmartEdit builds."""
+    try:
+        return json.loads((Path(folder) / _STAMP).read_text()).get("version") == TINY_MODEL_VERSION
+    except (OSError, ValueError):
+        return False
+
+
 def write_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     """Write the tiny pipeline as a diffusers folder and return the folder."""
     from diffusers import StableDiffusionInpaintPipeline
@@ -131,4 +147,5 @@ def write_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(folder)
+    (folder / _STAMP).write_text(json.dumps({"version": TINY_MODEL_VERSION, "seed": seed}))
     return folder
