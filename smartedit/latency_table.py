@@ -57,7 +57,7 @@ class LatencyTable:
                     raise ValueError(f"{name}: a_ms and b_ms must be >= 0 and max_batch_size >= 1, got {figures}")
             height, width = data["reference_image_size"]
             return cls(description=data.get("description", ""), reference_image_size=(int(height), int(width)),
-                       pipeline=PipelineInfo(**data["pipeline"]), components=components,
+                       pipeline=PipelineInfo.from_dict(data["pipeline"]), components=components,
                        max_active_edits=int(data["engine"]["max_active_edits"]),
                        max_queued_edits=int(data["engine"]["max_queued_edits"]))
         except (KeyError, TypeError, ValueError) as error:

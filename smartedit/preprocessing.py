@@ -7,7 +7,6 @@ the field and the bad value. The image arithmetic is diffusers' ``VaeImageProces
 
 from __future__ import annotations
 
-import io
 import math
 import secrets
 from dataclasses import dataclass
@@ -15,16 +14,18 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from smartedit import steps
 from smartedit.errors import RequestError
+from smartedit.photos import decode_photo
+from smartedit.regions import EditRegion, plan_edit_region
 from smartedit.samplers import SAMPLERS
 from smartedit.settings import PreprocessSettings
 from smartedit.spec import PipelineInfo
 from smartedit_client import _contract as wire
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_CROP_PADDING = 2048
 INT64_MAX = 2**63 - 1
 
 
@@ -39,99 +40,48 @@ class EditParameters:
     strength: float
     seed: int
     scheduler: str
+    crop_padding: int
 
 
 @dataclass(frozen=True)
 class PreparedImages:
     original_image: np.ndarray  # [H, W, 3] uint8 RGB, or [H, W, 4] RGBA when sent with transparency; upright
-    repaint_mask: np.ndarray  # [H, W] bool, upright
-    init_image: np.ndarray  # [1, 3, h, w] float32 in [-1, 1], h and w multiples of the VAE factor
+    region: EditRegion  # the box of the original the models edit, and the size they edit it at
+    repaint_mask: np.ndarray  # [box height, box width] bool: the mask as sent, inside the box
+    init_image: np.ndarray  # [1, 3, h, w] float32 in [-1, 1]: the box at the region's size
     masked_image: np.ndarray  # [1, 3, h, w] float32, 0 where repainted
     latent_mask: np.ndarray  # [1, 1, h/f, w/f] float32, 1 = repaint
 
 
-def _describe(data: bytes) -> str:
-    head = data[:16]
-    return f"{len(data)} bytes starting {head!r}"
+def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo, settings: PreprocessSettings,
+                   crop_padding: int | None = None) -> PreparedImages:
+    """Decode image and mask (``smartedit.photos``), choose the region to edit (``smartedit.regions``), and
+    make the model inputs.
 
-
-def decode_image(field: str, data: bytes, settings: PreprocessSettings) -> Image.Image:
-    """Decode and fully load an encoded image, or raise ``RequestError`` naming ``field``."""
-    if not data:
-        raise RequestError(field, "is empty; expected an encoded PNG, JPEG or WebP image")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Exception:
-        raise RequestError(field, f"is not a PNG, JPEG or WebP image ({_describe(data)})") from None
-    if image.format not in ACCEPTED_FORMATS:
-        raise RequestError(field, f"has format {image.format}; accepted: {', '.join(ACCEPTED_FORMATS)}")
-    width, height = image.size
-    # Checked from the header, before decoding, so a huge image costs nothing.
-    if width * height > settings.max_image_pixels:
-        raise RequestError(field, f"is {width}x{height} = {width * height} pixels; the limit is "
-                                  f"{settings.max_image_pixels}")
-    if min(width, height) < settings.min_image_side:
-        raise RequestError(field, f"is {width}x{height}; each side must be at least {settings.min_image_side} pixels")
-    try:
-        image.load()  # a truncated or corrupt file fails here, not later in a model
-        # Upright as displayed: a phone photo is stored sideways with an EXIF orientation tag, and
-        # its mask was drawn on what the user saw.
-        return ImageOps.exif_transpose(image)
-    except RequestError:
-        raise
-    except Exception as error:
-        raise RequestError(field, f"could not be decoded as {image.format}: {error}") from None
-
-
-def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
-
-
-def split_alpha(image: Image.Image) -> tuple[Image.Image, np.ndarray | None]:
-    """The RGB the models edit, and the alpha channel to give back (None for an opaque format).
-
-    Grayscale and palette images are edited in RGB and come back as RGB (RGBA with transparency).
+    ``crop_padding``: pixels around the mask's box (``settings.default_crop_padding`` when None).
     """
-    if not _has_alpha(image):
-        return image.convert("RGB"), None
-    rgba = image.convert("RGBA")
-    return rgba.convert("RGB"), np.asarray(rgba.getchannel("A"), dtype=np.uint8)
-
-
-def processing_size(width: int, height: int, info: PipelineInfo) -> tuple[int, int]:
-    """The size the models run at: each side rounded down to a multiple of the VAE factor."""
-    factor = info.vae_scale_factor
-    return width - width % factor, height - height % factor
-
-
-def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo,
-                   settings: PreprocessSettings) -> PreparedImages:
-    image, alpha = split_alpha(decode_image("image", image_bytes, settings))
-    mask = decode_image("mask_image", mask_bytes, settings).convert("L")
-    if mask.size != image.size:
-        raise RequestError("mask_image", f"is {mask.size[0]}x{mask.size[1]} but image is "
-                                         f"{image.size[0]}x{image.size[1]} (upright, after its EXIF orientation); "
-                                         f"they must be the same size")
-    original = np.asarray(image, dtype=np.uint8)
-    if alpha is not None:
-        original = np.dstack([original, alpha])
-    repaint_mask = np.asarray(mask, dtype=np.uint8) >= 128
-    width, height = processing_size(image.size[0], image.size[1], info)
-    if (width, height) != image.size:
+    photo = decode_photo(image_bytes, mask_bytes, settings)
+    image, mask, repaint_mask = photo.rgb, photo.mask, photo.repaint_mask()
+    padding = settings.default_crop_padding if crop_padding is None else crop_padding
+    region = plan_edit_region(repaint_mask, info, padding)
+    if region.box_size != image.size:
+        image, mask = image.crop(region.box), mask.crop(region.box)
+    if (region.width, region.height) != image.size:
         # diffusers' VaeImageProcessor resamples with Lanczos; postprocess scales the result back.
-        image = image.resize((width, height), resample=Image.LANCZOS)
-        mask = mask.resize((width, height), resample=Image.LANCZOS)
+        image = image.resize((region.width, region.height), resample=Image.LANCZOS)
+        mask = mask.resize((region.width, region.height), resample=Image.LANCZOS)
     init_image = np.asarray(image, dtype=np.float32) / 255.0
     init_image = (2.0 * init_image - 1.0).transpose(2, 0, 1)[None]
     mask_condition = (np.asarray(mask, dtype=np.float32) / 255.0 >= 0.5).astype(np.float32)[None, None]
     masked_image = init_image * (mask_condition < 0.5)
     latent_mask = torch.nn.functional.interpolate(
         torch.from_numpy(mask_condition),
-        size=(height // info.vae_scale_factor, width // info.vae_scale_factor),
+        size=(region.height // info.vae_scale_factor, region.width // info.vae_scale_factor),
     ).numpy()
     return PreparedImages(
-        original_image=np.ascontiguousarray(original),
-        repaint_mask=repaint_mask,
+        original_image=photo.original(),
+        region=region,
+        repaint_mask=np.ascontiguousarray(repaint_mask[region.top:region.bottom, region.left:region.right]),
         init_image=np.ascontiguousarray(init_image, dtype=np.float32),
         masked_image=np.ascontiguousarray(masked_image, dtype=np.float32),
         latent_mask=np.ascontiguousarray(latent_mask, dtype=np.float32),
@@ -159,6 +109,7 @@ def resolve_parameters(
     seed: int | None,
     scheduler: bytes | None,
     settings: PreprocessSettings,
+    crop_padding: int | None = None,
 ) -> EditParameters:
     """Check every scalar parameter and apply the defaults."""
     prompt_text = _text("prompt", prompt, settings.max_prompt_bytes)
@@ -178,6 +129,9 @@ def resolve_parameters(
     sampler = settings.default_scheduler if scheduler is None else _text("scheduler", scheduler).strip().lower()
     if sampler not in SAMPLERS:
         raise RequestError("scheduler", f"unknown scheduler {sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
+    padding = settings.default_crop_padding if crop_padding is None else int(crop_padding)
+    if not 0 <= padding <= MAX_CROP_PADDING:
+        raise RequestError("crop_padding", f"must be between 0 and {MAX_CROP_PADDING} pixels, got {padding}")
     seed_value = secrets.randbelow(INT64_MAX) if seed is None else int(seed)
     return EditParameters(
         prompt=prompt_text,
@@ -187,7 +141,25 @@ def resolve_parameters(
         strength=strength_value,
         seed=seed_value,
         scheduler=sampler,
+        crop_padding=padding,
     )
+
+
+def check_cost(params: EditParameters, region: EditRegion, info: PipelineInfo, settings: PreprocessSettings) -> None:
+    """Refuse an edit whose latent area x denoising steps exceeds the budget: what the model costs.
+
+    The budget is ``max_steps_at_working_resolution`` steps at the working resolution's latent area; an
+    edit at a smaller size may run proportionally more steps.
+    """
+    factor = info.vae_scale_factor
+    latent_area = (region.width // factor) * (region.height // factor)
+    denoising_steps = int(params.num_inference_steps * params.strength)
+    budget = settings.max_steps_at_working_resolution * (info.working_resolution // factor) ** 2
+    if latent_area * denoising_steps > budget:
+        raise RequestError("num_inference_steps", f"{params.num_inference_steps} x strength {params.strength:g} = "
+                                                  f"{denoising_steps} denoising steps at {region.width}x{region.height} "
+                                                  f"exceed the budget of this server: at most "
+                                                  f"{budget // latent_area} steps at that size")
 
 
 def tokenize(tokenizer, negative_prompt: str, prompt: str) -> np.ndarray:
@@ -233,16 +205,18 @@ def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, s
         seed=read(wire.SEED.name),
         scheduler=read(wire.SCHEDULER.name),
         settings=settings,
+        crop_padding=read(wire.CROP_PADDING.name),
     )
-    images = prepare_images(required(wire.IMAGE.name), required(wire.MASK_IMAGE.name), info, settings)
+    images = prepare_images(required(wire.IMAGE.name), required(wire.MASK_IMAGE.name), info, settings,
+                            params.crop_padding)
+    check_cost(params, images.region, info, settings)
     height, width = images.original_image.shape[:2]
     tensors = {
         steps.INPUT_IDS: tokenize(tokenizer, params.negative_prompt, params.prompt),
         steps.MASKED_IMAGE: images.masked_image,
         steps.INIT_IMAGE: images.init_image,
         steps.LATENT_MASK: images.latent_mask,
-        steps.ORIGINAL_IMAGE: images.original_image,
-        steps.REPAINT_MASK: images.repaint_mask,
+        steps.EDIT_BOX: np.array(images.region.box, dtype=np.int32),
         steps.STEPS: np.array([params.num_inference_steps], dtype=np.int32),
         steps.GUIDANCE: np.array([params.guidance_scale], dtype=np.float32),
         steps.STRENGTH: np.array([params.strength], dtype=np.float32),
@@ -251,6 +225,7 @@ def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, s
         steps.DEADLINE: np.array([deadline], dtype=np.float64),
         steps.RESERVATION: np.array([reservation.encode()], dtype=np.object_),
     }
-    log_fields = dict(width=int(width), height=int(height), scheduler=params.scheduler,
+    log_fields = dict(width=int(width), height=int(height), edit_box=list(images.region.box),
+                      edit_width=images.region.width, edit_height=images.region.height, scheduler=params.scheduler,
                       num_inference_steps=params.num_inference_steps, seed=params.seed)
     return tensors, log_fields

@@ -76,13 +76,21 @@ class PreprocessSettings:
     max_num_inference_steps: int = 1000
     default_guidance_scale: float = 7.5
     default_scheduler: str = "ddim"
-    # Largest accepted image, in pixels: bounds the memory one request can take.
-    max_image_pixels: int = 2048 * 2048
+    # Largest accepted image, in pixels (25.2 MP: a 6000x4000 or 6144x4096 photo). The models edit at
+    # their working resolution whatever the photo's size (smartedit.regions), so this bounds only the
+    # memory of decoding the photo and pasting the edit back: about 5 bytes per pixel, 126 MB here.
+    max_image_pixels: int = 6144 * 4096
     # Smallest side, in pixels; below one latent pixel per UNet level nothing useful comes out.
     min_image_side: int = 8
     # Longest prompt / negative prompt, in UTF-8 bytes. CLIP reads only the first 77 tokens; the cap
     # keeps a request from making the tokenizer chew megabytes.
     max_prompt_bytes: int = 4096
+    # Pixels of context around the mask's box when a photo larger than the working area is edited as a
+    # crop (the request's crop_padding overrides it).
+    default_crop_padding: int = wire.DEFAULT_CROP_PADDING
+    # The cost budget of one edit: this many denoising steps at the working resolution's latent area. An
+    # edit's cost is its latent area x num_inference_steps x strength; a smaller edit may run more steps.
+    max_steps_at_working_resolution: int = 500
     # The engine to reserve a place with before any work (the batched engine's model); "": none, as
     # with the per-request loop, where edits wait in Triton's queue for a scheduler instance.
     admission_model: str = ""
@@ -103,6 +111,11 @@ class PreprocessSettings:
             max_image_pixels=parse_int("max_image_pixels", get("max_image_pixels", str(d.max_image_pixels)), 64),
             min_image_side=parse_int("min_image_side", get("min_image_side", str(d.min_image_side)), 1),
             max_prompt_bytes=parse_int("max_prompt_bytes", get("max_prompt_bytes", str(d.max_prompt_bytes)), 1),
+            default_crop_padding=parse_int("default_crop_padding",
+                                           get("default_crop_padding", str(d.default_crop_padding)), 0, 2048),
+            max_steps_at_working_resolution=parse_int(
+                "max_steps_at_working_resolution",
+                get("max_steps_at_working_resolution", str(d.max_steps_at_working_resolution)), 1),
             admission_model=get("admission_model", d.admission_model).strip(),
         )
 

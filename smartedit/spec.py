@@ -38,19 +38,24 @@ class PipelineInfo:
     text_hidden_size: int
     vae_scaling_factor: float
     unet_sample_size: int
+    # The side, in pixels, of the area the model edits at (smartedit.regions): 512 for SD 1.x.
+    working_resolution: int
 
     @classmethod
     def from_pipeline(cls, pipeline) -> "PipelineInfo":
         vae_config = pipeline.vae.config
+        # Derived, never hard-coded: 8 for real SD models.
+        vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
         return cls(
-            # Derived, never hard-coded: 8 for real SD models, smaller for a tiny one.
-            vae_scale_factor=2 ** (len(vae_config.block_out_channels) - 1),
+            vae_scale_factor=vae_scale_factor,
             latent_channels=int(vae_config.latent_channels),
             unet_in_channels=int(pipeline.unet.config.in_channels),
             text_length=int(pipeline.tokenizer.model_max_length),
             text_hidden_size=int(pipeline.text_encoder.config.hidden_size),
             vae_scaling_factor=float(vae_config.scaling_factor),
             unet_sample_size=int(pipeline.unet.config.sample_size),
+            # The resolution the UNet was trained at: its sample size in latent pixels.
+            working_resolution=int(pipeline.unet.config.sample_size) * vae_scale_factor,
         )
 
     def to_json(self) -> str:
@@ -58,7 +63,13 @@ class PipelineInfo:
 
     @classmethod
     def load(cls, path: Path) -> "PipelineInfo":
-        return cls(**json.loads(Path(path).read_text()))
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "PipelineInfo":
+        # Written before the working resolution was declared: derive it as the export does.
+        fields = {"working_resolution": fields["unet_sample_size"] * fields["vae_scale_factor"], **fields}
+        return cls(**fields)
 
     def resolve(self, dim: Dim, height: int, width: int) -> int:
         """The concrete size of ``dim`` for an image of ``height`` x ``width`` pixels."""

@@ -11,7 +11,8 @@ from smartedit.triton_config import ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, TENSOR
 from smartedit_client import _contract as wire
 
 INFO = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,
-                    text_hidden_size=768, vae_scaling_factor=0.18215, unet_sample_size=64)
+                    text_hidden_size=768, vae_scaling_factor=0.18215, unet_sample_size=64,
+                    working_resolution=512)
 
 
 def _tensors(config):

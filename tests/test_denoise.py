@@ -33,7 +33,8 @@ def _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=4, se
                                 masked.mean, masked.std, torch.from_numpy(prepared.latent_mask), encode_init)
         assert run_to_end(state, lambda s, t, e: pipe.unet(s, t, encoder_hidden_states=e).sample)
         decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
-    return compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask), prepared.repaint_mask
+    return (compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box),
+            prepared.repaint_mask)
 
 
 @pytest.mark.parametrize("sampler,strength,guidance", [

@@ -10,12 +10,13 @@ from PIL import Image, ImageOps
 from conftest import exif_sideways, png_bytes, scene
 from smartedit.errors import RequestError
 from smartedit.postprocessing import compose, encode_png
-from smartedit.preprocessing import prepare_images, processing_size, resolve_parameters
+from smartedit.preprocessing import prepare_images, resolve_parameters
 from smartedit.settings import PreprocessSettings
 from smartedit.spec import PipelineInfo
 
 INFO = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,
-                    text_hidden_size=32, vae_scaling_factor=0.18215, unet_sample_size=64)
+                    text_hidden_size=32, vae_scaling_factor=0.18215, unet_sample_size=64,
+                    working_resolution=512)
 SETTINGS = PreprocessSettings()
 
 
@@ -45,6 +46,8 @@ def test_defaults_are_applied_and_a_seed_is_drawn():
     (dict(prompt=b"\xff\xfe"), "prompt", "UTF-8"),
     (dict(prompt=b"a" * 4097), "prompt", "is 4097 bytes; the limit is 4096"),
     (dict(negative_prompt=b"n" * 5000), "negative_prompt", "is 5000 bytes; the limit is 4096"),
+    (dict(crop_padding=-1), "crop_padding", "must be between 0 and 2048 pixels, got -1"),
+    (dict(crop_padding=5000), "crop_padding", "got 5000"),
 ])
 def test_bad_parameters_name_the_field_and_value(overrides, field, fragment):
     with pytest.raises(RequestError) as caught:
@@ -69,13 +72,12 @@ def test_bad_images():
 
 
 def test_oversized_image_is_rejected_from_its_header():
-    big = Image.new("RGB", (3000, 2000))
-    with pytest.raises(RequestError, match=r"image: is 3000x2000 = 6000000 pixels; the limit is"):
+    big = Image.new("RGB", (7000, 4000))
+    with pytest.raises(RequestError, match=r"image: is 7000x4000 = 28000000 pixels; the limit is 25165824"):
         prepare_images(png_bytes(big), png_bytes(big.convert("L")), INFO, SETTINGS)
 
 
 def test_sizes_off_the_grid_are_processed_at_a_multiple_and_returned_whole():
-    assert processing_size(70, 53, INFO) == (64, 48)
     image, mask = scene(70, 53)
     prepared = prepare_images(png_bytes(image), png_bytes(mask), INFO, SETTINGS)
     assert prepared.init_image.shape == (1, 3, 48, 64)
@@ -118,7 +120,8 @@ def test_transparency_is_kept_for_the_paste_back_and_the_models_see_rgb():
     assert np.array_equal(prepared.original_image, rgba)
     assert prepared.init_image.shape == (1, 3, 48, 64)
     generated = np.zeros((48, 64, 3), dtype=np.uint8)
-    out = Image.open(io.BytesIO(encode_png(compose(generated, prepared.original_image, prepared.repaint_mask))))
+    out = Image.open(io.BytesIO(encode_png(compose(generated, prepared.original_image, prepared.repaint_mask,
+                                                   prepared.region.box))))
     assert out.mode == "RGBA"
     pixels = np.asarray(out)
     assert np.array_equal(pixels[..., 3], alpha)  # the original alpha everywhere, masked pixels too
@@ -133,3 +136,89 @@ def test_grayscale_and_palette_images_are_edited_as_rgb(mode):
     prepared = prepare_images(png_bytes(image.convert(mode)), png_bytes(mask), INFO, SETTINGS)
     assert prepared.original_image.shape == (48, 64, 3)
     assert np.array_equal(prepared.original_image, np.asarray(image.convert(mode).convert("RGB")))
+
+
+def test_an_all_black_mask_is_refused_naming_the_mask():
+    image, _ = scene(64, 48)
+    with pytest.raises(RequestError, match="mask_image: has no pixel to repaint"):
+        prepare_images(png_bytes(image), png_bytes(Image.new("L", (64, 48))), INFO, SETTINGS)
+
+
+def _photo_and_mask(width, height, box):
+    rng = np.random.default_rng(1)
+    photo = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    mask = np.zeros((height, width), dtype=np.uint8)
+    left, top, right, bottom = box
+    mask[top:bottom, left:right] = 255
+    return photo, Image.fromarray(mask)
+
+
+def test_a_large_photo_is_edited_as_a_crop_around_the_mask_at_the_working_resolution():
+    photo, mask = _photo_and_mask(3000, 2000, (1000, 800, 1400, 1100))  # a 400x300 mask
+    prepared = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS, crop_padding=32)
+    region = prepared.region
+    # The box holds the mask and its padding, has the processing size's aspect, and stays in the photo.
+    assert region.left <= 1000 - 32 and region.top <= 800 - 32 and region.right >= 1432 and region.bottom >= 1132
+    assert abs((region.right - region.left) / (region.bottom - region.top) - region.width / region.height) < 0.01
+    assert region.width % 64 == 0 and region.height % 64 == 0  # steps of working_resolution / 8
+    assert 0.8 * 512 ** 2 <= region.width * region.height <= 1.25 * 512 ** 2
+    assert prepared.init_image.shape == (1, 3, region.height, region.width)
+    assert prepared.latent_mask.shape == (1, 1, region.height // 8, region.width // 8)
+    assert prepared.repaint_mask.shape == (region.bottom - region.top, region.right - region.left)
+    assert prepared.original_image.shape == (2000, 3000, 3)
+
+
+def test_paste_back_changes_only_masked_pixels_of_the_original():
+    photo, mask = _photo_and_mask(3000, 2000, (1000, 800, 1400, 1100))
+    prepared = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS)
+    generated = np.full((prepared.region.height, prepared.region.width, 3), 7, dtype=np.uint8)
+    edited = compose(generated, prepared.original_image, prepared.repaint_mask, prepared.region.box)
+    masked = np.asarray(mask) >= 128
+    assert np.array_equal(edited[~masked], prepared.original_image[~masked])
+    assert (edited[masked] == 7).all()
+
+
+def test_a_tiny_mask_is_given_context_rather_than_enlarged_past_two_times():
+    photo, mask = _photo_and_mask(3000, 2000, (1500, 1000, 1504, 1004))
+    region = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS, crop_padding=0).region
+    assert region.width <= 2 * (region.right - region.left) and region.height <= 2 * (region.bottom - region.top)
+
+
+def test_a_mask_near_the_edge_keeps_its_box_inside_the_photo():
+    photo, mask = _photo_and_mask(3000, 2000, (2900, 0, 3000, 60))
+    region = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS).region
+    assert region.right == 3000 and region.top == 0 and region.left >= 0 and region.bottom <= 2000
+    assert region.left <= 2900 - 32 and region.bottom >= 60 + 32
+
+
+def test_a_thin_mask_is_grown_across_to_at_most_two_to_one():
+    photo, mask = _photo_and_mask(3000, 2000, (500, 1000, 1700, 1010))  # 1200 x 10
+    region = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS).region
+    assert region.width / region.height <= 2 and (region.right - region.left) / (region.bottom - region.top) <= 2.05
+    assert region.left <= 500 - 32 and region.right >= 1700 + 32
+
+
+def test_a_mask_covering_most_of_the_photo_edits_the_whole_photo_downscaled():
+    photo, mask = _photo_and_mask(2048, 1024, (100, 100, 1900, 1000))
+    region = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS).region
+    assert region.box == (0, 0, 2048, 1024)
+    assert (region.width, region.height) == (728, 360)  # aspect 2 within one VAE step, area ~512^2
+
+
+def test_a_photo_within_the_working_area_is_edited_whole_at_its_own_size():
+    photo, mask = _photo_and_mask(500, 300, (10, 10, 20, 20))
+    region = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS).region
+    assert region.box == (0, 0, 500, 300) and (region.width, region.height) == (496, 296)
+
+
+def test_cost_budget_refuses_more_steps_than_the_working_resolution_allows():
+    from smartedit.preprocessing import check_cost
+    from smartedit.regions import EditRegion
+
+    region = EditRegion(0, 0, 512, 512, 512, 512)
+    check_cost(_params(num_inference_steps=500), region, INFO, SETTINGS)
+    with pytest.raises(RequestError, match=r"num_inference_steps: 501 x strength 1 = 501 denoising steps at "
+                                           r"512x512 exceed the budget of this server: at most 500 steps"):
+        check_cost(_params(num_inference_steps=501), region, INFO, SETTINGS)
+    check_cost(_params(num_inference_steps=1000, strength=0.5), region, INFO, SETTINGS)  # 500 steps run
+    check_cost(_params(num_inference_steps=1000), EditRegion(0, 0, 256, 256, 256, 256), INFO, SETTINGS)

@@ -55,6 +55,49 @@ def test_image_off_the_size_grid_comes_back_at_its_size_with_outside_pixels_inta
     assert np.array_equal(served[outside], np.asarray(image)[outside])
 
 
+def _photo(width: int, height: int, mask_box: tuple[int, int, int, int]) -> tuple[Image.Image, Image.Image]:
+    """A smooth photo-like image (cheap to send as PNG) and a mask repainting ``mask_box``."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], axis=-1)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    left, top, right, bottom = mask_box
+    mask[top:bottom, left:right] = 255
+    return Image.fromarray(rgb.astype(np.uint8)), Image.fromarray(mask)
+
+
+@pytest.mark.parametrize("size,mask_box", [
+    ((2400, 1600), (1100, 700, 1220, 790)),  # a small mask on a large photo: edited as a crop around it
+    ((1000, 800), (50, 40, 950, 760)),  # a mask covering 80%: the whole photo, downscaled
+], ids=["crop", "whole-photo"])
+def test_a_photo_larger_than_the_working_area_is_edited_there_and_pasted_back(client, tiny_pipeline, size, mask_box):
+    from smartedit.postprocessing import compose
+    from smartedit.regions import plan_edit_region
+    from smartedit.spec import PipelineInfo
+
+    image, mask = _photo(*size, mask_box)
+    result = client.inpaint(image=image, mask_image=mask, scheduler="ddim", crop_padding=32, **EDIT)
+    served, original = np.asarray(result.image), np.asarray(image)
+    inside = np.asarray(mask) >= 128
+    assert result.image.size == size
+    assert np.array_equal(served[~inside], original[~inside])  # byte-exact outside the mask, at any size
+    # The reference: diffusers' pipeline on the same region at the same size, pasted back the same way.
+    region = plan_edit_region(inside, PipelineInfo.from_pipeline(tiny_pipeline), 32)
+    assert max(region.width, region.height) <= 2 * 256  # the tiny model's working resolution, not the photo's
+    crop = [part.crop(region.box).resize((region.width, region.height), resample=Image.LANCZOS)
+            for part in (image, mask)]
+    generated = diffusers_inpaint(tiny_pipeline, *crop, scheduler="ddim", **EDIT)
+    box_mask = inside[region.top:region.bottom, region.left:region.right]
+    reference = compose(generated, original, box_mask, region.box)
+    assert psnr(served[inside], reference[inside]) >= 40
+
+
+def test_an_edit_over_the_cost_budget_is_refused_naming_the_steps(client):
+    image, mask = scene(256, 256)  # the tiny model's working area: its budget allows 500 steps here
+    with pytest.raises(InvalidRequestError, match=r"num_inference_steps: 501 x strength 1 = 501 denoising steps "
+                                                  r"at 256x256 exceed the budget of this server: at most 500 steps"):
+        client.inpaint(image=image, mask_image=mask, prompt="x", num_inference_steps=501)
+
+
 def test_a_transparent_image_comes_back_with_its_alpha_and_a_sideways_photo_upright(client):
     image, mask = scene(48, 40, seed=6)
     alpha = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (40, 1))
@@ -113,6 +156,8 @@ def _valid_tensors():
     ("scheduler", ("BYTES", b"warp-drive"), "scheduler: unknown scheduler 'warp-drive'"),
     ("mask_image", None, "mask_image"),
     ("prompt", None, "prompt"),
+    ("crop_padding", ("INT32", -1), "crop_padding: must be between 0 and 2048 pixels, got -1"),
+    ("mask_image", ("BYTES", png_bytes(Image.new("L", (32, 32)))), "mask_image: has no pixel to repaint"),
 ])
 def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(server, client, field, change, fragment):
     from tritonclient.utils import InferenceServerException

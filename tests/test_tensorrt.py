@@ -6,7 +6,8 @@ from smartedit.export import tensorrt
 from smartedit.spec import COMPONENTS, PipelineInfo
 
 INFO = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,
-                    text_hidden_size=768, vae_scaling_factor=0.18215, unet_sample_size=64)
+                    text_hidden_size=768, vae_scaling_factor=0.18215, unet_sample_size=64,
+                    working_resolution=512)
 PROFILE = tensorrt.EngineProfile(batch=tensorrt.Range(1, 2, 8), height=tensorrt.Range(256, 512, 1024),
                                  width=tensorrt.Range(256, 768, 1024))
 

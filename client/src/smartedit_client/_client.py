@@ -129,6 +129,7 @@ class InpaintClient:
         strength: float | None = None,
         seed: int | None = None,
         scheduler: str | None = None,
+        crop_padding: int | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> InpaintResult:
@@ -147,6 +148,8 @@ class InpaintClient:
             strength: in (0, 1]; below 1 starts from the noised image instead of pure noise.
             seed: makes the result reproducible.
             scheduler: the sampler, e.g. ``"ddim"`` or ``"euler"``.
+            crop_padding: pixels of context kept around the mask's box when a photo larger than the
+                model's working resolution is edited as a crop (server default 32).
             timeout_s: this call's timeout, overriding the client's.
             request_id: the id the server's logs carry for this edit; a random one when None.
 
@@ -163,7 +166,7 @@ class InpaintClient:
         """
         inputs = _edit_inputs(image=image, mask_image=mask_image, prompt=prompt, negative_prompt=negative_prompt,
                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              strength=strength, seed=seed, scheduler=scheduler)
+                              strength=strength, seed=seed, scheduler=scheduler, crop_padding=crop_padding)
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
         request_id = request_id or uuid.uuid4().hex
         timeout_s = timeout_s or self.timeout_s
@@ -195,6 +198,7 @@ class InpaintClient:
         strength: float | None = None,
         seed: int | None = None,
         scheduler: str | None = None,
+        crop_padding: int | None = None,
         preview_every: int | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
@@ -221,13 +225,14 @@ class InpaintClient:
         extra = {} if preview_every is None else {wire.PREVIEW_EVERY: preview_every}
         inputs = _edit_inputs(image=image, mask_image=mask_image, prompt=prompt, negative_prompt=negative_prompt,
                               num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              strength=strength, seed=seed, scheduler=scheduler, extra=extra)
+                              strength=strength, seed=seed, scheduler=scheduler, crop_padding=crop_padding,
+                              extra=extra)
         return InpaintStream(self.url, tls=self._tls, model_name=self.stream_model_name, inputs=inputs,
                              request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s)
 
 
 def _edit_inputs(*, image, mask_image, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, seed,
-                 scheduler, extra=None) -> list[grpcclient.InferInput]:
+                 scheduler, crop_padding, extra=None) -> list[grpcclient.InferInput]:
     """The request's tensors, checked and encoded; absent optional arguments are left out."""
     values = {
         wire.IMAGE: _encoded("image", image),
@@ -239,6 +244,7 @@ def _edit_inputs(*, image, mask_image, prompt, negative_prompt, num_inference_st
         wire.STRENGTH: strength,
         wire.SEED: seed,
         wire.SCHEDULER: scheduler,
+        wire.CROP_PADDING: crop_padding,
         **(extra or {}),
     }
     missing = [spec.name for spec, value in values.items() if spec.required and value is None]

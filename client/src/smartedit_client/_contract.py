@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODEL_NAME = "inpaint"
+DEFAULT_CROP_PADDING = 32
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,16 @@ GUIDANCE_SCALE = WireTensor("guidance_scale", "FP32", False, "default 7.5")
 STRENGTH = WireTensor("strength", "FP32", False, "default 1.0")
 SEED = WireTensor("seed", "INT64", False, "random when absent")
 SCHEDULER = WireTensor("scheduler", "BYTES", False, "ddim (default), euler, ...")
+CROP_PADDING = WireTensor("crop_padding", "INT32", False,
+                          "pixels of context around the mask's box when a large photo is edited as a crop; "
+                          f"default {DEFAULT_CROP_PADDING}")
 
 EDITED_IMAGE = WireTensor("edited_image", "BYTES", True, "PNG, same size as image")
 SEED_USED = WireTensor("seed_used", "INT64", True, "the seed actually used")
 
 INPUTS: tuple[WireTensor, ...] = (
     IMAGE, MASK_IMAGE, PROMPT, NEGATIVE_PROMPT, NUM_INFERENCE_STEPS, GUIDANCE_SCALE, STRENGTH, SEED, SCHEDULER,
+    CROP_PADDING,
 )
 OUTPUTS: tuple[WireTensor, ...] = (EDITED_IMAGE, SEED_USED)
 
@@ -58,7 +63,7 @@ PREVIEW_EVERY = WireTensor("preview_every", "INT32", False,
 STEP = WireTensor("step", "INT32", False, "denoising steps done so far")
 TOTAL_STEPS = WireTensor("total_steps", "INT32", False, "denoising steps the edit runs")
 PREVIEW_IMAGE = WireTensor("preview_image", "BYTES", False,
-                           "small PNG of the edit in progress, at latent resolution (1/8 of the image side on SD)")
+                           "small PNG of the edited region in progress, at latent resolution (1/8 of its processing size on SD)")
 
 ERROR_CODE = WireTensor("error_code", "BYTES", False,
                         "on failure: the gRPC status name (INVALID_ARGUMENT, UNAVAILABLE, CANCELLED, INTERNAL)")

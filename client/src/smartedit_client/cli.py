@@ -27,6 +27,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=None)
     p.add_argument("--seed", type=int, default=None, help="for a reproducible result")
     p.add_argument("--scheduler", default=None, help="sampler: ddim (default), euler, ...")
+    p.add_argument("--crop-padding", type=int, default=None,
+                   help="pixels of context around the mask when a large photo is edited as a crop (server default 32)")
     p.add_argument("--timeout", dest="timeout_s", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
     p.add_argument("--request-id", default=None, help="id the server's logs carry for this edit (default: random)")
     p.add_argument("--out", required=True,
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             cli.error(f"--previews {args.previews!r}: cannot create it: {error.strerror}")
     edit = dict(image=args.image, mask_image=args.mask, prompt=args.prompt, negative_prompt=args.negative_prompt,
                 num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                strength=args.strength, seed=args.seed, scheduler=args.scheduler, request_id=args.request_id)
+                strength=args.strength, seed=args.seed, scheduler=args.scheduler, crop_padding=args.crop_padding,
+                request_id=args.request_id)
     try:
         client = InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl, root_certificates=args.ca_bundle)
     except ValueError as error:

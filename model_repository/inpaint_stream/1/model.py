@@ -151,7 +151,8 @@ class TritonPythonModel:
         latents = self._denoise(request, sender, request_id, tensors)
         (decoded,) = call_model(VAE_DECODER.name, {VAE_DECODER.inputs[0].name: latents}, VAE_DECODER.output_names,
                                 request_id=request_id)
-        png = finish_edit(decoded, tensors[steps.ORIGINAL_IMAGE], tensors[steps.REPAINT_MASK])
+        png = finish_edit(decoded, optional_scalar(request, wire.IMAGE.name),
+                          optional_scalar(request, wire.MASK_IMAGE.name), tensors[steps.EDIT_BOX])
         return pb_utils.InferenceResponse(output_tensors=[
             _tensor(wire.EDITED_IMAGE, np.array([png], dtype=np.object_)),
             _tensor(wire.SEED_USED, tensors[steps.SEED_USED]),
