@@ -26,7 +26,7 @@ from smartedit import steps
 from smartedit.ensembles.inpaint import inpaint_ensemble_config
 from smartedit.preview import PREVIEW_FILENAME, LatentPreview, fit_latent_preview
 from smartedit.settings import BATCHED, ENGINES, PER_REQUEST, EngineSettings, PreprocessSettings
-from smartedit.spec import COMPONENTS, PipelineInfo
+from smartedit.spec import COMPONENTS, UNET, PipelineInfo
 from smartedit.triton_config import (
     ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, SIMULATED, TENSORRT, BatchingSettings, component_config, parse_pbtxt,
     step_config, to_pbtxt,
@@ -130,9 +130,13 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
             profile = tensorrt.EngineProfile(batch=tensorrt.Range(1, opt_batch, batching.max_batch_size),
                                              height=sides, width=sides)
             tensorrt.build_engine(onnx_path, out / spec.name / VERSION / tensorrt.PLAN_FILENAME, spec, info, profile)
+        parameters = {}
         if options.profile == ONNX_CPU:
             shutil.copy(ONNX_CPU_HOST, out / spec.name / VERSION / "model.py")
-        config = component_config(spec, info, options.profile, batching,
+            # The UNet runs every step: giving its arena back after each call costs a quarter of an edit's
+            # time (256x256, 20 steps: 0.96 against 0.76 s); the encoders and decoder run once per edit.
+            parameters["shrink_arena"] = "false" if spec.name == UNET.name else "true"
+        config = component_config(spec, info, options.profile, batching, parameters=parameters,
                                   tensorrt_accelerator=options.tensorrt_accelerator)
         _write(out / spec.name / "config.pbtxt", to_pbtxt(config))
 

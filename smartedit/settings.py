@@ -226,6 +226,9 @@ class OnnxHostSettings:
 
     intra_op_num_threads: int = 0  # 0: ONNX Runtime picks (one per core)
     model_filename: str = "model.onnx"
+    # Give the memory arena's unused blocks back after each call: an edit of a new size otherwise grows
+    # the arena for good (the arena keeps blocks for every size it has served).
+    shrink_arena: bool = True
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> "OnnxHostSettings":
@@ -235,4 +238,5 @@ class OnnxHostSettings:
             intra_op_num_threads=parse_int(
                 "intra_op_num_threads", params.get("intra_op_num_threads", str(d.intra_op_num_threads)), 0, 256),
             model_filename=params.get("model_filename", d.model_filename).strip(),
+            shrink_arena=parse_bool("shrink_arena", params.get("shrink_arena", str(d.shrink_arena))),
         )

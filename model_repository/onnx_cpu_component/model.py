@@ -25,6 +25,9 @@ class TritonPythonModel:
         if settings.intra_op_num_threads:
             options.intra_op_num_threads = settings.intra_op_num_threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.run_options = ort.RunOptions()
+        if settings.shrink_arena:
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         # Inputs declared with `reshape { shape: [] }` are one scalar per batch row: [batch].
         self.input_shapes = {
             tensor["name"]: tuple(tensor["reshape"]["shape"]) if "reshape" in tensor else None
@@ -49,7 +52,7 @@ class TritonPythonModel:
             batch = np.concatenate([inputs[name] for _, inputs in members], axis=0)
             feeds[name] = batch.reshape((batch.shape[0],) + reshape) if reshape is not None else batch
         try:
-            outputs = self.session.run(self.output_names, feeds)
+            outputs = self.session.run(self.output_names, feeds, self.run_options)
         except Exception as error:
             for index, _ in members:
                 responses[index] = pb_utils.InferenceResponse(
