@@ -16,17 +16,27 @@ at every step.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
 
 _SHARED_MEMORY = Path("/dev/shm")
+_PREFIX = "smartedit-cancelled-"
 
 
 def _board_root() -> Path:
     if _SHARED_MEMORY.is_dir() and os.access(_SHARED_MEMORY, os.W_OK):
         return _SHARED_MEMORY
     return Path(tempfile.gettempdir())
+
+
+def _remove_boards_of_dead_servers() -> None:
+    """A server that was killed (SIGKILL, the OOM killer) left its board behind: remove those."""
+    for board in _board_root().glob(f"{_PREFIX}*"):
+        pid = board.name[len(_PREFIX):]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(board, ignore_errors=True)
 
 
 class CancelBoard:
@@ -39,7 +49,8 @@ class CancelBoard:
     @classmethod
     def of_this_server(cls) -> "CancelBoard":
         """The board of the tritonserver that started this Python-backend process."""
-        return cls(_board_root() / f"smartedit-cancelled-{os.getppid()}")
+        _remove_boards_of_dead_servers()
+        return cls(_board_root() / f"{_PREFIX}{os.getppid()}")
 
     @staticmethod
     def new_token() -> str:
