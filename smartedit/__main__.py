@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -186,8 +187,6 @@ def cmd_serve(args) -> int:
 def _warm_up(server: TritonServer, tls: TlsFiles | None) -> None:
     """One small edit before saying "serving": the first edit pays for first-call set-up in every
     model (ONNX Runtime's allocations, torch's first ops), so a client's first edit need not."""
-    import time
-
     from PIL import Image
 
     from smartedit_client import InpaintClient, SmartEditError
@@ -207,19 +206,34 @@ def _warm_up(server: TritonServer, tls: TlsFiles | None) -> None:
     log.info("warmed up with one edit in %.2f s", time.perf_counter() - started)
 
 
+# A tritonserver that keeps dying is not restarted for ever: past this many restarts within the window
+# `smartedit serve` exits non-zero, so that what supervises it (Kubernetes, systemd) sees the failure.
+MAX_RESTARTS, RESTART_WINDOW_S = 5, 600.0
+
+
 def _watch(server: TritonServer, stop: threading.Event, ready_timeout: float, tls: TlsFiles | None) -> None:
     """Until ``stop``: restart tritonserver when one of its model processes dies, which Triton 2.51
-    neither repairs nor reports (smartedit.health). While it restarts, readiness is not 200."""
+    neither repairs nor reports (smartedit.health), or when tritonserver itself crashes (Triton 2.51
+    can crash when a gRPC call is cancelled as it completes: server issue #7368, fixed in 24.12).
+    While it restarts, readiness is not 200."""
     from smartedit.health import StubCensus
 
     census = StubCensus(server.process.pid)
+    restarts: list[float] = []
     while not stop.wait(1.0):
         if server.process.poll() is not None:
-            raise ServerFailed(f"tritonserver exited with code {server.process.returncode}")
-        dead = census.dead()
-        if not dead:
-            continue
-        log.error("model process died: %s; restarting tritonserver (Triton does not replace it)", ", ".join(dead))
+            reason = f"tritonserver exited with code {server.process.returncode}"
+        else:
+            dead = census.dead()
+            if not dead:
+                continue
+            reason = f"model process died: {', '.join(dead)}"
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
+        if len(restarts) > MAX_RESTARTS:
+            raise ServerFailed(f"{reason}; {MAX_RESTARTS} restarts in the last {RESTART_WINDOW_S:.0f} s already: "
+                               f"giving up")
+        log.error("%s; restarting tritonserver (Triton does not recover by itself)", reason)
         server.stop(timeout_s=15.0)  # edits in flight fail now rather than against a dead model
         server.start()
         server.wait_until_ready(ready_timeout, stop=stop)

@@ -124,7 +124,10 @@ def test_an_idle_model_process_killed_is_recovered_within_a_minute(watched_serve
     took_s, readiness_dropped = recover(watched_server, time.monotonic())
     assert took_s < 60, watched_server["log"].read_text()[-3000:]
     assert readiness_dropped  # not 200 while it recovered
-    assert f"model process died: {model} (" in watched_server["log"].read_text()
+    # Noticed as the stub's death, or as tritonserver's own: a stub killed while it holds one of the
+    # Python backend's shared-memory locks makes tritonserver abort (boost::interprocess::lock_exception).
+    log = watched_server["log"].read_text()
+    assert f"model process died: {model} (" in log or "tritonserver exited with code -6" in log, log[-3000:]
     print(f"{model}: edits succeed again {took_s:.1f} s after the kill")
 
 
@@ -145,3 +148,17 @@ def test_the_unet_killed_under_an_edit_fails_that_edit_clearly_then_recovers(wat
     print(f"the edit in flight failed with {type(failed.value).__name__}: {message}")
     took_s, readiness_dropped = recover(watched_server, killed_at)
     assert took_s < 60 and readiness_dropped
+
+
+@pytest.mark.restart
+def test_a_crashed_tritonserver_is_restarted(watched_server):
+    # What Triton 2.51 does, now and then, when a gRPC call is cancelled as it completes (server #7368).
+    crashed = tritonserver_of(watched_server["process"].pid)
+    os.kill(crashed, signal.SIGSEGV)
+    killed_at = time.monotonic()
+    while os.path.exists(f"/proc/{crashed}") and time.monotonic() - killed_at < 30:
+        time.sleep(0.05)  # until it is gone: its crash handler prints a stack trace first
+    took_s, readiness_dropped = recover(watched_server, killed_at)
+    assert took_s < 60 and readiness_dropped, watched_server["log"].read_text()[-3000:]
+    assert "tritonserver exited with code -11; restarting tritonserver" in watched_server["log"].read_text()
+    assert watched_server["process"].poll() is None  # smartedit serve itself carries on
