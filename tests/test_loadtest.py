@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import serving
 from smartedit.server import free_port
 
 RUNNER = Path(__file__).resolve().parent.parent / "loadtests" / "run.py"
@@ -22,10 +23,19 @@ def run_loadtest(host: str, out: Path, *extra: str) -> subprocess.CompletedProce
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
-def test_smoke_run_has_no_failures_prints_the_table_and_writes_reports(server, tmp_path):
-    completed = run_loadtest(server.address.grpc, tmp_path, "--run-time", "8", "--users", "2",
+@pytest.fixture(scope="module")
+def own_server(model_repository, tmp_path_factory):
+    """A server of its own: a load test ends with calls in flight, and should the server not survive
+    that, the test says so rather than every later test against the shared server failing."""
+    with serving(model_repository, tmp_path_factory.mktemp("loadtest") / "tritonserver.log") as running:
+        yield running
+
+
+def test_smoke_run_has_no_failures_prints_the_table_and_writes_reports(own_server, tmp_path):
+    completed = run_loadtest(own_server.address.grpc, tmp_path, "--run-time", "8", "--users", "2",
                              "--step-users", "1", "--step-seconds", "3")
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert own_server.process.poll() is None, Path(own_server.log_file).read_text()[-4000:]
     header = next(line for line in completed.stdout.splitlines() if line.startswith("name"))
     assert header.split() == ["name", "requests", "failures", "p50", "ms", "p95", "ms", "p99", "ms", "req/s"]
     assert " 0 failed" in completed.stdout
