@@ -45,8 +45,9 @@ class Workload:
 
 WORKLOADS = {
     "tiny": Workload(sizes=((64, 64), (96, 64), (64, 96)), steps=(4, 8)),
-    # The 12 MP phone photo is edited as a crop around its mask at 512 px (the server's working resolution):
-    # its cost on the GPU is a 512 px edit's; decoding it and writing its PNG are the server's CPU work.
+    # The 12 MP phone photo is edited at the server's working resolution (512 px): as a crop around the
+    # mask for edits and removals, downscaled whole for background replacement (a mask over most of it).
+    # Its GPU cost is a 512 px edit's; decoding it and writing its PNG are the server's CPU work.
     "sd15": Workload(sizes=((512, 512), (768, 512), (512, 768), (4032, 3024)), steps=(20, 30, 50)),
 }
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from smartedit import steps
 from smartedit.errors import RequestError
-from smartedit.photos import decode_photo
+from smartedit.photos import Photo, decode_photo
 from smartedit.regions import EditRegion, plan_edit_region
 from smartedit.samplers import SAMPLERS
 from smartedit.settings import PreprocessSettings
@@ -45,12 +45,23 @@ class EditParameters:
 
 @dataclass(frozen=True)
 class PreparedImages:
-    original_image: np.ndarray  # [H, W, 3] uint8 RGB, or [H, W, 4] RGBA when sent with transparency; upright
-    region: EditRegion  # the box of the original the models edit, and the size they edit it at
-    repaint_mask: np.ndarray  # [box height, box width] bool: the mask as sent, inside the box
+    photo: Photo  # image and mask as sent, upright
+    region: EditRegion  # the box of the photo the models edit, and the size they edit it at
     init_image: np.ndarray  # [1, 3, h, w] float32 in [-1, 1]: the box at the region's size
     masked_image: np.ndarray  # [1, 3, h, w] float32, 0 where repainted
     latent_mask: np.ndarray  # [1, 1, h/f, w/f] float32, 1 = repaint
+
+    # Made on demand (postprocess makes them again from the request's bytes): a 24 MP photo's pixels
+    # are 72 MB that preprocess need not hold.
+    @property
+    def original_image(self) -> np.ndarray:
+        """[H, W, 3] uint8 RGB, or [H, W, 4] RGBA when sent with transparency."""
+        return self.photo.original()
+
+    @property
+    def repaint_mask(self) -> np.ndarray:
+        """[box height, box width] bool: the mask as sent, inside the region's box."""
+        return self.photo.repaint_mask()[self.region.top:self.region.bottom, self.region.left:self.region.right]
 
 
 def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo, settings: PreprocessSettings,
@@ -79,9 +90,8 @@ def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo, se
         size=(region.height // info.vae_scale_factor, region.width // info.vae_scale_factor),
     ).numpy()
     return PreparedImages(
-        original_image=photo.original(),
+        photo=photo,
         region=region,
-        repaint_mask=np.ascontiguousarray(repaint_mask[region.top:region.bottom, region.left:region.right]),
         init_image=np.ascontiguousarray(init_image, dtype=np.float32),
         masked_image=np.ascontiguousarray(masked_image, dtype=np.float32),
         latent_mask=np.ascontiguousarray(latent_mask, dtype=np.float32),
@@ -159,7 +169,8 @@ def check_cost(params: EditParameters, region: EditRegion, info: PipelineInfo, s
         raise RequestError("num_inference_steps", f"{params.num_inference_steps} x strength {params.strength:g} = "
                                                   f"{denoising_steps} denoising steps at {region.width}x{region.height} "
                                                   f"exceed the budget of this server: at most "
-                                                  f"{budget // latent_area} steps at that size")
+                                                  f"{budget // latent_area} denoising steps (num_inference_steps "
+                                                  f"x strength) at that size")
 
 
 def tokenize(tokenizer, negative_prompt: str, prompt: str) -> np.ndarray:
@@ -210,7 +221,7 @@ def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, s
     images = prepare_images(required(wire.IMAGE.name), required(wire.MASK_IMAGE.name), info, settings,
                             params.crop_padding)
     check_cost(params, images.region, info, settings)
-    height, width = images.original_image.shape[:2]
+    width, height = images.photo.rgb.size
     tensors = {
         steps.INPUT_IDS: tokenize(tokenizer, params.negative_prompt, params.prompt),
         steps.MASKED_IMAGE: images.masked_image,

@@ -11,11 +11,15 @@ the masked pixels into the original. The rules:
 - Otherwise the box is the mask's bounding box grown by ``padding`` pixels on each side, then grown
   (about its centre, inside the photo) to the aspect of its processing size and to at least half of
   that size, so the model sees some context and never enlarges the box more than 2x. The processing
-  size has the working area, the box's aspect (at most 2:1 either way: a thinner box is grown across),
+  size has the working area, the box's aspect (about 2:1 at most: a thinner box is grown across),
   and sides in steps of ``working_resolution / 8``:
   boxes of similar shape share a size, so the engine can batch their UNet rows together.
 - A box covering half the photo or more becomes the whole photo, scaled to the working area
-  (aspect kept, sides multiples of the VAE factor).
+  (aspect kept, sides multiples of the VAE factor). So does a box that the photo's edge keeps from
+  growing, enlarged no more than 2x. A photo thinner than 2:1 thus keeps its own aspect: a panorama
+  can fall outside a TensorRT engine's profile (sides 256..1024 on SD).
+
+Sizes are rounded down, so an edit never exceeds the working area: the cost budget's unit.
 """
 
 from __future__ import annotations
@@ -69,9 +73,10 @@ def mask_bounds(repaint_mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def fit_working_area(aspect: float, resolution: int, quantum: int) -> tuple[int, int]:
-    """Sides in multiples of ``quantum`` with ``aspect`` (width / height) and an area near ``resolution``²."""
-    return (max(quantum, round(resolution * math.sqrt(aspect) / quantum) * quantum),
-            max(quantum, round(resolution / math.sqrt(aspect) / quantum) * quantum))
+    """Sides in multiples of ``quantum`` with ``aspect`` (width / height) and the largest area up to
+    ``resolution``² (rounded down, so that the cost budget's working area is never exceeded)."""
+    return (max(quantum, math.floor(resolution * math.sqrt(aspect) / quantum) * quantum),
+            max(quantum, math.floor(resolution / math.sqrt(aspect) / quantum) * quantum))
 
 
 def _grow(start: int, end: int, length: float, limit: int) -> tuple[int, int]:
@@ -86,6 +91,9 @@ def plan_edit_region(repaint_mask: np.ndarray, info: PipelineInfo, padding: int)
     """The box of the photo to edit and the size to edit it at, for a ``[H, W]`` bool mask."""
     height, width = repaint_mask.shape
     factor, resolution = info.vae_scale_factor, info.working_resolution
+    if min(width, height) < factor:
+        raise RequestError("image", f"is {width}x{height}; each side must be at least {factor} pixels, the "
+                                    f"model's VAE factor")
     left, top, right, bottom = mask_bounds(repaint_mask)
     if width * height <= resolution * resolution:
         return EditRegion(0, 0, width, height, width - width % factor, height - height % factor)
@@ -107,6 +115,9 @@ def plan_edit_region(repaint_mask: np.ndarray, info: PipelineInfo, padding: int)
     if box_w * box_h >= WHOLE_PHOTO_FRACTION * width * height:
         return whole
     if abs(box_w / box_h - size_w / size_h) > 0.01 * size_w / size_h:
-        # The photo's edge stopped the growth: keep the box's own aspect, at the VAE factor's steps.
-        size_w, size_h = fit_working_area(box_w / box_h, resolution, factor)
+        # The photo's edge stopped the growth: keep the box's own aspect, at the VAE factor's steps, and
+        # enlarge it no more than MAX_UPSCALE.
+        scale = min(MAX_UPSCALE, resolution / math.sqrt(box_w * box_h))
+        size_w = max(factor, math.floor(box_w * scale / factor) * factor)
+        size_h = max(factor, math.floor(box_h * scale / factor) * factor)
     return EditRegion(left, top, right, bottom, size_w, size_h)

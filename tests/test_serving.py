@@ -94,7 +94,7 @@ def test_a_photo_larger_than_the_working_area_is_edited_there_and_pasted_back(cl
 def test_an_edit_over_the_cost_budget_is_refused_naming_the_steps(client):
     image, mask = scene(256, 256)  # the tiny model's working area: its budget allows 500 steps here
     with pytest.raises(InvalidRequestError, match=r"num_inference_steps: 501 x strength 1 = 501 denoising steps "
-                                                  r"at 256x256 exceed the budget of this server: at most 500 steps"):
+                                                  r"at 256x256 exceed the budget of this server: at most 500 denoising steps"):
         client.inpaint(image=image, mask_image=mask, prompt="x", num_inference_steps=501)
 
 
