@@ -283,6 +283,10 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        try:  # a tritonserver that crashed leaves its model processes behind, in its process group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         if self._log_handle:
             self._log_handle.close()
             self._log_handle = None
