@@ -175,3 +175,12 @@ def test_serve_command_reports_and_stops_cleanly_on_sigterm(model_repository, tm
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize("field,value", [("crop_padding", 2**40), ("num_inference_steps", 2**32 + 5), ("seed", 2**64)])
+def test_an_integer_out_of_its_wire_range_is_refused_naming_the_field_not_wrapped(field, value):
+    from smartedit_client import InpaintClient, InvalidRequestError
+
+    with InpaintClient(f"127.0.0.1:{free_port()}") as client:  # refused before anything is sent
+        with pytest.raises(InvalidRequestError, match=rf"^{field}: cannot be sent as INT(32|64): {value} \(out of"):
+            client.inpaint(image=b"x", mask_image=b"y", prompt="p", **{field: value})

@@ -61,6 +61,11 @@ def _tensor(spec: wire.WireTensor, value) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(spec.name, list(wire.TENSOR_SHAPE), spec.datatype)
     if spec.datatype == "BYTES" and isinstance(value, str):
         value = value.encode("utf-8")
+    dtype = np.dtype(_NUMPY[spec.datatype])
+    if dtype.kind == "i":  # numpy would wrap an out-of-range int silently: 2**32 + 5 steps would be 5
+        limits = np.iinfo(dtype)
+        if not limits.min <= int(value) <= limits.max:
+            raise OverflowError(f"out of the {spec.datatype} range [{limits.min}, {limits.max}]")
     tensor.set_data_from_numpy(np.array([value], dtype=_NUMPY[spec.datatype]))
     return tensor
 
@@ -250,7 +255,12 @@ def _edit_inputs(*, image, mask_image, prompt, negative_prompt, num_inference_st
     missing = [spec.name for spec, value in values.items() if spec.required and value is None]
     if missing:
         raise InvalidRequestError(f"{missing[0]}: is required")
-    try:
-        return [_tensor(spec, value) for spec, value in values.items() if value is not None]
-    except (OverflowError, ValueError, TypeError) as error:
-        raise InvalidRequestError(f"could not encode the request: {error}") from None
+    tensors = []
+    for spec, value in values.items():
+        if value is None:
+            continue
+        try:
+            tensors.append(_tensor(spec, value))
+        except (OverflowError, ValueError, TypeError) as error:
+            raise InvalidRequestError(f"{spec.name}: cannot be sent as {spec.datatype}: {value!r:.80} ({error})") from None
+    return tensors
