@@ -103,6 +103,17 @@ def submit(engine, prepare, **kwargs):
     return sink
 
 
+def run_all(engine, prepares, timeout_s: float = 60) -> list:
+    """Submit every edit at once, wait for all to end, close the engine; the edits' sinks."""
+    try:
+        sinks = [submit(engine, prepare) for prepare in prepares]
+        for sink in sinks:
+            assert sink.ended.wait(timeout_s)
+    finally:
+        engine.close()
+    return sinks
+
+
 MIXED = [
     dict(size=(40, 24), sampler="ddim", steps=4),
     dict(size=(40, 24), sampler="euler", steps=6, guidance=1.0),  # one row: no guidance
@@ -118,12 +129,7 @@ def test_edits_batched_together_equal_the_same_edits_alone(make_edit, onnx_unet)
     alone = [run_alone(prepare, onnx_unet) for prepare in prepares]
     engine = DenoiseEngine(onnx_unet, EngineLimits(max_active_edits=8, max_queued_edits=0, max_unet_rows=6))
     onnx_unet.calls.clear()
-    try:
-        sinks = [submit(engine, prepare) for prepare in prepares]
-        for sink in sinks:
-            assert sink.ended.wait(60)
-    finally:
-        engine.close()
+    sinks = run_all(engine, prepares)
     for params, sink, reference in zip(MIXED, sinks, alone):
         assert sink.outcome == "finished", (params, sink.events)
         assert torch.equal(sink.state.latents, reference), params  # bit for bit, whatever shared the calls
@@ -156,12 +162,7 @@ def test_two_lanes_split_the_edits_into_calls_in_flight_together_and_change_no_r
     limits = EngineLimits(max_active_edits=8, max_queued_edits=0, max_unet_rows=64, unet_lanes=2, lane_min_rows=1)
     engine = DenoiseEngine(counter, limits)
     onnx_unet.calls.clear()
-    try:
-        sinks = [submit(engine, prepare) for prepare in prepares]
-        for sink in sinks:
-            assert sink.ended.wait(60)
-    finally:
-        engine.close()
+    sinks = run_all(engine, prepares)
     for params, sink, reference in zip(MIXED, sinks, alone):
         assert sink.outcome == "finished", (params, sink.events)
         assert torch.equal(sink.state.latents, reference), params
@@ -177,13 +178,8 @@ def test_a_second_lane_opens_only_once_each_lane_has_lane_min_rows(make_edit, on
     counter = InFlightCounter(onnx_unet)
     limits = EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=16, unet_lanes=2,
                           lane_min_rows=lane_min_rows)
-    engine = DenoiseEngine(counter, limits)
-    try:
-        sinks = [submit(engine, prepare) for prepare in prepares]
-        for sink in sinks:
-            assert sink.ended.wait(30) and sink.outcome == "finished"
-    finally:
-        engine.close()
+    sinks = run_all(DenoiseEngine(counter, limits), prepares, timeout_s=30)
+    assert all(sink.outcome == "finished" for sink in sinks)
     assert counter.most == most_in_flight
 
 
