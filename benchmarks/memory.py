@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,26 +26,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from smartedit.health import stubs_of
 from smartedit.server import ServerAddress, TritonServer, free_port
 from smartedit_client import InpaintClient, SmartEditError
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-            children.append(int(entry))
-    return children
 
 
 def tree_memory_mb(pid: int) -> tuple[float, float]:
     """(RSS, PSS) of ``pid`` and its children (tritonserver and its Python-backend stubs), in MB."""
     rss_kb = pss_kb = 0
-    for process in [pid, *_children(pid)]:
+    for process in [pid, *stubs_of(pid)]:
         try:
             for line in Path(f"/proc/{process}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Rss:"):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -153,8 +154,7 @@ def cmd_serve(args) -> int:
         # Triton 2.51 has no HTTPS: its HTTP endpoint (health, and inference too) stays on this machine.
         log.info("gRPC over TLS on %s; Triton's HTTP endpoint has no TLS, so it listens on %s only",
                  address.host, LOOPBACK)
-        address = ServerAddress(host=address.host, grpc_port=address.grpc_port, http_port=address.http_port,
-                                metrics_port=address.metrics_port, http_host=LOOPBACK)
+        address = dataclasses.replace(address, http_host=LOOPBACK)
     server = TritonServer(repository, address, log_file=args.log_file, log_verbose=args.log_verbose, tls=tls,
                           admin_key=_admin_key(args, default_work_dir(repository)))
     stop = threading.Event()

@@ -462,24 +462,27 @@ class DenoiseEngine:
         step = _LaneStep(lane)
         for size, group in list(self._lanes[lane].items()):
             for index, chunk in enumerate(plan_unet_calls(group, self.limits.max_unet_rows)):
-                key = (lane, size, index)
-                step.keys.append(key)
-                inputs = []
-                for edit in chunk:
-                    try:
-                        inputs.append((edit, edit.state.model_input()))
-                    except Exception as error:
-                        self._leave(edit, FAILED, f"step {edit.state.step_index} failed: {error}", exc_info=True)
-                if not inputs:
-                    continue
-                sample, timestep, hidden = self._batches.inputs(key, inputs)
-                self._metrics.unet_call(sample.shape[0])
-                # The arrays stay untouched until this lane's answers are in: the lane's next step
-                # builds its batches only after ``_receive``.
-                call = self._unet_pool.submit(self._unet, sample, timestep, hidden)
-                step.calls.append(([edit for edit, _ in inputs], call))
+                step.keys.append((lane, size, index))
+                self._send_chunk(step, step.keys[-1], chunk)
         self._batches.keep_only(lane, step.keys)
         return step
+
+    def _send_chunk(self, step: "_LaneStep", key, chunk: list[_Edit]) -> None:
+        """One UNet call for ``chunk``'s rows; an edit whose input cannot be made fails alone."""
+        inputs = []
+        for edit in chunk:
+            try:
+                inputs.append((edit, edit.state.model_input()))
+            except Exception as error:
+                self._leave(edit, FAILED, f"step {edit.state.step_index} failed: {error}", exc_info=True)
+        if not inputs:
+            return
+        sample, timestep, hidden = self._batches.inputs(key, inputs)
+        self._metrics.unet_call(sample.shape[0])
+        # The arrays stay untouched until this lane's answers are in: the lane's next step builds its
+        # batches only after ``_receive``.
+        call = self._unet_pool.submit(self._unet, sample, timestep, hidden)
+        step.calls.append(([edit for edit, _ in inputs], call))
 
     def _receive(self, step: "_LaneStep") -> None:
         """Wait for a lane's UNet calls and advance each of their edits by one step."""

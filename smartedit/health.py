@@ -126,13 +126,15 @@ def find_server() -> int | None:
     return found[0] if len(found) == 1 else None
 
 
-def _answers_200(http_port: int, path: str) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=3.0)
+def http_status(host: str, port: int, path: str, timeout_s: float = 3.0) -> int | None:
+    """The status of ``GET path`` on a fresh connection (a gRPC channel that failed to connect backs
+    off for seconds); None when nothing answers."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
     try:
         connection.request("GET", path)
-        return connection.getresponse().status == 200
+        return connection.getresponse().status
     except OSError:
-        return False
+        return None
     finally:
         connection.close()
 
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print("smartedit.health: no tritonserver process found", file=sys.stderr)
         return 1
     for wanted, path in ((args.ready, "/v2/health/ready"), (args.live, "/v2/health/live")):
-        if wanted and not _answers_200(args.http_port, path):
+        if wanted and http_status("127.0.0.1", args.http_port, path) != 200:
             print(f"smartedit.health: {path} does not answer 200", file=sys.stderr)
             return 1
     problem = check(server_pid, args.state)

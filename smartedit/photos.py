@@ -81,9 +81,10 @@ class Photo:
         rgb = np.asarray(self.rgb, dtype=np.uint8)
         return rgb if self.alpha is None else np.dstack([rgb, self.alpha])
 
-    def repaint_mask(self) -> np.ndarray:
-        """[H, W] bool: white (>= 128) is repainted."""
-        return np.asarray(self.mask, dtype=np.uint8) >= 128
+    def repaint_mask(self, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """[H, W] bool: white (>= 128) is repainted; only inside ``box`` (left, top, right, bottom) if given."""
+        mask = self.mask if box is None else self.mask.crop(tuple(int(v) for v in box))
+        return np.asarray(mask, dtype=np.uint8) >= 128
 
 
 def decode_photo(image_bytes: bytes, mask_bytes: bytes, settings: PreprocessSettings | None) -> Photo:

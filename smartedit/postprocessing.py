@@ -51,6 +51,4 @@ def finish_edit(decoded: np.ndarray, image_bytes: bytes, mask_bytes: bytes, box:
     """The response's PNG from the VAE decoder's output and the request's image and mask (decoded here
     again, as preprocess did): what the ``postprocess`` step does."""
     photo = decode_photo(image_bytes, mask_bytes, settings=None)
-    left, top, right, bottom = (int(v) for v in box)
-    repaint_mask = photo.repaint_mask()[top:bottom, left:right]
-    return encode_png(compose(to_pixels(decoded), photo.original(), repaint_mask, box))
+    return encode_png(compose(to_pixels(decoded), photo.original(), photo.repaint_mask(box), box))

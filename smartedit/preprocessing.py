@@ -61,7 +61,7 @@ class PreparedImages:
     @property
     def repaint_mask(self) -> np.ndarray:
         """[box height, box width] bool: the mask as sent, inside the region's box."""
-        return self.photo.repaint_mask()[self.region.top:self.region.bottom, self.region.left:self.region.right]
+        return self.photo.repaint_mask(self.region.box)
 
 
 def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo, settings: PreprocessSettings,

@@ -11,7 +11,6 @@ By default it listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from smartedit.health import http_status
 from smartedit.ports import busy_port_message, port_in_use
 
 log = logging.getLogger(__name__)
@@ -249,21 +249,12 @@ class TritonServer:
                 self.stop(timeout_s=10.0)
                 raise StartInterrupted("stopped while the models were loading")
             progress.poll()
-            if self._http_get_status("/v2/health/ready") == 200:
+            # Not listening yet until Triton has loaded the models.
+            if http_status(self.address.local_http_host, self.address.http_port, "/v2/health/ready", 2.0) == 200:
                 return
             (stop or threading.Event()).wait(0.2)
         self.stop()
         raise ServerFailed(f"tritonserver was not ready after {timeout_s:.0f} s{self._log_hint()}")
-
-    def _http_get_status(self, path: str) -> int | None:
-        connection = http.client.HTTPConnection(self.address.local_http_host, self.address.http_port, timeout=2.0)
-        try:
-            connection.request("GET", path)
-            return connection.getresponse().status
-        except OSError:
-            return None  # not listening yet: Triton opens its endpoints after loading the models
-        finally:
-            connection.close()
 
     def _log_hint(self) -> str:
         if not self.log_file:

@@ -56,9 +56,13 @@ def _shared_server_survives(request):
     running = request.getfixturevalue("server")
     code = running.process.poll()
     if code is not None:
-        tail = Path(running.log_file).read_text(errors="replace")[-6000:] if running.log_file else ""
-        pytest.fail(f"the shared tritonserver exited with code {code} during this test; its log ends:\n{tail}",
-                    pytrace=False)
+        pytest.fail(f"the shared tritonserver exited with code {code} during this test; its log ends:\n"
+                    f"{log_tail(running)}", pytrace=False)
+
+
+def log_tail(running, chars: int = 6000) -> str:
+    """The end of a ``TritonServer``'s log, to say why it stopped."""
+    return Path(running.log_file).read_text(errors="replace")[-chars:] if running.log_file else ""
 
 
 def configure_copy(model_repository: Path, destination: Path, parameters: dict[str, dict[str, str]]) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import serving
+from conftest import log_tail, serving
 from smartedit.server import free_port
 
 RUNNER = Path(__file__).resolve().parent.parent / "loadtests" / "run.py"
@@ -35,7 +35,7 @@ def test_smoke_run_has_no_failures_prints_the_table_and_writes_reports(own_serve
     completed = run_loadtest(own_server.address.grpc, tmp_path, "--run-time", "8", "--users", "2",
                              "--step-users", "1", "--step-seconds", "3")
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert own_server.process.poll() is None, Path(own_server.log_file).read_text()[-4000:]
+    assert own_server.process.poll() is None, log_tail(own_server)
     header = next(line for line in completed.stdout.splitlines() if line.startswith("name"))
     assert header.split() == ["name", "requests", "failures", "p50", "ms", "p95", "ms", "p99", "ms", "req/s"]
     assert " 0 failed" in completed.stdout

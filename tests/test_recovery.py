@@ -10,7 +10,6 @@ tritonserver, so that readiness drops while it recovers and edits succeed again 
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import time
 import pytest
 
 from conftest import scene, serving, stop_serve
-from smartedit.health import StubCensus, stubs_of
+from smartedit.health import StubCensus, http_status, stubs_of
 from smartedit.server import free_port
 from smartedit_client import InpaintClient, ProgressEvent, SmartEditError
 
@@ -33,14 +32,7 @@ def stub_pid(server_pid: int, model: str) -> int:
 
 
 def ready_status(http_port: int) -> int | None:
-    connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=2)
-    try:
-        connection.request("GET", "/v2/health/ready")
-        return connection.getresponse().status
-    except OSError:
-        return None
-    finally:
-        connection.close()
+    return http_status("127.0.0.1", http_port, "/v2/health/ready", timeout_s=2.0)
 
 
 def health(*args: str) -> subprocess.CompletedProcess:
