@@ -211,6 +211,7 @@ class TritonServer:
         self.log_file = log_file
         self.log_verbose = log_verbose
         self.process: subprocess.Popen | None = None
+        self._shm_regions: set[str] = set()  # the Python backend's shared-memory files, once ready
         self._log_handle = None
 
     def start(self) -> "TritonServer":
@@ -251,6 +252,7 @@ class TritonServer:
             progress.poll()
             # Not listening yet until Triton has loaded the models.
             if http_status(self.address.local_http_host, self.address.http_port, "/v2/health/ready", 2.0) == 200:
+                self._shm_regions = shared_memory_regions(self.process.pid)
                 return
             (stop or threading.Event()).wait(0.2)
         self.stop()
@@ -278,6 +280,10 @@ class TritonServer:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        # ... and its stubs' shared memory, in RAM until removed (a clean exit has removed it already).
+        for region in self._shm_regions:
+            Path(region).unlink(missing_ok=True)
+        self._shm_regions = set()
         if self._log_handle:
             self._log_handle.close()
             self._log_handle = None
@@ -294,6 +300,20 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+SHM_REGION_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
+
+
+def shared_memory_regions(pid: int) -> set[str]:
+    """The Python backend's shared-memory files that process ``pid`` maps (tritonserver maps every
+    stub's region)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return set()
+    return {line[line.index(SHM_REGION_PREFIX):].removesuffix(" (deleted)")
+            for line in maps.splitlines() if SHM_REGION_PREFIX in line}
 
 
 class _LoadProgress:

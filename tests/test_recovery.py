@@ -20,7 +20,7 @@ import time
 import pytest
 
 from conftest import scene, serving, stop_serve
-from smartedit.health import StubCensus, http_status, stubs_of
+from smartedit.health import StubCensus, http_status, is_alive, stubs_of
 from smartedit.server import free_port
 from smartedit_client import InpaintClient, ProgressEvent, SmartEditError
 
@@ -53,6 +53,22 @@ def test_a_dead_stub_leaves_triton_ready_and_the_health_check_names_it(model_rep
         assert "model process died: unet (pid" in checked.stderr
         # Counted only after it died (a census taken late), it is still missed: the repository declares it.
         assert StubCensus(pid).dead() == ["unet (no process)"]
+
+
+def test_a_killed_tritonserver_leaves_neither_model_processes_nor_shared_memory_behind(model_repository, tmp_path):
+    from smartedit.server import shared_memory_regions
+
+    with serving(model_repository, tmp_path / "triton.log") as server:
+        pid = server.process.pid
+        regions, stubs = shared_memory_regions(pid), list(stubs_of(pid))
+        assert regions and stubs
+        os.kill(pid, signal.SIGKILL)  # as the OOM killer would: no clean-up of its own
+        server.process.wait()
+        assert all(os.path.exists(region) for region in regions)  # what it left
+    # Stopping it (here, leaving the block) removed what it left.
+    assert not any(os.path.exists(region) for region in regions)
+    time.sleep(0.5)
+    assert not any(os.path.exists(f"/proc/{stub}") and is_alive(stub) for stub in stubs)
 
 
 @pytest.fixture(scope="module")
