@@ -12,8 +12,10 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from PIL import Image
 
 from conftest import configure_copy, png_bytes, scene, serving
 from smartedit_client import InpaintClient, RequestTimeoutError, ServerOverloadedError
@@ -88,6 +90,32 @@ def test_an_abandoned_edit_stops_within_two_seconds_and_the_server_is_idle_again
     steps_before = metric_value(after, "smartedit_scheduler_denoise_steps_total")
     client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="next", seed=2, num_inference_steps=10)
     assert metric_value(scrape(server), "smartedit_scheduler_denoise_steps_total") == steps_before + 10
+
+
+def test_clients_whose_timeouts_cut_edits_short_do_not_take_the_server_down(server, client):
+    # Triton 2.51 crashes (SIGSEGV in TRITONBACKEND_ResponseSend) when a call is cancelled just as a
+    # response of its is sent (server #7368): the SDK lets the server answer at the deadline, before its
+    # own gRPC deadline cancels the call. Large photos, so that timeouts fall in every stage.
+    rng = np.random.default_rng(23)
+    photo = Image.fromarray(rng.integers(0, 256, (1200, 1800, 3), dtype=np.uint8))
+    mask = Image.new("L", photo.size)
+    mask.paste(255, (800, 500, 1000, 700))
+    image_bytes, mask_bytes = png_bytes(photo), png_bytes(mask)
+
+    def cut_short(n: int) -> str:
+        try:
+            client.inpaint(image=image_bytes, mask_image=mask_bytes, prompt="cut short", seed=n,
+                           num_inference_steps=50, timeout_s=0.2 + (n % 8) * 0.2)
+        except RequestTimeoutError:
+            return "timed out"
+        return "finished"
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(cut_short, range(24)))
+    assert "timed out" in outcomes
+    assert server.process.poll() is None
+    assert client.inpaint(image=image_bytes, mask_image=mask_bytes, prompt="after", seed=3,
+                          num_inference_steps=2).image.size == photo.size
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from smartedit_client import _contract as wire
-from smartedit_client._errors import InvalidRequestError, from_triton
+from smartedit_client._errors import InvalidRequestError, RequestCancelledError, RequestTimeoutError, from_triton
 from smartedit_client._result import InpaintResult
 from smartedit_client._stream import InpaintStream
 
@@ -177,12 +177,18 @@ class InpaintClient:
         timeout_s = timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
-            # The timeout goes twice: as the gRPC deadline (the client stops waiting) and as Triton's
-            # request timeout, which reaches the denoising loop, so the server stops the edit too.
+            # The timeout goes as Triton's request timeout, which reaches the denoising loop, so the
+            # server stops the edit and answers; and, DEADLINE_GRACE_S later, as the gRPC deadline.
             response = self._client.infer(self.model_name, inputs, outputs=outputs, request_id=request_id,
-                                          client_timeout=timeout_s, timeout=wire.request_timeout_us(timeout_s))
+                                          client_timeout=timeout_s + wire.DEADLINE_GRACE_S,
+                                          timeout=wire.request_timeout_us(timeout_s))
         except InferenceServerException as error:
-            raise from_triton(error) from None
+            failure = from_triton(error)
+            if isinstance(failure, RequestCancelledError) and time.perf_counter() - started >= timeout_s:
+                # The server stopped the edit at the deadline (its word: "the caller's deadline passed").
+                raise RequestTimeoutError(f"the edit took longer than its timeout of {timeout_s:g} s: {failure}",
+                                          "DEADLINE_EXCEEDED") from None
+            raise failure from None
         elapsed = time.perf_counter() - started
         png = response.as_numpy(wire.EDITED_IMAGE.name).reshape(-1)[0]
         seed_used = int(response.as_numpy(wire.SEED_USED.name).reshape(-1)[0])

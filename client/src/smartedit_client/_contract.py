@@ -50,6 +50,13 @@ def request_timeout_us(seconds: float) -> int:
     """Triton's request timeout (the ``timeout`` request parameter) is in microseconds."""
     return max(1, int(seconds * 1_000_000))
 
+
+# How long past a call's timeout the client waits for the server's own answer before it cancels the
+# call. The timeout travels as Triton's request timeout, and the server stops the edit by it within a
+# denoising step; the client's gRPC deadline comes this much later, because Triton 2.51 can crash
+# (SIGSEGV) when a call is cancelled just as its response is sent (server issue #7368, fixed in 24.12).
+DEADLINE_GRACE_S = 5.0
+
 # The streaming entry: the same edit over a gRPC bidirectional stream (a decoupled model). It takes
 # the same inputs plus preview_every, and answers with a progress response after every denoising
 # step (step, total_steps; preview_image too every preview_every steps and at the last step), then

@@ -17,8 +17,6 @@ from smartedit_client._events import PreviewEvent, ProgressEvent
 from smartedit_client._result import InpaintResult
 
 StreamEvent = Union[ProgressEvent, PreviewEvent, InpaintResult]
-# How long past its own timeout the stream waits for the server's word before giving up on it.
-_GRACE_S = 5.0
 
 
 def _scalar(result, tensor: wire.WireTensor):
@@ -54,7 +52,7 @@ class InpaintStream:
         self._client = grpcclient.InferenceServerClient(url=url, **tls)  # ssl, root_certificates
         outputs = [grpcclient.InferRequestedOutput(t.name) for t in wire.STREAM_OUTPUTS]
         try:
-            self._client.start_stream(callback=self._on_response, stream_timeout=timeout_s)
+            self._client.start_stream(callback=self._on_response, stream_timeout=timeout_s + wire.DEADLINE_GRACE_S)
             # The timeout also travels as Triton's request timeout: the server stops the edit by it too.
             self._client.async_stream_infer(model_name, inputs, outputs=outputs, request_id=request_id,
                                             timeout=wire.request_timeout_us(timeout_s))
@@ -86,9 +84,10 @@ class InpaintStream:
                 if not self._open:
                     raise RuntimeError("the stream is closed")
                 try:
-                    result, error = self._responses.get(timeout=self._timeout_s + _GRACE_S)
+                    result, error = self._responses.get(timeout=self._timeout_s + wire.DEADLINE_GRACE_S)
                 except queue.Empty:
-                    raise RequestTimeoutError(f"no word from the server for {self._timeout_s + _GRACE_S:.0f} s",
+                    waited = self._timeout_s + wire.DEADLINE_GRACE_S
+                    raise RequestTimeoutError(f"no word from the server for {waited:.0f} s",
                                               "DEADLINE_EXCEEDED") from None
                 if error is not None:
                     self._close(cancel=False)
