@@ -134,6 +134,15 @@ PROMPTS = {
 }
 
 
+class _Drain:
+    """Edits in flight, and whether the run is draining: when the time is up, users send nothing new
+    and the run ends once the edits in flight have their answers. Cutting them off would cancel calls
+    as their responses are sent, which can crash Triton 2.51 (server issue #7368)."""
+
+    in_flight = 0
+    draining = False
+
+
 class InpaintUser(User):
     """One client application: sends an edit, waits for it, pauses briefly, sends the next."""
 
@@ -148,6 +157,15 @@ class InpaintUser(User):
         self.client.close()
 
     def _send(self, kind: str, **overrides):
+        if _Drain.draining:
+            return
+        _Drain.in_flight += 1
+        try:
+            self._send_edit(kind, **overrides)
+        finally:
+            _Drain.in_flight -= 1
+
+    def _send_edit(self, kind: str, **overrides):
         width, height = random.choice(self.workload.sizes)
         steps = random.choice(self.workload.steps)
         request = dict(image=scene_png(width, height), mask_image=mask_png(kind, width, height),
@@ -187,7 +205,10 @@ class StepLoadShape(LoadTestShape):
         options = self.runner.environment.parsed_options
         elapsed = self.get_run_time()
         if options.run_time and elapsed >= options.run_time:
-            return None
+            _Drain.draining = True
+            if _Drain.in_flight == 0 or elapsed >= options.run_time + options.request_timeout:
+                return None
+            return self.get_current_user_count(), max(options.step_users, 1)  # answers still to come
         max_users = options.num_users or options.step_users
         users = min(max_users, options.step_users * (1 + math.floor(elapsed / options.step_seconds)))
         return users, max(options.step_users, 1)  # spawn each step's users at once
