@@ -184,9 +184,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _warm_up(server: TritonServer, tls: TlsFiles | None) -> None:
+# Long enough for a real model's first-call set-up; short enough that a server which hangs on its first
+# edit (seen, rarely, after a restart on Triton 2.51) is restarted again within the minute.
+WARM_UP_TIMEOUT_S = 20.0
+
+
+def _warm_up(server: TritonServer, tls: TlsFiles | None) -> bool:
     """One small edit before saying "serving": the first edit pays for first-call set-up in every
-    model (ONNX Runtime's allocations, torch's first ops), so a client's first edit need not."""
+    model (ONNX Runtime's allocations, torch's first ops), so a client's first edit need not.
+    Whether it succeeded."""
     from PIL import Image
 
     from smartedit_client import InpaintClient, SmartEditError
@@ -196,14 +202,15 @@ def _warm_up(server: TritonServer, tls: TlsFiles | None) -> None:
     mask.paste(255, (16, 16, 48, 48))
     started = time.perf_counter()
     try:
-        with InpaintClient(server.address.local_grpc, timeout_s=120,
+        with InpaintClient(server.address.local_grpc, timeout_s=WARM_UP_TIMEOUT_S,
                            root_certificates=tls.cert if tls else None) as client:
             client.inpaint(image=image, mask_image=mask, prompt="warm-up", num_inference_steps=2, seed=0,
                            request_id="smartedit-warm-up")
     except (SmartEditError, ValueError) as error:  # a server that cannot edit will say so to its clients too
         log.warning("warm-up edit failed: %s", error)
-        return
+        return False
     log.info("warmed up with one edit in %.2f s", time.perf_counter() - started)
+    return True
 
 
 # A tritonserver that keeps dying is not restarted for ever: past this many restarts within the window
@@ -220,10 +227,11 @@ def _watch(server: TritonServer, stop: threading.Event, ready_timeout: float, tl
 
     census = StubCensus(server.process.pid)
     restarts: list[float] = []
-    while not stop.wait(1.0):
-        if server.process.poll() is not None:
+    reason = None  # why tritonserver must be restarted now
+    while reason is not None or not stop.wait(1.0):
+        if reason is None and server.process.poll() is not None:
             reason = f"tritonserver exited with code {server.process.returncode}"
-        else:
+        elif reason is None:
             dead = census.dead()
             if not dead:
                 continue
@@ -234,12 +242,13 @@ def _watch(server: TritonServer, stop: threading.Event, ready_timeout: float, tl
             raise ServerFailed(f"{reason}; {MAX_RESTARTS} restarts in the last {RESTART_WINDOW_S:.0f} s already: "
                                f"giving up")
         log.error("%s; restarting tritonserver (Triton does not recover by itself)", reason)
-        server.stop(timeout_s=15.0)  # edits in flight fail now rather than against a dead model
+        server.stop(timeout_s=5.0)  # edits in flight fail now rather than against a dead model
         server.start()
         server.wait_until_ready(ready_timeout, stop=stop)
-        _warm_up(server, tls)
-        log.info("tritonserver restarted and ready")
         census = StubCensus(server.process.pid)
+        reason = None if _warm_up(server, tls) else "the warm-up edit after the restart failed"
+        if reason is None:
+            log.info("tritonserver restarted and ready")
 
 
 def cmd_demo(args) -> int:
