@@ -34,4 +34,5 @@ exec tritonserver \
   --strict-readiness=true \
   --exit-timeout-secs="${SMARTEDIT_EXIT_TIMEOUT_SECONDS:-300}" \
   --backend-config=python,shm-default-byte-size=16777216 \
+  --grpc-infer-allocation-pool-size=0 \
   "$@"
