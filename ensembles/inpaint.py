@@ -52,7 +52,7 @@ def inpaint_ensemble_config() -> mc.ModelConfig:
         entry = config.input.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(wire.TENSOR_SHAPE))
         entry.optional = True
     for tensor in wire.OUTPUTS:
-        config.output.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(wire.TENSOR_SHAPE))
+        config.output.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(wire.OUTPUT_SHAPE))
     for model_name, input_map, output_map in ensemble_steps():
         step = config.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
         step.input_map.update(input_map)

@@ -25,6 +25,7 @@ from pathlib import Path
 from smartedit import steps
 from smartedit.ensembles.inpaint import inpaint_ensemble_config
 from smartedit.preview import PREVIEW_FILENAME, LatentPreview, fit_latent_preview
+from smartedit.provenance import PROVENANCE_FILENAME, Provenance, weights_digest
 from smartedit.settings import BATCHED, ENGINES, PER_REQUEST, EngineSettings, PreprocessSettings
 from smartedit.spec import COMPONENTS, UNET, PipelineInfo
 from smartedit.triton_config import (
@@ -32,6 +33,7 @@ from smartedit.triton_config import (
     step_config, to_pbtxt,
 )
 from smartedit.export import onnx_export, tensorrt, verify
+from smartedit_client import _contract as wire
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,9 @@ class RepositoryOptions:
         if component == "unet":
             return BatchingSettings(max_batch_size=ENGINE_DEFAULTS[self.profile][0],
                                     max_queue_delay_microseconds=UNET_QUEUE_DELAY_US[self.engine])
+        if component == "vae_decoder":
+            # A request's variations (num_images) reach the decoder as one batch.
+            return BatchingSettings(max_batch_size=wire.MAX_NUM_IMAGES)
         return BatchingSettings(max_batch_size=8 if component == "text_encoder" else 4)
 
     def engine_settings(self) -> EngineSettings:
@@ -142,7 +147,7 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
 
 
 def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview: LatentPreview, out: Path,
-                 options: RepositoryOptions) -> None:
+                 options: RepositoryOptions, provenance: Provenance) -> None:
     batched = options.engine == BATCHED
     preprocess = dataclasses.replace(options.preprocess, admission_model=admission_model(options.engine))
     preprocess_settings = {k: str(v) for k, v in vars(preprocess).items()}
@@ -160,6 +165,9 @@ def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview:
         # It validates requests itself, with preprocess's settings (StreamSettings reads the same keys).
         steps.INPAINT_STREAM: step_config(steps.INPAINT_STREAM, steps.STREAM_INPUTS, steps.STREAM_OUTPUTS,
                                           parameters=preprocess_settings, decoupled=True),
+        # It describes the limits and defaults preprocess applies, from the same settings.
+        steps.SERVER_INFO_MODEL: step_config(steps.SERVER_INFO_MODEL, (), (steps.SERVER_INFO,),
+                                             parameters=preprocess_settings),
     }
     for name, config in configs.items():
         version_dir = out / name / VERSION
@@ -168,7 +176,7 @@ def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview:
         _write(out / name / "config.pbtxt", to_pbtxt(config))
     loop_models = (steps.SCHEDULER, steps.DENOISE_ENGINE)
     request_models = (steps.PREPROCESS, steps.INPAINT_STREAM)
-    for name in request_models + loop_models:
+    for name in request_models + loop_models + (steps.SERVER_INFO_MODEL,):
         _write(out / name / VERSION / "pipeline.json", info.to_json())
     for name in request_models:
         tokenizer.save_pretrained(out / name / VERSION / "tokenizer")
@@ -176,20 +184,27 @@ def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview:
         _write(out / name / VERSION / "scheduler_config.json",
                json.dumps(scheduler_config, indent=2, sort_keys=True, default=list))
     _write(out / steps.DENOISE_ENGINE / VERSION / PREVIEW_FILENAME, preview.to_json())
+    for name in (steps.POSTPROCESS, steps.INPAINT_STREAM, steps.SERVER_INFO_MODEL):  # the PNGs carry it
+        _write(out / name / VERSION / PROVENANCE_FILENAME, provenance.to_json())
     ensemble = inpaint_ensemble_config()
     (out / ensemble.name / VERSION).mkdir(parents=True, exist_ok=True)
     _write(out / ensemble.name / "config.pbtxt", to_pbtxt(ensemble))
 
 
 def build_repository(pipeline, out: Path, options: RepositoryOptions = RepositoryOptions(),
-                     onnx_dir: Path | None = None) -> Path:
-    """Export ``pipeline`` and write the model repository for ``options.profile`` at ``out``."""
+                     onnx_dir: Path | None = None, model_name: str = "unknown") -> Path:
+    """Export ``pipeline`` and write the model repository for ``options.profile`` at ``out``.
+
+    ``model_name``: what the results' provenance names the model (a hub id, a folder's name).
+    """
     info = PipelineInfo.from_pipeline(pipeline)
+    provenance = Provenance(model=model_name, weights_sha256=weights_digest(pipeline))
 
     def write(staging: Path) -> None:
         _write_components(pipeline, info, staging, options, Path(onnx_dir or out.with_name(out.name + "-onnx")))
         preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)
-        _write_steps(info, pipeline.tokenizer, dict(pipeline.scheduler.config), preview, staging, options)
+        _write_steps(info, pipeline.tokenizer, dict(pipeline.scheduler.config), preview, staging, options,
+                     provenance)
 
     out = Path(out)
     write_atomically(out, write)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from smartedit.latency_table import LatencyTable
 from smartedit.preview import LatentPreview
+from smartedit.provenance import Provenance
 from smartedit.spec import COMPONENTS
 from smartedit.tiny_model import stable_diffusion_scheduler, write_tokenizer
 from smartedit.triton_config import SIMULATED, BatchingSettings, component_config, to_pbtxt
@@ -64,7 +65,10 @@ def build_simulated_repository(table_path: Path, out: Path,
             write_tokenizer(Path(folder))
             tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=info.text_length)
         preview = LatentPreview.neutral(info.latent_channels)
-        _write_steps(info, tokenizer, dict(stable_diffusion_scheduler().config), preview, staging, options)
+        # No weights: the components only wait as long as the latency table says.
+        provenance = Provenance(model=f"simulated device ({Path(table_path).name})", weights_sha256="none")
+        _write_steps(info, tokenizer, dict(stable_diffusion_scheduler().config), preview, staging, options,
+                     provenance)
 
     out = Path(out)
     write_atomically(out, write)

@@ -113,9 +113,8 @@ def mask_png(kind: str, width: int, height: int) -> bytes:
         draw.rectangle(subject_box(width, height), fill=255)
     elif kind == "removal":  # a small object to erase
         draw.ellipse([int(width * 0.7), int(height * 0.1), int(width * 0.85), int(height * 0.3)], fill=255)
-    elif kind == "background":  # everything but the subject
-        draw.rectangle([0, 0, width, height], fill=255)
-        draw.rectangle(subject_box(width, height), fill=0)
+    elif kind == "background":  # task replace_background: the mask marks the subject to keep
+        draw.rectangle(subject_box(width, height), fill=255)
     else:
         raise ValueError(f"unknown edit kind {kind!r}")
     return _png(mask)
@@ -129,7 +128,7 @@ def _png(image: Image.Image) -> bytes:
 
 PROMPTS = {
     "edit": ("a red leather armchair", "a wooden park bench", "a potted olive tree"),
-    "removal": ("empty sky", "clear blue sky"),
+    "removal": ("",),  # task remove: an empty prompt takes the server's neutral one
     "background": ("a beach at sunset", "a snowy mountain valley", "a modern office"),
 }
 
@@ -170,7 +169,7 @@ class InpaintUser(User):
         steps = random.choice(self.workload.steps)
         request = dict(image=scene_png(width, height), mask_image=mask_png(kind, width, height),
                        prompt=random.choice(PROMPTS[kind]), num_inference_steps=steps, **overrides)
-        name = f"{kind} {width}x{height}"
+        name = f"{kind} {width}x{height}" + (f" x{overrides['num_images']}" if "num_images" in overrides else "")
         started = time.perf_counter()
         response_length, exception = 0, None
         try:
@@ -183,17 +182,21 @@ class InpaintUser(User):
             request_type="grpc", name=name, response_time=(time.perf_counter() - started) * 1000.0,
             response_length=response_length, exception=exception, context={"steps": steps})
 
-    @task(5)
+    @task(4)
     def region_edit(self):
-        self._send("edit", negative_prompt="blurry, low quality")
+        self._send("edit", negative_prompt="blurry, low quality", mask_blur=4)
+
+    @task(1)
+    def region_edit_variations(self):
+        self._send("edit", negative_prompt="blurry, low quality", num_images=2)
 
     @task(3)
     def object_removal(self):
-        self._send("removal", negative_prompt="object, person, text")
+        self._send("removal", task="remove", mask_grow=6)
 
     @task(2)
     def background_replacement(self):
-        self._send("background", strength=1.0)
+        self._send("background", task="replace_background", mask_blur=6)
 
 
 class StepLoadShape(LoadTestShape):

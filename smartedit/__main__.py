@@ -75,7 +75,15 @@ def export_repository(args, out: Path) -> Path:
         pipeline = load_pipeline(source)
     except UnsupportedModel as error:
         raise SystemExit(f"smartedit: --model {error}") from None
-    return build_repository(pipeline, out, options, onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
+    return build_repository(pipeline, out, options, onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
+                            model_name=_model_name(args.model))
+
+
+def _model_name(model: str | None) -> str:
+    """How results name the model: a hub id as given, a local folder by its name."""
+    if not model:
+        return "smartedit-tiny (embedded default)"
+    return Path(model).name if Path(model).exists() else model
 
 
 def repository_options(args):

@@ -49,7 +49,27 @@ def run_demo(args) -> Path:
         with InpaintClient(address.grpc) as client:
             result = client.inpaint(image=image, mask_image=mask, prompt="a wooden park bench",
                                     negative_prompt="blurry", num_inference_steps=args.steps, seed=42)
+            # The same box erased, and kept while the rest is repainted.
+            removed = client.inpaint(image=image, mask_image=mask, prompt="", task="remove",
+                                     num_inference_steps=args.steps, seed=42)
+            background = client.inpaint(image=image, mask_image=mask, prompt="a sandy beach at sunset",
+                                        task="replace_background", num_inference_steps=args.steps, seed=42)
     result.save(out)
-    log.info("edited %dx%d image over gRPC in %.2f s (seed %d)", *result.image.size, result.elapsed_s,
-             result.seed_used)
+    removed.save(out.with_name(out.stem + "-remove.png"))
+    background.save(out.with_name(out.stem + "-replace-background.png"))
+    strip = side_by_side([image, mask.convert("RGB"), result.image, removed.image, background.image])
+    strip.save(out.with_name(out.stem + "-tasks.png"))
+    log.info("edited %dx%d image over gRPC in %.2f s (seed %d); remove and replace_background: %s",
+             *result.image.size, result.elapsed_s, result.seed_used, out.with_name(out.stem + "-tasks.png"))
     return out.resolve()
+
+
+def side_by_side(images: list[Image.Image], gap: int = 4) -> Image.Image:
+    """The images in a row, on white: input, mask, then each task's result."""
+    width = sum(image.width for image in images) + gap * (len(images) - 1)
+    strip = Image.new("RGB", (width, max(image.height for image in images)), (255, 255, 255))
+    left = 0
+    for image in images:
+        strip.paste(image.convert("RGB"), (left, 0))
+        left += image.width + gap
+    return strip

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from smartedit.parameters import EditParameters
 from smartedit.samplers import make_scheduler, step_kwargs
 from smartedit.spec import PipelineInfo
 
@@ -112,21 +113,24 @@ class DenoiseState:
         return self.latents if self.pred_original is None else self.pred_original
 
 
-def start_denoising(
-    info: PipelineInfo,
-    scheduler_config: Mapping[str, Any],
-    sampler: str,
-    num_inference_steps: int,
-    strength: float,
-    guidance_scale: float,
-    seed: int,
-    prompt_embeds: torch.Tensor,
-    masked_image_mean: torch.Tensor,
-    masked_image_std: torch.Tensor,
-    latent_mask: torch.Tensor,
-    encode_init_image: EncodeFn,
-) -> DenoiseState:
-    """Stages 4-9 of diffusers' ``__call__``, drawing random numbers in the same order."""
+@dataclass(frozen=True)
+class EditInputs:
+    """The tensors one edit's loop starts from, made by the ensemble's steps before it."""
+
+    prompt_embeds: torch.Tensor  # [2, L, D]: negative, positive
+    masked_image_mean: torch.Tensor  # [1, C, h, w]: the masked image's latent distribution
+    masked_image_std: torch.Tensor
+    latent_mask: torch.Tensor  # [1, 1, h, w], 1 = repaint
+
+
+def start_denoising(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters,
+                    inputs: EditInputs, encode_init_image: EncodeFn) -> DenoiseState:
+    """Stages 4-9 of diffusers' ``__call__`` for one image of the edit ``params`` describes (its
+    ``seed``: a variation's own), drawing random numbers in the same order."""
+    sampler, num_inference_steps, strength = params.scheduler, params.num_inference_steps, params.strength
+    guidance_scale, seed = params.guidance_scale, params.seed
+    prompt_embeds, latent_mask = inputs.prompt_embeds, inputs.latent_mask
+    masked_image_mean, masked_image_std = inputs.masked_image_mean, inputs.masked_image_std
     generator = torch.Generator().manual_seed(seed)
     scheduler = make_scheduler(sampler, scheduler_config)
     # 4. set timesteps, then skip the part that strength leaves out
@@ -158,7 +162,7 @@ def start_denoising(
         encoder_hidden_states=prompt_embeds[2 - rows:],
         guidance_scale=guidance_scale,
         generator=generator,
-        extra_step_kwargs=step_kwargs(scheduler, generator),
+        extra_step_kwargs=step_kwargs(scheduler, generator, params.eta),
     )
 
 

@@ -280,7 +280,8 @@ class DenoiseEngine:
         self._metrics = metrics or EngineMetrics()
         self._lock = threading.Condition()
         self._preparing = 0
-        self._reserved: dict[str, float] = {}  # token -> monotonic expiry of a place kept by ``reserve``
+        # token -> (monotonic expiry, places) of the places kept by ``reserve`` for edits on their way
+        self._reserved: dict[str, tuple[float, int]] = {}
         self._ready: deque[_Edit] = deque()
         # Active edits per lane, by latent size. An edit keeps its place in its group until it leaves,
         # and the group's last edit takes the place of one that leaves: most rows of the next batch
@@ -309,26 +310,47 @@ class DenoiseEngine:
             return self._active, self._queued_locked()
 
     def _queued_locked(self) -> int:
-        return len(self._reserved) + self._preparing + len(self._ready)
+        return sum(places for _, places in self._reserved.values()) + self._preparing + len(self._ready)
 
-    def reserve(self, token: str, request_id: str = "", ttl_s: float = 60.0) -> None:
-        """Keep a place for an edit that is still on its way (being decoded, its prompt encoded), so
-        that a request the engine cannot take is refused before any of that work. The place lapses
-        after ``ttl_s`` if no edit claims it.
+    @property
+    def capacity(self) -> int:
+        """The most edits the engine holds at once, denoising and waiting."""
+        return self.limits.max_active_edits + self.limits.max_queued_edits
+
+    def reserve(self, token: str, request_id: str = "", ttl_s: float = 60.0, places: int = 1) -> None:
+        """Keep ``places`` places (one per image of a request) for edits still on their way (being
+        decoded, their prompt encoded), so that a request the engine cannot take is refused before any
+        of that work. The places lapse after ``ttl_s`` if no edit claims them; each ``submit`` with the
+        token claims one.
 
         Raises:
             AtCapacity: as ``submit`` would.
+            ValueError: ``places`` is more than the engine ever holds (``capacity``).
         """
+        if not 1 <= places <= self.capacity:
+            raise ValueError(f"{places} images at once are more than this server's denoising engine ever holds "
+                             f"({self.capacity})")
         with self._lock:
-            self._check_capacity_locked(request_id, {})
-            self._reserved[token] = time.monotonic() + ttl_s
+            self._check_capacity_locked(request_id, {}, places)
+            self._reserved[token] = (time.monotonic() + ttl_s, places)
             self._metrics.load(self._active, self._queued_locked())
 
     def release(self, token: str) -> None:
-        """Give back a reserved place whose edit will not come (the request turned out invalid)."""
+        """Give back reserved places whose edits will not come (the request turned out invalid)."""
         with self._lock:
             if self._reserved.pop(token, None) is not None:
                 self._metrics.load(self._active, self._queued_locked())
+
+    def _claim_locked(self, token: str | None) -> bool:
+        """Take one of the places reserved under ``token``; whether there was one."""
+        if token not in self._reserved:
+            return False
+        expiry, places = self._reserved[token]
+        if places > 1:
+            self._reserved[token] = (expiry, places - 1)
+        else:
+            del self._reserved[token]
+        return True
 
     def submit(self, request: EditRequest) -> None:
         """Admit ``request`` (into its reserved place, if it has one) or refuse it at once.
@@ -338,24 +360,24 @@ class DenoiseEngine:
             RuntimeError: the engine is shutting down, or its worker has stopped.
         """
         with self._lock:
-            if self._reserved.pop(request.reservation, None) is None:
+            if not self._claim_locked(request.reservation):
                 self._check_capacity_locked(request.request_id, request.log_fields)
             self._preparing += 1
             self._metrics.load(self._active, self._queued_locked())
         edit = _Edit(request, submitted=time.monotonic())
         self._prepare_pool.submit(self._prepare, edit)
 
-    def _check_capacity_locked(self, request_id: str, log_fields: dict) -> None:
+    def _check_capacity_locked(self, request_id: str, log_fields: dict, places: int = 1) -> None:
         if self._closing:
             raise RuntimeError("the denoising engine is shutting down")
         if not self._worker.is_alive():
             raise RuntimeError("the denoising engine's worker has stopped; see the log for why")
         now = time.monotonic()
-        for token in [token for token, expiry in self._reserved.items() if expiry < now]:
+        for token in [token for token, (expiry, _) in self._reserved.items() if expiry < now]:
             del self._reserved[token]  # reserved for an edit that never came
         limits = self.limits
         active, queued = self._active, self._queued_locked()
-        if active + queued >= limits.max_active_edits + limits.max_queued_edits:
+        if active + queued + places > self.capacity:
             self._metrics.refused()
             message = (f"server at capacity: {active} edits denoising and {queued} waiting on this loop instance "
                        f"(limits {limits.max_active_edits} + {limits.max_queued_edits}); retry later")

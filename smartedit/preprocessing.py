@@ -7,8 +7,6 @@ the field and the bad value. The image arithmetic is diffusers' ``VaeImageProces
 
 from __future__ import annotations
 
-import math
-import secrets
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,30 +16,14 @@ from PIL import Image
 
 from smartedit import steps
 from smartedit.errors import RequestError
+from smartedit.masks import repaint_area
+from smartedit.parameters import EditParameters, resolve_parameters
 from smartedit.photos import Photo, decode_photo
 from smartedit.regions import EditRegion, plan_edit_region
-from smartedit.samplers import SAMPLERS
 from smartedit.settings import PreprocessSettings
 from smartedit.spec import PipelineInfo
+from smartedit.tasks import REMOVE, prefill_hole
 from smartedit_client import _contract as wire
-
-MAX_CROP_PADDING = 2048
-INT64_MAX = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class EditParameters:
-    """The request's parameters with defaults applied and the seed drawn."""
-
-    prompt: str
-    negative_prompt: str
-    num_inference_steps: int
-    guidance_scale: float
-    strength: float
-    seed: int
-    scheduler: str
-    crop_padding: int
-
 
 @dataclass(frozen=True)
 class PreparedImages:
@@ -50,6 +32,7 @@ class PreparedImages:
     init_image: np.ndarray  # [1, 3, h, w] float32 in [-1, 1]: the box at the region's size
     masked_image: np.ndarray  # [1, 3, h, w] float32, 0 where repainted
     latent_mask: np.ndarray  # [1, 1, h/f, w/f] float32, 1 = repaint
+    repaint: np.ndarray  # [H, W] bool: the photo's pixels the models repaint (the mask, shaped)
 
     # Made on demand (postprocess makes them again from the request's bytes): a 24 MP photo's pixels
     # are 72 MB that preprocess need not hold.
@@ -60,31 +43,43 @@ class PreparedImages:
 
     @property
     def repaint_mask(self) -> np.ndarray:
-        """[box height, box width] bool: the mask as sent, inside the region's box."""
-        return self.photo.repaint_mask(self.region.box)
+        """[box height, box width] bool: the repainted pixels inside the region's box."""
+        left, top, right, bottom = self.region.box
+        return self.repaint[top:bottom, left:right]
 
 
 def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo, settings: PreprocessSettings,
-                   crop_padding: int | None = None) -> PreparedImages:
-    """Decode image and mask (``smartedit.photos``), choose the region to edit (``smartedit.regions``), and
-    make the model inputs.
+                   params: EditParameters | None = None) -> PreparedImages:
+    """Decode image and mask (``smartedit.photos``), shape the mask as the request's record says
+    (``smartedit.masks``), choose the region to edit (``smartedit.regions``), and make the model inputs.
 
-    ``crop_padding``: pixels around the mask's box (``settings.default_crop_padding`` when None).
+    ``params``: the edit's record (a plain inpaint with the server's crop padding when None).
     """
+    params = params or EditParameters(prompt="", crop_padding=settings.default_crop_padding)
     photo = decode_photo(image_bytes, mask_bytes, settings)
-    image, mask, repaint_mask = photo.rgb, photo.mask, photo.repaint_mask()
-    padding = settings.default_crop_padding if crop_padding is None else crop_padding
-    region = plan_edit_region(repaint_mask, info, padding)
+    repaint = repaint_area(photo, params)
+    if params.shapes_mask and not repaint.any():
+        field, why = (("mask_grow", f"{params.mask_grow} shrinks the mask to nothing") if params.mask_grow < 0 else
+                      ("mask_image", f"is white everywhere, and {'task replace_background keeps' if params.task != 'inpaint' and not params.invert_mask else 'invert_mask keeps'} "
+                                     f"the white part: nothing is left to repaint"))
+        raise RequestError(field, why)
+    # The box holds the feathered edge too: past it, nothing of the edit is pasted.
+    region = plan_edit_region(repaint, info, params.crop_padding + params.mask_blur)
+    image = photo.rgb
+    # The mask as sent when no option changes it, so that a plain inpaint resamples it as diffusers does.
+    mask = Image.fromarray(repaint.astype(np.uint8) * 255) if params.shapes_mask else photo.mask
     if region.box_size != image.size:
         image, mask = image.crop(region.box), mask.crop(region.box)
     if (region.width, region.height) != image.size:
         # diffusers' VaeImageProcessor resamples with Lanczos; postprocess scales the result back.
         image = image.resize((region.width, region.height), resample=Image.LANCZOS)
         mask = mask.resize((region.width, region.height), resample=Image.LANCZOS)
-    init_image = np.asarray(image, dtype=np.float32) / 255.0
-    init_image = (2.0 * init_image - 1.0).transpose(2, 0, 1)[None]
     mask_condition = (np.asarray(mask, dtype=np.float32) / 255.0 >= 0.5).astype(np.float32)[None, None]
-    masked_image = init_image * (mask_condition < 0.5)
+    pixels = np.asarray(image, dtype=np.uint8)
+    masked_image = _normalized(pixels) * (mask_condition < 0.5)
+    if params.task == REMOVE:
+        # Denoising starts from the hole filled from its surroundings (smartedit.tasks), not from the object.
+        pixels = prefill_hole(pixels, mask_condition[0, 0] >= 0.5)
     latent_mask = torch.nn.functional.interpolate(
         torch.from_numpy(mask_condition),
         size=(region.height // info.vae_scale_factor, region.width // info.vae_scale_factor),
@@ -92,85 +87,35 @@ def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo, se
     return PreparedImages(
         photo=photo,
         region=region,
-        init_image=np.ascontiguousarray(init_image, dtype=np.float32),
+        init_image=np.ascontiguousarray(_normalized(pixels), dtype=np.float32),
         masked_image=np.ascontiguousarray(masked_image, dtype=np.float32),
         latent_mask=np.ascontiguousarray(latent_mask, dtype=np.float32),
+        repaint=repaint,
     )
 
 
-def _text(field: str, value: bytes | None, max_bytes: int | None = None) -> str:
-    if value is None:
-        return ""
-    if max_bytes is not None and len(value) > max_bytes:
-        raise RequestError(field, f"is {len(value)} bytes; the limit is {max_bytes} (the text encoder reads only "
-                                  f"its first 77 tokens)")
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise RequestError(field, f"is not valid UTF-8 ({error})") from None
-
-
-def resolve_parameters(
-    prompt: bytes,
-    negative_prompt: bytes | None,
-    num_inference_steps: int | None,
-    guidance_scale: float | None,
-    strength: float | None,
-    seed: int | None,
-    scheduler: bytes | None,
-    settings: PreprocessSettings,
-    crop_padding: int | None = None,
-) -> EditParameters:
-    """Check every scalar parameter and apply the defaults."""
-    prompt_text = _text("prompt", prompt, settings.max_prompt_bytes)
-    negative_text = _text("negative_prompt", negative_prompt, settings.max_prompt_bytes)
-    steps = settings.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
-    if not 1 <= steps <= settings.max_num_inference_steps:
-        raise RequestError("num_inference_steps", f"must be between 1 and {settings.max_num_inference_steps}, got {steps}")
-    guidance = settings.default_guidance_scale if guidance_scale is None else float(guidance_scale)
-    if not math.isfinite(guidance) or guidance < 0:
-        raise RequestError("guidance_scale", f"must be a finite number >= 0, got {guidance}")
-    strength_value = 1.0 if strength is None else float(strength)
-    if not math.isfinite(strength_value) or not 0.0 < strength_value <= 1.0:
-        raise RequestError("strength", f"must be in (0, 1], got {strength_value}")
-    if int(steps * strength_value) < 1:
-        raise RequestError("strength", f"{strength_value} with num_inference_steps {steps} leaves no step to run; "
-                                       f"raise either so that steps x strength >= 1")
-    sampler = settings.default_scheduler if scheduler is None else _text("scheduler", scheduler).strip().lower()
-    if sampler not in SAMPLERS:
-        raise RequestError("scheduler", f"unknown scheduler {sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
-    padding = settings.default_crop_padding if crop_padding is None else int(crop_padding)
-    if not 0 <= padding <= MAX_CROP_PADDING:
-        raise RequestError("crop_padding", f"must be between 0 and {MAX_CROP_PADDING} pixels, got {padding}")
-    seed_value = secrets.randbelow(INT64_MAX) if seed is None else int(seed)
-    return EditParameters(
-        prompt=prompt_text,
-        negative_prompt=negative_text,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        strength=strength_value,
-        seed=seed_value,
-        scheduler=sampler,
-        crop_padding=padding,
-    )
+def _normalized(pixels: np.ndarray) -> np.ndarray:
+    """[h, w, 3] uint8 to [1, 3, h, w] float32 in [-1, 1], as ``VaeImageProcessor``."""
+    return (2.0 * (pixels.astype(np.float32) / 255.0) - 1.0).transpose(2, 0, 1)[None]
 
 
 def check_cost(params: EditParameters, region: EditRegion, info: PipelineInfo, settings: PreprocessSettings) -> None:
     """Refuse an edit whose latent area x denoising steps exceeds the budget: what the model costs.
 
     The budget is ``max_steps_at_working_resolution`` steps at the working resolution's latent area; an
-    edit at a smaller size may run proportionally more steps.
+    edit at a smaller size may run proportionally more steps. Each of ``num_images`` variations counts.
     """
     factor = info.vae_scale_factor
-    latent_area = (region.width // factor) * (region.height // factor)
-    denoising_steps = int(params.num_inference_steps * params.strength)
+    latent_area = (region.width // factor) * (region.height // factor) * params.num_images
+    denoising_steps = params.denoising_steps
     budget = settings.max_steps_at_working_resolution * (info.working_resolution // factor) ** 2
     if latent_area * denoising_steps > budget:
+        images = f" for each of {params.num_images} images" if params.num_images > 1 else ""
         raise RequestError("num_inference_steps", f"{params.num_inference_steps} x strength {params.strength:g} = "
-                                                  f"{denoising_steps} denoising steps at {region.width}x{region.height} "
-                                                  f"exceed the budget of this server: at most "
+                                                  f"{denoising_steps} denoising steps at {region.width}x{region.height}"
+                                                  f"{images} exceed the budget of this server: at most "
                                                   f"{budget // latent_area} denoising steps (num_inference_steps "
-                                                  f"x strength) at that size")
+                                                  f"x strength) at that size{images}")
 
 
 def tokenize(tokenizer, negative_prompt: str, prompt: str) -> np.ndarray:
@@ -189,37 +134,23 @@ def tokenize(tokenizer, negative_prompt: str, prompt: str) -> np.ndarray:
 
 
 def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, settings: PreprocessSettings,
-                    deadline: float, reservation: str = "") -> tuple[dict[steps.StepTensor, np.ndarray], dict[str, Any]]:
+                    deadline: float, reservation: str = "", params: EditParameters | None = None,
+                    ) -> tuple[dict[steps.StepTensor, np.ndarray], dict[str, Any]]:
     """Everything preprocess hands on for one request: the step tensors, and the fields to log.
 
     Args:
         read: the one element of a wire input by name, or None when the request left it out.
         deadline: ``time.time()`` at which the caller gives up, 0 for none (``request_deadline``).
-        reservation: the token of the place reserved in the engine for this edit, "" for none.
+        reservation: the token of the places reserved in the engine for this edit, "" for none.
+        params: the request's record when the caller has resolved it already (``resolve_parameters``).
 
     Raises:
         RequestError: naming the first bad field, before any image is decoded when a scalar is bad.
     """
-    def required(name: str):
-        value = read(name)
-        if value is None:
-            raise RequestError(name, "is required")
-        return value
-
     # Scalars first: they are cheap to check, images are not.
-    params = resolve_parameters(
-        prompt=required(wire.PROMPT.name),
-        negative_prompt=read(wire.NEGATIVE_PROMPT.name),
-        num_inference_steps=read(wire.NUM_INFERENCE_STEPS.name),
-        guidance_scale=read(wire.GUIDANCE_SCALE.name),
-        strength=read(wire.STRENGTH.name),
-        seed=read(wire.SEED.name),
-        scheduler=read(wire.SCHEDULER.name),
-        settings=settings,
-        crop_padding=read(wire.CROP_PADDING.name),
-    )
-    images = prepare_images(required(wire.IMAGE.name), required(wire.MASK_IMAGE.name), info, settings,
-                            params.crop_padding)
+    params = params or resolve_parameters(read, settings)
+    images = prepare_images(_required(read, wire.IMAGE.name), _required(read, wire.MASK_IMAGE.name), info, settings,
+                            params)
     check_cost(params, images.region, info, settings)
     width, height = images.photo.rgb.size
     tensors = {
@@ -228,15 +159,20 @@ def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, s
         steps.INIT_IMAGE: images.init_image,
         steps.LATENT_MASK: images.latent_mask,
         steps.EDIT_BOX: np.array(images.region.box, dtype=np.int32),
-        steps.STEPS: np.array([params.num_inference_steps], dtype=np.int32),
-        steps.GUIDANCE: np.array([params.guidance_scale], dtype=np.float32),
-        steps.STRENGTH: np.array([params.strength], dtype=np.float32),
-        steps.SAMPLER: np.array([params.scheduler.encode()], dtype=np.object_),
-        steps.SEED_USED: np.array([params.seed], dtype=np.int64),
+        steps.EDIT_PARAMETERS: params.as_tensor(),
+        steps.SEED_USED: np.array(params.seeds, dtype=np.int64),
         steps.DEADLINE: np.array([deadline], dtype=np.float64),
         steps.RESERVATION: np.array([reservation.encode()], dtype=np.object_),
     }
     log_fields = dict(width=int(width), height=int(height), edit_box=list(images.region.box),
-                      edit_width=images.region.width, edit_height=images.region.height, scheduler=params.scheduler,
-                      num_inference_steps=params.num_inference_steps, seed=params.seed)
+                      edit_width=images.region.width, edit_height=images.region.height, task=params.task,
+                      scheduler=params.scheduler, num_inference_steps=params.num_inference_steps, seed=params.seed,
+                      num_images=params.num_images)
     return tensors, log_fields
+
+
+def _required(read: Callable[[str], Any], name: str):
+    value = read(name)
+    if value is None:
+        raise RequestError(name, "is required")
+    return value

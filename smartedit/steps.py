@@ -16,6 +16,7 @@ PREPROCESS, SCHEDULER, POSTPROCESS = "preprocess", "scheduler", "postprocess"
 DENOISE_ENGINE = "denoise_engine"
 # The streaming entry point (decoupled): the wire contract's stream, served by one Python model.
 INPAINT_STREAM = wire.STREAM_MODEL_NAME
+SERVER_INFO_MODEL = wire.INFO_MODEL_NAME
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ def wire_input(tensor: wire.WireTensor) -> StepTensor:
     return StepTensor(tensor.name, tensor.datatype, wire.TENSOR_SHAPE, optional=True)
 
 
-# Outputs of preprocess. The request's parameters come out resolved (defaults applied, seed drawn)
-# under their own names, because an ensemble tensor name can be produced only once.
+# Outputs of preprocess. The request's parameters come out resolved (defaults applied, seed drawn) as
+# one record, EDIT_PARAMETERS, which the loop and postprocess read: a new parameter needs no new tensor.
 INPUT_IDS = StepTensor("input_ids", "INT64", (2, -1))  # row 0: negative prompt, row 1: prompt
 MASKED_IMAGE = StepTensor("masked_image", "FP32", (1, 3, -1, -1))  # in [-1, 1], 0 where repainted
 INIT_IMAGE = StepTensor("init_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]; encoded when strength < 1
@@ -43,11 +44,9 @@ LATENT_MASK = StepTensor("latent_mask", "FP32", (1, 1, -1, -1))  # 1 = repaint, 
 # pastes the edit back into the request's own image and mask, which it decodes again: cheaper than
 # sending a 24 MP photo's pixels through the stubs' shared memory, which never shrinks.
 EDIT_BOX = StepTensor("edit_box", "INT32", (4,))
-STEPS = StepTensor("resolved_num_inference_steps", "INT32", (1,))
-GUIDANCE = StepTensor("resolved_guidance_scale", "FP32", (1,))
-STRENGTH = StepTensor("resolved_strength", "FP32", (1,))
-SAMPLER = StepTensor("resolved_scheduler", "BYTES", (1,))
-SEED_USED = StepTensor(wire.SEED_USED.name, wire.SEED_USED.datatype, wire.TENSOR_SHAPE)
+# The edit's record (smartedit.parameters.EditParameters, JSON): every scalar parameter resolved once.
+EDIT_PARAMETERS = StepTensor("edit_parameters", "BYTES", (1,))
+SEED_USED = StepTensor(wire.SEED_USED.name, wire.SEED_USED.datatype, wire.OUTPUT_SHAPE)  # one per image
 # When the caller gives up, as ``time.time()`` seconds; 0 when it set no timeout. Preprocess computes it
 # from Triton's request timeout, which the client sets from its own and the ensemble passes to every step.
 DEADLINE = StepTensor("deadline", "FP64", (1,))
@@ -57,8 +56,7 @@ RESERVATION = StepTensor("reservation", "BYTES", (1,))
 
 PREPROCESS_INPUTS = tuple(wire_input(t) for t in wire.INPUTS)
 PREPROCESS_OUTPUTS = (
-    INPUT_IDS, MASKED_IMAGE, INIT_IMAGE, LATENT_MASK, EDIT_BOX,
-    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED, DEADLINE, RESERVATION,
+    INPUT_IDS, MASKED_IMAGE, INIT_IMAGE, LATENT_MASK, EDIT_BOX, EDIT_PARAMETERS, SEED_USED, DEADLINE, RESERVATION,
 )
 
 # The loop's inputs: what preprocess resolved, the prompt embeddings and the masked image's latent
@@ -66,11 +64,11 @@ PREPROCESS_OUTPUTS = (
 PROMPT_EMBEDS = StepTensor("prompt_embeds", "FP32", (2, -1, -1))
 MASKED_IMAGE_MEAN = StepTensor("masked_image_latent_mean", "FP32", (1, -1, -1, -1))
 MASKED_IMAGE_STD = StepTensor("masked_image_latent_std", "FP32", (1, -1, -1, -1))
-LATENTS = StepTensor("latents", "FP32", (1, -1, -1, -1))  # denoised, divided by the VAE scaling factor
+# Denoised, divided by the VAE scaling factor: one row per image (num_images).
+LATENTS = StepTensor("latents", "FP32", (-1, -1, -1, -1))
 
 SCHEDULER_INPUTS = (
-    PROMPT_EMBEDS, MASKED_IMAGE_MEAN, MASKED_IMAGE_STD, LATENT_MASK, INIT_IMAGE,
-    STEPS, GUIDANCE, STRENGTH, SAMPLER, SEED_USED, DEADLINE, RESERVATION,
+    PROMPT_EMBEDS, MASKED_IMAGE_MEAN, MASKED_IMAGE_STD, LATENT_MASK, INIT_IMAGE, EDIT_PARAMETERS, DEADLINE, RESERVATION,
 )
 SCHEDULER_OUTPUTS = (LATENTS,)
 
@@ -86,6 +84,7 @@ CANCEL_TOKEN = StepTensor("cancel_token", "BYTES", (1,), optional=True)
 # place; it is answered at once, with an empty response or the refusal.
 ADMISSION = StepTensor("admission", "BYTES", (1,), optional=True)
 RESERVE, RELEASE = b"reserve", b"release"
+PLACES = StepTensor("places", "INT32", (1,), optional=True)  # with "reserve": one per image of the edit, default 1
 STEP = StepTensor(wire.STEP.name, wire.STEP.datatype, (1,))
 TOTAL_STEPS = StepTensor(wire.TOTAL_STEPS.name, wire.TOTAL_STEPS.datatype, (1,))
 PREVIEW_PIXELS = StepTensor("preview_pixels", "UINT8", (-1, -1, 3))  # RGB at latent resolution
@@ -94,15 +93,20 @@ ERROR_CODE = StepTensor(wire.ERROR_CODE.name, wire.ERROR_CODE.datatype, (1,))
 ERROR_MESSAGE = StepTensor(wire.ERROR_MESSAGE.name, wire.ERROR_MESSAGE.datatype, (1,))
 
 # Every input optional to Triton: an admission request carries two of them; the engine checks the rest.
-ENGINE_INPUTS = tuple(replace(t, optional=True) for t in SCHEDULER_INPUTS) + (PREVIEW_EVERY, CANCEL_TOKEN, ADMISSION)
+ENGINE_INPUTS = tuple(replace(t, optional=True) for t in SCHEDULER_INPUTS) + (PREVIEW_EVERY, CANCEL_TOKEN, ADMISSION,
+                                                                             PLACES)
 ENGINE_OUTPUTS = (LATENTS, STEP, TOTAL_STEPS, PREVIEW_PIXELS, ERROR_CODE, ERROR_MESSAGE)
 
-DECODED_IMAGE = StepTensor("decoded_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]
-EDITED_IMAGE = StepTensor(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wire.TENSOR_SHAPE)
+DECODED_IMAGE = StepTensor("decoded_image", "FP32", (-1, 3, -1, -1))  # in [-1, 1], one row per image
+EDITED_IMAGE = StepTensor(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wire.OUTPUT_SHAPE)
 
 POSTPROCESS_INPUTS = (DECODED_IMAGE, StepTensor(wire.IMAGE.name, wire.IMAGE.datatype, wire.TENSOR_SHAPE),
-                      StepTensor(wire.MASK_IMAGE.name, wire.MASK_IMAGE.datatype, wire.TENSOR_SHAPE), EDIT_BOX)
+                      StepTensor(wire.MASK_IMAGE.name, wire.MASK_IMAGE.datatype, wire.TENSOR_SHAPE), EDIT_BOX,
+                      EDIT_PARAMETERS)
 POSTPROCESS_OUTPUTS = (EDITED_IMAGE,)
 
 STREAM_INPUTS = tuple(wire_input(t) for t in wire.STREAM_INPUTS)
-STREAM_OUTPUTS = tuple(StepTensor(t.name, t.datatype, wire.TENSOR_SHAPE) for t in wire.STREAM_OUTPUTS)
+STREAM_OUTPUTS = tuple(StepTensor(t.name, t.datatype, wire.OUTPUT_SHAPE if t in wire.OUTPUTS else wire.TENSOR_SHAPE)
+                       for t in wire.STREAM_OUTPUTS)
+
+SERVER_INFO = StepTensor(wire.SERVER_INFO.name, wire.SERVER_INFO.datatype, wire.TENSOR_SHAPE)

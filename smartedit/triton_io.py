@@ -92,8 +92,9 @@ def error_from_tensors(response):
     return pb_utils.TritonError(message.decode(), getattr(pb_utils.TritonError, name, pb_utils.TritonError.INTERNAL))
 
 
-def admission_call(engine_model: str, action: bytes, token: str, request_id: str = ""):
-    """Reserve (``steps.RESERVE``) or give back (``steps.RELEASE``) a place in the engine for one edit.
+def admission_call(engine_model: str, action: bytes, token: str, request_id: str = "", places: int = 1):
+    """Reserve (``steps.RESERVE``) or give back (``steps.RELEASE``) the places in the engine of one edit
+    (``places``: one per image).
 
     Returns:
         The engine's refusal (an UNAVAILABLE ``TritonError``, "server at capacity"), or None.
@@ -101,7 +102,8 @@ def admission_call(engine_model: str, action: bytes, token: str, request_id: str
     request = pb_utils.InferenceRequest(
         model_name=engine_model, request_id=request_id,
         inputs=[pb_utils.Tensor(steps.ADMISSION.name, np.array([action], dtype=np.object_)),
-                pb_utils.Tensor(steps.RESERVATION.name, np.array([token.encode()], dtype=np.object_))],
+                pb_utils.Tensor(steps.RESERVATION.name, np.array([token.encode()], dtype=np.object_)),
+                pb_utils.Tensor(steps.PLACES.name, np.array([places], dtype=np.int32))],
         requested_output_names=[steps.ERROR_CODE.name, steps.ERROR_MESSAGE.name])
     error = None
     for response in request.exec(decoupled=True):

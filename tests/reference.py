@@ -13,14 +13,14 @@ from smartedit.samplers import make_scheduler
 
 def diffusers_inpaint(pipeline, image: Image.Image, mask: Image.Image, *, prompt: str, negative_prompt: str,
                       num_inference_steps: int, guidance_scale: float, seed: int, scheduler: str,
-                      strength: float = 1.0) -> np.ndarray:
+                      strength: float = 1.0, eta: float = 0.0) -> np.ndarray:
     components = dict(pipeline.components, scheduler=make_scheduler(scheduler, pipeline.scheduler.config))
     reference = type(pipeline)(**components)
     reference.set_progress_bar_config(disable=True)
     result = reference(
         prompt=prompt, negative_prompt=negative_prompt, image=image, mask_image=mask,
         height=image.size[1], width=image.size[0], num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale, strength=strength, generator=torch.Generator().manual_seed(seed),
+        guidance_scale=guidance_scale, strength=strength, eta=eta, generator=torch.Generator().manual_seed(seed),
     ).images[0]
     return np.asarray(result)
 

@@ -117,8 +117,7 @@ def test_a_result_is_saved_in_the_format_its_extension_names(tmp_path):
     image, _ = scene(24, 16)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    result = InpaintResult(image=Image.open(io.BytesIO(buffer.getvalue())), png=buffer.getvalue(), seed_used=1,
-                           request_id="r", elapsed_s=0.1)
+    result = InpaintResult.from_pngs([buffer.getvalue()], [1], request_id="r", elapsed_s=0.1)
     result.save(tmp_path / "a.png")
     assert (tmp_path / "a.png").read_bytes() == buffer.getvalue()  # the server's bytes, not re-encoded
     for name, image_format in (("a.jpg", "JPEG"), ("a.JPEG", "JPEG"), ("a.webp", "WEBP")):

@@ -10,7 +10,8 @@ import torch
 
 from conftest import png_bytes, scene
 from reference import diffusers_inpaint, psnr
-from smartedit.denoise import decoder_input, run_to_end, start_denoising
+from smartedit.denoise import EditInputs, decoder_input, run_to_end, start_denoising
+from smartedit.parameters import EditParameters
 from smartedit.postprocessing import compose, to_pixels
 from smartedit.preprocessing import prepare_images, tokenize
 from smartedit.settings import PreprocessSettings
@@ -29,8 +30,10 @@ def _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=4, se
             dist = pipe.vae.encode(torch.from_numpy(prepared.init_image)).latent_dist
             return dist.mean, dist.std
 
-        state = start_denoising(info, pipe.scheduler.config, sampler, steps, strength, guidance, seed, embeds,
-                                masked.mean, masked.std, torch.from_numpy(prepared.latent_mask), encode_init)
+        params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler=sampler,
+                                num_inference_steps=steps, strength=strength, guidance_scale=guidance, seed=seed)
+        inputs = EditInputs(embeds, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
+        state = start_denoising(info, pipe.scheduler.config, params, inputs, encode_init)
         assert run_to_end(state, lambda s, t, e: pipe.unet(s, t, encoder_hidden_states=e).sample)
         decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
     return (compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box),
@@ -54,8 +57,9 @@ def test_loop_matches_diffusers(tiny_pipeline, sampler, strength, guidance):
 def test_cancellation_stops_between_steps(tiny_pipeline):
     info = PipelineInfo.from_pipeline(tiny_pipeline)
     latent = torch.zeros(1, 4, 4, 4)
-    state = start_denoising(info, tiny_pipeline.scheduler.config, "ddim", 10, 1.0, 7.5, 0,
-                            torch.zeros(2, 77, 32), latent, latent, torch.ones(1, 1, 4, 4), lambda: None)
+    params = EditParameters(prompt="", num_inference_steps=10, seed=0)
+    state = start_denoising(info, tiny_pipeline.scheduler.config, params,
+                            EditInputs(torch.zeros(2, 77, 32), latent, latent, torch.ones(1, 1, 4, 4)), lambda: None)
     calls = []
     finished = run_to_end(state, lambda s, t, e: torch.zeros(s.shape[0], 4, 4, 4),
                           should_stop=lambda: calls.append(1) or len(calls) > 3)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from conftest import png_bytes, scene
-from smartedit.denoise import run_to_end, start_denoising
+from smartedit.denoise import EditInputs, run_to_end, start_denoising
+from smartedit.parameters import EditParameters
 from smartedit.engine import AtCapacity, DenoiseEngine, EditRequest, EngineLimits, plan_unet_calls
 from smartedit.preprocessing import prepare_images, tokenize
 from smartedit.settings import PreprocessSettings
@@ -82,10 +83,12 @@ def make_edit(tiny_pipeline):
             masked = pipe.vae.encode(torch.from_numpy(prepared.masked_image)).latent_dist
             init = pipe.vae.encode(torch.from_numpy(prepared.init_image)).latent_dist
 
+        params = EditParameters(prompt=prompt, negative_prompt="ugly", scheduler=sampler, num_inference_steps=steps,
+                                strength=strength, guidance_scale=guidance, seed=seed)
+        inputs = EditInputs(embeds, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
+
         def prepare():
-            return start_denoising(info, pipe.scheduler.config, sampler, steps, strength, guidance, seed, embeds,
-                                   masked.mean, masked.std, torch.from_numpy(prepared.latent_mask),
-                                   lambda: (init.mean, init.std))
+            return start_denoising(info, pipe.scheduler.config, params, inputs, lambda: (init.mean, init.std))
         return prepare
 
     return make

@@ -1,5 +1,6 @@
 """Request validation: every rejection names the field and the value."""
 
+import dataclasses
 import io
 import math
 
@@ -10,9 +11,11 @@ from PIL import Image, ImageOps
 from conftest import exif_sideways, png_bytes, scene
 from smartedit.errors import RequestError
 from smartedit.postprocessing import compose, encode_png
-from smartedit.preprocessing import prepare_images, resolve_parameters
+from smartedit.parameters import EditParameters, resolve_parameters
+from smartedit.preprocessing import prepare_images
 from smartedit.settings import PreprocessSettings
 from smartedit.spec import PipelineInfo
+from smartedit.tasks import REMOVAL_NEGATIVE_PROMPT, REMOVAL_PROMPT
 
 INFO = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,
                     text_hidden_size=32, vae_scaling_factor=0.18215, unet_sample_size=64,
@@ -21,17 +24,36 @@ SETTINGS = PreprocessSettings()
 
 
 def _params(**overrides):
-    values = dict(prompt=b"a cat", negative_prompt=None, num_inference_steps=None, guidance_scale=None,
-                  strength=None, seed=None, scheduler=None, settings=SETTINGS)
-    values.update(overrides)
-    return resolve_parameters(**values)
+    """The record of a request sending ``prompt`` "a cat" and ``overrides`` (wire values)."""
+    values = {"prompt": b"a cat", **overrides}
+    return resolve_parameters(values.get, SETTINGS)
 
 
 def test_defaults_are_applied_and_a_seed_is_drawn():
     params = _params()
     assert (params.num_inference_steps, params.guidance_scale, params.strength, params.scheduler) == (50, 7.5, 1.0, "ddim")
+    assert (params.task, params.eta, params.mask_grow, params.mask_blur, params.invert_mask, params.num_images) == (
+        "inpaint", 0.0, 0, 0, False, 1)
     assert params.negative_prompt == "" and 0 <= params.seed < 2**63
     assert _params().seed != params.seed
+
+
+def test_each_task_sets_its_defaults_and_the_request_overrides_them():
+    removal = _params(prompt=b"", task=b"remove")
+    assert (removal.strength, removal.mask_grow) == (0.75, 8)
+    assert removal.prompt == REMOVAL_PROMPT and removal.negative_prompt == REMOVAL_NEGATIVE_PROMPT
+    assert _params(task=b"remove").prompt == "a cat"  # a prompt sent is kept
+    assert _params(task=b" Remove ", strength=0.5, mask_grow=0).strength == 0.5
+    background = _params(task=b"replace_background")
+    assert background.mask_blur == 8 and background.inverts_mask and not background.invert_mask
+    assert _params(task=b"replace_background", mask_blur=0).mask_blur == 0
+
+
+def test_the_record_travels_as_one_tensor_and_names_its_variations():
+    params = _params(seed=41, num_images=3, eta=0.5, invert_mask=True)
+    assert EditParameters.from_tensor(params.as_tensor()) == params
+    assert params.seeds == [41, 42, 43]
+    assert params.variation(2) == dataclasses.replace(params, seed=43, num_images=1)
 
 
 @pytest.mark.parametrize("overrides,field,fragment", [
@@ -46,8 +68,18 @@ def test_defaults_are_applied_and_a_seed_is_drawn():
     (dict(prompt=b"\xff\xfe"), "prompt", "UTF-8"),
     (dict(prompt=b"a" * 4097), "prompt", "is 4097 bytes; the limit is 4096"),
     (dict(negative_prompt=b"n" * 5000), "negative_prompt", "is 5000 bytes; the limit is 4096"),
-    (dict(crop_padding=-1), "crop_padding", "must be between 0 and 2048 pixels, got -1"),
+    (dict(crop_padding=-1), "crop_padding", "must be between 0 and 2048, got -1"),
     (dict(crop_padding=5000), "crop_padding", "got 5000"),
+    (dict(task=b"paint"), "task", "unknown task 'paint'; known: inpaint, remove, replace_background"),
+    (dict(eta=1.5), "eta", "must be between 0 and 1, got 1.5"),
+    (dict(eta=-0.1), "eta", "got -0.1"),
+    (dict(mask_grow=300), "mask_grow", "must be between -256 and 256, got 300"),
+    (dict(mask_blur=-1), "mask_blur", "must be between 0 and 256, got -1"),
+    (dict(num_images=0), "num_images", "must be between 1 and 8, got 0"),
+    (dict(num_images=9), "num_images", "got 9"),
+    (dict(seed=2**63 - 2, num_images=4), "seed", "past the INT64 range"),
+    (dict(invert_mask=True, task=b"replace_background"), "invert_mask", "contradicts task replace_background"),
+    (dict(num_inference_steps=1001), "num_inference_steps", "must be between 1 and 1000, got 1001"),
 ])
 def test_bad_parameters_name_the_field_and_value(overrides, field, fragment):
     with pytest.raises(RequestError) as caught:
@@ -155,7 +187,7 @@ def _photo_and_mask(width, height, box):
 
 def test_a_large_photo_is_edited_as_a_crop_around_the_mask_at_the_working_resolution():
     photo, mask = _photo_and_mask(3000, 2000, (1000, 800, 1400, 1100))  # a 400x300 mask
-    prepared = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS, crop_padding=32)
+    prepared = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS, EditParameters(prompt="", crop_padding=32))
     region = prepared.region
     # The box holds the mask and its padding, has the processing size's aspect, and stays in the photo.
     assert region.left <= 1000 - 32 and region.top <= 800 - 32 and region.right >= 1432 and region.bottom >= 1132
@@ -180,7 +212,7 @@ def test_paste_back_changes_only_masked_pixels_of_the_original():
 
 def test_a_tiny_mask_is_given_context_rather_than_enlarged_past_two_times():
     photo, mask = _photo_and_mask(3000, 2000, (1500, 1000, 1504, 1004))
-    region = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS, crop_padding=0).region
+    region = prepare_images(png_bytes(photo), png_bytes(mask), INFO, SETTINGS, EditParameters(prompt="", crop_padding=0)).region
     assert region.width <= 2 * (region.right - region.left) and region.height <= 2 * (region.bottom - region.top)
 
 

@@ -152,11 +152,11 @@ def _valid_tensors():
     ("mask_image", ("BYTES", png_bytes(Image.new("L", (32, 24)))), "mask_image: is 32x24 but image is 32x32"),
     ("num_inference_steps", ("INT32", 0), "num_inference_steps: must be between 1 and"),
     ("num_inference_steps", ("INT32", -5), "got -5"),
-    ("guidance_scale", ("FP32", float("nan")), "guidance_scale: must be a finite number >= 0, got nan"),
+    ("guidance_scale", ("FP32", float("nan")), "guidance_scale: must be a finite number, got nan"),
     ("scheduler", ("BYTES", b"warp-drive"), "scheduler: unknown scheduler 'warp-drive'"),
     ("mask_image", None, "mask_image"),
     ("prompt", None, "prompt"),
-    ("crop_padding", ("INT32", -1), "crop_padding: must be between 0 and 2048 pixels, got -1"),
+    ("crop_padding", ("INT32", -1), "crop_padding: must be between 0 and 2048, got -1"),
     ("mask_image", ("BYTES", png_bytes(Image.new("L", (32, 32)))), "mask_image: has no pixel to repaint"),
 ])
 def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(server, client, field, change, fragment):

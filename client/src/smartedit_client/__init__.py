@@ -23,23 +23,28 @@ from smartedit_client._errors import (
     SmartEditError,
 )
 from smartedit_client._events import PreviewEvent, ProgressEvent
-from smartedit_client._result import InpaintResult
+from smartedit_client._info import ParameterInfo, ServerInfo
+from smartedit_client._result import EditedImage, InpaintResult, png_parameters
 from smartedit_client._stream import InpaintStream
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_URL",
+    "EditedImage",
     "InpaintClient",
     "InpaintResult",
     "InpaintStream",
     "InvalidRequestError",
     "ModelNotFoundError",
+    "ParameterInfo",
     "PreviewEvent",
     "ProgressEvent",
     "RequestCancelledError",
     "RequestTimeoutError",
     "ServerError",
+    "ServerInfo",
     "ServerOverloadedError",
     "ServerUnavailableError",
     "SmartEditError",
+    "png_parameters",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 import uuid
@@ -15,14 +16,15 @@ from tritonclient.utils import InferenceServerException
 
 from smartedit_client import _contract as wire
 from smartedit_client._errors import InvalidRequestError, RequestCancelledError, RequestTimeoutError, from_triton
-from smartedit_client._result import InpaintResult
+from smartedit_client._info import ServerInfo
+from smartedit_client._result import InpaintResult, png_parameters, replayable
 from smartedit_client._stream import InpaintStream
 
 ImageLike = Union[bytes, str, os.PathLike, Image.Image]
 
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_TIMEOUT_S = 300.0
-_NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32}
+_NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
 
 
 def _encoded(field: str, value: ImageLike) -> bytes:
@@ -61,8 +63,12 @@ def _tensor(spec: wire.WireTensor, value) -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(spec.name, list(wire.TENSOR_SHAPE), spec.datatype)
     if spec.datatype == "BYTES" and isinstance(value, str):
         value = value.encode("utf-8")
+    if spec.datatype == "BOOL" and not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"expected True or False, got {type(value).__name__}")
     dtype = np.dtype(_NUMPY[spec.datatype])
     if dtype.kind == "i":  # numpy would wrap an out-of-range int silently: 2**32 + 5 steps would be 5
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError(f"expected an integer, got {value!r}")
         limits = np.iinfo(dtype)
         if not limits.min <= int(value) <= limits.max:
             raise OverflowError(f"out of the {spec.datatype} range [{limits.min}, {limits.max}]")
@@ -122,6 +128,23 @@ class InpaintClient:
         except InferenceServerException:
             return False
 
+    def server_info(self, *, timeout_s: float | None = None) -> ServerInfo:
+        """What the server offers: model and family, working resolution, samplers, tasks, each
+        parameter's range and default, limits.
+
+        Raises:
+            ModelNotFoundError: the server has no ``server_info`` model (an older SmartEdit).
+            ServerUnavailableError: the server is unreachable.
+            SmartEditError: any other failure.
+        """
+        outputs = [grpcclient.InferRequestedOutput(wire.SERVER_INFO.name)]
+        try:
+            response = self._client.infer(wire.INFO_MODEL_NAME, [], outputs=outputs,
+                                          client_timeout=timeout_s or self.timeout_s)
+        except InferenceServerException as error:
+            raise from_triton(error) from None
+        return ServerInfo.from_json(response.as_numpy(wire.SERVER_INFO.name).reshape(-1)[0])
+
     def inpaint(
         self,
         *,
@@ -129,38 +152,53 @@ class InpaintClient:
         mask_image: ImageLike,
         prompt: str,
         negative_prompt: str | None = None,
+        task: str | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         strength: float | None = None,
+        eta: float | None = None,
         seed: int | None = None,
         scheduler: str | None = None,
         crop_padding: int | None = None,
+        mask_grow: int | None = None,
+        mask_blur: int | None = None,
+        invert_mask: bool | None = None,
+        num_images: int | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
     ) -> InpaintResult:
-        """Repaint the white part of ``mask_image`` in ``image`` as ``prompt`` describes.
+        """Repaint the white part of ``mask_image`` in ``image`` as ``prompt`` describes (or, with
+        ``task``, remove what the mask covers, or replace the background around it).
 
-        Arguments left as None take the server's defaults (DESIGN §2); ``seed=None`` lets the server
-        draw one, returned as ``seed_used``.
+        Arguments left as None take the server's defaults (the README's wire contract; ``server_info()``
+        lists them); ``seed=None`` lets the server draw one, returned as ``seed_used``.
 
         Args:
             image: the image to edit: encoded bytes (PNG, JPEG, WebP), a file path or a PIL image.
             mask_image: same size as ``image``; white (>= 128) is repainted, black is kept.
-            prompt: what to paint in the masked region (may be empty).
+            prompt: what to paint in the masked region (may be empty: ``remove`` then uses a neutral one).
             negative_prompt: what to steer away from.
+            task: ``"inpaint"`` (default), ``"remove"`` (erase the masked object, continuing the
+                background) or ``"replace_background"`` (keep the masked subject, repaint the rest).
             num_inference_steps: denoising steps.
             guidance_scale: classifier-free guidance scale; <= 1 disables guidance.
             strength: in (0, 1]; below 1 starts from the noised image instead of pure noise.
+            eta: DDIM's eta in [0, 1]: the noise each step adds back (``ddim`` only; default 0).
             seed: makes the result reproducible.
             scheduler: the sampler, e.g. ``"ddim"`` or ``"euler"``.
             crop_padding: pixels of context kept around the mask's box when a photo larger than the
                 model's working resolution is edited as a crop (server default 32).
+            mask_grow: pixels to grow the mask by; negative shrinks it.
+            mask_blur: feather width in pixels of the paste-back; pixels farther from the mask stay as sent.
+            invert_mask: repaint the black part of the mask instead of the white.
+            num_images: variations to make (1-8); variation i uses seed + i and equals a one-image
+                request with that seed.
             timeout_s: this call's timeout, overriding the client's.
             request_id: the id the server's logs carry for this edit; a random one when None.
 
         Returns:
-            InpaintResult: the edited image, its PNG bytes, the seed used, the request id and the
-            elapsed time.
+            InpaintResult: the edited images (``images``; ``image``, ``png``, ``seed_used`` are the first
+            one's), the request id and the elapsed time. Each PNG carries its parameters (``parameters``).
 
         Raises:
             InvalidRequestError: a field is invalid (the message names it), locally or on the server.
@@ -169,9 +207,11 @@ class InpaintClient:
             ServerUnavailableError: the server is unreachable or shutting down.
             SmartEditError: any other failure, as a subclass named by the gRPC status.
         """
-        inputs = _edit_inputs(image=image, mask_image=mask_image, prompt=prompt, negative_prompt=negative_prompt,
-                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              strength=strength, seed=seed, scheduler=scheduler, crop_padding=crop_padding)
+        inputs = _edit_inputs(image, mask_image, dict(
+            prompt=prompt, negative_prompt=negative_prompt, task=task, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, strength=strength, eta=eta, seed=seed, scheduler=scheduler,
+            crop_padding=crop_padding, mask_grow=mask_grow, mask_blur=mask_blur, invert_mask=invert_mask,
+            num_images=num_images))
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
         request_id = request_id or uuid.uuid4().hex
         timeout_s = timeout_s or self.timeout_s
@@ -189,13 +229,33 @@ class InpaintClient:
                 raise RequestTimeoutError(f"the edit took longer than its timeout of {timeout_s:g} s: {failure}",
                                           "DEADLINE_EXCEEDED") from None
             raise failure from None
-        elapsed = time.perf_counter() - started
-        png = response.as_numpy(wire.EDITED_IMAGE.name).reshape(-1)[0]
-        seed_used = int(response.as_numpy(wire.SEED_USED.name).reshape(-1)[0])
-        edited = Image.open(io.BytesIO(png))
-        edited.load()
-        return InpaintResult(image=edited, png=bytes(png), seed_used=seed_used, request_id=request_id,
-                             elapsed_s=elapsed)
+        return InpaintResult.from_pngs(response.as_numpy(wire.EDITED_IMAGE.name).reshape(-1),
+                                       response.as_numpy(wire.SEED_USED.name).reshape(-1), request_id=request_id,
+                                       elapsed_s=time.perf_counter() - started)
+
+    def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike, **overrides) -> InpaintResult:
+        """Send again the edit a result PNG carries the parameters of, on ``image`` and ``mask_image``
+        (the ones it was made from): the same server and model give the same PNG, byte for byte.
+
+        Args:
+            png: a result PNG of this SDK (bytes, a path, or a PIL image read from one).
+            overrides: any of ``inpaint``'s arguments, to change (e.g. ``timeout_s``).
+
+        Raises:
+            InvalidRequestError: ``png`` carries no SmartEdit parameters; and as ``inpaint``.
+        """
+        if isinstance(png, Image.Image):
+            text = getattr(png, "text", {}).get(wire.PNG_PARAMETERS_KEY)
+            carried = None if text is None else json.loads(text)
+        else:
+            try:
+                carried = png_parameters(_encoded("png", png))
+            except ValueError as error:
+                raise InvalidRequestError(f"png: {error}") from None
+        if carried is None:
+            raise InvalidRequestError(f"png: carries no {wire.PNG_PARAMETERS_KEY!r} parameters; only SmartEdit's "
+                                      f"result PNGs do, as written (a re-encoded copy loses them)")
+        return self.inpaint(image=image, mask_image=mask_image, **{**replayable(carried), **overrides})
 
     def inpaint_stream(
         self,
@@ -204,12 +264,18 @@ class InpaintClient:
         mask_image: ImageLike,
         prompt: str,
         negative_prompt: str | None = None,
+        task: str | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         strength: float | None = None,
+        eta: float | None = None,
         seed: int | None = None,
         scheduler: str | None = None,
         crop_padding: int | None = None,
+        mask_grow: int | None = None,
+        mask_blur: int | None = None,
+        invert_mask: bool | None = None,
+        num_images: int | None = None,
         preview_every: int | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
@@ -221,7 +287,7 @@ class InpaintClient:
 
         Args:
             preview_every: steps between previews (the server's default, 5, when None); 0 for progress
-                events only.
+                events only. Progress and previews follow the first image when ``num_images`` > 1.
 
         Returns:
             InpaintStream: iterate it for ``ProgressEvent`` / ``PreviewEvent`` and, last, the
@@ -233,32 +299,23 @@ class InpaintClient:
                 while iterating, as are the other errors ``inpaint`` lists).
             ServerUnavailableError: the server is unreachable.
         """
-        extra = {} if preview_every is None else {wire.PREVIEW_EVERY: preview_every}
-        inputs = _edit_inputs(image=image, mask_image=mask_image, prompt=prompt, negative_prompt=negative_prompt,
-                              num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              strength=strength, seed=seed, scheduler=scheduler, crop_padding=crop_padding,
-                              extra=extra)
+        inputs = _edit_inputs(image, mask_image, dict(
+            prompt=prompt, negative_prompt=negative_prompt, task=task, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, strength=strength, eta=eta, seed=seed, scheduler=scheduler,
+            crop_padding=crop_padding, mask_grow=mask_grow, mask_blur=mask_blur, invert_mask=invert_mask,
+            num_images=num_images, preview_every=preview_every))
         return InpaintStream(self.url, tls=self._tls, model_name=self.stream_model_name, inputs=inputs,
                              request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s)
 
 
-def _edit_inputs(*, image, mask_image, prompt, negative_prompt, num_inference_steps, guidance_scale, strength, seed,
-                 scheduler, crop_padding, extra=None) -> list[grpcclient.InferInput]:
-    """The request's tensors, checked and encoded; absent optional arguments are left out."""
-    values = {
-        wire.IMAGE: _encoded("image", image),
-        wire.MASK_IMAGE: _encoded("mask_image", mask_image),
-        wire.PROMPT: prompt,
-        wire.NEGATIVE_PROMPT: negative_prompt,
-        wire.NUM_INFERENCE_STEPS: num_inference_steps,
-        wire.GUIDANCE_SCALE: guidance_scale,
-        wire.STRENGTH: strength,
-        wire.SEED: seed,
-        wire.SCHEDULER: scheduler,
-        wire.CROP_PADDING: crop_padding,
-        **(extra or {}),
-    }
-    missing = [spec.name for spec, value in values.items() if spec.required and value is None]
+def _edit_inputs(image: ImageLike, mask_image: ImageLike, parameters: dict) -> list[grpcclient.InferInput]:
+    """The request's tensors, checked and encoded; ``parameters`` are named as the contract's inputs, and
+    those left None are left out (the server applies its defaults)."""
+    specs = {spec.name: spec for spec in wire.STREAM_INPUTS}
+    values = {wire.IMAGE: _encoded("image", image), wire.MASK_IMAGE: _encoded("mask_image", mask_image)}
+    for name, value in parameters.items():
+        values[specs[name]] = value
+    missing = [spec.name for spec in wire.INPUTS if spec.required and values.get(spec) is None]
     if missing:
         raise InvalidRequestError(f"{missing[0]}: is required")
     tensors = []

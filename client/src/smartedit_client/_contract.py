@@ -11,39 +11,76 @@ from dataclasses import dataclass
 
 MODEL_NAME = "inpaint"
 DEFAULT_CROP_PADDING = 32
+MAX_NUM_IMAGES = 8
+TASKS = ("inpaint", "remove", "replace_background")
 
 
 @dataclass(frozen=True)
 class WireTensor:
+    """One tensor of the contract. For an input: its type, and, for the scalar parameters, the range
+    (inclusive) and the default that the server applies when the request leaves it out (None: the
+    server's configured default, or none); the server checks them, the CLI and ``server_info`` show them.
+    """
+
     name: str
-    datatype: str  # the KServe v2 / Triton datatype name: "BYTES", "INT32", "INT64", "FP32"
+    datatype: str  # the KServe v2 / Triton datatype name: "BYTES", "INT32", "INT64", "FP32", "BOOL"
     required: bool
     meaning: str
+    default: object = None
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
 
 
 IMAGE = WireTensor("image", "BYTES", True, "encoded PNG / JPEG / WebP")
 MASK_IMAGE = WireTensor("mask_image", "BYTES", True, "encoded image; white (>=128) = repaint, black = keep")
 PROMPT = WireTensor("prompt", "BYTES", True, "UTF-8 text (may be empty)")
 NEGATIVE_PROMPT = WireTensor("negative_prompt", "BYTES", False, 'default ""')
-NUM_INFERENCE_STEPS = WireTensor("num_inference_steps", "INT32", False, "default from the model's config")
-GUIDANCE_SCALE = WireTensor("guidance_scale", "FP32", False, "default 7.5")
-STRENGTH = WireTensor("strength", "FP32", False, "default 1.0")
+TASK = WireTensor("task", "BYTES", False,
+                  "inpaint (default): repaint the mask as the prompt says; remove: erase the masked object, "
+                  "continuing the background; replace_background: keep the masked subject, repaint the rest",
+                  default="inpaint", choices=TASKS)
+NUM_INFERENCE_STEPS = WireTensor("num_inference_steps", "INT32", False, "default from the model's config",
+                                 minimum=1)
+GUIDANCE_SCALE = WireTensor("guidance_scale", "FP32", False, "default 7.5; <= 1 turns guidance off", minimum=0.0)
+STRENGTH = WireTensor("strength", "FP32", False, "in (0, 1]; default 1.0 (0.75 for remove)", maximum=1.0)
+ETA = WireTensor("eta", "FP32", False, "DDIM's eta: the noise each step adds back (ddim only); default 0",
+                 default=0.0, minimum=0.0, maximum=1.0)
 SEED = WireTensor("seed", "INT64", False, "random when absent")
 SCHEDULER = WireTensor("scheduler", "BYTES", False, "ddim (default), euler, ...")
 CROP_PADDING = WireTensor("crop_padding", "INT32", False,
                           "pixels of context around the mask's box when a large photo is edited as a crop; "
-                          f"default {DEFAULT_CROP_PADDING}")
+                          f"default {DEFAULT_CROP_PADDING}", minimum=0, maximum=2048)
+MASK_GROW = WireTensor("mask_grow", "INT32", False,
+                       "pixels to grow the mask by (negative: shrink); default 0 (8 for remove)",
+                       minimum=-256, maximum=256)
+MASK_BLUR = WireTensor("mask_blur", "INT32", False,
+                       "feather width in pixels when the edit is pasted back; pixels farther than this from "
+                       "the mask stay as sent; default 0 (8 for replace_background)", minimum=0, maximum=256)
+INVERT_MASK = WireTensor("invert_mask", "BOOL", False, "repaint the black part instead; default false",
+                         default=False)
+NUM_IMAGES = WireTensor("num_images", "INT32", False,
+                        f"variations to make, 1-{MAX_NUM_IMAGES}; variation i uses seed + i; default 1",
+                        default=1, minimum=1, maximum=MAX_NUM_IMAGES)
 
-EDITED_IMAGE = WireTensor("edited_image", "BYTES", True, "PNG, same size as image")
-SEED_USED = WireTensor("seed_used", "INT64", True, "the seed actually used")
+EDITED_IMAGE = WireTensor("edited_image", "BYTES", True,
+                          "[num_images] PNGs, same size as image, each carrying its parameters (PNG_PARAMETERS_KEY)")
+SEED_USED = WireTensor("seed_used", "INT64", True, "[num_images] the seed each image used")
 
 INPUTS: tuple[WireTensor, ...] = (
-    IMAGE, MASK_IMAGE, PROMPT, NEGATIVE_PROMPT, NUM_INFERENCE_STEPS, GUIDANCE_SCALE, STRENGTH, SEED, SCHEDULER,
-    CROP_PADDING,
+    IMAGE, MASK_IMAGE, PROMPT, NEGATIVE_PROMPT, TASK, NUM_INFERENCE_STEPS, GUIDANCE_SCALE, STRENGTH, ETA, SEED,
+    SCHEDULER, CROP_PADDING, MASK_GROW, MASK_BLUR, INVERT_MASK, NUM_IMAGES,
 )
 OUTPUTS: tuple[WireTensor, ...] = (EDITED_IMAGE, SEED_USED)
+# The inputs that are one scalar parameter of the edit (not the images): what the server resolves
+# into its record of the edit, and what an output PNG's parameters hold.
+PARAMETERS: tuple[WireTensor, ...] = tuple(t for t in INPUTS if t not in (IMAGE, MASK_IMAGE))
 
-TENSOR_SHAPE = (1,)
+# Each output PNG carries the edit's parameters as JSON in a PNG text chunk under this key.
+PNG_PARAMETERS_KEY = "smartedit"
+
+TENSOR_SHAPE = (1,)  # every input; the outputs are [num_images]
+OUTPUT_SHAPE = (-1,)
 
 
 def request_timeout_us(seconds: float) -> int:
@@ -79,6 +116,12 @@ ERROR_MESSAGE = WireTensor("error_message", "BYTES", False, "on failure: what we
 STREAM_INPUTS: tuple[WireTensor, ...] = INPUTS + (PREVIEW_EVERY,)
 STREAM_OUTPUTS: tuple[WireTensor, ...] = (STEP, TOTAL_STEPS, PREVIEW_IMAGE, EDITED_IMAGE, SEED_USED, ERROR_CODE,
                                           ERROR_MESSAGE)
+
+# What the server offers: a model with no inputs answering JSON (model, family, working resolution,
+# samplers, tasks, each parameter's type, range and default, limits). On the inference API, so that the
+# restricted admin APIs (model config among them) need not be opened to read it.
+INFO_MODEL_NAME = "server_info"
+SERVER_INFO = WireTensor("server_info", "BYTES", True, "JSON describing what the server offers")
 
 # Triton has no RESOURCE_EXHAUSTED status: a request refused for lack of capacity comes back as
 # UNAVAILABLE, the status of a server that is down or draining too. The server's refusals say why in

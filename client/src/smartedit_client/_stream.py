@@ -102,12 +102,11 @@ class InpaintStream:
         if status is not None:
             self._close(cancel=False)
             raise from_status(status.decode(), _scalar(result, wire.ERROR_MESSAGE).decode())
-        png = _scalar(result, wire.EDITED_IMAGE)
-        if png is not None:
-            edited = Image.open(io.BytesIO(png))
-            edited.load()
-            self.result = InpaintResult(image=edited, png=bytes(png), seed_used=int(_scalar(result, wire.SEED_USED)),
-                                        request_id=self.request_id, elapsed_s=time.perf_counter() - self._started)
+        pngs = result.as_numpy(wire.EDITED_IMAGE.name)
+        if pngs is not None:
+            self.result = InpaintResult.from_pngs(pngs.reshape(-1), result.as_numpy(wire.SEED_USED.name).reshape(-1),
+                                                  request_id=self.request_id,
+                                                  elapsed_s=time.perf_counter() - self._started)
             yield self.result
             return
         step, total = _scalar(result, wire.STEP), _scalar(result, wire.TOTAL_STEPS)

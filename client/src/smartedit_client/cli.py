@@ -6,10 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from smartedit_client import _contract as wire
 from smartedit_client._client import DEFAULT_TIMEOUT_S, DEFAULT_URL, InpaintClient
 from smartedit_client._errors import SmartEditError
 from smartedit_client._events import PreviewEvent, ProgressEvent
-from smartedit_client._result import SAVE_FORMATS, InpaintResult, check_output_path
+from smartedit_client._result import SAVE_FORMATS, InpaintResult, check_output_path, png_parameters, replayable
+
+
+_TYPES = {"BYTES": str, "INT32": int, "INT64": int, "FP32": float}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -18,21 +22,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ssl", action="store_true", help="TLS (e.g. through an Ingress on port 443)")
     p.add_argument("--ca-bundle", default=None,
                    help="PEM file of the CA(s) to trust, e.g. a self-signed server's certificate (implies --ssl)")
-    p.add_argument("--image", required=True, help="image to edit (PNG, JPEG or WebP)")
-    p.add_argument("--mask", required=True, help="mask, same size: white = repaint, black = keep")
-    p.add_argument("--prompt", required=True, help="what to paint in the masked region")
-    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--info", action="store_true",
+                   help="print what the server offers (model, samplers, tasks, each parameter's range and default) "
+                        "and exit")
+    p.add_argument("--image", help="image to edit (PNG, JPEG or WebP)")
+    p.add_argument("--mask", help="mask, same size: white = repaint, black = keep")
+    p.add_argument("--prompt", default=None, help="what to paint in the masked region (required unless --replay)")
+    p.add_argument("--replay", metavar="PNG", default=None,
+                   help="send again the edit whose parameters this result PNG carries (on --image and --mask); "
+                        "other options given override them")
     p.add_argument("--steps", dest="num_inference_steps", type=int, default=None, help="denoising steps")
-    p.add_argument("--guidance-scale", type=float, default=None)
-    p.add_argument("--strength", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None, help="for a reproducible result")
-    p.add_argument("--scheduler", default=None, help="sampler: ddim (default), euler, ...")
-    p.add_argument("--crop-padding", type=int, default=None,
-                   help="pixels of context around the mask when a large photo is edited as a crop (server default 32)")
+    # The other parameters, as the wire contract declares them (name, type, meaning).
+    for spec in wire.PARAMETERS:
+        if spec in (wire.PROMPT, wire.NUM_INFERENCE_STEPS):
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        if spec.datatype == "BOOL":
+            p.add_argument(flag, action="store_const", const=True, default=None, help=spec.meaning)
+        else:
+            p.add_argument(flag, type=_TYPES[spec.datatype], default=None, choices=spec.choices or None,
+                           help=spec.meaning)
     p.add_argument("--timeout", dest="timeout_s", type=float, default=DEFAULT_TIMEOUT_S, help="seconds")
     p.add_argument("--request-id", default=None, help="id the server's logs carry for this edit (default: random)")
-    p.add_argument("--out", required=True,
-                   help=f"where to write the edited image; its extension picks the format ({', '.join(SAVE_FORMATS)})")
+    p.add_argument("--out",
+                   help=f"where to write the edited image; its extension picks the format ({', '.join(SAVE_FORMATS)}); "
+                        f"with --num-images N > 1, OUT-1 ... OUT-N")
     p.add_argument("--previews", metavar="DIR", default=None,
                    help="stream the edit: print progress and write previews to DIR as they come "
                         "(preview-STEP.png); Ctrl-C cancels the edit on the server")
@@ -53,13 +67,66 @@ def _streamed(client: InpaintClient, edit: dict, previews: Path, preview_every: 
     return stream.result
 
 
+def output_paths(out: str, count: int) -> list[Path]:
+    """Where each image goes: ``out`` for one image, ``<stem>-1<suffix>`` ... for several."""
+    path = Path(out)
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{index}{path.suffix}") for index in range(1, count + 1)]
+
+
+def _replayed(cli: argparse.ArgumentParser, path: str) -> dict:
+    """The parameters a result PNG carries, as ``inpaint`` arguments."""
+    try:
+        carried = png_parameters(Path(path).read_bytes())
+    except OSError as error:
+        cli.error(f"--replay {path!r}: cannot read it: {error.strerror}")
+    except ValueError as error:
+        cli.error(f"--replay {path!r}: {error}")
+    if carried is None:
+        cli.error(f"--replay {path!r}: carries no {wire.PNG_PARAMETERS_KEY!r} parameters; only SmartEdit's result "
+                  f"PNGs do, as written (a re-encoded copy loses them)")
+    return replayable(carried)
+
+
+def _connect(cli: argparse.ArgumentParser, args) -> InpaintClient:
+    try:
+        return InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl, root_certificates=args.ca_bundle)
+    except ValueError as error:
+        cli.error(str(error))
+
+
+def _print_info(cli: argparse.ArgumentParser, args) -> int:
+    client = _connect(cli, args)
+    try:
+        with client:
+            print(client.server_info().describe())
+    except SmartEditError as error:
+        print(f"smartedit-edit: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     cli = parser()
     args = cli.parse_args(argv)
+    if args.info:
+        return _print_info(cli, args)
+    missing = [flag for flag, value in (("--image", args.image), ("--mask", args.mask), ("--out", args.out))
+               if value is None]
+    if missing:
+        cli.error(f"{', '.join(missing)} required (or --info)")
     if args.preview_every is not None and not args.previews:
         cli.error("--preview-every needs --previews DIR (previews come only with a streamed edit)")
+    given = {spec.name: getattr(args, spec.name) for spec in wire.PARAMETERS if getattr(args, spec.name) is not None}
+    parameters = {**_replayed(cli, args.replay), **given} if args.replay else given
+    if wire.PROMPT.name not in parameters:
+        cli.error("--prompt is required (or --replay PNG)")
+    count = parameters.get(wire.NUM_IMAGES.name) or 1
+    paths = output_paths(args.out, count)
     try:  # before the edit: a bad --out must not cost the edit
-        check_output_path(args.out)
+        for path in paths:
+            check_output_path(path)
     except ValueError as error:
         cli.error(f"--out {error}")
     if args.previews:
@@ -67,14 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.previews).mkdir(parents=True, exist_ok=True)
         except OSError as error:
             cli.error(f"--previews {args.previews!r}: cannot create it: {error.strerror}")
-    edit = dict(image=args.image, mask_image=args.mask, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                strength=args.strength, seed=args.seed, scheduler=args.scheduler, crop_padding=args.crop_padding,
-                request_id=args.request_id)
-    try:
-        client = InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl, root_certificates=args.ca_bundle)
-    except ValueError as error:
-        cli.error(str(error))
+    edit = dict(image=args.image, mask_image=args.mask, request_id=args.request_id, **parameters)
+    client = _connect(cli, args)
     try:
         with client:
             if args.previews:
@@ -87,13 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # leaving the stream's with-block has cancelled the edit on the server
         print("smartedit-edit: interrupted; the edit was cancelled", file=sys.stderr)
         return 130
-    try:
-        result.save(args.out)
-    except OSError as error:
-        print(f"smartedit-edit: could not write {args.out}: {error.strerror}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} ({result.image.size[0]}x{result.image.size[1]}, seed {result.seed_used}, "
-          f"request {result.request_id}, {result.elapsed_s:.2f} s)")
+    for path, edited in zip(paths, result.images):
+        try:
+            edited.save(path)
+        except OSError as error:
+            print(f"smartedit-edit: could not write {path}: {error.strerror}", file=sys.stderr)
+            return 1
+        print(f"wrote {path} ({edited.image.size[0]}x{edited.image.size[1]}, seed {edited.seed_used}, "
+              f"request {result.request_id}, {result.elapsed_s:.2f} s)")
     return 0
 
 

@@ -9,7 +9,9 @@ survive BLS in Triton 2.51). Callers: the ``inpaint`` ensemble's ``scheduler`` s
 the ``inpaint_stream`` entry, both through BLS.
 """
 
+import functools
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,9 @@ import triton_python_backend_utils as pb_utils
 
 from smartedit import steps
 from smartedit.cancellation import CancelBoard
-from smartedit.denoise import decoder_input, start_denoising
+from smartedit.denoise import EditInputs, decoder_input, start_denoising
 from smartedit.engine import AtCapacity, DenoiseEngine, EditRequest, EngineLimits
+from smartedit.parameters import EditParameters
 from smartedit.preview import PREVIEW_FILENAME, LatentPreview
 from smartedit.scheduler_metrics import EngineReporter, SchedulerMetrics
 from smartedit.settings import EngineSettings, parameters_of
@@ -43,28 +46,79 @@ def _scalar(request, tensor):
 
 
 class ResponseSink:
-    """Sends one edit's answers through its request's response sender (from the engine's outbox)."""
+    """Sends one edit's answers through its request's response sender (from the engine's outbox).
 
-    def __init__(self, sender, info: PipelineInfo, preview: LatentPreview):
+    An edit of ``num_images`` variations is that many edits in the engine, each with its own seed, all
+    answering here: progress is variation 0's (they run the same steps, side by side), the final
+    answer the latents of all of them in order, or the first failure, after which the others stop.
+    """
+
+    def __init__(self, sender, info: PipelineInfo, preview: LatentPreview, num_images: int):
         self._sender, self._info, self._preview = sender, info, preview
+        self._latents: list = [None] * num_images
+        self._lock = threading.Lock()
+        self.ended = False  # answered: a variation failed or all finished; the others are stopped
 
-    def progress(self, step, total_steps, preview_latents):
+    def variation(self, index: int) -> "_VariationSink":
+        return _VariationSink(self, index)
+
+    def progress(self, index, step, total_steps, preview_latents):
+        if index != 0 or self.ended:
+            return
         tensors = [pb_utils.Tensor(steps.STEP.name, np.array([step], dtype=np.int32)),
                    pb_utils.Tensor(steps.TOTAL_STEPS.name, np.array([total_steps], dtype=np.int32))]
         if preview_latents is not None:
             tensors.append(pb_utils.Tensor(steps.PREVIEW_PIXELS.name, self._preview.render(preview_latents)))
         self._sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
 
-    def finished(self, state):
-        latents = decoder_input(state, self._info).numpy().astype(np.float32)
+    def finished(self, index, state):
+        with self._lock:
+            if self.ended:
+                return
+            self._latents[index] = decoder_input(state, self._info).numpy().astype(np.float32)
+            if any(latents is None for latents in self._latents):
+                return
+            self.ended = True
+        latents = np.concatenate(self._latents)
         self._sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.LATENTS.name, latents)]),
                           flags=FINAL)
 
+    def abandon(self) -> None:
+        """End the edit without an answer (its caller answers): its variations stop at their next step."""
+        with self._lock:
+            self.ended = True
+
+    def _end(self, response) -> None:
+        with self._lock:
+            if self.ended:
+                return
+            self.ended = True
+        self._sender.send(response, flags=FINAL)
+
+    def failed(self, index, message):
+        self._end(error_as_tensors("INTERNAL", f"denoising failed: {message}"))
+
+    def cancelled(self, index, message):
+        self._end(error_as_tensors("CANCELLED", f"denoising cancelled: {message}"))
+
+
+class _VariationSink:
+    """The engine's ``EditSink`` of one variation: its answers go to the edit's ``ResponseSink``."""
+
+    def __init__(self, edit: ResponseSink, index: int):
+        self._edit, self._index = edit, index
+
+    def progress(self, step, total_steps, preview_latents):
+        self._edit.progress(self._index, step, total_steps, preview_latents)
+
+    def finished(self, state):
+        self._edit.finished(self._index, state)
+
     def failed(self, message):
-        self._sender.send(error_as_tensors("INTERNAL", f"denoising failed: {message}"), flags=FINAL)
+        self._edit.failed(self._index, message)
 
     def cancelled(self, message):
-        self._sender.send(error_as_tensors("CANCELLED", f"denoising cancelled: {message}"), flags=FINAL)
+        self._edit.cancelled(self._index, message)
 
 
 class TritonPythonModel:
@@ -103,11 +157,13 @@ class TritonPythonModel:
                     self._admission(request, action)
                     sender.send(pb_utils.InferenceResponse(output_tensors=[]), flags=FINAL)
                     continue
-                self.engine.submit(self._edit_request(request, sender))
+                self._submit_edit(request, sender)
             except AtCapacity as error:
                 # Triton has no RESOURCE_EXHAUSTED: a refusal for capacity is UNAVAILABLE, like Triton's own
                 # "Exceeds maximum queue size", and says "server at capacity", which the client recognises.
                 sender.send(error_as_tensors("UNAVAILABLE", str(error)), flags=FINAL)
+            except ValueError as error:  # more images than the engine ever holds: no retry would help
+                sender.send(error_as_tensors("INVALID_ARG", f"num_images: {error}"), flags=FINAL)
             except Exception as error:  # malformed inputs from a caller: answer it, keep serving
                 sender.send(error_as_tensors("INTERNAL", f"denoise_engine could not take the edit: {error}"),
                             flags=FINAL)
@@ -116,7 +172,9 @@ class TritonPythonModel:
     def _admission(self, request, action: bytes) -> None:
         token = _scalar(request, steps.RESERVATION).decode()
         if action == steps.RESERVE:
-            self.engine.reserve(token, request.request_id(), ttl_s=self.settings.reservation_ttl_s)
+            places = _scalar(request, steps.PLACES)
+            self.engine.reserve(token, request.request_id(), ttl_s=self.settings.reservation_ttl_s,
+                                places=1 if places is None else int(places))
         elif action == steps.RELEASE:
             self.engine.release(token)
         else:
@@ -128,41 +186,49 @@ class TritonPythonModel:
         (noise_pred,) = call_model(self.settings.unet_model, dict(zip(UNET.input_names, values)), UNET.output_names)
         return noise_pred
 
-    def _edit_request(self, request, sender) -> EditRequest:
-        sampler = _scalar(request, steps.SAMPLER).decode()
-        num_steps = int(_scalar(request, steps.STEPS))
-        strength = float(_scalar(request, steps.STRENGTH))
-        guidance = float(_scalar(request, steps.GUIDANCE))
-        seed = int(_scalar(request, steps.SEED_USED))
+    def _submit_edit(self, request, sender) -> None:
+        """One engine edit per image of the request, each with its own seed (``EditParameters.variation``)."""
+        params = EditParameters.from_tensor(_input(request, steps.EDIT_PARAMETERS))
         deadline = float(_scalar(request, steps.DEADLINE))
-        prompt_embeds = torch.from_numpy(_input(request, steps.PROMPT_EMBEDS))
-        mean = torch.from_numpy(_input(request, steps.MASKED_IMAGE_MEAN))
-        std = torch.from_numpy(_input(request, steps.MASKED_IMAGE_STD))
-        latent_mask = torch.from_numpy(_input(request, steps.LATENT_MASK))
+        inputs = EditInputs(prompt_embeds=torch.from_numpy(_input(request, steps.PROMPT_EMBEDS)),
+                            masked_image_mean=torch.from_numpy(_input(request, steps.MASKED_IMAGE_MEAN)),
+                            masked_image_std=torch.from_numpy(_input(request, steps.MASKED_IMAGE_STD)),
+                            latent_mask=torch.from_numpy(_input(request, steps.LATENT_MASK)))
         # The init image is only encoded when strength < 1; keep the request's copy out of memory otherwise.
-        init_image = _input(request, steps.INIT_IMAGE) if strength < 1.0 else None
+        init_image = _input(request, steps.INIT_IMAGE) if params.strength < 1.0 else None
         request_id = request.request_id()
+        encoded, encode_lock = [], threading.Lock()  # the init image is encoded once for all variations
 
         def encode_init_image():
-            mean_, std_ = call_model(self.settings.vae_encoder_model, {VAE_ENCODER.inputs[0].name: init_image},
-                                     VAE_ENCODER.output_names, request_id=request_id)
-            return torch.from_numpy(mean_), torch.from_numpy(std_)
-
-        def prepare():
-            return start_denoising(self.info, self.scheduler_config, sampler, num_steps, strength, guidance, seed,
-                                   prompt_embeds, mean, std, latent_mask, encode_init_image)
+            with encode_lock:
+                if not encoded:
+                    mean, std = call_model(self.settings.vae_encoder_model, {VAE_ENCODER.inputs[0].name: init_image},
+                                           VAE_ENCODER.output_names, request_id=request_id)
+                    encoded.append((torch.from_numpy(mean), torch.from_numpy(std)))
+            return encoded[0]
 
         preview_every = _scalar(request, steps.PREVIEW_EVERY)
         token = _scalar(request, steps.CANCEL_TOKEN)
         token = token.decode() if token is not None else None
         reservation = _scalar(request, steps.RESERVATION)
-        return EditRequest(
-            request_id=request_id,
-            prepare=prepare,
-            sink=ResponseSink(sender, self.info, self.preview),
-            deadline=deadline or None,
-            cancelled=(lambda: self.cancel_board.is_cancelled(token)) if token else (lambda: False),
-            preview_every=None if preview_every is None else int(preview_every),
-            reservation=reservation.decode() if reservation else None,
-            log_fields={"sampler": sampler, "num_inference_steps": num_steps},
-        )
+        sink = ResponseSink(sender, self.info, self.preview, params.num_images)
+        caller_gone = (lambda: self.cancel_board.is_cancelled(token)) if token else (lambda: False)
+        try:
+            for index in range(params.num_images):
+                variation = params.variation(index)
+                self.engine.submit(EditRequest(
+                    request_id=request_id,
+                    prepare=functools.partial(start_denoising, self.info, self.scheduler_config, variation, inputs,
+                                              encode_init_image),
+                    sink=sink.variation(index),
+                    deadline=deadline or None,
+                    # A variation stops when its caller left, or when another variation ended the edit.
+                    cancelled=lambda: sink.ended or caller_gone(),
+                    preview_every=None if preview_every is None else int(preview_every),
+                    reservation=reservation.decode() if reservation else None,
+                    log_fields={"task": params.task, "sampler": params.scheduler,
+                                "num_inference_steps": params.num_inference_steps, "seed": variation.seed},
+                ))
+        except Exception:
+            sink.abandon()  # the variations already admitted stop and answer nothing; the caller answers
+            raise

@@ -30,7 +30,9 @@ from smartedit import steps
 from smartedit.cancellation import CancelBoard
 from smartedit.errors import RequestError
 from smartedit.postprocessing import encode_png, finish_edit
+from smartedit.parameters import resolve_parameters
 from smartedit.preprocessing import prepare_request
+from smartedit.provenance import PROVENANCE_FILENAME, Provenance
 from smartedit.settings import StreamSettings, parameters_of
 from smartedit.spec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, PipelineInfo
 from smartedit.structured_log import model_logger, timed_stage
@@ -77,6 +79,7 @@ class TritonPythonModel:
         self.settings = StreamSettings.parse(parameters_of(json.loads(args["model_config"])))
         self.info = PipelineInfo.load(version_dir / "pipeline.json")
         self.tokenizer = AutoTokenizer.from_pretrained(version_dir / "tokenizer")
+        self.provenance = Provenance.load(version_dir / PROVENANCE_FILENAME)
         self.cancel_board = CancelBoard.of_this_server()
         self._open = threading.BoundedSemaphore(self.settings.max_open_streams)
         self._pool = ThreadPoolExecutor(self.settings.max_open_streams, thread_name_prefix="stream")
@@ -129,15 +132,18 @@ class TritonPythonModel:
         preview_every = self.settings.default_preview_every if preview_every is None else int(preview_every)
         if preview_every < 0:
             raise RequestError(wire.PREVIEW_EVERY.name, f"must be >= 0 (0: no previews), got {preview_every}")
+        read = lambda name: optional_scalar(request, name)  # noqa: E731
+        params = resolve_parameters(read, self.settings.preprocess)  # the scalars: cheap, checked first
         # Before any decoding: a server at capacity refuses now, not after the work (as preprocess does).
         reservation = uuid.uuid4().hex
-        refusal = admission_call(self.settings.engine_model, steps.RESERVE, reservation, request_id)
+        refusal = admission_call(self.settings.engine_model, steps.RESERVE, reservation, request_id,
+                                 places=params.num_images)
         if refusal is not None:
             raise EngineError(refusal)
         try:
-            tensors, log_fields = prepare_request(lambda name: optional_scalar(request, name), self.tokenizer,
-                                                  self.info, self.settings.preprocess,
-                                                  deadline=request_deadline(request), reservation=reservation)
+            tensors, log_fields = prepare_request(read, self.tokenizer, self.info, self.settings.preprocess,
+                                                  deadline=request_deadline(request), reservation=reservation,
+                                                  params=params)
         except RequestError:
             admission_call(self.settings.engine_model, steps.RELEASE, reservation, request_id)
             raise
@@ -151,10 +157,10 @@ class TritonPythonModel:
         latents = self._denoise(request, sender, request_id, tensors)
         (decoded,) = call_model(VAE_DECODER.name, {VAE_DECODER.inputs[0].name: latents}, VAE_DECODER.output_names,
                                 request_id=request_id)
-        png = finish_edit(decoded, optional_scalar(request, wire.IMAGE.name),
-                          optional_scalar(request, wire.MASK_IMAGE.name), tensors[steps.EDIT_BOX])
+        pngs = finish_edit(decoded, read(wire.IMAGE.name), read(wire.MASK_IMAGE.name), tensors[steps.EDIT_BOX], params,
+                           self.provenance)
         return pb_utils.InferenceResponse(output_tensors=[
-            _tensor(wire.EDITED_IMAGE, np.array([png], dtype=np.object_)),
+            _tensor(wire.EDITED_IMAGE, np.array(pngs, dtype=np.object_)),
             _tensor(wire.SEED_USED, tensors[steps.SEED_USED]),
         ])
 

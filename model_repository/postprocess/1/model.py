@@ -1,10 +1,15 @@
-"""``postprocess``: the edit scaled back to its box and pasted into the request's image where masked, PNG."""
+"""``postprocess``: each image scaled back to its box and pasted into the request's image where masked
+(feathered as the record says), PNG carrying its parameters."""
+
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from smartedit import steps
+from smartedit.parameters import EditParameters
 from smartedit.postprocessing import finish_edit
+from smartedit.provenance import PROVENANCE_FILENAME, Provenance
 from smartedit.structured_log import model_logger, timed_stage
 from smartedit.triton_io import array
 from smartedit_client import _contract as wire
@@ -14,7 +19,7 @@ log = model_logger("postprocess")
 
 class TritonPythonModel:
     def initialize(self, args):
-        pass
+        self.provenance = Provenance.load(Path(args["model_repository"]) / args["model_version"] / PROVENANCE_FILENAME)
 
     def execute(self, requests):
         responses = []
@@ -25,8 +30,10 @@ class TritonPythonModel:
                     array(request, wire.IMAGE.name).reshape(-1)[0],
                     array(request, wire.MASK_IMAGE.name).reshape(-1)[0],
                     array(request, steps.EDIT_BOX.name),
+                    EditParameters.from_tensor(array(request, steps.EDIT_PARAMETERS.name)),
+                    self.provenance,
                 )
-                fields.update(png_bytes=len(encoded))
-            png = np.array([encoded], dtype=np.object_)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.EDITED_IMAGE.name, png)]))
+                fields.update(png_bytes=sum(len(png) for png in encoded), images=len(encoded))
+            pngs = np.array(encoded, dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.EDITED_IMAGE.name, pngs)]))
         return responses

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from smartedit import steps
 from smartedit.errors import RequestError
+from smartedit.parameters import resolve_parameters
 from smartedit.preprocessing import prepare_request
 from smartedit.settings import PreprocessSettings, parameters_of
 from smartedit.spec import PipelineInfo
@@ -34,16 +35,20 @@ class TritonPythonModel:
         reservation = ""
         try:
             with timed_stage(log, request_id, "preprocess") as fields:
+                read = lambda name: optional_scalar(request, name)  # noqa: E731
+                params = resolve_parameters(read, self.settings)  # the scalars: cheap, checked first
                 if self.settings.admission_model:
                     # Before any decoding: a server at capacity refuses now, not after the work.
                     reservation = uuid.uuid4().hex
-                    refusal = admission_call(self.settings.admission_model, steps.RESERVE, reservation, request_id)
+                    refusal = admission_call(self.settings.admission_model, steps.RESERVE, reservation, request_id,
+                                             places=params.num_images)
                     if refusal is not None:
+                        reservation = ""
                         fields.update(outcome="refused", error=refusal.message())
                         return pb_utils.InferenceResponse(output_tensors=[], error=refusal)
-                tensors, log_fields = prepare_request(
-                    lambda name: optional_scalar(request, name), self.tokenizer, self.info, self.settings,
-                    deadline=request_deadline(request), reservation=reservation)
+                tensors, log_fields = prepare_request(read, self.tokenizer, self.info, self.settings,
+                                                      deadline=request_deadline(request), reservation=reservation,
+                                                      params=params)
                 fields.update(log_fields)
         except RequestError as error:
             if reservation:

@@ -22,7 +22,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from smartedit import steps
-from smartedit.denoise import decoder_input, run_to_end, start_denoising
+from smartedit.denoise import EditInputs, decoder_input, run_to_end, start_denoising
+from smartedit.parameters import EditParameters
 from smartedit.scheduler_metrics import SchedulerMetrics
 from smartedit.settings import BATCHED, SchedulerSettings, parameters_of
 from smartedit.spec import UNET, VAE_ENCODER, PipelineInfo
@@ -107,40 +108,34 @@ class TritonPythonModel:
         return torch.from_numpy(mean), torch.from_numpy(std)
 
     def _denoise(self, request):
-        def scalar(spec):
-            return array(request, spec.name).reshape(-1)[0]
-
+        params = EditParameters.from_tensor(array(request, steps.EDIT_PARAMETERS.name))
         with timed_stage(log, request.request_id(), "denoise") as fields, self.metrics.edit() as record:
-            sampler, num_steps = scalar(steps.SAMPLER).decode(), int(scalar(steps.STEPS))
-            fields.update(sampler=sampler, num_inference_steps=num_steps)
-            response = self._run_loop(request, scalar, sampler, num_steps, record)
+            fields.update(task=params.task, sampler=params.scheduler, num_inference_steps=params.num_inference_steps,
+                          num_images=params.num_images)
+            response = self._run_loops(request, params, record)
             fields.update(steps_run=record.steps, outcome=record.outcome)
         return response
 
-    def _run_loop(self, request, scalar, sampler, num_steps, record):
+    def _run_loops(self, request, params, record):
+        """Each variation's loop in turn (its own seed); the latents of all, in order."""
         init_image = array(request, steps.INIT_IMAGE.name)
-        deadline = float(scalar(steps.DEADLINE))
-        state = start_denoising(
-            info=self.info,
-            scheduler_config=self.scheduler_config,
-            sampler=sampler,
-            num_inference_steps=num_steps,
-            strength=float(scalar(steps.STRENGTH)),
-            guidance_scale=float(scalar(steps.GUIDANCE)),
-            seed=int(scalar(steps.SEED_USED)),
+        deadline = float(array(request, steps.DEADLINE.name).reshape(-1)[0])
+        inputs = EditInputs(
             prompt_embeds=torch.from_numpy(array(request, steps.PROMPT_EMBEDS.name)),
             masked_image_mean=torch.from_numpy(array(request, steps.MASKED_IMAGE_MEAN.name)),
             masked_image_std=torch.from_numpy(array(request, steps.MASKED_IMAGE_STD.name)),
             latent_mask=torch.from_numpy(array(request, steps.LATENT_MASK.name)),
-            encode_init_image=lambda: self._encode_init_image(init_image),
         )
         # Inside an ensemble is_cancelled() stays false (Triton 2.51), so the deadline is what stops it;
         # a caller of this step alone would be seen.
         caller_gone = lambda: request.is_cancelled() or (bool(deadline) and time.time() >= deadline)  # noqa: E731
-        finished = run_to_end(state, lambda *inputs: self._unet(record, *inputs), should_stop=caller_gone)
-        if not finished:
-            record.outcome = "cancelled"
-            return cancelled(f"cancelled after {state.step_index} of {state.total_steps} steps: "
-                             f"the caller's deadline passed or it cancelled")
-        latents = decoder_input(state, self.info).numpy().astype(np.float32)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.LATENTS.name, latents)])
+        latents = []
+        for index in range(params.num_images):
+            state = start_denoising(self.info, self.scheduler_config, params.variation(index), inputs,
+                                    encode_init_image=lambda: self._encode_init_image(init_image))
+            if not run_to_end(state, lambda *unet_inputs: self._unet(record, *unet_inputs), should_stop=caller_gone):
+                record.outcome = "cancelled"
+                return cancelled(f"cancelled after {state.step_index} of {state.total_steps} steps of image "
+                                 f"{index + 1} of {params.num_images}: the caller's deadline passed or it cancelled")
+            latents.append(decoder_input(state, self.info).numpy().astype(np.float32))
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.LATENTS.name, np.concatenate(latents))])

@@ -1,0 +1,28 @@
+"""``server_info``: what this server offers (model, working resolution, samplers, tasks, every parameter's
+range and default), as JSON in one BYTES output. Served on the inference API, which the restricted admin
+APIs (model config among them) leave open to every client."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from smartedit import steps
+from smartedit.provenance import PROVENANCE_FILENAME, Provenance
+from smartedit.server_info import describe_json
+from smartedit.settings import PreprocessSettings, parameters_of
+from smartedit.spec import PipelineInfo
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        settings = PreprocessSettings.parse(parameters_of(json.loads(args["model_config"])))
+        text = describe_json(PipelineInfo.load(version_dir / "pipeline.json"), settings,
+                             Provenance.load(version_dir / PROVENANCE_FILENAME))
+        self.answer = np.array([text.encode("utf-8")], dtype=np.object_)
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.SERVER_INFO.name, self.answer)])
+                for _ in requests]
