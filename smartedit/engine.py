@@ -56,6 +56,10 @@ class AtCapacity(Exception):
     """The engine holds as many edits as its limits allow; the request is refused before any work."""
 
 
+class TooManyImages(Exception):
+    """A request wants more places (one per image) than the engine ever holds: no retry would help."""
+
+
 @dataclass(frozen=True)
 class EngineLimits:
     """How much one engine takes on.
@@ -325,15 +329,21 @@ class DenoiseEngine:
 
         Raises:
             AtCapacity: as ``submit`` would.
-            ValueError: ``places`` is more than the engine ever holds (``capacity``).
+            TooManyImages: ``places`` is more than the engine ever holds (``capacity``).
         """
-        if not 1 <= places <= self.capacity:
-            raise ValueError(f"{places} images at once are more than this server's denoising engine ever holds "
-                             f"({self.capacity})")
+        self.check_places(places)
         with self._lock:
             self._check_capacity_locked(request_id, {}, places)
             self._reserved[token] = (time.monotonic() + ttl_s, places)
             self._metrics.load(self._active, self._queued_locked())
+
+    def check_places(self, places: int) -> None:
+        """Raise ``TooManyImages`` unless 1 <= ``places`` <= ``capacity``."""
+        if places > self.capacity:
+            raise TooManyImages(f"{places} images at once are more than this server's denoising engine ever holds "
+                                f"({self.capacity}); ask for at most {self.capacity}")
+        if places < 1:
+            raise ValueError(f"places must be >= 1, got {places}")
 
     def release(self, token: str) -> None:
         """Give back reserved places whose edits will not come (the request turned out invalid)."""

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from smartedit.errors import RequestError
-from smartedit.samplers import SAMPLERS
+from smartedit.samplers import SAMPLERS, SAMPLERS_WITH_ETA
 from smartedit.settings import PreprocessSettings
 from smartedit.tasks import INPAINT, REPLACE_BACKGROUND, TASK_DEFAULTS
 from smartedit_client import _contract as wire
@@ -89,14 +89,25 @@ class EditParameters:
         return cls.from_json(value.reshape(-1)[0])
 
 
+# Longest value of a text parameter other than the prompts (a task or sampler name), in bytes.
+MAX_NAME_BYTES = 64
+
+
+def bounds(spec: wire.WireTensor, settings: PreprocessSettings) -> tuple[float | None, float | None]:
+    """(minimum, maximum) of a numeric parameter: the contract's, or the server's where it sets one."""
+    maximum = settings.max_num_inference_steps if spec is wire.NUM_INFERENCE_STEPS else spec.maximum
+    return spec.minimum, maximum
+
+
 def _decoded(spec: wire.WireTensor, raw: Any, settings: PreprocessSettings) -> Any:
     """The request's value of ``spec`` as a Python value of the declared type, range-checked."""
     name = spec.name
     if spec.datatype == "BYTES":
         raw = bytes(raw)
-        limit = settings.max_prompt_bytes if name in (wire.PROMPT.name, wire.NEGATIVE_PROMPT.name) else 1024
+        prompt = name in (wire.PROMPT.name, wire.NEGATIVE_PROMPT.name)
+        limit = settings.max_prompt_bytes if prompt else MAX_NAME_BYTES
         if len(raw) > limit:
-            detail = " (the text encoder reads only its first 77 tokens)" if limit == settings.max_prompt_bytes else ""
+            detail = " (the text encoder reads only its first 77 tokens)" if prompt else ""
             raise RequestError(name, f"is {len(raw)} bytes; the limit is {limit}{detail}")
         try:
             value = raw.decode("utf-8")
@@ -112,8 +123,7 @@ def _decoded(spec: wire.WireTensor, raw: Any, settings: PreprocessSettings) -> A
     value = float(raw) if spec.datatype.startswith("FP") else int(raw)
     if isinstance(value, float) and not math.isfinite(value):
         raise RequestError(name, f"must be a finite number, got {value}")
-    maximum = settings.max_num_inference_steps if spec is wire.NUM_INFERENCE_STEPS else spec.maximum
-    minimum = spec.minimum
+    minimum, maximum = bounds(spec, settings)
     if minimum is not None and maximum is not None and not minimum <= value <= maximum:
         raise RequestError(name, f"must be between {minimum:g} and {maximum:g}, got {value}")
     if minimum is not None and value < minimum:
@@ -173,6 +183,9 @@ def _check_combinations(params: EditParameters) -> None:
                                        f"leaves no step to run; raise either so that steps x strength >= 1")
     if params.scheduler not in SAMPLERS:
         raise RequestError("scheduler", f"unknown scheduler {params.scheduler!r}; known: {', '.join(sorted(SAMPLERS))}")
+    if params.eta and params.scheduler not in SAMPLERS_WITH_ETA:
+        raise RequestError("eta", f"{params.eta} has no effect with scheduler {params.scheduler}: only "
+                                  f"{', '.join(sorted(SAMPLERS_WITH_ETA))} takes it")
     if params.seed + params.num_images - 1 > INT64_MAX:
         raise RequestError("seed", f"{params.seed} + num_images {params.num_images} - 1 is past the INT64 range "
                                    f"(variation i uses seed + i)")

@@ -60,7 +60,7 @@ def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def png_parameters(params: EditParameters, provenance: Provenance) -> str:
+def parameters_text(params: EditParameters, provenance: Provenance) -> str:
     """What a result PNG carries under ``wire.PNG_PARAMETERS_KEY``: one image's record (its own seed),
     the model, its weights' digest and the server's version. Deterministic: the same edit gives the
     same bytes."""
@@ -80,6 +80,6 @@ def finish_edit(decoded: np.ndarray, image_bytes: bytes, mask_bytes: bytes, box:
     pngs = []
     for index in range(decoded.shape[0]):
         pixels = compose(to_pixels(decoded[index:index + 1]), original, weights, box)
-        text = {wire.PNG_PARAMETERS_KEY: png_parameters(params.variation(index), provenance)}
+        text = {wire.PNG_PARAMETERS_KEY: parameters_text(params.variation(index), provenance)}
         pngs.append(encode_png(pixels, text))
     return pngs

@@ -58,11 +58,8 @@ def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo, se
     params = params or EditParameters(prompt="", crop_padding=settings.default_crop_padding)
     photo = decode_photo(image_bytes, mask_bytes, settings)
     repaint = repaint_area(photo, params)
-    if params.shapes_mask and not repaint.any():
-        field, why = (("mask_grow", f"{params.mask_grow} shrinks the mask to nothing") if params.mask_grow < 0 else
-                      ("mask_image", f"is white everywhere, and {'task replace_background keeps' if params.task != 'inpaint' and not params.invert_mask else 'invert_mask keeps'} "
-                                     f"the white part: nothing is left to repaint"))
-        raise RequestError(field, why)
+    if not repaint.any():
+        raise _nothing_to_repaint(photo, params)
     # The box holds the feathered edge too: past it, nothing of the edit is pasted.
     region = plan_edit_region(repaint, info, params.crop_padding + params.mask_blur)
     image = photo.rgb
@@ -94,6 +91,20 @@ def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo, se
     )
 
 
+def _nothing_to_repaint(photo: Photo, params: EditParameters) -> RequestError:
+    """Why the shaped mask is empty, naming what emptied it."""
+    sent = photo.repaint_mask()
+    if params.inverts_mask:
+        if sent.all():
+            keeper = "invert_mask" if params.invert_mask else f"task {params.task}"
+            return RequestError("mask_image", f"is white everywhere, and with {keeper} white marks what to keep: "
+                                              f"nothing is left to repaint")
+    elif not sent.any():
+        return RequestError("mask_image", "has no pixel to repaint: white (>= 128) marks what to repaint, and this "
+                                          "mask is black everywhere")
+    return RequestError("mask_grow", f"{params.mask_grow} shrinks the mask to nothing")
+
+
 def _normalized(pixels: np.ndarray) -> np.ndarray:
     """[h, w, 3] uint8 to [1, 3, h, w] float32 in [-1, 1], as ``VaeImageProcessor``."""
     return (2.0 * (pixels.astype(np.float32) / 255.0) - 1.0).transpose(2, 0, 1)[None]
@@ -106,16 +117,19 @@ def check_cost(params: EditParameters, region: EditRegion, info: PipelineInfo, s
     edit at a smaller size may run proportionally more steps. Each of ``num_images`` variations counts.
     """
     factor = info.vae_scale_factor
-    latent_area = (region.width // factor) * (region.height // factor) * params.num_images
-    denoising_steps = params.denoising_steps
+    latent_area = (region.width // factor) * (region.height // factor)
+    steps_each = params.denoising_steps
     budget = settings.max_steps_at_working_resolution * (info.working_resolution // factor) ** 2
-    if latent_area * denoising_steps > budget:
-        images = f" for each of {params.num_images} images" if params.num_images > 1 else ""
-        raise RequestError("num_inference_steps", f"{params.num_inference_steps} x strength {params.strength:g} = "
-                                                  f"{denoising_steps} denoising steps at {region.width}x{region.height}"
-                                                  f"{images} exceed the budget of this server: at most "
-                                                  f"{budget // latent_area} denoising steps (num_inference_steps "
-                                                  f"x strength) at that size{images}")
+    if latent_area * steps_each * params.num_images <= budget:
+        return
+    if latent_area * steps_each <= budget:  # one image would fit: the variations are what cost too much
+        raise RequestError("num_images", f"{params.num_images} images x {steps_each} denoising steps at "
+                                         f"{region.width}x{region.height} exceed the budget of this server: at most "
+                                         f"{budget // (latent_area * steps_each)} images at these settings")
+    raise RequestError("num_inference_steps", f"{params.num_inference_steps} x strength {params.strength:g} = "
+                                              f"{steps_each} denoising steps at {region.width}x{region.height} "
+                                              f"exceed the budget of this server: at most {budget // latent_area} "
+                                              f"denoising steps (num_inference_steps x strength) at that size")
 
 
 def tokenize(tokenizer, negative_prompt: str, prompt: str) -> np.ndarray:

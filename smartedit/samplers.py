@@ -21,6 +21,8 @@ SAMPLERS: dict[str, str] = {
     "heun": "HeunDiscreteScheduler",
 }
 DEFAULT_SAMPLER = "ddim"
+# The samplers whose step takes DDIM's eta (the others would ignore it, as diffusers' pipelines do silently).
+SAMPLERS_WITH_ETA = frozenset({"ddim"})
 
 
 def make_scheduler(name: str, scheduler_config: Mapping[str, Any]):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from smartedit.parameters import EditParameters, server_defaults
+from smartedit.parameters import EditParameters, bounds, server_defaults
 from smartedit.provenance import Provenance, smartedit_version
 from smartedit.samplers import SAMPLERS
 from smartedit.settings import PreprocessSettings
@@ -25,12 +25,12 @@ def describe(info: PipelineInfo, settings: PreprocessSettings, provenance: Prove
     defaults = {**{f: v for f, v in vars(EditParameters(prompt="")).items()}, **server_defaults(settings)}
     parameters = {}
     for spec in wire.PARAMETERS:
-        maximum = settings.max_num_inference_steps if spec is wire.NUM_INFERENCE_STEPS else spec.maximum
+        minimum, maximum = bounds(spec, settings)
         entry = {"type": spec.datatype, "required": spec.required, "meaning": spec.meaning}
         if not spec.required and spec is not wire.SEED:
             entry["default"] = defaults[spec.name]
-        if spec.minimum is not None:
-            entry["minimum"] = spec.minimum
+        if minimum is not None:
+            entry["minimum"] = minimum
         if maximum is not None:
             entry["maximum"] = maximum
         choices = spec.choices or (tuple(SAMPLERS) if spec is wire.SCHEDULER else ())

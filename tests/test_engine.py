@@ -18,7 +18,7 @@ import torch
 from conftest import png_bytes, scene
 from smartedit.denoise import EditInputs, run_to_end, start_denoising
 from smartedit.parameters import EditParameters
-from smartedit.engine import AtCapacity, DenoiseEngine, EditRequest, EngineLimits, plan_unet_calls
+from smartedit.engine import AtCapacity, DenoiseEngine, EditRequest, EngineLimits, TooManyImages, plan_unet_calls
 from smartedit.preprocessing import prepare_images, tokenize
 from smartedit.settings import PreprocessSettings
 from smartedit.spec import PipelineInfo
@@ -252,6 +252,24 @@ def test_a_reserved_place_is_counted_claimed_by_its_edit_released_or_lapses(make
         time.sleep(0.1)
         engine.reserve("f")  # "d" lapsed: its edit never came
         assert engine.load() == (0, 2)
+    finally:
+        engine.close()
+
+
+def test_a_request_of_several_images_reserves_a_place_for_each_and_its_variations_claim_them(make_edit, onnx_unet):
+    engine = DenoiseEngine(onnx_unet, EngineLimits(max_active_edits=2, max_queued_edits=2, max_unet_rows=4))
+    try:
+        with pytest.raises(TooManyImages, match="5 images at once are more than .* ever holds \\(4\\)"):
+            engine.reserve("too many", places=5)
+        engine.reserve("three", places=3)
+        assert engine.load() == (0, 3)
+        with pytest.raises(AtCapacity):
+            engine.reserve("two", places=2)  # 3 + 2 > 4
+        engine.reserve("one")
+        first = submit(engine, make_edit(steps=1), reservation="three")
+        assert first.ended.wait(30) and engine.load() == (0, 3)  # two of "three" and "one" still kept
+        engine.release("three")  # the request's other variations will not come
+        assert engine.load() == (0, 1)
     finally:
         engine.close()
 

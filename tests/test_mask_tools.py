@@ -59,21 +59,32 @@ def test_inverting_then_growing():
     assert np.array_equal(shape_mask(mask, invert=False, grow_by=0), mask)
 
 
-@pytest.mark.parametrize("blur", [0, 2, 5])
-def test_feathering_reaches_exactly_blur_pixels_and_is_full_inside(blur):
-    mask = _mask()
+def _disc(height=60, width=70) -> np.ndarray:
+    grid_y, grid_x = np.mgrid[0:height, 0:width]
+    return (grid_y - 30) ** 2 + (grid_x - 33) ** 2 <= 20 ** 2
+
+
+@pytest.mark.parametrize("blur", [0, 2, 5, 8])
+@pytest.mark.parametrize("shape", ["L", "disc", "inverted disc"])
+def test_feathering_reaches_no_farther_than_blur_pixels_and_is_full_inside(blur, shape):
+    mask = {"L": _mask, "disc": _disc, "inverted disc": lambda: ~_disc()}[shape]()
     weights = feather(mask, blur)
-    # Chebyshev distance to the mask: the kernel is a (2b+1)² square.
-    ys, xs = np.nonzero(mask)
-    grid_y, grid_x = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
-    chebyshev = np.maximum(abs(grid_y[..., None] - ys), abs(grid_x[..., None] - xs)).min(axis=-1)
-    assert not weights[chebyshev > blur].any()  # beyond the feather: nothing of the edit
+    assert not weights[_distances_to(mask) > blur].any()  # beyond the feather (Euclidean): nothing of the edit
+    # Full weight where the whole (2b+1)² kernel is inside the mask (Chebyshev distance to a kept pixel > b).
     ys, xs = np.nonzero(~mask)
+    grid_y, grid_x = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
     inner = np.maximum(abs(grid_y[..., None] - ys), abs(grid_x[..., None] - xs)).min(axis=-1) > blur
-    assert (weights[inner] == 255).all()  # the whole kernel inside the mask: all edit
+    assert (weights[inner] == 255).all()
     if blur:
-        ring = (chebyshev <= blur) & ~inner
+        ring = (_distances_to(mask) <= blur) & ~inner
         assert ((weights[ring] > 0) & (weights[ring] < 255)).mean() > 0.5  # in between: a ramp
+
+
+def test_a_round_subject_eroded_by_the_feather_width_gets_no_weight():
+    subject = _disc()
+    weights = feather(shape_mask(subject, invert=True, grow_by=0), 8)  # replace_background's paste-back
+    eroded = grow(subject, -8)
+    assert eroded.sum() > 400 and not weights[eroded].any()
 
 
 def test_feathered_paste_back_keeps_weight_zero_pixels_byte_exact_and_mixes_the_rest():

@@ -73,6 +73,7 @@ def test_the_record_travels_as_one_tensor_and_names_its_variations():
     (dict(task=b"paint"), "task", "unknown task 'paint'; known: inpaint, remove, replace_background"),
     (dict(eta=1.5), "eta", "must be between 0 and 1, got 1.5"),
     (dict(eta=-0.1), "eta", "got -0.1"),
+    (dict(eta=0.5, scheduler=b"euler"), "eta", "0.5 has no effect with scheduler euler: only ddim takes it"),
     (dict(mask_grow=300), "mask_grow", "must be between -256 and 256, got 300"),
     (dict(mask_blur=-1), "mask_blur", "must be between 0 and 256, got -1"),
     (dict(num_images=0), "num_images", "must be between 1 and 8, got 0"),
@@ -281,3 +282,15 @@ def test_cost_budget_refuses_more_steps_than_the_working_resolution_allows():
         check_cost(_params(num_inference_steps=501), region, INFO, SETTINGS)
     check_cost(_params(num_inference_steps=1000, strength=0.5), region, INFO, SETTINGS)  # 500 steps run
     check_cost(_params(num_inference_steps=1000), EditRegion(0, 0, 256, 256, 256, 256), INFO, SETTINGS)
+
+
+def test_the_samplers_said_to_take_eta_are_those_whose_step_takes_it():
+    import inspect
+
+    import diffusers
+
+    from smartedit.samplers import SAMPLERS, SAMPLERS_WITH_ETA
+
+    takes_eta = {name for name, cls in SAMPLERS.items()
+                 if "eta" in inspect.signature(getattr(diffusers, cls).step).parameters}
+    assert takes_eta == SAMPLERS_WITH_ETA

@@ -148,9 +148,13 @@ def test_removal_leaves_less_of_the_object_than_an_inpaint_with_an_empty_prompt(
                                            num_inference_steps=20, seed=11).image).astype(float)
         distances[task] = (np.abs(edited[hole] - (235, 25, 25)).mean(), np.abs(edited[hole] - background[hole]).mean())
     removal_to_object, removal_to_background = distances["remove"]
-    inpaint_to_object, _ = distances["inpaint"]
-    assert removal_to_background < removal_to_object, distances
-    assert removal_to_object > inpaint_to_object, distances
+    inpaint_to_object, inpaint_to_background = distances["inpaint"]
+    # Measured on this tiny model (seed 11), mean absolute RGB distance in the hole: remove 108 from the
+    # object and 39 from the background; inpaint 102 and 45. The random denoiser leaves little of the
+    # object either way; removal is nearer the background and farther from the object, by a few units.
+    assert removal_to_background + 40 < removal_to_object, distances
+    assert removal_to_object > inpaint_to_object + 3, distances
+    assert removal_to_background < inpaint_to_background - 3, distances
 
 
 @pytest.mark.parametrize("overrides,fragment", [
@@ -161,6 +165,7 @@ def test_removal_leaves_less_of_the_object_than_an_inpaint_with_an_empty_prompt(
     (dict(eta=2.0), "eta: must be between 0 and 1, got 2.0"),
     (dict(task="replace_background", invert_mask=True), "invert_mask: true contradicts task replace_background"),
     (dict(mask_grow=-40), "mask_grow: -40 shrinks the mask to nothing"),
+    (dict(eta=0.5, scheduler="euler"), "eta: 0.5 has no effect with scheduler euler"),
 ])
 def test_bad_workflow_inputs_are_refused_naming_the_field(client, overrides, fragment):
     image, mask = scene(48, 32, seed=12)
@@ -168,18 +173,38 @@ def test_bad_workflow_inputs_are_refused_naming_the_field(client, overrides, fra
         client.inpaint(image=image, mask_image=mask, **dict(EDIT, **overrides))
 
 
-def test_a_wrong_type_is_refused_naming_the_field(server):
+@pytest.mark.parametrize("mask_value,overrides,fragment", [
+    (255, dict(task="replace_background"), "mask_image: is white everywhere, and with task replace_background"),
+    (255, dict(invert_mask=True), "mask_image: is white everywhere, and with invert_mask"),
+    (0, dict(task="remove"), "mask_image: has no pixel to repaint"),
+    (0, dict(mask_grow=5), "mask_image: has no pixel to repaint"),
+], ids=["white-background", "white-invert", "black-remove", "black-grow"])
+def test_a_mask_that_leaves_nothing_to_repaint_is_refused_naming_why(client, mask_value, overrides, fragment):
+    image, _ = scene(48, 32, seed=15)
+    with pytest.raises(InvalidRequestError, match=fragment):
+        client.inpaint(image=image, mask_image=Image.new("L", (48, 32), mask_value), **dict(EDIT, **overrides))
+
+
+@pytest.mark.parametrize("name,value,datatype", [
+    (wire.NUM_IMAGES.name, np.float32(2.5), "FP32"), (wire.INVERT_MASK.name, np.int32(1), "INT32"),
+    (wire.TASK.name, np.int32(3), "INT32"),
+])
+def test_a_wrong_type_is_refused_naming_the_field(server, client, name, value, datatype):
+    from tritonclient.utils import InferenceServerException
+
     image, mask = scene(32, 32)
     with grpcclient.InferenceServerClient(server.address.grpc) as raw:
         inputs = []
-        for name, value, datatype in ((wire.IMAGE.name, png_bytes(image), "BYTES"),
-                                      (wire.MASK_IMAGE.name, png_bytes(mask), "BYTES"),
-                                      (wire.PROMPT.name, b"x", "BYTES"), (wire.NUM_IMAGES.name, 2.5, "FP32")):
-            tensor = grpcclient.InferInput(name, [1], datatype)
-            tensor.set_data_from_numpy(np.array([value], dtype=np.object_ if datatype == "BYTES" else np.float32))
+        for field, item, kind in ((wire.IMAGE.name, png_bytes(image), "BYTES"),
+                                  (wire.MASK_IMAGE.name, png_bytes(mask), "BYTES"),
+                                  (wire.PROMPT.name, b"x", "BYTES"), (name, value, datatype)):
+            tensor = grpcclient.InferInput(field, [1], kind)
+            tensor.set_data_from_numpy(np.array([item], dtype=np.object_ if kind == "BYTES" else type(item)))
             inputs.append(tensor)
-        with pytest.raises(Exception, match="num_images"):
+        with pytest.raises(InferenceServerException) as caught:
             raw.infer(wire.MODEL_NAME, inputs)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT" and name in caught.value.message()
+    assert client.inpaint(image=image, mask_image=mask, prompt="x", num_inference_steps=1).image.size == (32, 32)
 
 
 def test_eta_is_ddims_eta_as_diffusers_applies_it(client, tiny_pipeline):

@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + spec.name.replace("_", "-")
         if spec.datatype == "BOOL":
-            p.add_argument(flag, action="store_const", const=True, default=None, help=spec.meaning)
+            # --no-<flag> too: it overrides a value a --replay PNG carries.
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=spec.meaning)
         else:
             p.add_argument(flag, type=_TYPES[spec.datatype], default=None, choices=spec.choices or None,
                            help=spec.meaning)

@@ -21,7 +21,7 @@ import triton_python_backend_utils as pb_utils
 from smartedit import steps
 from smartedit.cancellation import CancelBoard
 from smartedit.denoise import EditInputs, decoder_input, start_denoising
-from smartedit.engine import AtCapacity, DenoiseEngine, EditRequest, EngineLimits
+from smartedit.engine import AtCapacity, DenoiseEngine, EditRequest, EngineLimits, TooManyImages
 from smartedit.parameters import EditParameters
 from smartedit.preview import PREVIEW_FILENAME, LatentPreview
 from smartedit.scheduler_metrics import EngineReporter, SchedulerMetrics
@@ -63,43 +63,52 @@ class ResponseSink:
         return _VariationSink(self, index)
 
     def progress(self, index, step, total_steps, preview_latents):
-        if index != 0 or self.ended:
+        if index != 0:
             return
         tensors = [pb_utils.Tensor(steps.STEP.name, np.array([step], dtype=np.int32)),
                    pb_utils.Tensor(steps.TOTAL_STEPS.name, np.array([total_steps], dtype=np.int32))]
         if preview_latents is not None:
             tensors.append(pb_utils.Tensor(steps.PREVIEW_PIXELS.name, self._preview.render(preview_latents)))
-        self._sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+        with self._lock:  # never after the final answer
+            if not self.ended:
+                self._sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
 
     def finished(self, index, state):
+        latents = decoder_input(state, self._info).numpy().astype(np.float32)
         with self._lock:
             if self.ended:
                 return
-            self._latents[index] = decoder_input(state, self._info).numpy().astype(np.float32)
+            self._latents[index] = latents
             if any(latents is None for latents in self._latents):
                 return
             self.ended = True
-        latents = np.concatenate(self._latents)
-        self._sender.send(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.LATENTS.name, latents)]),
-                          flags=FINAL)
+            response = pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor(steps.LATENTS.name, np.concatenate(self._latents))])
+            self._sender.send(response, flags=FINAL)
 
-    def abandon(self) -> None:
-        """End the edit without an answer (its caller answers): its variations stop at their next step."""
+    def abandon(self) -> bool:
+        """End the edit without an answer, its variations stopping at their next step; whether the caller
+        is to answer (False: a variation has answered already)."""
         with self._lock:
-            self.ended = True
+            claimed, self.ended = not self.ended, True
+            return claimed
 
     def _end(self, response) -> None:
-        with self._lock:
+        with self._lock:  # one final answer, sent once, and nothing after it
             if self.ended:
                 return
             self.ended = True
-        self._sender.send(response, flags=FINAL)
+            self._sender.send(response, flags=FINAL)
 
     def failed(self, index, message):
         self._end(error_as_tensors("INTERNAL", f"denoising failed: {message}"))
 
     def cancelled(self, index, message):
         self._end(error_as_tensors("CANCELLED", f"denoising cancelled: {message}"))
+
+
+class EditAnswered(Exception):
+    """Submitting a request's variations failed after one of them had already answered it."""
 
 
 class _VariationSink:
@@ -162,8 +171,10 @@ class TritonPythonModel:
                 # Triton has no RESOURCE_EXHAUSTED: a refusal for capacity is UNAVAILABLE, like Triton's own
                 # "Exceeds maximum queue size", and says "server at capacity", which the client recognises.
                 sender.send(error_as_tensors("UNAVAILABLE", str(error)), flags=FINAL)
-            except ValueError as error:  # more images than the engine ever holds: no retry would help
+            except TooManyImages as error:  # no retry would help
                 sender.send(error_as_tensors("INVALID_ARG", f"num_images: {error}"), flags=FINAL)
+            except EditAnswered:
+                pass  # a variation already failed and answered the request
             except Exception as error:  # malformed inputs from a caller: answer it, keep serving
                 sender.send(error_as_tensors("INTERNAL", f"denoise_engine could not take the edit: {error}"),
                             flags=FINAL)
@@ -211,6 +222,8 @@ class TritonPythonModel:
         token = _scalar(request, steps.CANCEL_TOKEN)
         token = token.decode() if token is not None else None
         reservation = _scalar(request, steps.RESERVATION)
+        if params.num_images > self.engine.capacity:  # else the first would be admitted, the rest refused
+            self.engine.check_places(params.num_images)
         sink = ResponseSink(sender, self.info, self.preview, params.num_images)
         caller_gone = (lambda: self.cancel_board.is_cancelled(token)) if token else (lambda: False)
         try:
@@ -224,11 +237,17 @@ class TritonPythonModel:
                     deadline=deadline or None,
                     # A variation stops when its caller left, or when another variation ended the edit.
                     cancelled=lambda: sink.ended or caller_gone(),
-                    preview_every=None if preview_every is None else int(preview_every),
+                    # Progress and previews follow the first variation; the others report nothing.
+                    preview_every=None if preview_every is None or index else int(preview_every),
                     reservation=reservation.decode() if reservation else None,
                     log_fields={"task": params.task, "sampler": params.scheduler,
                                 "num_inference_steps": params.num_inference_steps, "seed": variation.seed},
                 ))
         except Exception:
-            sink.abandon()  # the variations already admitted stop and answer nothing; the caller answers
+            # The variations already admitted stop and answer nothing, and their unclaimed places go back.
+            answer_here = sink.abandon()
+            if reservation:
+                self.engine.release(reservation.decode())
+            if not answer_here:
+                raise EditAnswered() from None
             raise

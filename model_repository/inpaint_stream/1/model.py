@@ -144,7 +144,7 @@ class TritonPythonModel:
             tensors, log_fields = prepare_request(read, self.tokenizer, self.info, self.settings.preprocess,
                                                   deadline=request_deadline(request), reservation=reservation,
                                                   params=params)
-        except RequestError:
+        except Exception:  # a bad field, or a fault: the places go back at once, not after their TTL
             admission_call(self.settings.engine_model, steps.RELEASE, reservation, request_id)
             raise
         fields.update(log_fields, preview_every=preview_every)

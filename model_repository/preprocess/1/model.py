@@ -15,7 +15,7 @@ from smartedit.preprocessing import prepare_request
 from smartedit.settings import PreprocessSettings, parameters_of
 from smartedit.spec import PipelineInfo
 from smartedit.structured_log import model_logger, timed_stage
-from smartedit.triton_io import admission_call, invalid_argument, optional_scalar, request_deadline
+from smartedit.triton_io import admission_call, internal_error, invalid_argument, optional_scalar, request_deadline
 
 log = model_logger("preprocess")
 
@@ -54,5 +54,9 @@ class TritonPythonModel:
             if reservation:
                 admission_call(self.settings.admission_model, steps.RELEASE, reservation, request_id)
             return invalid_argument(error)
+        except Exception as error:  # logged by the stage, with its traceback; the places go back at once
+            if reservation:
+                admission_call(self.settings.admission_model, steps.RELEASE, reservation, request_id)
+            return internal_error(f"preprocess failed: {error}")
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(spec.name, value)
                                                          for spec, value in tensors.items()])

@@ -129,10 +129,16 @@ class TritonPythonModel:
         # Inside an ensemble is_cancelled() stays false (Triton 2.51), so the deadline is what stops it;
         # a caller of this step alone would be seen.
         caller_gone = lambda: request.is_cancelled() or (bool(deadline) and time.time() >= deadline)  # noqa: E731
-        latents = []
+        latents, encoded = [], []
+
+        def encode_init_image():  # once for all variations
+            if not encoded:
+                encoded.append(self._encode_init_image(init_image))
+            return encoded[0]
+
         for index in range(params.num_images):
             state = start_denoising(self.info, self.scheduler_config, params.variation(index), inputs,
-                                    encode_init_image=lambda: self._encode_init_image(init_image))
+                                    encode_init_image)
             if not run_to_end(state, lambda *unet_inputs: self._unet(record, *unet_inputs), should_stop=caller_gone):
                 record.outcome = "cancelled"
                 return cancelled(f"cancelled after {state.step_index} of {state.total_steps} steps of image "
