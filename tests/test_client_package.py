@@ -183,3 +183,10 @@ def test_an_integer_out_of_its_wire_range_is_refused_naming_the_field_not_wrappe
     with InpaintClient(f"127.0.0.1:{free_port()}") as client:  # refused before anything is sent
         with pytest.raises(InvalidRequestError, match=rf"^{field}: cannot be sent as INT(32|64): {value} \(out of"):
             client.inpaint(image=b"x", mask_image=b"y", prompt="p", **{field: value})
+
+
+def test_the_sdks_options_are_the_contracts_parameters():
+    from smartedit_client import EditOptions
+    from smartedit_client import _contract as wire
+
+    assert set(EditOptions.__annotations__) == {spec.name for spec in wire.PARAMETERS} - {wire.PROMPT.name}

@@ -11,6 +11,7 @@
                 print(event)
 """
 
+from smartedit_client._aio import AsyncInpaintClient, AsyncInpaintStream
 from smartedit_client._client import DEFAULT_TIMEOUT_S, DEFAULT_URL, InpaintClient
 from smartedit_client._errors import (
     InvalidRequestError,
@@ -24,12 +25,16 @@ from smartedit_client._errors import (
 )
 from smartedit_client._events import PreviewEvent, ProgressEvent
 from smartedit_client._info import ParameterInfo, ServerInfo
+from smartedit_client._options import EditOptions
 from smartedit_client._result import EditedImage, InpaintResult, png_parameters
 from smartedit_client._stream import InpaintStream
 
 __all__ = [
+    "AsyncInpaintClient",
+    "AsyncInpaintStream",
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_URL",
+    "EditOptions",
     "EditedImage",
     "InpaintClient",
     "InpaintResult",

@@ -7,7 +7,7 @@ import json
 import os
 import time
 import uuid
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -17,8 +17,12 @@ from tritonclient.utils import InferenceServerException
 from smartedit_client import _contract as wire
 from smartedit_client._errors import InvalidRequestError, RequestCancelledError, RequestTimeoutError, from_triton
 from smartedit_client._info import ServerInfo
+from smartedit_client._options import EditOptions, checked_options
 from smartedit_client._result import InpaintResult, png_parameters, replayable
 from smartedit_client._stream import InpaintStream
+
+if TYPE_CHECKING:  # annotations only: no runtime dependency on typing_extensions (3.10)
+    from typing_extensions import Unpack
 
 ImageLike = Union[bytes, str, os.PathLike, Image.Image]
 
@@ -151,50 +155,24 @@ class InpaintClient:
         image: ImageLike,
         mask_image: ImageLike,
         prompt: str,
-        negative_prompt: str | None = None,
-        task: str | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        strength: float | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        scheduler: str | None = None,
-        crop_padding: int | None = None,
-        mask_grow: int | None = None,
-        mask_blur: int | None = None,
-        invert_mask: bool | None = None,
-        num_images: int | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
+        **options: Unpack[EditOptions],
     ) -> InpaintResult:
         """Repaint the white part of ``mask_image`` in ``image`` as ``prompt`` describes (or, with
         ``task``, remove what the mask covers, or replace the background around it).
 
-        Arguments left as None take the server's defaults (the README's wire contract; ``server_info()``
-        lists them); ``seed=None`` lets the server draw one, returned as ``seed_used``.
+        Options left out (or None) take the server's defaults (the README's wire contract;
+        ``server_info()`` lists them); without ``seed`` the server draws one, returned as ``seed_used``.
 
         Args:
             image: the image to edit: encoded bytes (PNG, JPEG, WebP), a file path or a PIL image.
             mask_image: same size as ``image``; white (>= 128) is repainted, black is kept.
             prompt: what to paint in the masked region (may be empty: ``remove`` then uses a neutral one).
-            negative_prompt: what to steer away from.
-            task: ``"inpaint"`` (default), ``"remove"`` (erase the masked object, continuing the
-                background) or ``"replace_background"`` (keep the masked subject, repaint the rest).
-            num_inference_steps: denoising steps.
-            guidance_scale: classifier-free guidance scale; <= 1 disables guidance.
-            strength: in (0, 1]; below 1 starts from the noised image instead of pure noise.
-            eta: DDIM's eta in [0, 1]: the noise each step adds back (``ddim`` only; default 0).
-            seed: makes the result reproducible.
-            scheduler: the sampler, e.g. ``"ddim"`` or ``"euler"``.
-            crop_padding: pixels of context kept around the mask's box when a photo larger than the
-                model's working resolution is edited as a crop (server default 32).
-            mask_grow: pixels to grow the mask by; negative shrinks it.
-            mask_blur: feather width in pixels of the paste-back; pixels farther from the mask stay as sent.
-            invert_mask: repaint the black part of the mask instead of the white.
-            num_images: variations to make (1-8); variation i uses seed + i and equals a one-image
-                request with that seed.
             timeout_s: this call's timeout, overriding the client's.
             request_id: the id the server's logs carry for this edit; a random one when None.
+            options: the edit's other parameters, ``EditOptions`` (task, seed, num_inference_steps,
+                guidance_scale, strength, eta, scheduler, mask_grow, mask_blur, invert_mask, num_images, ...).
 
         Returns:
             InpaintResult: the edited images (``images``; ``image``, ``png``, ``seed_used`` are the first
@@ -207,11 +185,7 @@ class InpaintClient:
             ServerUnavailableError: the server is unreachable or shutting down.
             SmartEditError: any other failure, as a subclass named by the gRPC status.
         """
-        inputs = _edit_inputs(image, mask_image, dict(
-            prompt=prompt, negative_prompt=negative_prompt, task=task, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, strength=strength, eta=eta, seed=seed, scheduler=scheduler,
-            crop_padding=crop_padding, mask_grow=mask_grow, mask_blur=mask_blur, invert_mask=invert_mask,
-            num_images=num_images))
+        inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint", options), prompt=prompt))
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
         request_id = request_id or uuid.uuid4().hex
         timeout_s = timeout_s or self.timeout_s
@@ -244,18 +218,7 @@ class InpaintClient:
         Raises:
             InvalidRequestError: ``png`` carries no SmartEdit parameters; and as ``inpaint``.
         """
-        if isinstance(png, Image.Image):
-            text = getattr(png, "text", {}).get(wire.PNG_PARAMETERS_KEY)
-            carried = None if text is None else json.loads(text)
-        else:
-            try:
-                carried = png_parameters(_encoded("png", png))
-            except ValueError as error:
-                raise InvalidRequestError(f"png: {error}") from None
-        if carried is None:
-            raise InvalidRequestError(f"png: carries no {wire.PNG_PARAMETERS_KEY!r} parameters; only SmartEdit's "
-                                      f"result PNGs do, as written (a re-encoded copy loses them)")
-        return self.inpaint(image=image, mask_image=mask_image, **{**replayable(carried), **overrides})
+        return self.inpaint(image=image, mask_image=mask_image, **{**replay_of(png), **overrides})
 
     def inpaint_stream(
         self,
@@ -263,22 +226,10 @@ class InpaintClient:
         image: ImageLike,
         mask_image: ImageLike,
         prompt: str,
-        negative_prompt: str | None = None,
-        task: str | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        strength: float | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        scheduler: str | None = None,
-        crop_padding: int | None = None,
-        mask_grow: int | None = None,
-        mask_blur: int | None = None,
-        invert_mask: bool | None = None,
-        num_images: int | None = None,
         preview_every: int | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
+        **options: Unpack[EditOptions],
     ) -> InpaintStream:
         """The same edit as ``inpaint``, streamed: progress after every step, previews, then the result.
 
@@ -299,16 +250,33 @@ class InpaintClient:
                 while iterating, as are the other errors ``inpaint`` lists).
             ServerUnavailableError: the server is unreachable.
         """
-        inputs = _edit_inputs(image, mask_image, dict(
-            prompt=prompt, negative_prompt=negative_prompt, task=task, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, strength=strength, eta=eta, seed=seed, scheduler=scheduler,
-            crop_padding=crop_padding, mask_grow=mask_grow, mask_blur=mask_blur, invert_mask=invert_mask,
-            num_images=num_images, preview_every=preview_every))
+        inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
+                                                     preview_every=preview_every))
         return InpaintStream(self.url, tls=self._tls, model_name=self.stream_model_name, inputs=inputs,
                              request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s)
 
 
-def _edit_inputs(image: ImageLike, mask_image: ImageLike, parameters: dict) -> list[grpcclient.InferInput]:
+def replay_of(png: ImageLike) -> dict:
+    """The ``inpaint`` arguments a result PNG carries.
+
+    Raises:
+        InvalidRequestError: ``png`` is no SmartEdit result PNG (or a re-encoded copy of one).
+    """
+    if isinstance(png, Image.Image):
+        text = getattr(png, "text", {}).get(wire.PNG_PARAMETERS_KEY)
+        carried = None if text is None else json.loads(text)
+    else:
+        try:
+            carried = png_parameters(_encoded("png", png))
+        except ValueError as error:
+            raise InvalidRequestError(f"png: {error}") from None
+    if carried is None:
+        raise InvalidRequestError(f"png: carries no {wire.PNG_PARAMETERS_KEY!r} parameters; only SmartEdit's "
+                                  f"result PNGs do, as written (a re-encoded copy loses them)")
+    return replayable(carried)
+
+
+def edit_inputs(image: ImageLike, mask_image: ImageLike, parameters: dict) -> list[grpcclient.InferInput]:
     """The request's tensors, checked and encoded; ``parameters`` are named as the contract's inputs, and
     those left None are left out (the server applies its defaults)."""
     specs = {spec.name: spec for spec in wire.STREAM_INPUTS}

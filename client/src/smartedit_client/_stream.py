@@ -24,6 +24,31 @@ def _scalar(result, tensor: wire.WireTensor):
     return None if array is None else array.reshape(-1)[0]
 
 
+def stream_events(result, request_id: str, started: float) -> list[StreamEvent]:
+    """The events one response of the stream holds: progress (and a preview), or the ``InpaintResult``.
+
+    Raises:
+        SmartEditError: the response is the edit's failure (its status travels as ``error_code``).
+    """
+    status = _scalar(result, wire.ERROR_CODE)
+    if status is not None:
+        raise from_status(status.decode(), _scalar(result, wire.ERROR_MESSAGE).decode())
+    pngs = result.as_numpy(wire.EDITED_IMAGE.name)
+    if pngs is not None:
+        return [InpaintResult.from_pngs(pngs.reshape(-1), result.as_numpy(wire.SEED_USED.name).reshape(-1),
+                                        request_id=request_id, elapsed_s=time.perf_counter() - started)]
+    step, total = _scalar(result, wire.STEP), _scalar(result, wire.TOTAL_STEPS)
+    if step is None:
+        return []  # nothing for the caller (an empty final flag)
+    events: list[StreamEvent] = [ProgressEvent(step=int(step), total_steps=int(total))]
+    preview = _scalar(result, wire.PREVIEW_IMAGE)
+    if preview is not None:
+        image = Image.open(io.BytesIO(preview))
+        image.load()
+        events.append(PreviewEvent(step=int(step), total_steps=int(total), image=image, png=bytes(preview)))
+    return events
+
+
 class InpaintStream:
     """One streamed edit. Iterate it for its events; the last one is the ``InpaintResult``.
 
@@ -98,26 +123,15 @@ class InpaintStream:
             self.close()
 
     def _events_of(self, result) -> Iterator[StreamEvent]:
-        status = _scalar(result, wire.ERROR_CODE)
-        if status is not None:
+        try:
+            events = stream_events(result, self.request_id, self._started)
+        except Exception:
             self._close(cancel=False)
-            raise from_status(status.decode(), _scalar(result, wire.ERROR_MESSAGE).decode())
-        pngs = result.as_numpy(wire.EDITED_IMAGE.name)
-        if pngs is not None:
-            self.result = InpaintResult.from_pngs(pngs.reshape(-1), result.as_numpy(wire.SEED_USED.name).reshape(-1),
-                                                  request_id=self.request_id,
-                                                  elapsed_s=time.perf_counter() - self._started)
-            yield self.result
-            return
-        step, total = _scalar(result, wire.STEP), _scalar(result, wire.TOTAL_STEPS)
-        if step is None:
-            return  # nothing for the caller (an empty final flag)
-        yield ProgressEvent(step=int(step), total_steps=int(total))
-        preview = _scalar(result, wire.PREVIEW_IMAGE)
-        if preview is not None:
-            image = Image.open(io.BytesIO(preview))
-            image.load()
-            yield PreviewEvent(step=int(step), total_steps=int(total), image=image, png=bytes(preview))
+            raise
+        for event in events:
+            if isinstance(event, InpaintResult):
+                self.result = event
+            yield event
 
     def cancel(self) -> None:
         """Stop the edit: the server stops denoising within a step. Harmless once the result is in."""

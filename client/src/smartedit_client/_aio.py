@@ -1,0 +1,182 @@
+"""``AsyncInpaintClient``: ``InpaintClient`` for asyncio services, on ``tritonclient.grpc.aio``.
+
+The same methods, arguments, errors and result types; requests are built and responses read by the
+same functions as the blocking client's, so both send the same bytes and get the same PNGs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING, AsyncIterator
+
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from smartedit_client import _contract as wire
+from smartedit_client._client import DEFAULT_TIMEOUT_S, DEFAULT_URL, ImageLike, edit_inputs, grpc_target, replay_of
+from smartedit_client._errors import RequestCancelledError, RequestTimeoutError, from_triton
+from smartedit_client._info import ServerInfo
+from smartedit_client._options import EditOptions, checked_options
+from smartedit_client._result import InpaintResult
+from smartedit_client._stream import StreamEvent, stream_events
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class AsyncInpaintClient:
+    """An asyncio client of the ``inpaint`` ensemble. Use it as ``async with``, or ``await close()``.
+
+    Takes ``InpaintClient``'s arguments; one client may serve any number of concurrent calls.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 model_name: str = wire.MODEL_NAME, stream_model_name: str = wire.STREAM_MODEL_NAME,
+                 ssl: bool = False, root_certificates: str | os.PathLike | None = None):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.url = grpc_target(url)
+        self.timeout_s = timeout_s
+        self.model_name = model_name
+        self.stream_model_name = stream_model_name
+        if root_certificates is not None:
+            if not os.path.isfile(root_certificates):
+                raise ValueError(f"root_certificates {os.fspath(root_certificates)!r}: no such file")
+            ssl = True
+        self._client = grpcaio.InferenceServerClient(
+            url=self.url, ssl=ssl, root_certificates=None if root_certificates is None else os.fspath(root_certificates))
+
+    async def __aenter__(self) -> "AsyncInpaintClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the gRPC channel. Calling it twice is harmless."""
+        await self._client.close()
+
+    async def is_ready(self) -> bool:
+        """As ``InpaintClient.is_ready``."""
+        try:
+            return bool(await self._client.is_server_ready() and await self._client.is_model_ready(self.model_name))
+        except InferenceServerException:
+            return False
+
+    async def server_info(self, *, timeout_s: float | None = None) -> ServerInfo:
+        """As ``InpaintClient.server_info``."""
+        outputs = [grpcclient.InferRequestedOutput(wire.SERVER_INFO.name)]
+        try:
+            response = await self._client.infer(wire.INFO_MODEL_NAME, [], outputs=outputs,
+                                                client_timeout=timeout_s or self.timeout_s)
+        except InferenceServerException as error:
+            raise from_triton(error) from None
+        return ServerInfo.from_json(response.as_numpy(wire.SERVER_INFO.name).reshape(-1)[0])
+
+    async def inpaint(self, *, image: ImageLike, mask_image: ImageLike, prompt: str, timeout_s: float | None = None,
+                      request_id: str | None = None, **options: Unpack[EditOptions]) -> InpaintResult:
+        """As ``InpaintClient.inpaint``: the same arguments, result and errors. Cancelling the awaiting
+        task cancels the call (the server stops the edit at its deadline, as for the blocking client)."""
+        inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint", options), prompt=prompt))
+        outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
+        request_id = request_id or uuid.uuid4().hex
+        timeout_s = timeout_s or self.timeout_s
+        started = time.perf_counter()
+        try:
+            response = await self._client.infer(self.model_name, inputs, outputs=outputs, request_id=request_id,
+                                                client_timeout=timeout_s + wire.DEADLINE_GRACE_S,
+                                                timeout=wire.request_timeout_us(timeout_s))
+        except InferenceServerException as error:
+            failure = from_triton(error)
+            if isinstance(failure, RequestCancelledError) and time.perf_counter() - started >= timeout_s:
+                raise RequestTimeoutError(f"the edit took longer than its timeout of {timeout_s:g} s: {failure}",
+                                          "DEADLINE_EXCEEDED") from None
+            raise failure from None
+        return InpaintResult.from_pngs(response.as_numpy(wire.EDITED_IMAGE.name).reshape(-1),
+                                       response.as_numpy(wire.SEED_USED.name).reshape(-1), request_id=request_id,
+                                       elapsed_s=time.perf_counter() - started)
+
+    async def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike, **overrides) -> InpaintResult:
+        """As ``InpaintClient.replay``."""
+        return await self.inpaint(image=image, mask_image=mask_image, **{**replay_of(png), **overrides})
+
+    def inpaint_stream(self, *, image: ImageLike, mask_image: ImageLike, prompt: str, preview_every: int | None = None,
+                       timeout_s: float | None = None, request_id: str | None = None,
+                       **options: Unpack[EditOptions]) -> "AsyncInpaintStream":
+        """As ``InpaintClient.inpaint_stream``; iterate the stream with ``async for`` (and use it as
+        ``async with``). Leaving it early cancels the edit.
+
+        Raises:
+            InvalidRequestError: a field is invalid, found before sending (the rest while iterating).
+        """
+        inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
+                                                     preview_every=preview_every))
+        return AsyncInpaintStream(self._client, model_name=self.stream_model_name, inputs=inputs,
+                                  request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s)
+
+
+class AsyncInpaintStream:
+    """One streamed edit for asyncio: ``async for event in stream``; the last event is the
+    ``InpaintResult`` (also ``stream.result``). Leaving the loop or the ``async with`` block before the
+    result, or ``await stream.cancel()``, cancels the edit on the server, which stops within a step.
+
+    Raises (while iterating): as ``InpaintStream``.
+    """
+
+    def __init__(self, client: grpcaio.InferenceServerClient, *, model_name: str, inputs: list, request_id: str,
+                 timeout_s: float):
+        self.request_id = request_id
+        self.result: InpaintResult | None = None
+        self._client, self._model_name, self._inputs = client, model_name, inputs
+        self._timeout_s = timeout_s
+        self._responses = None
+        # The request side stays open until the edit ends: a half-closed stream is not a cancelled one.
+        self._finished = asyncio.Event()
+
+    async def __aenter__(self) -> "AsyncInpaintStream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.cancel()
+
+    async def _requests(self) -> AsyncIterator[dict]:
+        yield {"model_name": self._model_name, "inputs": self._inputs, "request_id": self.request_id,
+               "outputs": [grpcclient.InferRequestedOutput(t.name) for t in wire.STREAM_OUTPUTS],
+               "timeout": wire.request_timeout_us(self._timeout_s)}
+        await self._finished.wait()
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[StreamEvent]:
+        started = time.perf_counter()
+        self._responses = self._client.stream_infer(self._requests(),
+                                                    stream_timeout=self._timeout_s + wire.DEADLINE_GRACE_S)
+        try:
+            async for result, error in self._responses:
+                if error is not None:
+                    raise from_triton(error) from None
+                for event in stream_events(result, self.request_id, started):
+                    if isinstance(event, InpaintResult):
+                        self.result = event
+                    yield event
+                if self.result is not None:
+                    return
+            if self.result is None:
+                raise RequestTimeoutError(f"the stream ended without a result within {self._timeout_s:g} s",
+                                          "DEADLINE_EXCEEDED")
+        except InferenceServerException as error:
+            raise from_triton(error) from None
+        finally:
+            await self.cancel()
+
+    async def cancel(self) -> None:
+        """Stop the edit (harmless once the result is in, or twice)."""
+        self._finished.set()
+        if self._responses is not None and self.result is None:
+            self._responses.cancel()
+        self._responses = None
