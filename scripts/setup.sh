@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install SmartEdit (server side + client + test tools) into it. Idempotent.
+# Create .venv and install SmartEdit (server side + client + REST gateway + test tools) into it. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -10,7 +10,7 @@ fi
 # torch first and pinned: 2.13.0 is the CPU build these machines carry; an unpinned torch pulled in
 # by diffusers would fetch the newest CUDA build (several GB) instead.
 .venv/bin/python -m pip install -q "torch==${SMARTEDIT_TORCH_VERSION:-2.13.0}"
-.venv/bin/python -m pip install -q -e "./client[loadtest]" -e ".[local-server,test]"
+.venv/bin/python -m pip install -q -e "./client[loadtest]" -e ./gateway -e ".[local-server,test]"
 # No helm here: the demo does not use it. The chart tests install it on first need
 # (scripts/install-helm.sh, which needs npm).
 echo "SmartEdit is installed in .venv"

@@ -1,0 +1,41 @@
+"""``smartedit-gateway``: serve the REST gateway (uvicorn) in front of a SmartEdit Triton server."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from smartedit_gateway import logs
+from smartedit_gateway.app import GatewaySettings, create_app
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smartedit-gateway", description=__doc__)
+    p.add_argument("--triton", default="127.0.0.1:8001", help="Triton's gRPC address (default 127.0.0.1:8001)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per edit")
+    p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body, MB (default 64)")
+    p.add_argument("--cors-origin", action="append", default=[],
+                   help="a browser origin allowed to call the API (repeat; '*' for any)")
+    p.add_argument("--ssl", action="store_true", help="TLS to Triton")
+    p.add_argument("--ca-bundle", default=None, help="PEM of the CA(s) to trust for Triton's TLS")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.max_request_mb <= 0 or args.timeout <= 0:
+        parser().error("--max-request-mb and --timeout must be > 0")
+    logs.configure(args.log_level)
+    settings = GatewaySettings(triton_url=args.triton, timeout_s=args.timeout,
+                               max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+                               cors_origins=tuple(args.cors_origin), ssl=args.ssl or bool(args.ca_bundle),
+                               root_certificates=args.ca_bundle)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""The gateway's HTTP API (FastAPI), calling Triton over gRPC with ``AsyncInpaintClient``.
+
+    POST /edit/inpaint          multipart or JSON in (``smartedit_gateway.forms``); image/png out, or
+                                JSON (base64 images, seeds, parameters) with ``Accept: application/json``
+    POST /edit/inpaint/stream   the same edit as Server-Sent Events: progress, previews, the result
+    GET  /health                200 only while Triton and the model are ready
+    GET  /info                  what the server offers (the SDK's ``server_info``)
+    GET  /docs, /openapi.json   the API's documentation
+
+Errors are JSON ``{"field": ..., "message": ...}`` with 400 / 413 / 415 / 429 / 502 / 503 / 504.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from smartedit_client import (
+    AsyncInpaintClient, InpaintResult, PreviewEvent, ProgressEvent, SmartEditError,
+)
+from smartedit_client import _contract as wire
+from smartedit_gateway import logs
+from smartedit_gateway.errors import GatewayError, from_sdk
+from smartedit_gateway.forms import STREAM_FIELDS, read_edit, openapi_schema
+from smartedit_gateway.limits import RequestSizeLimit
+
+log = logging.getLogger("smartedit.gateway")
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    triton_url: str = "127.0.0.1:8001"  # Triton's gRPC endpoint
+    timeout_s: float = 300.0  # per edit
+    max_request_bytes: int = 64 * 1024 * 1024  # as the chart's Ingress
+    cors_origins: tuple[str, ...] = ()  # browsers' origins allowed to call it; () for none, ("*",) for any
+    ssl: bool = False
+    root_certificates: str | None = None
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "image/png" not in accept
+
+
+def result_json(result: InpaintResult) -> dict:
+    return {"request_id": result.request_id, "elapsed_s": round(result.elapsed_s, 3),
+            "images": [{"seed": image.seed_used, "png_base64": base64.b64encode(image.png).decode(),
+                        "parameters": image.parameters} for image in result.images]}
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.client = AsyncInpaintClient(settings.triton_url, timeout_s=settings.timeout_s, ssl=settings.ssl,
+                                              root_certificates=settings.root_certificates)
+        yield
+        await app.state.client.close()
+
+    app = FastAPI(title="SmartEdit", version="0.1.0", lifespan=lifespan,
+                  description="Diffusion image editing: inpainting, object removal, background replacement. "
+                              "Every parameter is the gRPC wire contract's, with the same name.")
+
+    @app.middleware("http")
+    async def request_id_and_log(request: Request, call_next):
+        token = logs.request_id.set(request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+            response.headers[REQUEST_ID_HEADER] = logs.request_id.get()
+            log.info("%s %s %d", request.method, request.url.path, response.status_code, extra={"fields": {
+                "method": request.method, "path": request.url.path, "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3)}})
+            return response
+        finally:
+            logs.request_id.reset(token)
+
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER, "X-Seed"])
+    # Outermost: an oversize body is refused before anything reads it.
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, error: GatewayError):
+        log.warning("refused: %s", error.message, extra={"fields": {"status": error.status, "field": error.field}})
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):  # 404, 405, ...: the same JSON shape
+        return JSONResponse({"field": None, "message": str(error.detail)}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.post("/edit/inpaint", openapi_extra={"requestBody": openapi_schema()},
+              responses={200: {"content": {"image/png": {}, "application/json": {}},
+                               "description": "the edited PNG (X-Seed header), or JSON with every image"}})
+    async def edit_inpaint(request: Request):
+        """One edit: ``image`` and ``mask_image`` plus the wire contract's parameters. ``image/png`` back
+        (the first image; ``X-Seed`` its seed), or with ``Accept: application/json`` every image as base64."""
+        form = await read_edit(request)
+        try:
+            result = await request.app.state.client.inpaint(image=form.image, mask_image=form.mask_image,
+                                                            request_id=logs.request_id.get(), **form.parameters)
+        except SmartEditError as error:
+            raise from_sdk(error) from None
+        if _wants_json(request):
+            return JSONResponse(result_json(result), headers={"X-Seed": str(result.seed_used)})
+        return Response(result.png, media_type="image/png", headers={"X-Seed": str(result.seed_used)})
+
+    @app.post("/edit/inpaint/stream", openapi_extra={"requestBody": openapi_schema(with_stream_fields=True)},
+              responses={200: {"content": {"text/event-stream": {}},
+                               "description": "events: progress, preview (base64 PNG), then result or error"}})
+    async def edit_inpaint_stream(request: Request):
+        """The same edit as Server-Sent Events: ``progress`` {step, total_steps} after every step,
+        ``preview`` {step, png_base64} every ``preview_every`` steps, then ``result`` (as the JSON of
+        /edit/inpaint) or ``error`` {status, field, message}. Closing the connection cancels the edit."""
+        form = await read_edit(request, extra=STREAM_FIELDS)
+        stream = request.app.state.client.inpaint_stream(image=form.image, mask_image=form.mask_image,
+                                                         request_id=logs.request_id.get(), **form.parameters)
+
+        async def events():
+            try:
+                async with stream:
+                    async for event in stream:
+                        if isinstance(event, PreviewEvent):
+                            yield _sse("preview", {"step": event.step, "total_steps": event.total_steps,
+                                                   "png_base64": base64.b64encode(event.png).decode()})
+                        elif isinstance(event, ProgressEvent):
+                            yield _sse("progress", {"step": event.step, "total_steps": event.total_steps})
+                        else:
+                            yield _sse("result", result_json(event))
+            except SmartEditError as error:
+                failure = from_sdk(error)
+                yield _sse("error", {"status": failure.status, **failure.body()})
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/health")
+    async def health(request: Request):
+        """200 while Triton and the ``inpaint`` model are ready; 503 otherwise (for probes)."""
+        if await request.app.state.client.is_ready():
+            return {"status": "ready"}
+        return JSONResponse({"status": "unavailable", "field": None,
+                             "message": f"the inference server at {settings.triton_url} is not ready"}, status_code=503)
+
+    @app.get("/info")
+    async def info(request: Request):
+        """What the server offers: model, working resolution, samplers, tasks, each parameter's range
+        and default."""
+        try:
+            return dataclasses.asdict(await request.app.state.client.server_info())
+        except SmartEditError as error:
+            raise from_sdk(error) from None
+
+    return app

@@ -1,0 +1,57 @@
+"""Errors as the gateway answers them: JSON ``{"field": ..., "message": ...}`` with an HTTP status
+mapped from the SDK's error tree (in one place, on the error's type, never on its text)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smartedit_client import (
+    InvalidRequestError, ModelNotFoundError, RequestCancelledError, RequestTimeoutError, ServerOverloadedError,
+    ServerUnavailableError, SmartEditError,
+)
+
+
+@dataclass
+class GatewayError(Exception):
+    """A request the gateway refuses or could not serve."""
+
+    status: int
+    message: str
+    field: str | None = None
+
+    def body(self) -> dict:
+        return {"field": self.field, "message": self.message}
+
+
+def without_ensemble_prefix(message: str) -> str:
+    """The step's own message: Triton prefixes an ensemble step's error with "in ensemble '<name>', "."""
+    if message.startswith("in ensemble '"):
+        _, separator, rest = message.partition("', ")
+        if separator:
+            return rest
+    return message
+
+
+def field_of(message: str) -> str | None:
+    """The field a SmartEdit error names: its messages start with ``<field>: ``."""
+    head, separator, _ = message.partition(": ")
+    return head if separator and head.isidentifier() else None
+
+
+# The SDK's errors to HTTP statuses: the client's fault, retry later, not serving, too slow.
+_STATUS = (
+    (InvalidRequestError, 400),
+    (ServerOverloadedError, 429),
+    (ServerUnavailableError, 503),
+    (ModelNotFoundError, 503),
+    (RequestTimeoutError, 504),
+    (RequestCancelledError, 504),  # the server stopped it at its deadline
+)
+
+
+def from_sdk(error: SmartEditError) -> GatewayError:
+    message = without_ensemble_prefix(str(error))
+    for kind, status in _STATUS:
+        if isinstance(error, kind):
+            return GatewayError(status, message, field_of(message) if status == 400 else None)
+    return GatewayError(502, f"the inference server failed: {message}")

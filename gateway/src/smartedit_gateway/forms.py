@@ -1,0 +1,162 @@
+"""An edit request as the gateway takes it, in either of two bodies, checked against the wire contract:
+
+- ``multipart/form-data``: ``image`` and ``mask_image`` files, every other parameter a text field;
+- ``application/json``: ``image`` and ``mask_image`` base64 (a ``data:`` URL prefix is accepted), the
+  parameters with their JSON types.
+
+Every parameter is converted to the contract's type here (a bad value is a 400 naming the field);
+ranges and defaults are the server's to check and apply, so they are declared once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from smartedit_client import _contract as wire
+from smartedit_gateway.errors import GatewayError
+from smartedit_gateway.limits import BodyTooLarge, caused_by_body_too_large
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+# Extra fields of the stream endpoint.
+STREAM_FIELDS = (wire.PREVIEW_EVERY,)
+
+
+@dataclass(frozen=True)
+class EditForm:
+    image: bytes
+    mask_image: bytes
+    parameters: dict[str, Any]  # named as the contract's inputs; only those sent
+
+
+def _bad(field: str, message: str) -> GatewayError:
+    return GatewayError(400, f"{field}: {message}", field)
+
+
+def _typed(spec: wire.WireTensor, value: Any, from_text: bool) -> Any:
+    """``value`` as the contract's type of ``spec`` (text from a form, or a JSON value)."""
+    name, kind = spec.name, spec.datatype
+    if kind == "BYTES":
+        if not isinstance(value, str):
+            raise _bad(name, f"must be text, got {type(value).__name__} {value!r:.40}")
+        return value
+    if kind == "BOOL":
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise _bad(name, f"must be true or false, got {value!r:.40}")
+    if kind.startswith("INT"):
+        if isinstance(value, bool):
+            raise _bad(name, f"must be an integer, got {value!r}")
+        try:
+            number = int(value.strip()) if from_text and isinstance(value, str) else value
+        except ValueError:
+            raise _bad(name, f"must be an integer, got {value!r:.40}") from None
+        if not isinstance(number, int):
+            raise _bad(name, f"must be an integer, got {value!r:.40}")
+        return number
+    if isinstance(value, bool):
+        raise _bad(name, f"must be a number, got {value!r}")
+    try:
+        return float(value.strip()) if from_text and isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise _bad(name, f"must be a number, got {value!r:.40}") from None
+
+
+def _parameters(values: dict[str, Any], from_text: bool, extra: tuple[wire.WireTensor, ...]) -> dict[str, Any]:
+    specs = {spec.name: spec for spec in wire.PARAMETERS + extra}
+    unknown = sorted(set(values) - set(specs) - {wire.IMAGE.name, wire.MASK_IMAGE.name})
+    if unknown:
+        raise _bad(unknown[0], f"is not a parameter of this API; known: {', '.join(sorted(specs))}")
+    parameters = {name: _typed(specs[name], value, from_text) for name, value in values.items()
+                  if name in specs and value is not None}
+    if wire.PROMPT.name not in parameters:
+        raise _bad(wire.PROMPT.name, "is required (it may be empty)")
+    return parameters
+
+
+def _decoded_base64(field: str, value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise _bad(field, f"must be a base64 string, got {type(value).__name__}")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]  # data:image/png;base64,....
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise _bad(field, f"is not valid base64 ({error})") from None
+
+
+async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -> EditForm:
+    """The edit a request carries, its body's kind chosen by its Content-Type.
+
+    Raises:
+        GatewayError: 400 naming the field; 415 for another body type.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form()
+        except Exception as error:
+            if caused_by_body_too_large(error):
+                raise BodyTooLarge() from None  # the size cap answers it
+            # Starlette's parser: a malformed body
+            raise GatewayError(400, f"the multipart body could not be read: {getattr(error, 'detail', error)}") from None
+        files, fields = {}, {}
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files[name] = await value.read()
+            else:
+                fields[name] = value
+        for name in (wire.IMAGE.name, wire.MASK_IMAGE.name):
+            if name not in files:
+                raise _bad(name, "is required: send it as a file field of the form")
+        parameters = _parameters(fields, from_text=True, extra=extra)
+        return EditForm(files[wire.IMAGE.name], files[wire.MASK_IMAGE.name], parameters)
+    if content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError as error:
+            raise GatewayError(400, f"the body is not valid JSON: {error}") from None
+        if not isinstance(body, dict):
+            raise GatewayError(400, "the body must be a JSON object")
+        images = {}
+        for name in (wire.IMAGE.name, wire.MASK_IMAGE.name):
+            if body.get(name) is None:
+                raise _bad(name, "is required: base64 of the encoded image")
+            images[name] = _decoded_base64(name, body[name])
+        parameters = _parameters(body, from_text=False, extra=extra)
+        return EditForm(images[wire.IMAGE.name], images[wire.MASK_IMAGE.name], parameters)
+    raise GatewayError(415, f"send multipart/form-data or application/json, not {content_type or 'no Content-Type'}")
+
+
+def openapi_schema(with_stream_fields: bool = False) -> dict:
+    """The request body's OpenAPI description, from the contract: one schema per body type."""
+    kinds = {"BYTES": {"type": "string"}, "BOOL": {"type": "boolean"}, "INT32": {"type": "integer"},
+             "INT64": {"type": "integer"}, "FP32": {"type": "number"}}
+    properties = {}
+    for spec in wire.PARAMETERS + (STREAM_FIELDS if with_stream_fields else ()):
+        schema = dict(kinds[spec.datatype], description=spec.meaning)
+        if spec.minimum is not None:
+            schema["minimum"] = spec.minimum
+        if spec.maximum is not None:
+            schema["maximum"] = spec.maximum
+        if spec.choices:
+            schema["enum"] = list(spec.choices)
+        properties[spec.name] = schema
+    image_doc = {wire.IMAGE.name: wire.IMAGE.meaning, wire.MASK_IMAGE.name: wire.MASK_IMAGE.meaning}
+    multipart = {name: {"type": "string", "format": "binary", "description": doc} for name, doc in image_doc.items()}
+    as_json = {name: {"type": "string", "format": "byte", "description": f"base64: {doc}"}
+               for name, doc in image_doc.items()}
+    required = [wire.IMAGE.name, wire.MASK_IMAGE.name, wire.PROMPT.name]
+    return {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": required,
+                                           "properties": {**multipart, **properties}}},
+        "application/json": {"schema": {"type": "object", "required": required,
+                                        "properties": {**as_json, **properties}}},
+    }}

@@ -1,0 +1,225 @@
+"""The REST gateway, started as its command starts it, in front of the real tritonserver: curl and
+HTTP clients get the gRPC SDK's bytes, errors as JSON naming the field, a size cap that refuses before
+reading, health that follows Triton, SSE streams, CORS, OpenAPI, and a request id in every log line."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import png_bytes, scene, serving
+from smartedit.server import free_port
+
+pytestmark = pytest.mark.functional
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EDIT = {"prompt": "a red chair", "negative_prompt": "ugly", "num_inference_steps": 4, "seed": 21}
+MAX_REQUEST_MB = 2
+
+
+@contextlib.contextmanager
+def gateway(triton_grpc: str, log_path: Path, *extra: str):
+    """``smartedit-gateway`` as a process; its base URL once it answers."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "smartedit_gateway", "--triton", triton_grpc,
+                                    "--port", str(port), "--max-request-mb", str(MAX_REQUEST_MB), *extra],
+                                   stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/openapi.json", timeout=2).read()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gateway_url(server, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    with gateway(server.address.grpc, log_path, "--cors-origin", "https://editor.example") as url:
+        yield url
+
+
+def _files(tmp_path, size=(64, 48), seed=3):
+    image, mask = scene(*size, seed=seed)
+    (tmp_path / "image.png").write_bytes(png_bytes(image))
+    (tmp_path / "mask.png").write_bytes(png_bytes(mask))
+    return image, mask
+
+
+def _post_json(url: str, body: dict, headers: dict | None = None):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def test_curl_multipart_returns_the_grpc_sdks_png_bytes(gateway_url, client, tmp_path):
+    image, mask = _files(tmp_path)
+    out = tmp_path / "out.png"
+    run = subprocess.run(["curl", "-sS", "-D", str(tmp_path / "headers"), "-F", f"image=@{tmp_path / 'image.png'}",
+                          "-F", f"mask_image=@{tmp_path / 'mask.png'}", *sum((["-F", f"{k}={v}"] for k, v in EDIT.items()), []),
+                          "-F", "mask_blur=2", f"{gateway_url}/edit/inpaint", "-o", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    headers = (tmp_path / "headers").read_text().lower()
+    assert "content-type: image/png" in headers and "x-seed: 21" in headers and "x-request-id: " in headers
+    assert out.read_bytes() == client.inpaint(image=image, mask_image=mask, mask_blur=2, **EDIT).png
+
+
+def test_json_with_base64_images_returns_every_image(gateway_url, client, tmp_path):
+    image, mask = _files(tmp_path, seed=4)
+    body = {"image": base64.b64encode(png_bytes(image)).decode(),
+            "mask_image": "data:image/png;base64," + base64.b64encode(png_bytes(mask)).decode(),
+            **EDIT, "num_images": 2, "task": "remove"}
+    status, headers, raw = _post_json(gateway_url + "/edit/inpaint", body,
+                                      {"Accept": "application/json", "X-Request-Id": "gateway-json-0001"})
+    assert status == 200, raw
+    answer = json.loads(raw)
+    assert answer["request_id"] == "gateway-json-0001" == headers.get("X-Request-Id")
+    expected = client.inpaint(image=image, mask_image=mask, num_images=2, task="remove", **EDIT)
+    assert [base64.b64decode(i["png_base64"]) for i in answer["images"]] == [i.png for i in expected.images]
+    assert [i["seed"] for i in answer["images"]] == [21, 22] and answer["images"][1]["parameters"]["parameters"]["seed"] == 22
+
+
+@pytest.mark.parametrize("fields,status,field,fragment", [
+    ({"num_inference_steps": "many"}, 400, "num_inference_steps", "must be an integer, got 'many'"),
+    ({"num_inference_steps": "0"}, 400, "num_inference_steps", "must be between 1 and"),
+    ({"invert_mask": "perhaps"}, 400, "invert_mask", "must be true or false"),
+    ({"task": "paint"}, 400, "task", "unknown task 'paint'"),
+    ({"colour": "red"}, 400, "colour", "is not a parameter of this API"),
+    ({"prompt": None}, 400, "prompt", "is required"),
+])
+def test_bad_fields_get_json_errors_naming_them(gateway_url, tmp_path, fields, status, field, fragment):
+    _files(tmp_path)
+    form = dict(EDIT, **fields)
+    command = ["curl", "-sS", "-w", "%{http_code}", "-F", f"image=@{tmp_path / 'image.png'}",
+               "-F", f"mask_image=@{tmp_path / 'mask.png'}", "-o", str(tmp_path / "body")]
+    for key, value in form.items():
+        if value is not None:
+            command += ["-F", f"{key}={value}"]
+    run = subprocess.run(command + [f"{gateway_url}/edit/inpaint"], capture_output=True, text=True, timeout=120)
+    body = json.loads((tmp_path / "body").read_text())
+    assert int(run.stdout) == status and body["field"] == field and fragment in body["message"], body
+
+
+def test_other_bodies_and_broken_base64_are_refused(gateway_url):
+    status, _, raw = _post_json(gateway_url + "/edit/inpaint", {"image": "***", "mask_image": "", "prompt": "x"})
+    assert status == 400 and json.loads(raw)["field"] == "image"
+    request = urllib.request.Request(gateway_url + "/edit/inpaint", data=b"x", method="POST",
+                                     headers={"Content-Type": "text/plain"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 415
+
+
+def test_an_oversize_upload_is_refused_before_it_is_read(gateway_url):
+    host, port = gateway_url.removeprefix("http://").split(":")
+    declared = 100 * 1024 * 1024
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(f"POST /edit/inpaint HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                           f"Content-Length: {declared}\r\n\r\n".encode() + b"-" * 65536)
+        started = time.monotonic()
+        answer = connection.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413") and time.monotonic() - started < 5
+    assert "the limit is 2097152 bytes" in answer
+    # A chunked body (no Content-Length) is cut off once it passes the cap: a file field that goes on.
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"POST /edit/inpaint HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n")
+        head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+        connection.sendall(f"{len(head):x}\r\n".encode() + head + b"\r\n")
+        chunk = b"x" * 1024 * 1024
+        for _ in range(3):
+            connection.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        answer = connection.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413"), answer
+
+
+def test_the_stream_sends_progress_previews_and_the_unary_result_as_server_sent_events(gateway_url, client, tmp_path):
+    image, mask = _files(tmp_path, seed=5)
+    body = {"image": base64.b64encode(png_bytes(image)).decode(), "mask_image": base64.b64encode(png_bytes(mask)).decode(),
+            **EDIT, "preview_every": 2}
+    status, headers, raw = _post_json(gateway_url + "/edit/inpaint/stream", body)
+    assert status == 200 and headers.get("Content-Type").startswith("text/event-stream")
+    events = [(block.split("\n")[0].removeprefix("event: "), json.loads(block.split("\n")[1].removeprefix("data: ")))
+              for block in raw.decode().strip().split("\n\n")]
+    assert [data["step"] for kind, data in events if kind == "progress"] == [1, 2, 3, 4]
+    assert [data["step"] for kind, data in events if kind == "preview"] == [2, 4]
+    kind, result = events[-1]
+    assert kind == "result"
+    assert base64.b64decode(result["images"][0]["png_base64"]) == client.inpaint(image=image, mask_image=mask, **EDIT).png
+
+
+def test_cors_preflight_allows_the_configured_origin_only(gateway_url):
+    def preflight(origin):
+        request = urllib.request.Request(gateway_url + "/edit/inpaint", method="OPTIONS", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.headers.get("Access-Control-Allow-Origin")
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("Access-Control-Allow-Origin")
+
+    assert preflight("https://editor.example") == (200, "https://editor.example")
+    assert preflight("https://elsewhere.example")[1] is None
+
+
+def test_openapi_and_docs_describe_every_parameter(gateway_url):
+    spec = json.loads(urllib.request.urlopen(gateway_url + "/openapi.json", timeout=10).read())
+    schema = spec["paths"]["/edit/inpaint"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert {"image", "mask_image", "prompt", "task", "num_images", "mask_blur", "eta"} <= set(schema["properties"])
+    assert schema["properties"]["num_images"]["maximum"] == 8
+    assert b"swagger" in urllib.request.urlopen(gateway_url + "/docs", timeout=10).read().lower()
+    info = json.loads(urllib.request.urlopen(gateway_url + "/info", timeout=30).read())
+    assert "remove" in info["tasks"] and info["parameters"]["num_images"]["maximum"] == 8
+
+
+def test_health_follows_triton_and_every_log_line_carries_a_request_id(model_repository, tmp_path):
+    with serving(model_repository, tmp_path / "triton.log") as triton:
+        with gateway(triton.address.grpc, tmp_path / "gateway.log") as url:
+            assert urllib.request.urlopen(url + "/health", timeout=30).status == 200
+            triton.stop()
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(url + "/health", timeout=30)
+            assert caught.value.code == 503 and json.loads(caught.value.read())["status"] == "unavailable"
+            status, _, raw = _post_json(url + "/edit/inpaint", {"image": "", "mask_image": "", "prompt": "x"},
+                                        {"X-Request-Id": "gateway-log-0001"})
+    lines = [json.loads(line) for line in (tmp_path / "gateway.log").read_text().splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("path")]
+    assert requests and all(line["request_id"] != "-" for line in requests)
+    assert any(line["request_id"] == "gateway-log-0001" for line in lines)
+
+
+def test_the_gateway_installs_without_torch_diffusers_or_onnx(tmp_path):
+    venv = tmp_path / "gateway-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT / "client"), str(ROOT / "gateway")], check=True)
+    installed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], check=True,
+                               capture_output=True, text=True).stdout.lower()
+    for heavy in ("torch", "diffusers", "onnx", "onnxruntime", "transformers"):
+        assert f"\n{heavy}==" not in "\n" + installed, f"{heavy} was installed with the gateway"
+    assert subprocess.run([str(venv / "bin" / "smartedit-gateway"), "--help"], capture_output=True).returncode == 0
