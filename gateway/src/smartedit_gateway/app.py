@@ -29,7 +29,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from smartedit_client import (
     AsyncInpaintClient, InpaintResult, PreviewEvent, ProgressEvent, SmartEditError,
 )
-from smartedit_client import _contract as wire
 from smartedit_gateway import logs
 from smartedit_gateway.errors import GatewayError, from_sdk
 from smartedit_gateway.forms import STREAM_FIELDS, read_edit, openapi_schema
