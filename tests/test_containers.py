@@ -9,6 +9,7 @@ accepted by that very program.
 from __future__ import annotations
 
 import fnmatch
+import json
 import importlib.util
 import os
 import re
@@ -23,7 +24,8 @@ from dockerfile_parse import DockerfileParser
 from test_helm_chart import pod_spec, render, server_container
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILES = {"server": ROOT / "docker" / "server.Dockerfile", "client": ROOT / "docker" / "client.Dockerfile"}
+DOCKERFILES = {"server": ROOT / "docker" / "server.Dockerfile", "client": ROOT / "docker" / "client.Dockerfile",
+               "gateway": ROOT / "docker" / "gateway.Dockerfile"}
 COMPOSE = ROOT / "docker-compose.yml"
 ENTRYPOINT = ROOT / "docker" / "server-entrypoint.sh"
 IMAGE_ROOT = "/opt/smartedit"  # WORKDIR of both images
@@ -106,7 +108,7 @@ def test_server_image_is_the_ngc_triton_release_the_tests_run():
     assert base.split(":")[1].startswith(NGC_RELEASE_OF_TRITON[".".join(triton.split(".")[:2])])
 
 
-@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+@pytest.mark.parametrize("image", ["client", "server"])  # the gateway's is an installed command (tested below)
 def test_entrypoint_is_copied_into_the_image_and_executable(image):
     dockerfile = DOCKERFILES[image]
     (entrypoint,) = instructions(dockerfile, "ENTRYPOINT")
@@ -192,3 +194,16 @@ def test_export_job_is_valid_and_writes_the_repository_the_gpu_cluster_values_se
     assert args.out == f"{mount}/{served['subPath']}" and args.profile == "tensorrt"
     claim = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "models")
     assert claim["persistentVolumeClaim"]["claimName"] == served["claimName"]
+
+
+def test_the_gateway_image_and_chart_start_the_gateway_with_options_it_accepts():
+    from smartedit_gateway.__main__ import parser
+
+    entrypoint = json.loads(instructions(DOCKERFILES["gateway"], "ENTRYPOINT")[0])
+    command = json.loads(instructions(DOCKERFILES["gateway"], "CMD")[0])
+    assert entrypoint[0] == "smartedit-gateway"
+    parser().parse_args(entrypoint[1:] + command)
+    container = next(o for o in render("gateway") if o["kind"] == "Deployment"
+                     and o["metadata"]["name"].endswith("-gateway"))["spec"]["template"]["spec"]["containers"][0]
+    args = parser().parse_args(container["args"])
+    assert args.host == "0.0.0.0" and args.port == container["ports"][0]["containerPort"]

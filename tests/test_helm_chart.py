@@ -70,8 +70,16 @@ def only(objects: list[dict], kind: str) -> dict:
     return matches[0]
 
 
+def server_deployment(objects: list[dict]) -> dict:
+    """The server's Deployment (the gateway, when enabled, has its own)."""
+    matches = [o for o in objects if o["kind"] == "Deployment"
+               and o["metadata"]["labels"]["app.kubernetes.io/component"] == "server"]
+    assert len(matches) == 1, f"expected one server Deployment, got {len(matches)}"
+    return matches[0]
+
+
 def pod_spec(objects: list[dict]) -> dict:
-    return only(objects, "Deployment")["spec"]["template"]["spec"]
+    return server_deployment(objects)["spec"]["template"]["spec"]
 
 
 def server_container(objects: list[dict]) -> dict:
@@ -378,3 +386,36 @@ def test_bad_values_are_rejected_with_a_message_naming_the_value(bad_file, fragm
 def test_inconsistent_settings_are_rejected(assignment, fragment):
     completed = helm("template", "--set", assignment)
     assert completed.returncode != 0 and fragment in completed.stderr, completed.stderr
+
+
+# --- the REST gateway -------------------------------------------------------------------------
+
+def _gateway_objects(objects: list[dict]) -> dict[str, dict]:
+    return {o["kind"]: o for o in objects if o["metadata"]["labels"].get("app.kubernetes.io/component") == "gateway"}
+
+
+def test_the_gateway_is_off_by_default():
+    assert not _gateway_objects(render())
+
+
+def test_the_gateway_calls_the_servers_service_and_is_ready_only_while_triton_is():
+    objects = render("gateway")
+    gateway = _gateway_objects(objects)
+    assert set(gateway) == {"Deployment", "Service", "Ingress"}
+    container = gateway["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    server_service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "t-smartedit")
+    grpc_port = next(p["port"] for p in server_service["spec"]["ports"] if p["name"] == "grpc")
+    assert f"--triton=t-smartedit.edit.svc:{grpc_port}" in container["args"]
+    assert "--cors-origin=https://editor.example.com" in container["args"] and "--max-request-mb=32" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert "tcpSocket" in container["livenessProbe"]  # a Triton outage must not restart gateways
+    assert container["securityContext"]["readOnlyRootFilesystem"] and not container.get("resources", {}).get(
+        "limits", {}).get(GPU)
+    ingress = gateway["Ingress"]
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["path"].startswith("/api") and path["backend"]["service"]["name"] == "t-smartedit-gateway"
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == "32m"
+    assert "backend-protocol" not in str(ingress["metadata"]["annotations"])  # plain HTTP, unlike the gRPC one
+    policy = only(objects, "NetworkPolicy")
+    sources = policy["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": gateway["Deployment"]["spec"]["selector"]["matchLabels"]}} in sources

@@ -81,3 +81,16 @@ sum(rate(smartedit_scheduler_queue_wait_seconds_sum{namespace="{{ .Release.Names
 {{- define "smartedit.restrictedApis" -}}
 shared-memory,model-config,model-repository,statistics,trace,logging
 {{- end }}
+
+{{- define "smartedit.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "smartedit.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "smartedit.gatewayLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "smartedit.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
