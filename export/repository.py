@@ -33,6 +33,7 @@ from smartedit.triton_config import (
     step_config, to_pbtxt,
 )
 from smartedit.export import onnx_export, tensorrt, verify
+from smartedit.export.segmentation import write_segmentation
 from smartedit_client import _contract as wire
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ class RepositoryOptions:
     tensorrt_accelerator: bool = False  # onnx-gpu: let ONNX Runtime use its TensorRT EP
     engine_sides: tuple[int, int, int] = (256, 512, 1024)  # tensorrt: min / opt / max image side
     verify: bool = True
+    # Click-to-mask (smartedit.sam): serve SAM behind the `segment` model; its checkpoint (a folder or hub
+    # id), or None for the embedded tiny one.
+    segmentation: bool = True
+    sam_model: str | None = None
 
     def __post_init__(self):
         if self.profile not in RUNTIME_PROFILES + (SIMULATED,):
@@ -205,6 +210,10 @@ def build_repository(pipeline, out: Path, options: RepositoryOptions = Repositor
         preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)
         _write_steps(info, pipeline.tokenizer, dict(pipeline.scheduler.config), preview, staging, options,
                      provenance)
+        if options.segmentation:
+            segment_parameters = {"max_image_pixels": str(options.preprocess.max_image_pixels),
+                                  "min_image_side": str(options.preprocess.min_image_side)}
+            write_segmentation(staging, options.profile, options.sam_model, segment_parameters, SOURCES, ONNX_CPU_HOST)
 
     out = Path(out)
     write_atomically(out, write)

@@ -100,6 +100,8 @@ def repository_options(args):
         preprocess=PreprocessSettings(default_num_inference_steps=args.default_steps),
         tensorrt_accelerator=args.onnx_tensorrt_ep,
         verify=not args.no_verify,
+        segmentation=not args.no_segmentation,
+        sam_model=args.sam_model,
     )
 
 
@@ -288,6 +290,10 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=None,
                    help="diffusers inpainting folder or hub id (default: the embedded tiny model)")
+    p.add_argument("--sam-model", default=None,
+                   help="Segment Anything checkpoint for click-to-mask, a folder or hub id such as "
+                        "facebook/sam-vit-base (default: an embedded tiny SAM)")
+    p.add_argument("--no-segmentation", action="store_true", help="serve no segment model (no SAM)")
     p.add_argument("--profile", choices=RUNTIME_PROFILES + (SIMULATED,), default="onnx-cpu",
                    help="runtime profile (simulated: benchmarks, a device that sleeps per --latency-table)")
     p.add_argument("--latency-table", default=str(DEFAULT_LATENCY_TABLE),

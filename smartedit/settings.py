@@ -221,6 +221,34 @@ class StreamSettings:
 
 
 @dataclass(frozen=True)
+class SegmentSettings:
+    """The ``segment`` model (click-to-mask): image limits as preprocess's, and its embedding cache."""
+
+    max_image_pixels: int = PreprocessSettings.max_image_pixels
+    min_image_side: int = PreprocessSettings.min_image_side
+    # Images whose SAM embedding is kept (by content hash), so that further clicks on one cost only the
+    # decoder. 4 MB each on SAM ViT-B (256 x 64 x 64 floats).
+    max_cached_images: int = 16
+    max_points: int = 64
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> "SegmentSettings":
+        _reject_unknown(cls, params)
+        d = cls()
+        get = params.get
+        return cls(
+            max_image_pixels=parse_int("max_image_pixels", get("max_image_pixels", str(d.max_image_pixels)), 64),
+            min_image_side=parse_int("min_image_side", get("min_image_side", str(d.min_image_side)), 1),
+            max_cached_images=parse_int("max_cached_images", get("max_cached_images", str(d.max_cached_images)), 0),
+            max_points=parse_int("max_points", get("max_points", str(d.max_points)), 1, 1024),
+        )
+
+    def image_limits(self) -> PreprocessSettings:
+        """Preprocess's settings with these image limits: what ``decode_image`` checks against."""
+        return PreprocessSettings(max_image_pixels=self.max_image_pixels, min_image_side=self.min_image_side)
+
+
+@dataclass(frozen=True)
 class OnnxHostSettings:
     """ONNX Runtime session options of a Python-hosted component (the onnx-cpu profile)."""
 

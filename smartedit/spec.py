@@ -21,6 +21,8 @@ Dim = Union[int, str]
 
 # Axes that change with the request's resolution; everything else is fixed once a model is chosen.
 SPATIAL_AXES = ("image_height", "image_width", "latent_height", "latent_width")
+# Every axis that varies per call: the spatial ones, and the number of prompt points of a SAM call.
+DYNAMIC_AXES = SPATIAL_AXES + ("num_points",)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class TensorSpec:
     def dynamic_axes(self) -> dict[int, str]:
         """ONNX dynamic axes: the batch axis and every spatial axis, by their names."""
         axes = {0: "batch"}
-        axes.update({i + 1: d for i, d in enumerate(self.dims) if d in SPATIAL_AXES})
+        axes.update({i + 1: d for i, d in enumerate(self.dims) if d in DYNAMIC_AXES})
         return axes
 
 

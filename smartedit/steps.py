@@ -110,3 +110,9 @@ STREAM_OUTPUTS = tuple(StepTensor(t.name, t.datatype, wire.OUTPUT_SHAPE if t in 
                        for t in wire.STREAM_OUTPUTS)
 
 SERVER_INFO = StepTensor(wire.SERVER_INFO.name, wire.SERVER_INFO.datatype, wire.TENSOR_SHAPE)
+
+# The click-to-mask entry (smartedit.sam): the wire contract's segment model.
+SEGMENT = wire.SEGMENT_MODEL_NAME
+SEGMENT_INPUTS = tuple(StepTensor(t.name, t.datatype, wire.SEGMENT_SHAPES.get(t.name, wire.TENSOR_SHAPE), optional=True)
+                       for t in wire.SEGMENT_INPUTS)
+SEGMENT_OUTPUTS = tuple(StepTensor(t.name, t.datatype, wire.TENSOR_SHAPE) for t in wire.SEGMENT_OUTPUTS)

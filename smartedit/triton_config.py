@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from smartedit.spec import ComponentSpec, PipelineInfo, SPATIAL_AXES
+from smartedit.spec import DYNAMIC_AXES, ComponentSpec, PipelineInfo
 from smartedit.steps import StepTensor
 
 ONNX_CPU, ONNX_GPU, TENSORRT = "onnx-cpu", "onnx-gpu", "tensorrt"
@@ -55,20 +55,21 @@ class BatchingSettings:
             raise ValueError(f"instance_count must be >= 1, got {self.instance_count}")
 
 
-def _component_dims(tensor, info: PipelineInfo) -> list[int]:
-    """Triton dims (batch axis excluded): -1 on spatial axes, the model's size elsewhere."""
+def _component_dims(tensor, info: PipelineInfo | None) -> list[int]:
+    """Triton dims (batch axis excluded): -1 on the axes that vary per call, the model's size elsewhere
+    (``info`` resolves named sizes; a component declared in plain numbers needs none)."""
     if not tensor.dims:
         return [1]  # a scalar per batch item; the reshape below hands the model a [batch] tensor
-    return [-1 if d in SPATIAL_AXES else info.resolve(d, 0, 0) for d in tensor.dims]
+    return [-1 if d in DYNAMIC_AXES else d if isinstance(d, int) else info.resolve(d, 0, 0) for d in tensor.dims]
 
 
-def _add_component_tensor(target, tensor, info: PipelineInfo) -> None:
+def _add_component_tensor(target, tensor, info: PipelineInfo | None) -> None:
     entry = target.add(name=tensor.name, data_type=data_type(tensor.dtype), dims=_component_dims(tensor, info))
     if not tensor.dims:
         entry.reshape.SetInParent()  # reshape { shape: [ ] }
 
 
-def component_config(spec: ComponentSpec, info: PipelineInfo, profile: str,
+def component_config(spec: ComponentSpec, info: PipelineInfo | None, profile: str,
                      batching: BatchingSettings = BatchingSettings(),
                      parameters: Mapping[str, str] | None = None,
                      tensorrt_accelerator: bool = False) -> mc.ModelConfig:

@@ -27,6 +27,7 @@ from smartedit_client._events import PreviewEvent, ProgressEvent
 from smartedit_client._info import ParameterInfo, ServerInfo
 from smartedit_client._options import EditOptions
 from smartedit_client._result import EditedImage, InpaintResult, png_parameters
+from smartedit_client._segment import SegmentResult
 from smartedit_client._stream import InpaintStream
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "ServerError",
     "ServerInfo",
     "ServerOverloadedError",
+    "SegmentResult",
     "ServerUnavailableError",
     "SmartEditError",
     "png_parameters",

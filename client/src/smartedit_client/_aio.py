@@ -10,18 +10,21 @@ import asyncio
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from smartedit_client import _contract as wire
-from smartedit_client._client import DEFAULT_TIMEOUT_S, DEFAULT_URL, ImageLike, edit_inputs, grpc_target, replay_of
+from smartedit_client._client import (
+    DEFAULT_TIMEOUT_S, DEFAULT_URL, ImageLike, edit_inputs, encoded, grpc_target, replay_of,
+)
 from smartedit_client._errors import RequestCancelledError, RequestTimeoutError, from_triton
 from smartedit_client._info import ServerInfo
 from smartedit_client._options import EditOptions, checked_options
 from smartedit_client._result import InpaintResult
+from smartedit_client._segment import Point, SegmentResult, segment_inputs
 from smartedit_client._stream import StreamEvent, stream_events
 
 if TYPE_CHECKING:
@@ -76,6 +79,21 @@ class AsyncInpaintClient:
         except InferenceServerException as error:
             raise from_triton(error) from None
         return ServerInfo.from_json(response.as_numpy(wire.SERVER_INFO.name).reshape(-1)[0])
+
+    async def segment(self, *, image: ImageLike, points: Sequence[Point] | None = None,
+                      box: Sequence[float] | None = None, timeout_s: float | None = None,
+                      request_id: str | None = None) -> SegmentResult:
+        """As ``InpaintClient.segment``."""
+        inputs = segment_inputs(encoded("image", image), points, box)
+        request_id = request_id or uuid.uuid4().hex
+        started = time.perf_counter()
+        outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.SEGMENT_OUTPUTS]
+        try:
+            response = await self._client.infer(wire.SEGMENT_MODEL_NAME, inputs, outputs=outputs,
+                                                request_id=request_id, client_timeout=timeout_s or self.timeout_s)
+        except InferenceServerException as error:
+            raise from_triton(error) from None
+        return SegmentResult.from_response(response, request_id, time.perf_counter() - started)
 
     async def inpaint(self, *, image: ImageLike, mask_image: ImageLike, prompt: str, timeout_s: float | None = None,
                       request_id: str | None = None, **options: Unpack[EditOptions]) -> InpaintResult:

@@ -7,7 +7,7 @@ import json
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -19,6 +19,7 @@ from smartedit_client._errors import InvalidRequestError, RequestCancelledError,
 from smartedit_client._info import ServerInfo
 from smartedit_client._options import EditOptions, checked_options
 from smartedit_client._result import InpaintResult, png_parameters, replayable
+from smartedit_client._segment import Point, SegmentResult, segment_inputs
 from smartedit_client._stream import InpaintStream
 
 if TYPE_CHECKING:  # annotations only: no runtime dependency on typing_extensions (3.10)
@@ -31,7 +32,7 @@ DEFAULT_TIMEOUT_S = 300.0
 _NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
 
 
-def _encoded(field: str, value: ImageLike) -> bytes:
+def encoded(field: str, value: ImageLike) -> bytes:
     """Encoded image bytes from bytes (sent as they are), a file path, or a PIL image (as PNG)."""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
@@ -148,6 +149,31 @@ class InpaintClient:
         except InferenceServerException as error:
             raise from_triton(error) from None
         return ServerInfo.from_json(response.as_numpy(wire.SERVER_INFO.name).reshape(-1)[0])
+
+    def segment(self, *, image: ImageLike, points: Sequence[Point] | None = None, box: Sequence[float] | None = None,
+                timeout_s: float | None = None, request_id: str | None = None) -> SegmentResult:
+        """The mask of the object at ``points`` and/or in ``box`` (Segment Anything): a ready ``mask_image``.
+
+        Args:
+            image: the photo: encoded bytes, a path or a PIL image.
+            points: clicks (x, y) on the object, or (x, y, label) with label 1 = object, 0 = background.
+            box: (x0, y0, x1, y1) around the object, in the photo's pixels.
+
+        Raises:
+            InvalidRequestError: no prompt, a malformed one, or one outside the image (from the server).
+            ModelNotFoundError: the server serves no ``segment`` model (exported with --no-segmentation).
+            SmartEditError: as ``inpaint``.
+        """
+        inputs = segment_inputs(encoded("image", image), points, box)
+        request_id = request_id or uuid.uuid4().hex
+        started = time.perf_counter()
+        outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.SEGMENT_OUTPUTS]
+        try:
+            response = self._client.infer(wire.SEGMENT_MODEL_NAME, inputs, outputs=outputs, request_id=request_id,
+                                          client_timeout=timeout_s or self.timeout_s)
+        except InferenceServerException as error:
+            raise from_triton(error) from None
+        return SegmentResult.from_response(response, request_id, time.perf_counter() - started)
 
     def inpaint(
         self,
@@ -267,7 +293,7 @@ def replay_of(png: ImageLike) -> dict:
         carried = None if text is None else json.loads(text)
     else:
         try:
-            carried = png_parameters(_encoded("png", png))
+            carried = png_parameters(encoded("png", png))
         except ValueError as error:
             raise InvalidRequestError(f"png: {error}") from None
     if carried is None:
@@ -280,7 +306,7 @@ def edit_inputs(image: ImageLike, mask_image: ImageLike, parameters: dict) -> li
     """The request's tensors, checked and encoded; ``parameters`` are named as the contract's inputs, and
     those left None are left out (the server applies its defaults)."""
     specs = {spec.name: spec for spec in wire.STREAM_INPUTS}
-    values = {wire.IMAGE: _encoded("image", image), wire.MASK_IMAGE: _encoded("mask_image", mask_image)}
+    values = {wire.IMAGE: encoded("image", image), wire.MASK_IMAGE: encoded("mask_image", mask_image)}
     for name, value in parameters.items():
         values[specs[name]] = value
     missing = [spec.name for spec in wire.INPUTS if spec.required and values.get(spec) is None]

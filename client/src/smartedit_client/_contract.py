@@ -123,6 +123,19 @@ STREAM_OUTPUTS: tuple[WireTensor, ...] = (STEP, TOTAL_STEPS, PREVIEW_IMAGE, EDIT
 INFO_MODEL_NAME = "server_info"
 SERVER_INFO = WireTensor("server_info", "BYTES", True, "JSON describing what the server offers")
 
+# Click-to-mask (Segment Anything): the ``segment`` model. Points are the photo's pixels (x, y), labelled
+# 1 (on the object) or 0 (background); a box is (x0, y0, x1, y1). At least one of the two.
+SEGMENT_MODEL_NAME = "segment"
+POINT_COORDS = WireTensor("point_coords", "FP32", False, "[n, 2] clicks, (x, y) in the photo's pixels")
+POINT_LABELS = WireTensor("point_labels", "INT32", False, "[n] 1 = on the object, 0 = background")
+BOX = WireTensor("box", "FP32", False, "[4] x0, y0, x1, y1 around the object, in the photo's pixels")
+SEGMENT_IMAGE = WireTensor("image", "BYTES", True, "encoded PNG / JPEG / WebP (EXIF orientation applied)")
+MASK = WireTensor("mask", "BYTES", True, "PNG, mode L, the photo's size: 255 = the object, 0 = the rest")
+SCORE = WireTensor("score", "FP32", True, "the model's predicted IoU of the mask")
+SEGMENT_INPUTS: tuple[WireTensor, ...] = (SEGMENT_IMAGE, POINT_COORDS, POINT_LABELS, BOX)
+SEGMENT_OUTPUTS: tuple[WireTensor, ...] = (MASK, SCORE)
+SEGMENT_SHAPES = {POINT_COORDS.name: (-1, 2), POINT_LABELS.name: (-1,), BOX.name: (4,)}
+
 # Triton has no RESOURCE_EXHAUSTED status: a request refused for lack of capacity comes back as
 # UNAVAILABLE, the status of a server that is down or draining too. The server's refusals say why in
 # one of these fixed phrases (SmartEdit's engine: "server at capacity"; Triton's own bounded queues:

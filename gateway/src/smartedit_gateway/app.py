@@ -3,6 +3,7 @@
     POST /edit/inpaint          multipart or JSON in (``smartedit_gateway.forms``); image/png out, or
                                 JSON (base64 images, seeds, parameters) with ``Accept: application/json``
     POST /edit/inpaint/stream   the same edit as Server-Sent Events: progress, previews, the result
+    POST /segment               click-to-mask: image + points and/or box -> mask PNG (Segment Anything)
     GET  /health                200 only while Triton and the model are ready
     GET  /info                  what the server offers (the SDK's ``server_info``)
     GET  /docs, /openapi.json   the API's documentation
@@ -31,7 +32,7 @@ from smartedit_client import (
 )
 from smartedit_gateway import logs
 from smartedit_gateway.errors import GatewayError, from_sdk
-from smartedit_gateway.forms import STREAM_FIELDS, read_edit, openapi_schema
+from smartedit_gateway.forms import STREAM_FIELDS, openapi_schema, read_edit, read_segment
 from smartedit_gateway.limits import RequestSizeLimit
 
 log = logging.getLogger("smartedit.gateway")
@@ -91,7 +92,7 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER, "X-Seed"])
+                           allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER, "X-Seed", "X-Score"])
     # Outermost: an oversize body is refused before anything reads it.
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
 
@@ -148,6 +149,25 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
                 yield _sse("error", {"status": failure.status, **failure.body()})
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/segment", responses={200: {"content": {"image/png": {}, "application/json": {}},
+                                           "description": "the mask PNG (X-Score header), or JSON"}})
+    async def segment(request: Request):
+        """Click-to-mask (Segment Anything): ``image`` plus ``points`` ([[x, y, label], ...], label 1 =
+        on the object, 0 = background) and/or ``box`` ([x0, y0, x1, y1]), as multipart (points and box
+        as JSON text fields) or JSON (image base64). The mask PNG back (255 = the object), ready to send
+        as ``mask_image``; ``Accept: application/json`` for ``{"png_base64", "score"}``."""
+        form = await read_segment(request)
+        try:
+            result = await request.app.state.client.segment(image=form.image, points=form.points, box=form.box,
+                                                            request_id=logs.request_id.get())
+        except SmartEditError as error:
+            raise from_sdk(error) from None
+        score = f"{result.score:.6f}"
+        if _wants_json(request):
+            return JSONResponse({"request_id": result.request_id, "score": result.score,
+                                 "png_base64": base64.b64encode(result.png).decode()}, headers={"X-Score": score})
+        return Response(result.png, media_type="image/png", headers={"X-Score": score})
 
     @app.get("/health")
     async def health(request: Request):

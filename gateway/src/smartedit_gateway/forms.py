@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,26 @@ def _parameters(values: dict[str, Any], from_text: bool, extra: tuple[wire.WireT
     return parameters
 
 
+async def _form(request: Request):
+    try:
+        return await request.form()
+    except Exception as error:
+        if caused_by_body_too_large(error):
+            raise BodyTooLarge() from None  # the size cap answers it
+        # Starlette's parser: a malformed body
+        raise GatewayError(400, f"the multipart body could not be read: {getattr(error, 'detail', error)}") from None
+
+
+async def _json_object(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError as error:
+        raise GatewayError(400, f"the body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "the body must be a JSON object")
+    return body
+
+
 def _decoded_base64(field: str, value: Any) -> bytes:
     if not isinstance(value, str):
         raise _bad(field, f"must be a base64 string, got {type(value).__name__}")
@@ -100,13 +121,7 @@ async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        try:
-            form = await request.form()
-        except Exception as error:
-            if caused_by_body_too_large(error):
-                raise BodyTooLarge() from None  # the size cap answers it
-            # Starlette's parser: a malformed body
-            raise GatewayError(400, f"the multipart body could not be read: {getattr(error, 'detail', error)}") from None
+        form = await _form(request)
         files, fields = {}, {}
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
@@ -119,12 +134,7 @@ async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -
         parameters = _parameters(fields, from_text=True, extra=extra)
         return EditForm(files[wire.IMAGE.name], files[wire.MASK_IMAGE.name], parameters)
     if content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError as error:
-            raise GatewayError(400, f"the body is not valid JSON: {error}") from None
-        if not isinstance(body, dict):
-            raise GatewayError(400, "the body must be a JSON object")
+        body = await _json_object(request)
         images = {}
         for name in (wire.IMAGE.name, wire.MASK_IMAGE.name):
             if body.get(name) is None:
@@ -160,3 +170,47 @@ def openapi_schema(with_stream_fields: bool = False) -> dict:
         "application/json": {"schema": {"type": "object", "required": required,
                                         "properties": {**as_json, **properties}}},
     }}
+
+
+@dataclass(frozen=True)
+class SegmentForm:
+    image: bytes
+    points: list | None  # [[x, y, label], ...]
+    box: list | None  # [x0, y0, x1, y1]
+
+
+def _json_field(name: str, value: Any, from_text: bool) -> Any:
+    if from_text and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise _bad(name, f"must be JSON, got {value!r:.60}") from None
+    return value
+
+
+async def read_segment(request: Request) -> SegmentForm:
+    """A click-to-mask request: ``image`` (a file, or base64 in JSON), ``points`` ([[x, y, label], ...],
+    label 1 = object, 0 = background; JSON text in a form) and/or ``box`` ([x0, y0, x1, y1])."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await _form(request)
+        image = form.get("image")
+        if image is None or isinstance(image, str):
+            raise _bad("image", "is required: send it as a file field of the form")
+        image_bytes, values, from_text = await image.read(), dict(form), True
+    elif content_type == "application/json":
+        values = await _json_object(request)
+        image_bytes, from_text = _decoded_base64("image", values.get("image")), False
+    else:
+        raise GatewayError(415, f"send multipart/form-data or application/json, not {content_type or 'no Content-Type'}")
+    unknown = sorted(set(values) - {"image", "points", "box"})
+    if unknown:
+        raise _bad(unknown[0], "is not a parameter of /segment; known: image, points, box")
+    points = _json_field("points", values.get("points"), from_text)
+    box = _json_field("box", values.get("box"), from_text)
+    if points is not None and not (isinstance(points, list) and all(
+            isinstance(p, list) and len(p) in (2, 3) and all(isinstance(v, (int, float)) for v in p) for p in points)):
+        raise _bad("points", "must be a list of [x, y] or [x, y, label]")
+    if box is not None and not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+        raise _bad("box", "must be [x0, y0, x1, y1]")
+    return SegmentForm(image_bytes, points, box)

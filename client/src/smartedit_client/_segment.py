@@ -1,0 +1,72 @@
+"""Click-to-mask (``segment``): the request from clicks and/or a box, and the mask that comes back."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from PIL import Image
+
+from smartedit_client import _contract as wire
+from smartedit_client._errors import InvalidRequestError
+
+Point = Sequence[float]  # (x, y) or (x, y, label): label 1 = on the object (default), 0 = background
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """Attributes:
+        mask: mode "L", the photo's size: 255 on the object, 0 elsewhere (a ready ``mask_image``).
+        png: the mask's PNG bytes as the server sent them.
+        score: the model's predicted IoU of the mask.
+        request_id: the id the server's log lines carry.
+        elapsed_s: wall-clock seconds of the call.
+    """
+
+    mask: Image.Image
+    png: bytes
+    score: float
+    request_id: str
+    elapsed_s: float
+
+    @classmethod
+    def from_response(cls, response, request_id: str, elapsed_s: float) -> "SegmentResult":
+        png = bytes(response.as_numpy(wire.MASK.name).reshape(-1)[0])
+        mask = Image.open(io.BytesIO(png))
+        mask.load()
+        return cls(mask=mask, png=png, score=float(response.as_numpy(wire.SCORE.name).reshape(-1)[0]),
+                   request_id=request_id, elapsed_s=elapsed_s)
+
+
+def segment_inputs(image: bytes, points: Sequence[Point] | None, box: Sequence[float] | None
+                   ) -> list[grpcclient.InferInput]:
+    """The ``segment`` request's tensors.
+
+    Raises:
+        InvalidRequestError: no prompt, or a point or box of the wrong shape.
+    """
+    if not points and box is None:
+        raise InvalidRequestError("point_coords: or box is required: click on the object, or draw a box")
+    tensors = []
+
+    def add(spec: wire.WireTensor, array: np.ndarray) -> None:
+        tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+
+    add(wire.SEGMENT_IMAGE, np.array([image], dtype=np.object_))
+    if points:
+        rows = [tuple(point) for point in points]
+        if any(len(row) not in (2, 3) for row in rows):
+            raise InvalidRequestError(f"point_coords: each point is (x, y) or (x, y, label), got {rows!r:.80}")
+        add(wire.POINT_COORDS, np.array([row[:2] for row in rows], dtype=np.float32))
+        add(wire.POINT_LABELS, np.array([int(row[2]) if len(row) == 3 else 1 for row in rows], dtype=np.int32))
+    if box is not None:
+        values = np.asarray(box, dtype=np.float32).reshape(-1)
+        if values.size != 4:
+            raise InvalidRequestError(f"box: is (x0, y0, x1, y1), got {list(box)!r:.80}")
+        add(wire.BOX, values)
+    return tensors
