@@ -7,6 +7,7 @@
     GET  /health                200 only while Triton and the model are ready
     GET  /info                  what the server offers (the SDK's ``server_info``)
     GET  /docs, /openapi.json   the API's documentation
+    GET  /                      the browser editor (static/)
 
 Errors are JSON ``{"field": ..., "message": ...}`` with 400 / 413 / 415 / 429 / 502 / 503 / 504.
 """
@@ -21,10 +22,12 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smartedit_client import (
@@ -37,6 +40,7 @@ from smartedit_gateway.limits import RequestSizeLimit
 
 log = logging.getLogger("smartedit.gateway")
 REQUEST_ID_HEADER = "X-Request-Id"
+STATIC = Path(__file__).resolve().parent / "static"  # the browser editor
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,13 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
             return JSONResponse({"request_id": result.request_id, "score": result.score,
                                  "png_base64": base64.b64encode(result.png).decode()}, headers={"X-Score": score})
         return Response(result.png, media_type="image/png", headers={"X-Score": score})
+
+    @app.get("/", include_in_schema=False)
+    async def editor():
+        """The browser editor (static files; no build step)."""
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health")
     async def health(request: Request):
