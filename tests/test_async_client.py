@@ -47,6 +47,9 @@ def test_async_errors_are_the_same_error_tree(server):
             assert not await nowhere.is_ready()
             with pytest.raises(ServerUnavailableError):
                 await nowhere.inpaint(**inputs(), prompt="x")
+            with pytest.raises(ServerUnavailableError):  # the stream too: not a raw gRPC error
+                async for _ in nowhere.inpaint_stream(**inputs(), prompt="x"):
+                    pass
 
     asyncio.run(main())
 

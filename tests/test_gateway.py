@@ -125,6 +125,17 @@ def test_bad_fields_get_json_errors_naming_them(gateway_url, tmp_path, fields, s
     assert int(run.stdout) == status and body["field"] == field and fragment in body["message"], body
 
 
+def test_the_stream_and_segment_endpoints_answer_bad_values_as_json_too(gateway_url, tmp_path):
+    image, mask = _files(tmp_path)
+    body = {"image": base64.b64encode(png_bytes(image)).decode(), "mask_image": base64.b64encode(png_bytes(mask)).decode(),
+            "prompt": "x", "seed": 2**70}  # past INT64: found by the SDK before sending
+    status, _, raw = _post_json(gateway_url + "/edit/inpaint/stream", body)
+    assert status == 400 and json.loads(raw)["field"] == "seed", raw
+    for points in ([[10, 10, 1e20]], [[10, 10, 2]], [[10]]):
+        status, _, raw = _post_json(gateway_url + "/segment", {"image": body["image"], "points": points})
+        assert status == 400 and json.loads(raw)["field"] == "points", raw
+
+
 def test_other_bodies_and_broken_base64_are_refused(gateway_url):
     status, _, raw = _post_json(gateway_url + "/edit/inpaint", {"image": "***", "mask_image": "", "prompt": "x"})
     assert status == 400 and json.loads(raw)["field"] == "image"

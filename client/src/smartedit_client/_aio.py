@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
+import grpc
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
@@ -63,10 +64,11 @@ class AsyncInpaintClient:
         """Close the gRPC channel. Calling it twice is harmless."""
         await self._client.close()
 
-    async def is_ready(self) -> bool:
-        """As ``InpaintClient.is_ready``."""
+    async def is_ready(self, *, timeout_s: float = 5.0) -> bool:
+        """As ``InpaintClient.is_ready``; a server that does not answer within ``timeout_s`` is not ready."""
         try:
-            return bool(await self._client.is_server_ready() and await self._client.is_model_ready(self.model_name))
+            return bool(await self._client.is_server_ready(client_timeout=timeout_s)
+                        and await self._client.is_model_ready(self.model_name, client_timeout=timeout_s))
         except InferenceServerException:
             return False
 
@@ -189,6 +191,8 @@ class AsyncInpaintStream:
                                           "DEADLINE_EXCEEDED")
         except InferenceServerException as error:
             raise from_triton(error) from None
+        except grpc.RpcError as error:  # the aio stream hands connection failures and its timeout through raw
+            raise from_triton(InferenceServerException(msg=error.details(), status=str(error.code()))) from None
         finally:
             await self.cancel()
 

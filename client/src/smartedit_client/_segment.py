@@ -62,10 +62,19 @@ def segment_inputs(image: bytes, points: Sequence[Point] | None, box: Sequence[f
         rows = [tuple(point) for point in points]
         if any(len(row) not in (2, 3) for row in rows):
             raise InvalidRequestError(f"point_coords: each point is (x, y) or (x, y, label), got {rows!r:.80}")
-        add(wire.POINT_COORDS, np.array([row[:2] for row in rows], dtype=np.float32))
-        add(wire.POINT_LABELS, np.array([int(row[2]) if len(row) == 3 else 1 for row in rows], dtype=np.int32))
+        labels = [row[2] if len(row) == 3 else 1 for row in rows]
+        if any(label not in (0, 1) for label in labels):
+            raise InvalidRequestError(f"point_labels: must be 1 (object) or 0 (background), got {labels!r:.80}")
+        try:
+            add(wire.POINT_COORDS, np.array([row[:2] for row in rows], dtype=np.float32))
+        except (TypeError, ValueError) as error:
+            raise InvalidRequestError(f"point_coords: must be numbers, got {rows!r:.80} ({error})") from None
+        add(wire.POINT_LABELS, np.array(labels, dtype=np.int32))
     if box is not None:
-        values = np.asarray(box, dtype=np.float32).reshape(-1)
+        try:
+            values = np.asarray(box, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as error:
+            raise InvalidRequestError(f"box: must be four numbers, got {box!r:.80} ({error})") from None
         if values.size != 4:
             raise InvalidRequestError(f"box: is (x0, y0, x1, y1), got {list(box)!r:.80}")
         add(wire.BOX, values)

@@ -17,6 +17,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per edit")
     p.add_argument("--max-request-mb", type=float, default=64.0, help="largest request body, MB (default 64)")
+    p.add_argument("--max-concurrent-requests", type=int, default=16,
+                   help="requests handled at once (each may hold its upload in memory: about 3 x --max-request-mb); "
+                        "past it, 503 at once (default 16)")
     p.add_argument("--cors-origin", action="append", default=[],
                    help="a browser origin allowed to call the API (repeat; '*' for any)")
     p.add_argument("--ssl", action="store_true", help="TLS to Triton")
@@ -27,14 +30,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if args.max_request_mb <= 0 or args.timeout <= 0:
-        parser().error("--max-request-mb and --timeout must be > 0")
+    if args.max_request_mb <= 0 or args.timeout <= 0 or args.max_concurrent_requests < 1:
+        parser().error("--max-request-mb, --timeout and --max-concurrent-requests must be > 0")
     logs.configure(args.log_level)
     settings = GatewaySettings(triton_url=args.triton, timeout_s=args.timeout,
                                max_request_bytes=int(args.max_request_mb * 1024 * 1024),
                                cors_origins=tuple(args.cors_origin), ssl=args.ssl or bool(args.ca_bundle),
                                root_certificates=args.ca_bundle)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False)
+    # limit_concurrency bounds memory: an upload is held whole while its edit runs.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None, access_log=False,
+                limit_concurrency=args.max_concurrent_requests)
 
 
 if __name__ == "__main__":

@@ -134,8 +134,11 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
         ``preview`` {step, png_base64} every ``preview_every`` steps, then ``result`` (as the JSON of
         /edit/inpaint) or ``error`` {status, field, message}. Closing the connection cancels the edit."""
         form = await read_edit(request, extra=STREAM_FIELDS)
-        stream = request.app.state.client.inpaint_stream(image=form.image, mask_image=form.mask_image,
-                                                         request_id=logs.request_id.get(), **form.parameters)
+        try:
+            stream = request.app.state.client.inpaint_stream(image=form.image, mask_image=form.mask_image,
+                                                             request_id=logs.request_id.get(), **form.parameters)
+        except SmartEditError as error:  # found before sending (a value out of its wire type's range)
+            raise from_sdk(error) from None
 
         async def events():
             try:
@@ -151,6 +154,9 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
             except SmartEditError as error:
                 failure = from_sdk(error)
                 yield _sse("error", {"status": failure.status, **failure.body()})
+            except Exception:  # the headers are sent: the failure can only travel as an event
+                log.exception("the stream failed")
+                yield _sse("error", {"status": 502, "field": None, "message": "the edit's stream failed"})
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

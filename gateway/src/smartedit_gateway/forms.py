@@ -209,8 +209,11 @@ async def read_segment(request: Request) -> SegmentForm:
     points = _json_field("points", values.get("points"), from_text)
     box = _json_field("box", values.get("box"), from_text)
     if points is not None and not (isinstance(points, list) and all(
-            isinstance(p, list) and len(p) in (2, 3) and all(isinstance(v, (int, float)) for v in p) for p in points)):
+            isinstance(p, list) and len(p) in (2, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                             for v in p) for p in points)):
         raise _bad("points", "must be a list of [x, y] or [x, y, label]")
+    if points is not None and any(len(p) == 3 and p[2] not in (0, 1) for p in points):
+        raise _bad("points", "labels must be 1 (on the object) or 0 (background)")
     if box is not None and not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
         raise _bad("box", "must be [x0, y0, x1, y1]")
     return SegmentForm(image_bytes, points, box)

@@ -115,22 +115,36 @@ function paintAt(event) {
   draw();
 }
 
+async function errorMessage(response) {
+  // The gateway answers {"field", "message"}; a proxy in front of it may answer HTML or text.
+  const text = await response.text();
+  try {
+    return JSON.parse(text).message;
+  } catch {
+    return `${response.status} ${response.statusText}`;
+  }
+}
+
+let segmentation = 0; // the latest request: an older answer arriving late must not replace a newer mask
+
 async function segment() {
+  const ticket = ++segmentation;
   const form = new FormData();
   form.append("image", state.photoBlob);
   if (state.clicks.length) form.append("points", JSON.stringify(state.clicks));
   if (state.box) form.append("box", JSON.stringify(state.box));
   setStatus("Finding the object…");
-  const response = await fetch("segment", { method: "POST", body: form });
-  if (!response.ok) {
-    const error = await response.json();
-    setStatus(`Segmentation failed: ${error.message}`, true);
-    return;
+  try {
+    const response = await fetch("segment", { method: "POST", body: form });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    const found = await createImageBitmap(await response.blob());
+    if (ticket !== segmentation) return;
+    maskContext.drawImage(found, 0, 0, mask.width, mask.height);
+    setStatus(`Mask ready (score ${Number(response.headers.get("X-Score")).toFixed(3)}).`);
+    maskChanged();
+  } catch (error) {
+    if (ticket === segmentation) setStatus(`Segmentation failed: ${error.message}`, true);
   }
-  const found = await createImageBitmap(await response.blob());
-  maskContext.drawImage(found, 0, 0, mask.width, mask.height);
-  setStatus(`Mask ready (score ${Number(response.headers.get("X-Score")).toFixed(3)}).`);
-  maskChanged();
 }
 
 stage.addEventListener("pointerdown", (event) => {
@@ -178,32 +192,44 @@ $("split").addEventListener("input", (event) => {
   $("after").style.clipPath = `inset(0 0 0 ${event.target.value}%)`;
 });
 
+const EDIT_FIELDS = ["task", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength",
+                     "scheduler", "seed", "mask_grow", "mask_blur", "preview_every"];
+
 function editFields() {
   const fields = {};
-  for (const name of ["task", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed",
-                      "mask_blur", "preview_every"]) {
+  for (const name of EDIT_FIELDS) {
     const value = $(name).value.trim();
     if (value !== "" || name === "prompt") fields[name] = value;
   }
   return fields;
 }
 
-// Server-Sent Events over a POST: EventSource only does GET, so the stream is read and split here.
+// Server-Sent Events over a POST: EventSource only does GET, so the stream is read here, line by line
+// as the SSE format defines it (comments skipped, multi-line data joined, CRLF accepted).
 async function* serverEvents(response) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
-  let buffer = "";
+  let pending = "";
+  let kind = "message";
+  let data = [];
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
-    buffer += decoder.decode(value, { stream: true });
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      const kind = /^event: (.*)$/m.exec(block)[1];
-      const data = JSON.parse(/^data: (.*)$/m.exec(block)[1]);
-      yield [kind, data];
+    pending += decoder.decode(value, { stream: true });
+    const lines = pending.split(/\r?\n/);
+    pending = lines.pop(); // an incomplete last line waits for the next chunk
+    for (const line of lines) {
+      if (line === "") {
+        if (data.length) yield [kind, JSON.parse(data.join("\n"))];
+        kind = "message";
+        data = [];
+      } else if (!line.startsWith(":")) {
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") kind = text;
+        else if (field === "data") data.push(text);
+      }
     }
   }
 }
@@ -227,10 +253,16 @@ function addHistory(entry) {
   item.textContent = `${p.task} “${p.prompt}” · ${p.num_inference_steps} steps · seed ${entry.seed} `;
   const reload = document.createElement("button");
   reload.textContent = "Reload";
-  reload.addEventListener("click", () => {
-    for (const name of ["task", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed",
-                        "mask_blur"]) {
-      if (p[name] !== undefined) $(name).value = p[name];
+  reload.addEventListener("click", async () => {
+    // The edit as it was: its photo, its mask, its parameters, its result.
+    await openPhoto(entry.photoBlob);
+    const used = new Image();
+    used.src = entry.maskUrl;
+    await used.decode();
+    maskContext.drawImage(used, 0, 0, mask.width, mask.height);
+    maskChanged();
+    for (const name of EDIT_FIELDS) {
+      if (p[name] !== undefined && name !== "preview_every") $(name).value = p[name];
     }
     showResult(entry);
   });
@@ -248,10 +280,8 @@ $("edit").addEventListener("submit", async (event) => {
   setStatus("Editing…");
   try {
     const response = await fetch("edit/inpaint/stream", { method: "POST", body: form });
-    if (!response.ok) {
-      const error = await response.json();
-      throw new Error(error.message);
-    }
+    if (!response.ok) throw new Error(await errorMessage(response));
+    let ended = false;
     for await (const [kind, data] of serverEvents(response)) {
       if (kind === "progress") {
         $("bar").max = data.total_steps;
@@ -264,7 +294,9 @@ $("edit").addEventListener("submit", async (event) => {
       } else if (kind === "result") {
         const image = data.images[0];
         const entry = { url: pngUrl(image.png_base64), beforeUrl: URL.createObjectURL(state.photoBlob),
+                        photoBlob: state.photoBlob, maskUrl: mask.toDataURL("image/png"),
                         seed: image.seed, parameters: image.parameters ? image.parameters.parameters : editFields() };
+        ended = true;
         showResult(entry);
         addHistory(entry);
         setStatus(`Done in ${data.elapsed_s} s (seed ${image.seed}).`);
@@ -272,6 +304,7 @@ $("edit").addEventListener("submit", async (event) => {
         throw new Error(data.message);
       }
     }
+    if (!ended) throw new Error("the stream ended without a result");
   } catch (error) {
     setStatus(`Edit failed: ${error.message}`, true);
   } finally {
@@ -283,5 +316,7 @@ $("edit").addEventListener("submit", async (event) => {
 window.smartedit = { maskPng: () => mask.toDataURL("image/png") };
 
 fetch("info").then((r) => (r.ok ? r.json() : null)).then((info) => {
-  if (info) $("server").textContent = `${info.model} · ${info.working_resolution} px`;
+  if (!info) return;
+  $("server").textContent = `${info.model} · ${info.working_resolution} px`;
+  for (const sampler of info.samplers) $("scheduler").append(new Option(sampler, sampler));
 }).catch(() => {});
