@@ -1,8 +1,8 @@
 """The record of one edit: its parameters resolved once, in preprocess, and read by every later step.
 
 Preprocess checks the request's scalar inputs against their declarations in the wire contract
-(``smartedit_client._contract.PARAMETERS``: type, range, default), applies the server's and the
-task's defaults, draws the seed, and sends the result on as one tensor (``steps.EDIT_PARAMETERS``,
+(``smartedit_client._contract.PARAMETERS``: type, range, choices), applies the defaults (this record's
+own, the server's configuration, the task's), draws the seed, and sends the result on as one tensor (``steps.EDIT_PARAMETERS``,
 JSON). The loop and postprocess read the same record back. Adding a scalar parameter is: declare it
 in the contract, add its field here, use it where it matters, test it.
 """
@@ -133,14 +133,17 @@ def _decoded(spec: wire.WireTensor, raw: Any, settings: PreprocessSettings) -> A
     return value
 
 
-def server_defaults(settings: PreprocessSettings) -> dict[str, Any]:
-    """The defaults the server's configuration sets, over the contract's own."""
-    return {
+def default_values(settings: PreprocessSettings) -> dict[str, Any]:
+    """What a parameter left out becomes, before the task's defaults: the record's own defaults, over
+    which the server's configuration sets the steps, guidance, sampler and crop padding."""
+    defaults = {f.name: f.default for f in dataclasses.fields(EditParameters) if f.default is not dataclasses.MISSING}
+    defaults.update({
         wire.NUM_INFERENCE_STEPS.name: settings.default_num_inference_steps,
         wire.GUIDANCE_SCALE.name: settings.default_guidance_scale,
         wire.SCHEDULER.name: settings.default_scheduler,
         wire.CROP_PADDING.name: settings.default_crop_padding,
-    }
+    })
+    return defaults
 
 
 def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings) -> EditParameters:
@@ -161,10 +164,8 @@ def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings)
             continue
         sent[spec.name] = _decoded(spec, raw, settings)
     task = sent.get(wire.TASK.name, INPAINT)
-    # Left out: the task's default, else the server's, else the contract's.
-    defaults = {f.name: f.default for f in dataclasses.fields(EditParameters) if f.default is not dataclasses.MISSING}
-    defaults.update(server_defaults(settings), **TASK_DEFAULTS[task])
-    values = {**defaults, **sent}
+    # Left out: the task's default, else the server's, else the record's.
+    values = {**default_values(settings), **TASK_DEFAULTS[task], **sent}
     if not values[wire.PROMPT.name] and task != INPAINT:
         values[wire.PROMPT.name] = TASK_DEFAULTS[task].get("prompt", "")
     if wire.SEED.name not in sent:

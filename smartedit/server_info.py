@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from smartedit.parameters import EditParameters, bounds, server_defaults
+from smartedit.parameters import bounds, default_values
 from smartedit.provenance import Provenance, smartedit_version
 from smartedit.samplers import SAMPLERS
 from smartedit.settings import PreprocessSettings
@@ -22,7 +22,7 @@ def model_family(info: PipelineInfo) -> str:
 
 
 def describe(info: PipelineInfo, settings: PreprocessSettings, provenance: Provenance) -> dict[str, Any]:
-    defaults = {**{f: v for f, v in vars(EditParameters(prompt="")).items()}, **server_defaults(settings)}
+    defaults = default_values(settings)
     parameters = {}
     for spec in wire.PARAMETERS:
         minimum, maximum = bounds(spec, settings)

@@ -13,15 +13,15 @@ import uuid
 from typing import TYPE_CHECKING, AsyncIterator, Sequence
 
 import grpc
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from smartedit_client import _contract as wire
 from smartedit_client._client import (
-    DEFAULT_TIMEOUT_S, DEFAULT_URL, ImageLike, edit_inputs, encoded, grpc_target, replay_of,
+    DEFAULT_TIMEOUT_S, DEFAULT_URL, ImageLike, deadline_arguments, edit_failure, edit_inputs, edit_result, encoded,
+    grpc_target, replay_of, requested,
 )
-from smartedit_client._errors import RequestCancelledError, RequestTimeoutError, from_triton
+from smartedit_client._errors import RequestTimeoutError, from_triton
 from smartedit_client._info import ServerInfo
 from smartedit_client._options import EditOptions, checked_options
 from smartedit_client._result import InpaintResult
@@ -74,9 +74,8 @@ class AsyncInpaintClient:
 
     async def server_info(self, *, timeout_s: float | None = None) -> ServerInfo:
         """As ``InpaintClient.server_info``."""
-        outputs = [grpcclient.InferRequestedOutput(wire.SERVER_INFO.name)]
         try:
-            response = await self._client.infer(wire.INFO_MODEL_NAME, [], outputs=outputs,
+            response = await self._client.infer(wire.INFO_MODEL_NAME, [], outputs=requested([wire.SERVER_INFO]),
                                                 client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
             raise from_triton(error) from None
@@ -89,9 +88,8 @@ class AsyncInpaintClient:
         inputs = segment_inputs(encoded("image", image), points, box)
         request_id = request_id or uuid.uuid4().hex
         started = time.perf_counter()
-        outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.SEGMENT_OUTPUTS]
         try:
-            response = await self._client.infer(wire.SEGMENT_MODEL_NAME, inputs, outputs=outputs,
+            response = await self._client.infer(wire.SEGMENT_MODEL_NAME, inputs, outputs=requested(wire.SEGMENT_OUTPUTS),
                                                 request_id=request_id, client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
             raise from_triton(error) from None
@@ -102,23 +100,15 @@ class AsyncInpaintClient:
         """As ``InpaintClient.inpaint``: the same arguments, result and errors. Cancelling the awaiting
         task cancels the call (the server stops the edit at its deadline, as for the blocking client)."""
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint", options), prompt=prompt))
-        outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
         request_id = request_id or uuid.uuid4().hex
         timeout_s = timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
-            response = await self._client.infer(self.model_name, inputs, outputs=outputs, request_id=request_id,
-                                                client_timeout=timeout_s + wire.DEADLINE_GRACE_S,
-                                                timeout=wire.request_timeout_us(timeout_s))
+            response = await self._client.infer(self.model_name, inputs, outputs=requested(wire.OUTPUTS),
+                                                request_id=request_id, **deadline_arguments(timeout_s))
         except InferenceServerException as error:
-            failure = from_triton(error)
-            if isinstance(failure, RequestCancelledError) and time.perf_counter() - started >= timeout_s:
-                raise RequestTimeoutError(f"the edit took longer than its timeout of {timeout_s:g} s: {failure}",
-                                          "DEADLINE_EXCEEDED") from None
-            raise failure from None
-        return InpaintResult.from_pngs(response.as_numpy(wire.EDITED_IMAGE.name).reshape(-1),
-                                       response.as_numpy(wire.SEED_USED.name).reshape(-1), request_id=request_id,
-                                       elapsed_s=time.perf_counter() - started)
+            raise edit_failure(error, started, timeout_s) from None
+        return edit_result(response, request_id, started)
 
     async def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike, **overrides) -> InpaintResult:
         """As ``InpaintClient.replay``."""
@@ -165,7 +155,7 @@ class AsyncInpaintStream:
 
     async def _requests(self) -> AsyncIterator[dict]:
         yield {"model_name": self._model_name, "inputs": self._inputs, "request_id": self.request_id,
-               "outputs": [grpcclient.InferRequestedOutput(t.name) for t in wire.STREAM_OUTPUTS],
+               "outputs": requested(wire.STREAM_OUTPUTS),
                "timeout": wire.request_timeout_us(self._timeout_s)}
         await self._finished.wait()
 

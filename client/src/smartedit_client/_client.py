@@ -15,7 +15,9 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from smartedit_client import _contract as wire
-from smartedit_client._errors import InvalidRequestError, RequestCancelledError, RequestTimeoutError, from_triton
+from smartedit_client._errors import (
+    InvalidRequestError, RequestCancelledError, RequestTimeoutError, SmartEditError, from_triton,
+)
 from smartedit_client._info import ServerInfo
 from smartedit_client._options import EditOptions, checked_options
 from smartedit_client._result import InpaintResult, png_parameters, replayable
@@ -142,9 +144,8 @@ class InpaintClient:
             ServerUnavailableError: the server is unreachable.
             SmartEditError: any other failure.
         """
-        outputs = [grpcclient.InferRequestedOutput(wire.SERVER_INFO.name)]
         try:
-            response = self._client.infer(wire.INFO_MODEL_NAME, [], outputs=outputs,
+            response = self._client.infer(wire.INFO_MODEL_NAME, [], outputs=requested([wire.SERVER_INFO]),
                                           client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
             raise from_triton(error) from None
@@ -167,9 +168,9 @@ class InpaintClient:
         inputs = segment_inputs(encoded("image", image), points, box)
         request_id = request_id or uuid.uuid4().hex
         started = time.perf_counter()
-        outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.SEGMENT_OUTPUTS]
         try:
-            response = self._client.infer(wire.SEGMENT_MODEL_NAME, inputs, outputs=outputs, request_id=request_id,
+            response = self._client.infer(wire.SEGMENT_MODEL_NAME, inputs, outputs=requested(wire.SEGMENT_OUTPUTS),
+                                          request_id=request_id,
                                           client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
             raise from_triton(error) from None
@@ -212,26 +213,15 @@ class InpaintClient:
             SmartEditError: any other failure, as a subclass named by the gRPC status.
         """
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint", options), prompt=prompt))
-        outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
         request_id = request_id or uuid.uuid4().hex
         timeout_s = timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
-            # The timeout goes as Triton's request timeout, which reaches the denoising loop, so the
-            # server stops the edit and answers; and, DEADLINE_GRACE_S later, as the gRPC deadline.
-            response = self._client.infer(self.model_name, inputs, outputs=outputs, request_id=request_id,
-                                          client_timeout=timeout_s + wire.DEADLINE_GRACE_S,
-                                          timeout=wire.request_timeout_us(timeout_s))
+            response = self._client.infer(self.model_name, inputs, outputs=requested(wire.OUTPUTS),
+                                          request_id=request_id, **deadline_arguments(timeout_s))
         except InferenceServerException as error:
-            failure = from_triton(error)
-            if isinstance(failure, RequestCancelledError) and time.perf_counter() - started >= timeout_s:
-                # The server stopped the edit at the deadline (its word: "the caller's deadline passed").
-                raise RequestTimeoutError(f"the edit took longer than its timeout of {timeout_s:g} s: {failure}",
-                                          "DEADLINE_EXCEEDED") from None
-            raise failure from None
-        return InpaintResult.from_pngs(response.as_numpy(wire.EDITED_IMAGE.name).reshape(-1),
-                                       response.as_numpy(wire.SEED_USED.name).reshape(-1), request_id=request_id,
-                                       elapsed_s=time.perf_counter() - started)
+            raise edit_failure(error, started, timeout_s) from None
+        return edit_result(response, request_id, started)
 
     def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike, **overrides) -> InpaintResult:
         """Send again the edit a result PNG carries the parameters of, on ``image`` and ``mask_image``
@@ -280,6 +270,31 @@ class InpaintClient:
                                                      preview_every=preview_every))
         return InpaintStream(self.url, tls=self._tls, model_name=self.stream_model_name, inputs=inputs,
                              request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s)
+
+
+def requested(specs) -> list[grpcclient.InferRequestedOutput]:
+    return [grpcclient.InferRequestedOutput(spec.name) for spec in specs]
+
+
+def deadline_arguments(timeout_s: float) -> dict:
+    """An edit's timeout as both clients send it: Triton's request timeout, which reaches the denoising loop
+    (the server stops the edit and answers), and, ``DEADLINE_GRACE_S`` later, the gRPC deadline."""
+    return dict(client_timeout=timeout_s + wire.DEADLINE_GRACE_S, timeout=wire.request_timeout_us(timeout_s))
+
+
+def edit_failure(error: InferenceServerException, started: float, timeout_s: float) -> SmartEditError:
+    """The SDK's error for a failed edit call; the server's "cancelled" at the deadline is a timeout."""
+    failure = from_triton(error)
+    if isinstance(failure, RequestCancelledError) and time.perf_counter() - started >= timeout_s:
+        return RequestTimeoutError(f"the edit took longer than its timeout of {timeout_s:g} s: {failure}",
+                                   "DEADLINE_EXCEEDED")
+    return failure
+
+
+def edit_result(response, request_id: str, started: float) -> InpaintResult:
+    return InpaintResult.from_pngs(response.as_numpy(wire.EDITED_IMAGE.name).reshape(-1),
+                                   response.as_numpy(wire.SEED_USED.name).reshape(-1), request_id=request_id,
+                                   elapsed_s=time.perf_counter() - started)
 
 
 def replay_of(png: ImageLike) -> dict:

@@ -18,15 +18,14 @@ TASKS = ("inpaint", "remove", "replace_background")
 @dataclass(frozen=True)
 class WireTensor:
     """One tensor of the contract. For an input: its type, and, for the scalar parameters, the range
-    (inclusive) and the default that the server applies when the request leaves it out (None: the
-    server's configured default, or none); the server checks them, the CLI and ``server_info`` show them.
-    """
+    (inclusive) or the choices, which the server checks and the CLI, the gateway's OpenAPI document and
+    ``server_info`` show. The defaults are the server's (its record of an edit, its configuration, the
+    task's), listed by ``server_info``; ``meaning`` says them in words."""
 
     name: str
     datatype: str  # the KServe v2 / Triton datatype name: "BYTES", "INT32", "INT64", "FP32", "BOOL"
     required: bool
     meaning: str
-    default: object = None
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
@@ -39,13 +38,13 @@ NEGATIVE_PROMPT = WireTensor("negative_prompt", "BYTES", False, 'default ""')
 TASK = WireTensor("task", "BYTES", False,
                   "inpaint (default): repaint the mask as the prompt says; remove: erase the masked object, "
                   "continuing the background; replace_background: keep the masked subject, repaint the rest",
-                  default="inpaint", choices=TASKS)
+                  choices=TASKS)
 NUM_INFERENCE_STEPS = WireTensor("num_inference_steps", "INT32", False, "default from the model's config",
                                  minimum=1)
 GUIDANCE_SCALE = WireTensor("guidance_scale", "FP32", False, "default 7.5; <= 1 turns guidance off", minimum=0.0)
 STRENGTH = WireTensor("strength", "FP32", False, "in (0, 1]; default 1.0 (0.75 for remove)", maximum=1.0)
 ETA = WireTensor("eta", "FP32", False, "DDIM's eta: the noise each step adds back (ddim only); default 0",
-                 default=0.0, minimum=0.0, maximum=1.0)
+                 minimum=0.0, maximum=1.0)
 SEED = WireTensor("seed", "INT64", False, "random when absent")
 SCHEDULER = WireTensor("scheduler", "BYTES", False, "ddim (default), euler, ...")
 CROP_PADDING = WireTensor("crop_padding", "INT32", False,
@@ -57,11 +56,10 @@ MASK_GROW = WireTensor("mask_grow", "INT32", False,
 MASK_BLUR = WireTensor("mask_blur", "INT32", False,
                        "feather width in pixels when the edit is pasted back; pixels farther than this from "
                        "the mask stay as sent; default 0 (8 for replace_background)", minimum=0, maximum=256)
-INVERT_MASK = WireTensor("invert_mask", "BOOL", False, "repaint the black part instead; default false",
-                         default=False)
+INVERT_MASK = WireTensor("invert_mask", "BOOL", False, "repaint the black part instead; default false")
 NUM_IMAGES = WireTensor("num_images", "INT32", False,
                         f"variations to make, 1-{MAX_NUM_IMAGES}; variation i uses seed + i; default 1",
-                        default=1, minimum=1, maximum=MAX_NUM_IMAGES)
+                        minimum=1, maximum=MAX_NUM_IMAGES)
 
 EDITED_IMAGE = WireTensor("edited_image", "BYTES", True,
                           "[num_images] PNGs, same size as image, each carrying its parameters (PNG_PARAMETERS_KEY)")

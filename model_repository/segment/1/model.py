@@ -65,9 +65,9 @@ class TritonPythonModel:
         points, labels, box = self._prompt(request)
         image_bytes = bytes(data.reshape(-1)[0])
         image = decode_image(wire.SEGMENT_IMAGE.name, image_bytes, self.settings.image_limits()).convert("RGB")
+        _check_inside(points, box, (image.height, image.width))  # before the encoder's work, not after
         embeddings, original, resized, cached = self._embeddings(hashlib.sha256(image_bytes).hexdigest(), image,
                                                                  request.request_id())
-        _check_inside(points, box, original)
         coords, kinds = prompt_arrays(points, labels, box, original, resized)
         masks, iou = call_model(SAM_DECODER, {"image_embeddings": embeddings, "point_coords": coords[None],
                                               "point_labels": kinds[None]}, ["low_res_masks", "iou_scores"],
