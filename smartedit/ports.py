@@ -52,15 +52,28 @@ def port_holder(port: int) -> str | None:
         return None
     sockets = {f"socket:[{inode}]" for inode in inodes}
     for pid in filter(str.isdigit, os.listdir("/proc")):
+        if not _holds_one_of(pid, sockets):
+            continue
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if not any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets for fd in fds):
-                continue
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # gone meanwhile, or not ours to read
+        except OSError:  # gone meanwhile
             continue
         return f"pid {pid}: {command.strip()[:200]}"
     return None
+
+
+def _holds_one_of(pid: str, sockets: set[str]) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone meanwhile, or not ours to read
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
+                return True
+        except OSError:  # this descriptor closed meanwhile (another thread's): the others still count
+            continue
+    return False
 
 
 def busy_port_message(name: str, host: str, port: int, option: str) -> str:
