@@ -12,15 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import signal
 import sys
-import threading
-import time
 import warnings
 from pathlib import Path
 
 from smartedit.server import (ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER, LOOPBACK, ServerAddress, ServerFailed,
-                              StartInterrupted, TlsFiles, TritonServer, default_work_dir, restriction_args)
+                              TlsFiles, TritonServer, default_work_dir, restriction_args)
 
 log = logging.getLogger("smartedit")
 
@@ -115,9 +112,14 @@ def server_address(args) -> ServerAddress:
                          metrics_port=args.metrics_port)
 
 
-def _admin_key(args, work_dir: Path) -> str | None:
-    """The key that opens Triton's admin APIs: from --admin-key-file, or a new random one written
-    (owner-only) under the work folder; None with --no-restrict."""
+ADMIN_KEY_ENV = "SMARTEDIT_ADMIN_KEY"
+
+
+def _admin_key(args, server_dir: Path) -> str | None:
+    """The key that opens Triton's admin APIs: from --admin-key-file, from $SMARTEDIT_ADMIN_KEY, or a new
+    random one written (owner-only) in this server's own folder; None with --no-restrict."""
+    import os
+
     if args.no_restrict:
         log.warning("--no-restrict: shared-memory, model-repository, model-config, statistics, trace and "
                     "logging APIs are open to anyone who reaches the ports")
@@ -127,21 +129,25 @@ def _admin_key(args, work_dir: Path) -> str | None:
             key = Path(args.admin_key_file).read_text().strip()
         except OSError as error:
             raise ServerFailed(f"--admin-key-file {args.admin_key_file}: {error.strerror}") from None
-        try:
-            restriction_args(key)
-        except ValueError as error:
-            raise ServerFailed(f"--admin-key-file {args.admin_key_file}: {error}") from None
-        return key
-    import secrets
+        source = f"--admin-key-file {args.admin_key_file}"
+    elif os.environ.get(ADMIN_KEY_ENV):
+        key, source = os.environ[ADMIN_KEY_ENV].strip(), f"${ADMIN_KEY_ENV}"
+    else:
+        import secrets
 
-    key = secrets.token_urlsafe(24)
-    path = work_dir / "admin-key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(key + "\n")
-    log.info("admin APIs (statistics, model config, repository, shared memory, trace, logging) need the key in %s, "
-             "sent as the HTTP header %s or the gRPC header %s", path, ADMIN_KEY_HEADER, ADMIN_KEY_GRPC_HEADER)
+        key = secrets.token_urlsafe(24)
+        path = server_dir / "admin-key"  # one per server: two servers on one repository keep their own
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(key + "\n")
+        log.info("admin APIs (statistics, model config, repository, shared memory, trace, logging) need the key in "
+                 "%s, sent as the HTTP header %s or the gRPC header %s", path, ADMIN_KEY_HEADER, ADMIN_KEY_GRPC_HEADER)
+        return key
+    try:
+        restriction_args(key)
+    except ValueError as error:
+        raise ServerFailed(f"{source}: {error}") from None
     return key
 
 
@@ -157,6 +163,8 @@ def _tls(args) -> TlsFiles | None:
 
 
 def cmd_serve(args) -> int:
+    from smartedit.ops.supervisor import TRITON_EXIT_TIMEOUT_S, Supervisor
+
     repository = Path(args.model_repository)
     tls = _tls(args)
     address = server_address(args)
@@ -165,100 +173,31 @@ def cmd_serve(args) -> int:
         log.info("gRPC over TLS on %s; Triton's HTTP endpoint has no TLS, so it listens on %s only",
                  address.host, LOOPBACK)
         address = dataclasses.replace(address, http_host=LOOPBACK)
-    server = TritonServer(repository, address, log_file=args.log_file, log_verbose=args.log_verbose, tls=tls,
-                          admin_key=_admin_key(args, default_work_dir(repository)))
-    stop = threading.Event()
+    work_dir = Path(args.work_dir) if args.work_dir else default_work_dir(repository)
+    server = TritonServer(repository, address, work_dir=work_dir, log_file=args.log_file, log_verbose=args.log_verbose,
+                          tls=tls, model_control=True, exit_timeout_s=TRITON_EXIT_TIMEOUT_S,
+                          admin_key=_admin_key(args, work_dir / f"server-{address.grpc_port}"))
+    supervisor = Supervisor(server, tls=tls, ready_timeout_s=args.ready_timeout, drain_timeout_s=args.drain_timeout)
+    supervisor.install_signal_handlers()
 
-    def request_stop(signum, _frame):
-        log.info("%s received: stopping tritonserver (in-flight requests finish first)",
-                 signal.Signals(signum).name)
-        stop.set()
-
-    # Before the launch, so that a signal at any moment, model loading included, stops the server.
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    server.start()
-    try:
-        server.wait_until_ready(args.ready_timeout, stop=stop)
-        _warm_up(server, tls)
-        address = server.address
+    def serving():
         grpc = f"gRPC {address.grpc}" + (" (TLS)" if tls else "")
         print(f"SmartEdit is serving {args.model_repository}: {grpc}, HTTP {address.http}, "
-              f"metrics http://{address.host}:{address.metrics_port}/metrics. Ctrl-C stops it.", flush=True)
-        _watch(server, stop, args.ready_timeout, tls)
-    except StartInterrupted as interrupted:
-        log.info("tritonserver %s", interrupted)
-    finally:
-        code = server.stop()
-    log.info("tritonserver stopped (exit code %s)", code)
-    return 0
+              f"metrics http://{address.host}:{address.metrics_port}/metrics. Ctrl-C stops it (after the edits in "
+              f"flight; twice: now).", flush=True)
+
+    return supervisor.run(on_serving=serving)
 
 
-# Long enough for a real model's first-call set-up; short enough that a server which hangs on its first
-# edit (seen, rarely, after a restart on Triton 2.51) is restarted again within the minute.
-WARM_UP_TIMEOUT_S = 20.0
+def cmd_drain(args) -> int:
+    from smartedit.health import find_server
+    from smartedit.ops.drain import request_drain
 
-
-def _warm_up(server: TritonServer, tls: TlsFiles | None) -> bool:
-    """One small edit before saying "serving": the first edit pays for first-call set-up in every
-    model (ONNX Runtime's allocations, torch's first ops), so a client's first edit need not.
-    Whether it succeeded."""
-    from PIL import Image
-
-    from smartedit_client import InpaintClient, SmartEditError
-
-    image = Image.new("RGB", (64, 64), (128, 128, 128))
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    started = time.perf_counter()
-    try:
-        with InpaintClient(server.address.local_grpc, timeout_s=WARM_UP_TIMEOUT_S,
-                           root_certificates=tls.cert if tls else None) as client:
-            client.inpaint(image=image, mask_image=mask, prompt="warm-up", num_inference_steps=2, seed=0,
-                           request_id="smartedit-warm-up")
-    except (SmartEditError, ValueError) as error:  # a server that cannot edit will say so to its clients too
-        log.warning("warm-up edit failed: %s", error)
-        return False
-    log.info("warmed up with one edit in %.2f s", time.perf_counter() - started)
-    return True
-
-
-# A tritonserver that keeps dying is not restarted for ever: past this many restarts within the window
-# `smartedit serve` exits non-zero, so that what supervises it (Kubernetes, systemd) sees the failure.
-MAX_RESTARTS, RESTART_WINDOW_S = 5, 600.0
-
-
-def _watch(server: TritonServer, stop: threading.Event, ready_timeout: float, tls: TlsFiles | None) -> None:
-    """Until ``stop``: restart tritonserver when one of its model processes dies, which Triton 2.51
-    neither repairs nor reports (smartedit.health), or when tritonserver itself crashes (Triton 2.51
-    can crash when a gRPC call is cancelled as it completes: server issue #7368, fixed in 24.12).
-    While it restarts, readiness is not 200."""
-    from smartedit.health import StubCensus
-
-    census = StubCensus(server.process.pid)
-    restarts: list[float] = []
-    reason = None  # why tritonserver must be restarted now
-    while reason is not None or not stop.wait(1.0):
-        if reason is None and server.process.poll() is not None:
-            reason = f"tritonserver exited with code {server.process.returncode}"
-        elif reason is None:
-            dead = census.dead()
-            if not dead:
-                continue
-            reason = f"model process died: {', '.join(dead)}"
-        now = time.monotonic()
-        restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
-        if len(restarts) > MAX_RESTARTS:
-            raise ServerFailed(f"{reason}; {MAX_RESTARTS} restarts in the last {RESTART_WINDOW_S:.0f} s already: "
-                               f"giving up")
-        log.error("%s; restarting tritonserver (Triton does not recover by itself)", reason)
-        server.stop(timeout_s=5.0)  # edits in flight fail now rather than against a dead model
-        server.start()
-        server.wait_until_ready(ready_timeout, stop=stop)
-        census = StubCensus(server.process.pid)
-        reason = None if _warm_up(server, tls) else "the warm-up edit after the restart failed"
-        if reason is None:
-            log.info("tritonserver restarted and ready")
+    server_pid = args.pid or find_server()
+    if server_pid is None:
+        print("smartedit drain: no tritonserver runs here; nothing to drain", file=sys.stderr)
+        return 0
+    return request_drain(server_pid, args.wait)
 
 
 def cmd_demo(args) -> int:
@@ -341,8 +280,21 @@ def parser() -> argparse.ArgumentParser:
                             "logging) open to anyone who reaches the ports")
     serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve gRPC over TLS (with --tls-key)")
     serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    serve.add_argument("--drain-timeout", type=float, default=300.0,
+                       help="on Ctrl-C / SIGTERM, seconds the edits in flight may take to finish before they are "
+                            "stopped (default 300; new edits are refused at once)")
+    serve.add_argument("--work-dir", default=None,
+                       help="where the server's own files go (backend folder, readiness gate, admin key); default: "
+                            "a .triton folder beside the model repository")
     _add_server_arguments(serve, 8001, 8000, 8002)
     serve.set_defaults(func=cmd_serve)
+
+    drain = sub.add_parser("drain", help="make a running `smartedit serve` finish its edits in flight and take no new "
+                                         "ones (the chart's preStop); waits until it has")
+    drain.add_argument("--pid", type=int, default=None,
+                       help="its tritonserver's pid (default: the one tritonserver running on this machine)")
+    drain.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the drain (default 600)")
+    drain.set_defaults(func=cmd_drain)
 
     demo = sub.add_parser("demo", help="export, serve, send one edit through the SDK, write the PNG")
     _add_export_arguments(demo)

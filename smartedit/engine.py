@@ -44,12 +44,14 @@ import numpy as np
 import torch
 
 from smartedit.denoise import DenoiseState
+from smartedit.errors import ServiceInterrupted
 from smartedit.structured_log import log_event
 
 # (sample [rows, C, h, w], timestep [rows], encoder_hidden_states [rows, L, D]) -> noise_pred [rows, c, h, w]
 BatchedUNet = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
-OK, FAILED, CANCELLED = "ok", "failed", "cancelled"
+# INTERRUPTED: a fault outside the edit stopped it (a model process died); sending it again may succeed.
+OK, FAILED, CANCELLED, INTERRUPTED = "ok", "failed", "cancelled", "interrupted"
 
 
 class AtCapacity(Exception):
@@ -105,6 +107,8 @@ class EditSink(Protocol):
     def failed(self, message: str) -> None: ...
 
     def cancelled(self, message: str) -> None: ...
+
+    def interrupted(self, message: str) -> None: ...
 
 
 class EngineMetrics:
@@ -165,7 +169,9 @@ class _Edit:
     def latent_size(self) -> tuple[int, ...]:
         return tuple(self.state.latents.shape[-2:])
 
-    def stop_reason(self, now: float) -> str | None:
+    def stop_reason(self, now: float, shutdown: str | None = None) -> str | None:
+        if shutdown is not None:
+            return shutdown
         if self.request.deadline is not None and now >= self.request.deadline:
             return "the caller's deadline passed"
         if self.request.cancelled():
@@ -274,12 +280,16 @@ class DenoiseEngine:
         logger: where each edit's one ``denoise`` line goes (JSON fields: request id, outcome, steps...).
         metrics: counters and gauges to keep up to date.
         prepare_workers: threads that build edits' states (they make BLS calls when strength < 1).
+        shutdown_reason: why every edit must stop now (the server's drain timed out), or None; asked
+            before every step.
     """
 
     def __init__(self, unet: BatchedUNet, limits: EngineLimits, *, logger: logging.Logger | None = None,
-                 metrics: EngineMetrics | None = None, prepare_workers: int = 2):
+                 metrics: EngineMetrics | None = None, prepare_workers: int = 2,
+                 shutdown_reason: Callable[[], str | None] = lambda: None):
         self.limits = limits
         self._unet = unet
+        self._shutdown_reason = shutdown_reason
         self._log = logger or logging.getLogger("smartedit.engine")
         self._metrics = metrics or EngineMetrics()
         self._lock = threading.Condition()
@@ -403,7 +413,10 @@ class DenoiseEngine:
             with self._lock:
                 self._preparing -= 1
                 self._lock.notify()
-            self._end(edit, FAILED, f"could not start denoising: {error}", exc_info=True)
+            if isinstance(error, ServiceInterrupted):
+                self._end(edit, INTERRUPTED, str(error))
+            else:
+                self._end(edit, FAILED, f"could not start denoising: {error}", exc_info=True)
             return
         with self._lock:
             self._preparing -= 1
@@ -454,8 +467,9 @@ class DenoiseEngine:
     def _drop_stopped_ready_locked(self) -> list[tuple[_Edit, str]]:
         # Edits whose caller left while they queued give their place back before they cost a step.
         now, gone, kept = time.time(), [], deque()
+        shutdown = self._shutdown_reason() if self._ready else None
         for edit in self._ready:
-            reason = edit.stop_reason(now)
+            reason = edit.stop_reason(now, shutdown)
             if reason is None:
                 kept.append(edit)
             else:
@@ -485,9 +499,9 @@ class DenoiseEngine:
     def _send(self, lane: int) -> "_LaneStep":
         """Start one denoising step of every edit in ``lane``: drop those whose caller left, then send
         one UNet call per latent size (chunked to the UNet's max rows)."""
-        now = time.time()
+        now, shutdown = time.time(), self._shutdown_reason()
         for edit in [edit for group in self._lanes[lane].values() for edit in group]:
-            reason = edit.stop_reason(now)
+            reason = edit.stop_reason(now, shutdown)
             if reason is not None:
                 self._leave(edit, CANCELLED, f"stopped after {edit.state.step_index} of "
                                              f"{edit.state.total_steps} steps: {reason}")
@@ -522,6 +536,10 @@ class DenoiseEngine:
         for chunk, call in step.calls:
             try:
                 noise_pred = call.result()
+            except ServiceInterrupted as error:  # the UNet's process died: sending the edits again will do
+                for edit in chunk:
+                    self._leave(edit, INTERRUPTED, str(error))
+                continue
             except Exception as error:  # the call's edits fail; other chunks go on
                 for edit in chunk:
                     self._leave(edit, FAILED, f"the UNet call failed: {error}")
@@ -560,9 +578,8 @@ class DenoiseEngine:
 
     def _end(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False) -> None:
         sink = edit.request.sink
-        answer = {OK: (sink.finished, (edit.state,)), FAILED: (sink.failed, (message,)),
-                  CANCELLED: (sink.cancelled, (message,))}[outcome]
-        self._outbox.put(answer)
+        method = {OK: "finished", FAILED: "failed", CANCELLED: "cancelled", INTERRUPTED: "interrupted"}[outcome]
+        self._outbox.put((getattr(sink, method), (edit.state,) if outcome == OK else (message,)))
         now = time.monotonic()
         self._metrics.ended(outcome, now - edit.submitted)
         state = edit.state
@@ -572,7 +589,7 @@ class DenoiseEngine:
                       duration_ms=round((now - edit.submitted) * 1000.0, 3))
         if message:
             fields["error"] = message
-        level = logging.ERROR if outcome == FAILED else logging.INFO
+        level = {FAILED: logging.ERROR, INTERRUPTED: logging.WARNING}.get(outcome, logging.INFO)
         log_event(self._log, f"denoise {outcome}", request_id=edit.request.request_id, stage="denoise",
                   level=level, exc_info=exc_info, **fields)
 

@@ -9,3 +9,17 @@ class RequestError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class ServiceInterrupted(Exception):
+    """A valid request the server could not finish for a passing reason; becomes ``UNAVAILABLE``, which
+    tells the client that the same request may succeed if sent again."""
+
+
+class ModelProcessDied(ServiceInterrupted):
+    """A model this request needed lost its process (killed, out of memory); ``smartedit serve`` replaces it."""
+
+    def __init__(self, model: str):
+        super().__init__(f"the {model} model's process died while the edit ran; SmartEdit is restarting it: "
+                         f"send the edit again")
+        self.model = model

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 STUB_COMM = "triton_python_b"  # the kernel keeps 15 characters of "triton_python_backend_stub"
@@ -44,6 +45,11 @@ def is_alive(pid: int) -> bool:
 def start_time(pid: int) -> str | None:
     fields = _stat(pid)
     return None if fields is None else fields[19]
+
+
+def parent_of(pid: int) -> int | None:
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
 
 
 def stubs_of(server_pid: int) -> dict[int, str]:
@@ -97,21 +103,30 @@ def python_models(repositories: list[Path]) -> set[str]:
 class StubCensus:
     """The stubs a server had when counted, and the Python-backend models its repository declares.
 
-    ``dead()`` names what has gone since: a counted stub that died, or a declared model with no
-    stub at all (one that died before the count, or never started).
+    ``dead()`` names what has gone since: a model with fewer live stubs than were counted (its process
+    died and was not replaced; ``smartedit serve`` replaces it), or a declared model with no stub at all
+    (one that died before the count, or never started). Models in ``ignore`` are not watched.
     """
 
-    def __init__(self, server_pid: int, stubs: dict[int, str] | None = None):
+    def __init__(self, server_pid: int, stubs: dict[int, str] | None = None, ignore: frozenset[str] = frozenset()):
         self.server_pid = server_pid
-        self.stubs = stubs_of(server_pid) if stubs is None else stubs
-        self.expected = python_models(server_repositories(server_pid))
+        self.ignore = ignore
+        counted = stubs_of(server_pid) if stubs is None else stubs
+        self.stubs = {pid: model for pid, model in counted.items() if model not in ignore}
+        self.expected = python_models(server_repositories(server_pid)) - ignore
 
     def dead(self) -> list[str]:
-        live = stubs_of(self.server_pid)
-        gone = [f"{model} (pid {pid})" for pid, model in self.stubs.items() if pid not in live]
-        missing = [f"{model} (no process)" for model in self.expected - set(live.values())
-                   if model not in self.stubs.values()]
+        """What died, as "model (pid N)" or "model (no process)"."""
+        live = Counter(stubs_of(self.server_pid).values())
+        counted = Counter(self.stubs.values())
+        gone = [f"{model} (pid {pid})" for pid, model in self.stubs.items()
+                if live[model] < counted[model] and not is_alive(pid)]
+        missing = [f"{model} (no process)" for model in self.expected - set(live) if model not in counted]
         return sorted(gone + missing)
+
+    def dead_models(self) -> list[str]:
+        """The models of ``dead()``, each once."""
+        return sorted({entry.split(" (", 1)[0] for entry in self.dead()})
 
 
 def find_server() -> int | None:
@@ -142,18 +157,21 @@ def http_status(host: str, port: int, path: str, timeout_s: float = 3.0) -> int 
 def check(server_pid: int, state_file: Path) -> str | None:
     """None if every stub recorded for this server is alive, else what died. Records the census on
     the first call for a server (a new pid or start time: the container restarted)."""
+    from smartedit.ops.model_control import READINESS_GATE  # its process comes and goes on purpose
+
+    ignore = frozenset({READINESS_GATE})
     identity = {"pid": server_pid, "start_time": start_time(server_pid)}
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
         state = None
     if state is None or state.get("server") != identity:
-        census = StubCensus(server_pid)
+        census = StubCensus(server_pid, ignore=ignore)
         partial = state_file.with_name(f"{state_file.name}.{os.getpid()}")
         partial.write_text(json.dumps({"server": identity, "stubs": census.stubs}))
         partial.replace(state_file)  # whole or not at all: the readiness and liveness probes may race
         return None
-    dead = StubCensus(server_pid, {int(pid): model for pid, model in state["stubs"].items()}).dead()
+    dead = StubCensus(server_pid, {int(pid): model for pid, model in state["stubs"].items()}, ignore).dead()
     return f"model process died: {', '.join(dead)}" if dead else None
 
 

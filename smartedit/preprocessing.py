@@ -155,7 +155,8 @@ def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, s
     Args:
         read: the one element of a wire input by name, or None when the request left it out.
         deadline: ``time.time()`` at which the caller gives up, 0 for none (``request_deadline``).
-        reservation: the token of the places reserved in the engine for this edit, "" for none.
+        reservation: the edit's token (its in-flight ledger entry, and the places reserved in the engine
+            under it), "" for none.
         params: the request's record when the caller has resolved it already (``resolve_parameters``).
 
     Raises:

@@ -24,7 +24,7 @@ PREFIX = "smartedit_scheduler_"
 DURATION_BUCKETS = [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
 QUEUE_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
 ROWS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-OUTCOMES = ("ok", "failed", "cancelled", "refused")
+OUTCOMES = ("ok", "failed", "cancelled", "refused", "interrupted")
 RATE_WINDOW_S = 10.0
 
 NAMES = {

@@ -204,14 +204,26 @@ class TritonServer:
 
     def __init__(self, repositories: list[Path] | Path, address: ServerAddress = ServerAddress(),
                  work_dir: Path | None = None, log_file: Path | None = None, log_verbose: int = 0,
-                 admin_key: str | None = None, tls: TlsFiles | None = None):
+                 admin_key: str | None = None, tls: TlsFiles | None = None, model_control: bool = False,
+                 exit_timeout_s: int | None = None):
         """``admin_key``: close ``RESTRICTED_APIS`` behind it (None: all APIs open, as for tests and
-        benchmarks that read statistics). ``tls``: serve gRPC over TLS."""
+        benchmarks that read statistics). ``tls``: serve gRPC over TLS. ``model_control``: explicit
+        model control (every model loaded at start) and the readiness gate's repository
+        (``smartedit.ops.model_control``), so that single models can be replaced and readiness held
+        down. ``exit_timeout_s``: how long tritonserver waits for requests (and HTTP connections) once
+        told to stop (Triton's default: 30)."""
         self.repositories = [repositories] if isinstance(repositories, (str, Path)) else list(repositories)
         self.address = address
+        self.admin_key = admin_key
         self.extra_args = (restriction_args(admin_key) if admin_key is not None else []) + (
             tls_args(tls) if tls is not None else [])
+        if exit_timeout_s is not None:
+            self.extra_args.append(f"--exit-timeout-secs={exit_timeout_s}")
         self.work_dir = Path(work_dir or default_work_dir(self.repositories[0]))
+        self.model_control_mode = model_control
+        self.gate_repository: Path | None = None  # written at start
+        if model_control:
+            self.extra_args += ["--model-control-mode=explicit", "--load-model=*"]
         self.log_file = log_file
         self.log_verbose = log_verbose
         self.process: subprocess.Popen | None = None
@@ -225,7 +237,13 @@ class TritonServer:
         # Triton would find a busy port only after loading every model, and say only "exit code 1".
         self.address.check_free()
         backends = backend_dir(self.work_dir)
-        command = server_command(self.repositories, self.address, backends, self.log_verbose, self.extra_args)
+        if self.model_control_mode:
+            from smartedit.ops.model_control import write_gate_repository
+
+            # A folder per server: two servers on one repository must not share a gate.
+            self.gate_repository = write_gate_repository(self.server_dir)
+        repositories = self.repositories + ([self.gate_repository] if self.gate_repository else [])
+        command = server_command(repositories, self.address, backends, self.log_verbose, self.extra_args)
         if self.log_file is not None:
             Path(self.log_file).parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = open(self.log_file, "ab")
@@ -245,7 +263,7 @@ class TritonServer:
             StartInterrupted: ``stop`` was set first (it is stopped).
         """
         deadline = time.monotonic() + timeout_s
-        progress = _LoadProgress(self.log_file, self.repositories)
+        progress = _LoadProgress(self.log_file, self.repositories + [r for r in [self.gate_repository] if r])
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerFailed(f"tritonserver exited with code {self.process.returncode} before it was "
@@ -261,6 +279,17 @@ class TritonServer:
             (stop or threading.Event()).wait(0.2)
         self.stop()
         raise ServerFailed(f"tritonserver was not ready after {timeout_s:.0f} s{self._log_hint()}")
+
+    @property
+    def server_dir(self) -> Path:
+        """This server's own files (its gate, its admin key), apart from other servers' on the repository."""
+        return self.work_dir / f"server-{self.address.grpc_port}"
+
+    def model_control(self):
+        """The model-repository API of this server (``smartedit.ops.model_control.ModelControl``)."""
+        from smartedit.ops.model_control import ModelControl
+
+        return ModelControl(f"{self.address.local_http_host}:{self.address.http_port}", self.admin_key)
 
     def _log_hint(self) -> str:
         if not self.log_file:

@@ -50,8 +50,10 @@ SEED_USED = StepTensor(wire.SEED_USED.name, wire.SEED_USED.datatype, wire.OUTPUT
 # When the caller gives up, as ``time.time()`` seconds; 0 when it set no timeout. Preprocess computes it
 # from Triton's request timeout, which the client sets from its own and the ensemble passes to every step.
 DEADLINE = StepTensor("deadline", "FP64", (1,))
-# The place preprocess reserved in the engine for this edit before decoding anything (empty: none),
-# so that the engine refuses at once what it cannot take; the edit claims the place when it arrives.
+# The edit's token, made by preprocess: it names the edit in the server's in-flight ledger until
+# postprocess answers it (smartedit.ops.server_state: what a drain waits for), and the places preprocess
+# reserved under it in the engine before decoding anything, so that the engine refuses at once what it
+# cannot take; the edit claims its place when it arrives.
 RESERVATION = StepTensor("reservation", "BYTES", (1,))
 
 PREPROCESS_INPUTS = tuple(wire_input(t) for t in wire.INPUTS)
@@ -102,7 +104,7 @@ EDITED_IMAGE = StepTensor(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wi
 
 POSTPROCESS_INPUTS = (DECODED_IMAGE, StepTensor(wire.IMAGE.name, wire.IMAGE.datatype, wire.TENSOR_SHAPE),
                       StepTensor(wire.MASK_IMAGE.name, wire.MASK_IMAGE.datatype, wire.TENSOR_SHAPE), EDIT_BOX,
-                      EDIT_PARAMETERS)
+                      EDIT_PARAMETERS, RESERVATION)
 POSTPROCESS_OUTPUTS = (EDITED_IMAGE,)
 
 STREAM_INPUTS = tuple(wire_input(t) for t in wire.STREAM_INPUTS)

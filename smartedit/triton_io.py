@@ -11,7 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from smartedit import steps
-from smartedit.errors import RequestError
+from smartedit.errors import ModelProcessDied, RequestError
 
 
 def optional_scalar(request, name: str):
@@ -37,6 +37,12 @@ def invalid_argument(error: RequestError):
 def internal_error(message: str):
     return pb_utils.InferenceResponse(
         output_tensors=[], error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+
+
+def unavailable(message: str):
+    """A refusal or failure the client may retry (shutting down, at capacity, a model process replaced)."""
+    return pb_utils.InferenceResponse(
+        output_tensors=[], error=pb_utils.TritonError(message, pb_utils.TritonError.UNAVAILABLE))
 
 
 def cancelled(message: str):
@@ -92,9 +98,14 @@ def error_from_tensors(response):
     return pb_utils.TritonError(message.decode(), getattr(pb_utils.TritonError, name, pb_utils.TritonError.INTERNAL))
 
 
-def admission_call(engine_model: str, action: bytes, token: str, request_id: str = "", places: int = 1):
+def admission_call(engine_model: str, action: bytes, token: str, request_id: str = "", places: int = 1,
+                   callees=None):
     """Reserve (``steps.RESERVE``) or give back (``steps.RELEASE``) the places in the engine of one edit
     (``places``: one per image).
+
+    Args:
+        callees: the caller's ``smartedit.ops.model_processes.Callees``: a call to an engine whose process
+            died (it would never answer) or is being replaced is answered UNAVAILABLE, "send again".
 
     Returns:
         The engine's refusal (an UNAVAILABLE ``TritonError``, "server at capacity"), or None.
@@ -105,10 +116,19 @@ def admission_call(engine_model: str, action: bytes, token: str, request_id: str
                 pb_utils.Tensor(steps.RESERVATION.name, np.array([token.encode()], dtype=np.object_)),
                 pb_utils.Tensor(steps.PLACES.name, np.array([places], dtype=np.int32))],
         requested_output_names=[steps.ERROR_CODE.name, steps.ERROR_MESSAGE.name])
-    error = None
-    for response in request.exec(decoupled=True):
-        error = error_of_response(response) or error
-    return error
+
+    def exchange():
+        error = None
+        for response in request.exec(decoupled=True):
+            error = error_of_response(response) or error
+        return error
+
+    if callees is None:
+        return exchange()
+    try:
+        return callees.wait(engine_model, exchange, failed=lambda error: error is not None)
+    except ModelProcessDied as died:
+        return pb_utils.TritonError(str(died), pb_utils.TritonError.UNAVAILABLE)
 
 
 def error_of_response(response):

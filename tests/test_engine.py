@@ -46,6 +46,10 @@ class RecordingSink:
         self.events.append(("cancelled", message))
         self.ended.set()
 
+    def interrupted(self, message):
+        self.events.append(("interrupted", message))
+        self.ended.set()
+
     @property
     def outcome(self):
         return self.events[-1][0] if self.ended.is_set() else None
@@ -324,6 +328,49 @@ def test_one_failing_edit_fails_alone(make_edit, onnx_unet):
     assert good.outcome == "finished"
     assert bad_start.events == [("failed", "could not start denoising: no such thing")]
     assert bad_step.outcome == "failed" and "step 2 failed: sampler exploded" in bad_step.events[-1][1]
+
+
+def test_a_drain_timeout_stops_every_edit_within_a_step_and_says_why(make_edit, onnx_unet):
+    shutdown = []
+    engine = DenoiseEngine(onnx_unet, EngineLimits(max_active_edits=1, max_queued_edits=1, max_unet_rows=8),
+                           shutdown_reason=lambda: shutdown[0] if shutdown else None)
+    try:
+        running = submit(engine, make_edit(steps=400), preview_every=0)
+        waiting = submit(engine, make_edit(steps=400, seed=3))  # queued behind it: never starts
+        while not running.events:
+            time.sleep(0.01)
+        shutdown.append("the server shut down before the edit finished")
+        steps_then = len(running.events)
+        for sink in (running, waiting):
+            assert sink.ended.wait(5) and sink.outcome == "cancelled"
+            assert sink.events[-1][1].endswith("the server shut down before the edit finished")
+        assert len(running.events) - 1 <= steps_then + 1  # at most one more step
+        assert engine.load() == (0, 0)
+    finally:
+        engine.close()
+
+
+def test_a_unet_call_interrupted_by_a_dead_process_is_answered_as_retryable(make_edit, onnx_unet):
+    from smartedit.errors import ModelProcessDied
+
+    calls = []
+
+    def dies_on_third_call(sample, timestep, hidden):
+        calls.append(sample.shape[0])
+        if len(calls) == 3:
+            raise ModelProcessDied("unet")
+        return onnx_unet(sample, timestep, hidden)
+
+    engine = DenoiseEngine(dies_on_third_call, EngineLimits(max_active_edits=2, max_queued_edits=0, max_unet_rows=8))
+    try:
+        caught = submit(engine, make_edit(steps=5))
+        assert caught.ended.wait(30)
+        after = submit(engine, make_edit(steps=5, seed=4))  # the replaced UNet serves the next edit
+        assert after.ended.wait(30)
+    finally:
+        engine.close()
+    assert caught.outcome == "interrupted" and "unet model's process died" in caught.events[-1][1]
+    assert after.outcome == "finished"
 
 
 def test_progress_after_every_step_and_previews_at_their_cadence(make_edit, onnx_unet):

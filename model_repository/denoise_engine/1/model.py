@@ -22,6 +22,8 @@ from smartedit import steps
 from smartedit.cancellation import CancelBoard
 from smartedit.denoise import EditInputs, decoder_input, start_denoising
 from smartedit.engine import AtCapacity, DenoiseEngine, EditRequest, EngineLimits, TooManyImages
+from smartedit.ops.model_processes import Callees
+from smartedit.ops.server_state import ServerState
 from smartedit.parameters import EditParameters
 from smartedit.preview import PREVIEW_FILENAME, LatentPreview
 from smartedit.scheduler_metrics import EngineReporter, SchedulerMetrics
@@ -106,6 +108,9 @@ class ResponseSink:
     def cancelled(self, index, message):
         self._end(error_as_tensors("CANCELLED", f"denoising cancelled: {message}"))
 
+    def interrupted(self, index, message):
+        self._end(error_as_tensors("UNAVAILABLE", message))
+
 
 class EditAnswered(Exception):
     """Submitting a request's variations failed after one of them had already answered it."""
@@ -129,6 +134,9 @@ class _VariationSink:
     def cancelled(self, message):
         self._edit.cancelled(self._index, message)
 
+    def interrupted(self, message):
+        self._edit.interrupted(self._index, message)
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -138,6 +146,8 @@ class TritonPythonModel:
         self.scheduler_config = json.loads((version_dir / "scheduler_config.json").read_text())
         self.preview = LatentPreview.load(version_dir / PREVIEW_FILENAME)
         self.cancel_board = CancelBoard.of_this_server()
+        self.state = ServerState.of_this_server()
+        self.callees = Callees(self.state)
         # The loop's own arithmetic is small; leave the cores to the UNet (on onnx-cpu, the same machine).
         torch.set_num_threads(1)
         self.metrics = SchedulerMetrics(args["model_name"], args["model_version"], args["model_instance_name"])
@@ -146,7 +156,8 @@ class TritonPythonModel:
                               max_unet_rows=self.settings.max_unet_rows,
                               unet_lanes=self.settings.unet_lanes, lane_min_rows=self.settings.lane_min_rows)
         self.engine = DenoiseEngine(self._unet, limits, logger=log, metrics=EngineReporter(self.metrics),
-                                    prepare_workers=self.settings.prepare_workers)
+                                    prepare_workers=self.settings.prepare_workers,
+                                    shutdown_reason=self.state.cancel_reason)
 
     def finalize(self):
         # Triton unloads a model once its in-flight requests are answered, so the engine is idle here.
@@ -194,7 +205,12 @@ class TritonPythonModel:
     def _unet(self, sample, timestep, hidden):
         # A scalar-per-row tensor travels as [rows, 1]; the unet config reshapes it to [rows].
         values = (sample, timestep.reshape(-1, 1), hidden)
-        (noise_pred,) = call_model(self.settings.unet_model, dict(zip(UNET.input_names, values)), UNET.output_names)
+        model = self.settings.unet_model
+        pids = self.callees.pids(model)
+        try:
+            (noise_pred,) = call_model(model, dict(zip(UNET.input_names, values)), UNET.output_names)
+        except Exception as error:  # a dead UNet process: the engine answers UNAVAILABLE, "send again"
+            raise self.callees.explain(model, pids, error) from error
         return noise_pred
 
     def _submit_edit(self, request, sender) -> None:
@@ -213,8 +229,13 @@ class TritonPythonModel:
         def encode_init_image():
             with encode_lock:
                 if not encoded:
-                    mean, std = call_model(self.settings.vae_encoder_model, {VAE_ENCODER.inputs[0].name: init_image},
-                                           VAE_ENCODER.output_names, request_id=request_id)
+                    model = self.settings.vae_encoder_model
+                    pids = self.callees.pids(model)
+                    try:
+                        mean, std = call_model(model, {VAE_ENCODER.inputs[0].name: init_image},
+                                               VAE_ENCODER.output_names, request_id=request_id)
+                    except Exception as error:
+                        raise self.callees.explain(model, pids, error) from error
                     encoded.append((torch.from_numpy(mean), torch.from_numpy(std)))
             return encoded[0]
 

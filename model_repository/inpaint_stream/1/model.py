@@ -14,6 +14,10 @@ BLS in Triton 2.51: a bad field must reach the client as INVALID_ARGUMENT. When 
 the stream, this model sees it (its requests are the client's own, not an ensemble's) at the next
 progress response, or through its watcher while the edit still waits for a slot, and marks the
 edit on the cancel board, where the engine looks between steps.
+
+Each stream is in the server's in-flight ledger from its first moment until its final response has
+left, and is refused at once while the server drains (smartedit.ops.server_state). A model it calls
+that loses its process fails the edit with UNAVAILABLE, "send again" (smartedit.ops.model_processes).
 """
 
 import json
@@ -28,7 +32,9 @@ from transformers import AutoTokenizer
 
 from smartedit import steps
 from smartedit.cancellation import CancelBoard
-from smartedit.errors import RequestError
+from smartedit.errors import RequestError, ServiceInterrupted
+from smartedit.ops.model_processes import Callees
+from smartedit.ops.server_state import ServerState
 from smartedit.postprocessing import encode_png, finish_edit
 from smartedit.parameters import resolve_parameters
 from smartedit.preprocessing import prepare_request
@@ -81,6 +87,8 @@ class TritonPythonModel:
         self.tokenizer = AutoTokenizer.from_pretrained(version_dir / "tokenizer")
         self.provenance = Provenance.load(version_dir / PROVENANCE_FILENAME)
         self.cancel_board = CancelBoard.of_this_server()
+        self.state = ServerState.of_this_server()
+        self.callees = Callees(self.state)
         self._open = threading.BoundedSemaphore(self.settings.max_open_streams)
         self._pool = ThreadPoolExecutor(self.settings.max_open_streams, thread_name_prefix="stream")
         # Streams whose edit is in the engine, by cancel token: a watcher marks those whose client has
@@ -108,10 +116,19 @@ class TritonPythonModel:
 
     def _serve(self, request, sender):
         request_id = request.request_id()
+        # Recorded before the drain is checked: a drain either refuses this stream or waits for it.
+        token = uuid.uuid4().hex
+        self.state.begin(token, request_deadline(request))
         try:
             with timed_stage(log, request_id, "stream") as fields:
                 try:
-                    answer = self._edit(request, sender, request_id, fields)
+                    refusal = self.state.refusal()
+                    if refusal is not None:
+                        raise ServiceInterrupted(refusal)
+                    answer = self._edit(request, sender, request_id, fields, token)
+                except ServiceInterrupted as error:  # shutting down, or a model process died: send it again
+                    fields.update(outcome="refused" if refusal else "interrupted", error=str(error))
+                    answer = _failure("UNAVAILABLE", str(error))
                 except StreamClosed as error:  # the client's doing, not a fault
                     fields.update(outcome="cancelled", error=str(error))
                     answer = _failure("CANCELLED", str(error))
@@ -125,9 +142,12 @@ class TritonPythonModel:
             answer = _failure("INTERNAL", f"the streamed edit failed: {error}")
         finally:
             self._open.release()
-        sender.send(answer, flags=FINAL)
+        try:
+            sender.send(answer, flags=FINAL)
+        finally:
+            self.state.end(token)
 
-    def _edit(self, request, sender, request_id, fields):
+    def _edit(self, request, sender, request_id, fields, reservation):
         preview_every = optional_scalar(request, wire.PREVIEW_EVERY.name)
         preview_every = self.settings.default_preview_every if preview_every is None else int(preview_every)
         if preview_every < 0:
@@ -135,9 +155,8 @@ class TritonPythonModel:
         read = lambda name: optional_scalar(request, name)  # noqa: E731
         params = resolve_parameters(read, self.settings.preprocess)  # the scalars: cheap, checked first
         # Before any decoding: a server at capacity refuses now, not after the work (as preprocess does).
-        reservation = uuid.uuid4().hex
         refusal = admission_call(self.settings.engine_model, steps.RESERVE, reservation, request_id,
-                                 places=params.num_images)
+                                 places=params.num_images, callees=self.callees)
         if refusal is not None:
             raise EngineError(refusal)
         try:
@@ -145,24 +164,32 @@ class TritonPythonModel:
                                                   deadline=request_deadline(request), reservation=reservation,
                                                   params=params)
         except Exception:  # a bad field, or a fault: the places go back at once, not after their TTL
-            admission_call(self.settings.engine_model, steps.RELEASE, reservation, request_id)
+            admission_call(self.settings.engine_model, steps.RELEASE, reservation, request_id, callees=self.callees)
             raise
         fields.update(log_fields, preview_every=preview_every)
-        (prompt_embeds,) = call_model(TEXT_ENCODER.name, {TEXT_ENCODER.inputs[0].name: tensors[steps.INPUT_IDS]},
-                                      TEXT_ENCODER.output_names, request_id=request_id)
-        mean, std = call_model(VAE_ENCODER.name, {VAE_ENCODER.inputs[0].name: tensors[steps.MASKED_IMAGE]},
-                               VAE_ENCODER.output_names, request_id=request_id)
+        (prompt_embeds,) = self._call(TEXT_ENCODER.name, {TEXT_ENCODER.inputs[0].name: tensors[steps.INPUT_IDS]},
+                                      TEXT_ENCODER.output_names, request_id)
+        mean, std = self._call(VAE_ENCODER.name, {VAE_ENCODER.inputs[0].name: tensors[steps.MASKED_IMAGE]},
+                               VAE_ENCODER.output_names, request_id)
         tensors.update({steps.PROMPT_EMBEDS: prompt_embeds, steps.MASKED_IMAGE_MEAN: mean,
                         steps.MASKED_IMAGE_STD: std, steps.PREVIEW_EVERY: np.array([preview_every], dtype=np.int32)})
         latents = self._denoise(request, sender, request_id, tensors)
-        (decoded,) = call_model(VAE_DECODER.name, {VAE_DECODER.inputs[0].name: latents}, VAE_DECODER.output_names,
-                                request_id=request_id)
+        (decoded,) = self._call(VAE_DECODER.name, {VAE_DECODER.inputs[0].name: latents}, VAE_DECODER.output_names,
+                                request_id)
         pngs = finish_edit(decoded, read(wire.IMAGE.name), read(wire.MASK_IMAGE.name), tensors[steps.EDIT_BOX], params,
                            self.provenance)
         return pb_utils.InferenceResponse(output_tensors=[
             _tensor(wire.EDITED_IMAGE, np.array(pngs, dtype=np.object_)),
             _tensor(wire.SEED_USED, tensors[steps.SEED_USED]),
         ])
+
+    def _call(self, model, inputs, output_names, request_id):
+        """A component's BLS call; its failure is ``ModelProcessDied`` when the component lost its process."""
+        pids = self.callees.pids(model)
+        try:
+            return call_model(model, inputs, output_names, request_id=request_id)
+        except Exception as error:
+            raise self.callees.explain(model, pids, error) from error
 
     def _denoise(self, request, sender, request_id, tensors) -> np.ndarray:
         """The engine's part, relaying its progress to the client; the latents when it is done."""
@@ -175,30 +202,37 @@ class TritonPythonModel:
         engine_request = pb_utils.InferenceRequest(
             model_name=self.settings.engine_model, inputs=inputs, request_id=request_id,
             requested_output_names=[t.name for t in steps.ENGINE_OUTPUTS])
-        latents, error, closed = None, None, False
-        self._watch(token, request)
-        try:
+        outcome = {"latents": None, "error": None, "closed": False}
+
+        def exchange():
             # Read to the end even once the client has gone: the engine answers a cancellation within a
             # step, and the token must outlive the edit.
             for response in engine_request.exec(decoupled=True):
-                error = error_of_response(response) or error
+                outcome["error"] = error_of_response(response) or outcome["error"]
                 found = pb_utils.get_output_tensor_by_name(response, steps.LATENTS.name)
                 if found is not None:
-                    latents = found.as_numpy()
+                    outcome["latents"] = found.as_numpy()
                 step = pb_utils.get_output_tensor_by_name(response, steps.STEP.name)
-                if step is None or closed:
+                if step is None or outcome["closed"]:
                     continue
                 try:
                     if request.is_cancelled():
                         raise StreamClosed("the client closed the stream")
                     self._relay_progress(sender, response, step)
                 except Exception as reason:  # the client left, or its stream broke: stop the edit
-                    closed = True
+                    outcome["closed"] = True
                     self.cancel_board.cancel(token)
                     log.info("stopping the edit: %s", reason)
+
+        self._watch(token, request)
+        try:
+            # Watched: an engine whose process dies never answers (smartedit.ops.model_processes).
+            self.callees.wait(self.settings.engine_model, exchange,
+                              failed=lambda _: outcome["latents"] is None and outcome["error"] is not None)
         finally:
-            closed = self._unwatch(token) or closed
+            outcome["closed"] = self._unwatch(token) or outcome["closed"]
             self.cancel_board.forget(token)
+        latents, error, closed = outcome["latents"], outcome["error"], outcome["closed"]
         if closed:
             raise StreamClosed("the client closed the stream")
         if error is not None:

@@ -1,5 +1,5 @@
-"""``preprocess``: reserve the edit's place in the engine, validate the request, decode image and mask,
-tokenize, resolve parameters."""
+"""``preprocess``: record the edit as in flight (or refuse it while the server drains), reserve its
+place in the engine, validate the request, decode image and mask, tokenize, resolve parameters."""
 
 import json
 import uuid
@@ -10,12 +10,16 @@ from transformers import AutoTokenizer
 
 from smartedit import steps
 from smartedit.errors import RequestError
+from smartedit.ops.model_processes import Callees
+from smartedit.ops.server_state import ServerState
 from smartedit.parameters import resolve_parameters
 from smartedit.preprocessing import prepare_request
 from smartedit.settings import PreprocessSettings, parameters_of
 from smartedit.spec import PipelineInfo
 from smartedit.structured_log import model_logger, timed_stage
-from smartedit.triton_io import admission_call, internal_error, invalid_argument, optional_scalar, request_deadline
+from smartedit.triton_io import (
+    admission_call, internal_error, invalid_argument, optional_scalar, request_deadline, unavailable,
+)
 
 log = model_logger("preprocess")
 
@@ -26,37 +30,53 @@ class TritonPythonModel:
         self.settings = PreprocessSettings.parse(parameters_of(json.loads(args["model_config"])))
         self.info = PipelineInfo.load(version_dir / "pipeline.json")
         self.tokenizer = AutoTokenizer.from_pretrained(version_dir / "tokenizer")
+        self.state = ServerState.of_this_server()
+        self.callees = Callees(self.state)
 
     def execute(self, requests):
         return [self._prepare(request) for request in requests]
 
     def _prepare(self, request):
         request_id = request.request_id()
-        reservation = ""
+        deadline = request_deadline(request)
+        # The edit's token names it in the in-flight ledger until postprocess (or the scheduler step, on
+        # a failure) ends it, and its places in the engine. Recorded before the drain is checked: a drain
+        # that starts now either refuses this edit or waits for it (smartedit.ops.server_state).
+        token = uuid.uuid4().hex
+        self.state.begin(token, deadline)
+        reserved = False
         try:
             with timed_stage(log, request_id, "preprocess") as fields:
+                refusal = self.state.refusal()
+                if refusal is not None:
+                    fields.update(outcome="refused", error=refusal)
+                    self.state.end(token)
+                    return unavailable(refusal)
                 read = lambda name: optional_scalar(request, name)  # noqa: E731
                 params = resolve_parameters(read, self.settings)  # the scalars: cheap, checked first
                 if self.settings.admission_model:
                     # Before any decoding: a server at capacity refuses now, not after the work.
-                    reservation = uuid.uuid4().hex
-                    refusal = admission_call(self.settings.admission_model, steps.RESERVE, reservation, request_id,
-                                             places=params.num_images)
+                    refusal = admission_call(self.settings.admission_model, steps.RESERVE, token, request_id,
+                                             places=params.num_images, callees=self.callees)
                     if refusal is not None:
-                        reservation = ""
                         fields.update(outcome="refused", error=refusal.message())
+                        self.state.end(token)
                         return pb_utils.InferenceResponse(output_tensors=[], error=refusal)
+                    reserved = True
                 tensors, log_fields = prepare_request(read, self.tokenizer, self.info, self.settings,
-                                                      deadline=request_deadline(request), reservation=reservation,
-                                                      params=params)
+                                                      deadline=deadline, reservation=token, params=params)
                 fields.update(log_fields)
         except RequestError as error:
-            if reservation:
-                admission_call(self.settings.admission_model, steps.RELEASE, reservation, request_id)
+            self._abandon(token, reserved, request_id)
             return invalid_argument(error)
         except Exception as error:  # logged by the stage, with its traceback; the places go back at once
-            if reservation:
-                admission_call(self.settings.admission_model, steps.RELEASE, reservation, request_id)
+            self._abandon(token, reserved, request_id)
             return internal_error(f"preprocess failed: {error}")
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(spec.name, value)
                                                          for spec, value in tensors.items()])
+
+    def _abandon(self, token, reserved, request_id):
+        """The edit goes no further: its places go back to the engine, its ledger entry goes."""
+        if reserved:
+            admission_call(self.settings.admission_model, steps.RELEASE, token, request_id, callees=self.callees)
+        self.state.end(token)

@@ -9,7 +9,8 @@
   time, with a BLS call to ``unet`` every step; concurrent edits meet only in the UNet's batcher.
 
 Either way the loop stops when the caller's deadline passes (Triton does not tell a model inside an
-ensemble that its client went away, so the deadline is what reaches it).
+ensemble that its client went away, so the deadline is what reaches it). An edit that fails here
+ends the ensemble, so it leaves the server's in-flight ledger here (otherwise postprocess removes it).
 """
 
 import json
@@ -23,12 +24,17 @@ import triton_python_backend_utils as pb_utils
 
 from smartedit import steps
 from smartedit.denoise import EditInputs, decoder_input, run_to_end, start_denoising
+from smartedit.errors import ServiceInterrupted
+from smartedit.ops.model_processes import Callees
+from smartedit.ops.server_state import ServerState
 from smartedit.parameters import EditParameters
 from smartedit.scheduler_metrics import SchedulerMetrics
 from smartedit.settings import BATCHED, SchedulerSettings, parameters_of
 from smartedit.spec import UNET, VAE_ENCODER, PipelineInfo
 from smartedit.structured_log import model_logger, timed_stage
-from smartedit.triton_io import array, call_model, cancelled, error_of_response, internal_error
+from smartedit.triton_io import (
+    array, call_model, cancelled, error_of_response, internal_error, optional_scalar, unavailable,
+)
 
 log = model_logger("scheduler")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -39,7 +45,9 @@ class TritonPythonModel:
     def initialize(self, args):
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.settings = SchedulerSettings.parse(parameters_of(json.loads(args["model_config"])))
+        self.state = ServerState.of_this_server()
         if self.settings.engine == BATCHED:
+            self.callees = Callees(self.state)
             # One thread per edit in flight, each blocked in its BLS call while the engine works. (The
             # Python backend's async_exec runs the same blocking call on asyncio's default executor,
             # which has min(32, cores + 4) threads: 6 edits at a time on a 2-core machine.) Threads
@@ -69,28 +77,50 @@ class TritonPythonModel:
                 responses.append(self._denoise(request))
             except Exception as error:  # logged by the stage; one failed edit must not fail the others
                 responses.append(internal_error(f"denoising failed: {error}"))
+            if responses[-1].has_error():
+                self._end(request)
         return responses
+
+    def _end(self, request):
+        """The edit failed here, so no postprocess will end its ledger entry."""
+        token = optional_scalar(request, steps.RESERVATION.name)
+        self.state.end(token.decode() if token else "")
 
     # --- batched: forward to the engine -------------------------------------------------------------
 
     def _forward(self, request, sender):
+        answer = None
         try:
             engine_request = pb_utils.InferenceRequest(
                 model_name=self.settings.engine_model, inputs=request.inputs(), request_id=request.request_id(),
                 requested_output_names=[steps.LATENTS.name, steps.ERROR_CODE.name, steps.ERROR_MESSAGE.name])
-            answer = None
-            for response in engine_request.exec(decoupled=True):
-                error = error_of_response(response)
-                if error is not None:
-                    answer = pb_utils.InferenceResponse(output_tensors=[], error=error)
-                    continue
-                latents = pb_utils.get_output_tensor_by_name(response, steps.LATENTS.name)
-                if latents is not None:
-                    answer = pb_utils.InferenceResponse(output_tensors=[latents])
-            sender.send(answer or internal_error("the denoising engine ended the edit without an answer"), flags=FINAL)
+
+            def exchange():
+                final = None
+                for response in engine_request.exec(decoupled=True):
+                    error = error_of_response(response)
+                    if error is not None:
+                        final = pb_utils.InferenceResponse(output_tensors=[], error=error)
+                        continue
+                    latents = pb_utils.get_output_tensor_by_name(response, steps.LATENTS.name)
+                    if latents is not None:
+                        final = pb_utils.InferenceResponse(output_tensors=[latents])
+                return final
+
+            # Watched: an engine whose process dies never answers, and the edit would hang until its client
+            # gave up (smartedit.ops.model_processes).
+            answer = self.callees.wait(self.settings.engine_model, exchange,
+                                       failed=lambda final: final is None or final.has_error())
+            answer = answer or internal_error("the denoising engine ended the edit without an answer")
+        except ServiceInterrupted as error:
+            answer = unavailable(str(error))
         except Exception as error:
             log.exception("forwarding to the engine failed")
-            sender.send(internal_error(f"forwarding to the denoising engine failed: {error}"), flags=FINAL)
+            answer = internal_error(f"forwarding to the denoising engine failed: {error}")
+        finally:
+            if answer is None or answer.has_error():
+                self._end(request)
+            sender.send(answer, flags=FINAL)
 
     # --- per request: the loop runs here -------------------------------------------------------------
 

@@ -5,12 +5,14 @@ prepared by ``SamProcessor``, and encoded by ``sam_image_encoder`` (BLS) -- unle
 the cache, keyed by the content hash of the bytes sent, so that further clicks on one photo cost only
 ``sam_mask_decoder``. The prompt (clicks and/or a box) is mapped into the processor's frame, and the
 decoder's low-resolution logits are post-processed by ``SamProcessor`` back to the photo's size.
+While the server drains, a new request is refused (UNAVAILABLE); one in flight is waited for.
 """
 
 import hashlib
 import io
 import json
 import threading
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,11 +23,12 @@ from PIL import Image
 from transformers import SamProcessor
 
 from smartedit.errors import RequestError
+from smartedit.ops.server_state import ServerState
 from smartedit.photos import decode_image
 from smartedit.sam import PROCESSOR_FOLDER, SAM_DECODER, SAM_ENCODER, SAM_INFO_FILENAME, SamInfo, prompt_arrays
 from smartedit.settings import SegmentSettings, parameters_of
 from smartedit.structured_log import model_logger, timed_stage
-from smartedit.triton_io import call_model, internal_error, invalid_argument
+from smartedit.triton_io import call_model, internal_error, invalid_argument, request_deadline, unavailable
 from smartedit_client import _contract as wire
 
 log = model_logger("segment")
@@ -45,17 +48,27 @@ class TritonPythonModel:
         torch.set_num_threads(1)
         self._cache = OrderedDict()  # content hash -> (embeddings, original size, resized size), LRU
         self._lock = threading.Lock()
+        self.state = ServerState.of_this_server()
 
     def execute(self, requests):
         responses = []
         for request in requests:
+            token = uuid.uuid4().hex
+            self.state.begin(token, request_deadline(request))  # before the drain is checked
             try:
                 with timed_stage(log, request.request_id(), "segment") as fields:
-                    responses.append(self._segment(request, fields))
+                    refusal = self.state.refusal()
+                    if refusal is not None:
+                        fields.update(outcome="refused", error=refusal)
+                        responses.append(unavailable(refusal))
+                    else:
+                        responses.append(self._segment(request, fields))
             except RequestError as error:
                 responses.append(invalid_argument(error))
             except Exception as error:  # logged by the stage; this request fails alone
                 responses.append(internal_error(f"segmentation failed: {error}"))
+            finally:
+                self.state.end(token)
         return responses
 
     def _segment(self, request, fields):
