@@ -3,7 +3,7 @@
 #
 #   docker build -f docker/server.Dockerfile -t smartedit-server:0.1.0 .
 #
-# The Helm chart runs `tritonserver` from it (and `smartedit export` in its init container);
+# The Helm chart runs `smartedit serve` from it (and `smartedit export` in its init container);
 # docker-compose.yml runs docker/server-entrypoint.sh.
 
 # 24.10 = Triton 2.51, the server version the test suite runs (nvidia-pytriton 0.7.0).
@@ -32,9 +32,9 @@ RUN python3 -m pip install --no-cache-dir "torch==${TORCH_VERSION}" "tensorrt-cu
  && python3 -m pip install --no-cache-dir -e ./client -e . \
  && mkdir -p /models && chown 1000:1000 /models
 
-# What the chart and compose run must exist here: fail the build, not the rollout.
-RUN test -x /bin/sleep \
- && command -v tritonserver \
+# What the chart and compose run (smartedit serve, which runs tritonserver; smartedit drain, the preStop)
+# must exist here: fail the build, not the rollout.
+RUN command -v tritonserver \
  && command -v smartedit \
  && test -x /opt/smartedit/docker/server-entrypoint.sh \
  && python3 -c "import smartedit.export.repository, smartedit_client, tensorrt, diffusers, onnxruntime"

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from smartedit.server import (ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER, LOOPBACK, ServerAddress, ServerFailed,
-                              TlsFiles, TritonServer, default_work_dir, restriction_args)
+                              TlsFiles, TritonServer, default_work_dir, is_remote, restriction_args)
 
 log = logging.getLogger("smartedit")
 
@@ -165,7 +165,7 @@ def _tls(args) -> TlsFiles | None:
 def cmd_serve(args) -> int:
     from smartedit.ops.supervisor import TRITON_EXIT_TIMEOUT_S, Supervisor
 
-    repository = Path(args.model_repository)
+    repository = args.model_repository if is_remote(args.model_repository) else Path(args.model_repository)
     tls = _tls(args)
     address = server_address(args)
     if tls is not None and address.host != LOOPBACK:
@@ -177,6 +177,7 @@ def cmd_serve(args) -> int:
     server = TritonServer(repository, address, work_dir=work_dir, log_file=args.log_file, log_verbose=args.log_verbose,
                           tls=tls, model_control=True, exit_timeout_s=TRITON_EXIT_TIMEOUT_S,
                           admin_key=_admin_key(args, work_dir / f"server-{address.grpc_port}"))
+    server.extra_args += args.triton_arg
     supervisor = Supervisor(server, tls=tls, ready_timeout_s=args.ready_timeout, drain_timeout_s=args.drain_timeout)
     supervisor.install_signal_handlers()
 
@@ -285,7 +286,10 @@ def parser() -> argparse.ArgumentParser:
                             "stopped (default 300; new edits are refused at once)")
     serve.add_argument("--work-dir", default=None,
                        help="where the server's own files go (backend folder, readiness gate, admin key); default: "
-                            "a .triton folder beside the model repository")
+                            "a .triton folder beside the model repository (for s3:// or gs://, the temp folder)")
+    serve.add_argument("--triton-arg", action="append", default=[], metavar="ARG",
+                       help="one more tritonserver argument, e.g. --triton-arg=--log-info=false (repeatable; default: "
+                            "none)")
     _add_server_arguments(serve, 8001, 8000, 8002)
     serve.set_defaults(func=cmd_serve)
 

@@ -3,15 +3,16 @@
 Triton 2.51 never replaces a Python-backend stub that dies (server issues #7347, #8604): its model
 stays "ready", ``/v2/health/ready`` keeps answering 200, and every request to the model fails with
 "Stub process '<model>_0_0' is not healthy". Nothing Triton reports notices, so SmartEdit watches
-the stub processes themselves: ``smartedit serve`` restarts tritonserver when one dies, and the
-chart's readiness and liveness probes run this module, so that Kubernetes stops routing to the pod
-and restarts it.
+the stub processes themselves: ``smartedit serve`` replaces a model whose process died
+(smartedit.ops.supervisor), and the chart's readiness probe runs this module, so that Kubernetes
+stops routing to the pod until it has.
 
     python -m smartedit.health [--pid PID] [--state FILE] [--http-port 8000] [--ready | --live]
 
 The first run records the stubs of the server (the ``tritonserver`` process, or ``--pid``) in
-``--state``; every later run for the same server fails (exit 1, naming the model) if one of them
-is gone. Stdlib only: a probe starts a fresh interpreter every few seconds.
+``--state``; every later run for the same server fails (exit 1, naming the model) while a model has
+fewer live processes than were recorded (a replaced process counts as alive). Stdlib only: a probe
+starts a fresh interpreter every few seconds.
 """
 
 from __future__ import annotations

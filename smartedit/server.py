@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -49,8 +50,16 @@ class TlsFiles:
     key: Path
 
 
-def default_work_dir(repository: Path) -> Path:
-    """Where a server's backend folder (and ``smartedit serve``'s admin key) go: beside the repository."""
+def is_remote(repository: Path | str) -> bool:
+    """An object-storage repository (s3://, gs://, as://) that tritonserver reads itself."""
+    return "://" in str(repository)
+
+
+def default_work_dir(repository: Path | str) -> Path:
+    """Where a server's own files go (its backend folder, gate, admin key): beside a local repository, in
+    the temp folder for a remote one."""
+    if is_remote(repository):
+        return Path(tempfile.gettempdir()) / "smartedit"
     return Path(repository).resolve().parent / ".triton"
 
 
@@ -136,6 +145,31 @@ def pytriton_dir() -> Path:
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How to run the tritonserver of this machine: its binary, its backends folder (None: its own), and
+    the environment it needs."""
+
+    binary: Path
+    backends: Path | None
+    environment: dict
+
+
+def local_launch(work_dir: Path) -> Launch:
+    """The wheel's tritonserver (nvidia-pytriton) when installed; else the one on PATH, as in the NGC
+    Triton image the server image is built on (its backends and libraries where it expects them)."""
+    try:
+        import pytriton  # noqa: F401
+    except ImportError:
+        binary = shutil.which("tritonserver")
+        if binary is None:
+            pytriton_dir()  # raises, saying what to install
+        environment = dict(os.environ)
+        environment.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
+        return Launch(Path(binary), None, environment)
+    return Launch(pytriton_dir() / "bin" / "tritonserver", backend_dir(work_dir), server_environment())
+
+
 def backend_dir(work_dir: Path) -> Path:
     """A backends folder whose ``python`` backend uses the stub built for this interpreter."""
     source = pytriton_dir()
@@ -154,6 +188,9 @@ def backend_dir(work_dir: Path) -> Path:
     return work_dir / "backends"
 
 
+MMAP_THRESHOLD = 1 << 20  # see server_environment
+
+
 def server_environment() -> dict[str, str]:
     env = dict(os.environ)
     venv_bin = str(Path(sys.executable).parent)
@@ -167,17 +204,18 @@ def server_environment() -> dict[str, str]:
     # photo-sized buffer of tritonserver and the model processes came from the heap and stayed there.
     # A fixed 1 MB threshold keeps large buffers in their own mappings, returned when freed
     # (benchmarks/memory.py: retained memory after a burst of 6000x4000 edits down by about a third).
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
     return env
 
 
-def server_command(repositories: list[Path], address: ServerAddress, backends: Path,
-                   log_verbose: int = 0, extra_args: list[str] | None = None) -> list[str]:
-    command = [str(pytriton_dir() / "bin" / "tritonserver")]
+def server_command(repositories: list[Path], address: ServerAddress, backends: Path | None,
+                   log_verbose: int = 0, extra_args: list[str] | None = None, binary: Path | None = None) -> list[str]:
+    command = [str(binary or pytriton_dir() / "bin" / "tritonserver")]
     for repository in repositories:
-        command.append(f"--model-repository={Path(repository).resolve()}")
+        command.append(f"--model-repository={repository if is_remote(repository) else Path(repository).resolve()}")
+    if backends is not None:
+        command.append(f"--backend-directory={backends}")
     command += [
-        f"--backend-directory={backends}",
         f"--http-address={address.http_host or address.host}",
         f"--http-port={address.http_port}",
         f"--grpc-address={address.host}",
@@ -212,6 +250,7 @@ class TritonServer:
         (``smartedit.ops.model_control``), so that single models can be replaced and readiness held
         down. ``exit_timeout_s``: how long tritonserver waits for requests (and HTTP connections) once
         told to stop (Triton's default: 30)."""
+        # A remote repository stays a string: Path() would fold "s3://" into "s3:/".
         self.repositories = [repositories] if isinstance(repositories, (str, Path)) else list(repositories)
         self.address = address
         self.admin_key = admin_key
@@ -232,24 +271,25 @@ class TritonServer:
 
     def start(self) -> "TritonServer":
         for repository in self.repositories:
-            if not Path(repository).is_dir():
+            if not is_remote(repository) and not Path(repository).is_dir():
                 raise ServerFailed(f"model repository {repository} does not exist; run the export first")
         # Triton would find a busy port only after loading every model, and say only "exit code 1".
         self.address.check_free()
-        backends = backend_dir(self.work_dir)
+        launch = local_launch(self.work_dir)
         if self.model_control_mode:
             from smartedit.ops.model_control import write_gate_repository
 
             # A folder per server: two servers on one repository must not share a gate.
             self.gate_repository = write_gate_repository(self.server_dir)
         repositories = self.repositories + ([self.gate_repository] if self.gate_repository else [])
-        command = server_command(repositories, self.address, backends, self.log_verbose, self.extra_args)
+        command = server_command(repositories, self.address, launch.backends, self.log_verbose, self.extra_args,
+                                 binary=launch.binary)
         if self.log_file is not None:
             Path(self.log_file).parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = open(self.log_file, "ab")
         log.info("starting %s", " ".join(_hide_key(part) for part in command))
         self.process = subprocess.Popen(
-            command, env=server_environment(), stdout=self._log_handle, stderr=subprocess.STDOUT,
+            command, env=launch.environment, stdout=self._log_handle, stderr=subprocess.STDOUT,
             # Its own process group, so a Ctrl-C in the terminal reaches us, and we stop it in order.
             start_new_session=True)
         return self
@@ -361,7 +401,9 @@ class _LoadProgress:
 
     def __init__(self, log_file: Path | None, repositories: list[Path]):
         self._log_file, self._offset, self._loaded = log_file, 0, 0
-        self._total = sum(1 for repository in repositories for config in Path(repository).glob("*/config.pbtxt"))
+        # Models of a remote repository cannot be counted here: then each is reported without a total.
+        self._total = None if any(is_remote(r) for r in repositories) else sum(
+            1 for repository in repositories for config in Path(repository).glob("*/config.pbtxt"))
         if log_file is not None and Path(log_file).exists():
             self._offset = Path(log_file).stat().st_size  # an appended log: only this start's lines
 
@@ -379,7 +421,8 @@ class _LoadProgress:
         for line in text[:complete].decode(errors="replace").splitlines():
             if (loaded := self._LOADED.search(line)) is not None:
                 self._loaded += 1
-                log.info("model %s loaded (%d of %d)", loaded.group(1), self._loaded, self._total)
+                of = f" of {self._total}" if self._total else ""
+                log.info("model %s loaded (%d%s)", loaded.group(1), self._loaded, of)
             elif (failed := self._FAILED.search(line)) is not None:
                 log.error("model %s failed to load: %s", failed.group(1), failed.group(2))
 

@@ -125,7 +125,7 @@ def test_entrypoint_is_copied_into_the_image_and_executable(image):
 
 def test_server_build_checks_what_the_chart_and_compose_run():
     checks = " ".join(instructions(DOCKERFILES["server"], "RUN"))
-    for needed in ("test -x /bin/sleep", "command -v tritonserver", "command -v smartedit",
+    for needed in ("command -v tritonserver", "command -v smartedit",
                    "test -x /opt/smartedit/docker/server-entrypoint.sh"):
         assert needed in checks
 
@@ -136,25 +136,44 @@ def test_server_entrypoint_is_valid_sh_and_its_commands_are_accepted():
     subprocess.run(["sh", "-n", str(ENTRYPOINT)], check=True)
     text = ENTRYPOINT.read_text()
     smartedit_parser().parse_args(["export", "--profile", "onnx-gpu", "--model", "some/model", "--out", "/models/r"])
-    exec_line = text[text.index("exec tritonserver"):]
-    flags = [word.rstrip("\\").strip() for word in exec_line.split() if word.startswith("--")]
-    assert_tritonserver_accepts(flags)
-    # The admin APIs are restricted as smartedit serve restricts them.
-    from smartedit.server import RESTRICTED_APIS
+    # It runs smartedit serve (which drains on docker stop), on all interfaces, with the admin APIs restricted
+    # unless asked not to: the key comes from $SMARTEDIT_ADMIN_KEY, which serve reads.
+    exec_line = text[text.index("exec smartedit serve"):]
+    names = [word.split("=", 1)[0] for word in exec_line.split() if word.startswith("--")]
+    # The values are shell expansions: each flag is parsed with the value it takes by default.
+    samples = {"--model-repository": "/models/model_repository", "--host": "0.0.0.0", "--drain-timeout": "300",
+               "--work-dir": "/models/.triton"}
+    assert sorted(names) == sorted(samples), names
+    serve = smartedit_parser().parse_args(["serve", *(f"{name}={samples[name]}" for name in names), "--no-restrict"])
+    assert serve.func.__name__ == "cmd_serve"
+    assert "--host=0.0.0.0" in exec_line and '--drain-timeout="${SMARTEDIT_EXIT_TIMEOUT_SECONDS:-300}"' in exec_line
+    from smartedit.__main__ import ADMIN_KEY_ENV
 
-    assert f"APIS={','.join(RESTRICTED_APIS)}\n" in text
-    restricting = re.findall(r'"(--[a-z-]+)=\$APIS', text)
-    assert sorted(restricting) == ["--grpc-restricted-protocol", "--http-restricted-api"]
-    assert_tritonserver_accepts(restricting)
+    assert f"export {ADMIN_KEY_ENV}" in text and 'RESTRICT="--no-restrict"' in text
 
 
 @pytest.mark.parametrize("value_set", ["defaults", "cpu", "s3"])
 def test_chart_commands_are_accepted_by_the_programs_they_run(value_set):
     objects = render(value_set)
-    assert_tritonserver_accepts(server_container(objects)["args"])
+    container = server_container(objects)
+    serve = smartedit_parser().parse_args(container["command"][1:] + container["args"])
+    assert serve.func.__name__ == "cmd_serve"
+    assert_tritonserver_accepts([arg.split("=", 1)[0] for arg in serve.triton_arg])
+    smartedit_parser().parse_args(container["lifecycle"]["preStop"]["exec"]["command"][1:])
     for init in pod_spec(objects).get("initContainers", []):
         assert init["command"][0] == "smartedit"
         smartedit_parser().parse_args(init["command"][1:] + init["args"])
+
+
+def test_every_tritonserver_option_smartedit_serve_passes_is_accepted():
+    from smartedit.server import ServerAddress, restriction_args, server_command
+
+    command = server_command(["/models/model_repository", "s3://bucket/repository"], ServerAddress(),
+                             Path("/tmp/backends"), extra_args=restriction_args("key") + [
+                                 "--model-control-mode=explicit", "--load-model=*", "--exit-timeout-secs=5"],
+                             binary=Path("tritonserver"))
+    assert "--model-repository=s3://bucket/repository" in command  # a URI is kept as it is
+    assert_tritonserver_accepts([arg.split("=", 1)[0] for arg in command[1:]])
 
 
 # --- docker-compose.yml ---------------------------------------------------------------------------
@@ -169,8 +188,9 @@ def test_compose_brings_up_a_gpu_server_and_a_smoke_client_that_waits_for_it():
     assert smoke["depends_on"]["server"]["condition"] == "service_healthy"
     assert "/v2/health/ready" in " ".join(server["healthcheck"]["test"])
     assert {p.split(":")[1].split()[0] for p in server["ports"]} == {"8000", "8001", "8002"}
-    # Compose kills after stop_grace_period: it must outlast the server's drain (300 s default).
-    assert int(server["stop_grace_period"].rstrip("s")) > 300
+    # Compose kills after stop_grace_period: it must outlast the server's drain (300 s by default, then up to
+    # 15 s for the answers of edits it stopped) and tritonserver's stop.
+    assert int(server["stop_grace_period"].rstrip("s")) > 300 + 45
 
 
 def test_compose_smoke_command_is_accepted_by_the_load_test_runner():

@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "smartedit"
 VALUES = ROOT / "helm" / "values"
 ADAPTER_VALUES = ROOT / "helm" / "prometheus-adapter-values.yaml"
-SERVER_DOCKERFILE = ROOT / "docker" / "server.Dockerfile"
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1", "ScaledObject")}
 VALUE_SETS = ["defaults"] + sorted(path.stem for path in VALUES.glob("*.yaml"))
@@ -149,9 +148,9 @@ def test_probes_use_triton_health_endpoints_and_check_every_model_process():
     container = server_container(render())
     assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     readiness = container["readinessProbe"]["exec"]["command"]
-    liveness = container["livenessProbe"]["exec"]["command"]
     assert readiness == ["python3", "-m", "smartedit.health", "--ready", "--http-port", "8000"]
-    assert liveness == ["python3", "-m", "smartedit.health", "--live", "--http-port", "8000"]
+    # A dead model process is smartedit serve's to replace: liveness asks only whether Triton answers.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     with pytest.raises(SystemExit) as shown:  # the module's own parser takes these arguments
         health_main([*readiness[3:], "--help"])
     assert shown.value.code == 0
@@ -177,15 +176,22 @@ def test_pods_run_non_root_with_a_read_only_root_filesystem(value_set):
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"  # Python backend tensors
 
 
-def test_graceful_shutdown_prestop_really_runs_and_the_grace_period_covers_the_drain():
+def test_the_pod_drains_before_it_stops_and_the_grace_period_covers_the_drain():
+    from smartedit.__main__ import parser
+
     objects = render()
     spec, container = pod_spec(objects), server_container(objects)
-    command = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "/bin/sleep" and int(command[1]) > 0
-    # The binary is checked to exist in the image when it is built.
-    assert "test -x /bin/sleep" in SERVER_DOCKERFILE.read_text()
-    drain = int(command[1]) + int(arg_value(container, "exit-timeout-secs"))
-    assert spec["terminationGracePeriodSeconds"] > drain
+    assert container["command"] == ["smartedit", "serve"]  # drains on SIGTERM, replaces dead model processes
+    drain_timeout = int(arg_value(container, "drain-timeout"))
+    assert drain_timeout == 300
+    prestop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert prestop[:2] == ["smartedit", "drain"]
+    drain = parser().parse_args(prestop[1:])  # the command's own parser takes it
+    assert drain.func.__name__ == "cmd_drain" and drain.wait > drain_timeout
+    # The drain (its timeout, then 15 s for the answers of the edits it stopped) and the stop must fit.
+    assert spec["terminationGracePeriodSeconds"] > drain_timeout + 45
+    longer = server_container(render("defaults", "triton.exitTimeoutSeconds=600", "terminationGracePeriodSeconds=700"))
+    assert arg_value(longer, "drain-timeout") == "600"
 
 
 def test_rolling_updates_never_take_a_serving_pod_away_first():
@@ -248,17 +254,29 @@ def test_build_source_exports_in_an_init_container_into_the_served_volume():
 def test_admin_apis_are_restricted_by_default_with_a_key_from_a_generated_secret():
     from smartedit.server import ADMIN_KEY_HEADER, RESTRICTED_APIS
 
+    from smartedit.__main__ import ADMIN_KEY_ENV, _admin_key, parser
+
     objects = render()
     container = server_container(objects)
-    expected = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}=$(SMARTEDIT_ADMIN_KEY)"  # as smartedit serve does
-    assert arg_value(container, "grpc-restricted-protocol") == expected
-    assert arg_value(container, "http-restricted-api") == expected
-    env = next(e for e in container["env"] if e["name"] == "SMARTEDIT_ADMIN_KEY")
+    # smartedit serve restricts the admin APIs with the key it finds in $SMARTEDIT_ADMIN_KEY.
+    serve = parser().parse_args(container["command"][1:] + container["args"])
+    assert not serve.no_restrict and serve.admin_key_file is None
+    env = next(e for e in container["env"] if e["name"] == ADMIN_KEY_ENV)
     assert env["valueFrom"]["secretKeyRef"] == {"name": "t-smartedit-admin-key", "key": "admin-key"}
     secret = only(objects, "Secret")
     assert secret["metadata"]["name"] == "t-smartedit-admin-key"
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert len(base64.b64decode(secret["data"]["admin-key"])) == 40
+    key = base64.b64decode(secret["data"]["admin-key"]).decode()
+    assert len(key) == 40
+    os.environ[ADMIN_KEY_ENV] = key
+    try:
+        assert _admin_key(serve, Path("/nonexistent")) == key  # read, not written anywhere
+    finally:
+        del os.environ[ADMIN_KEY_ENV]
+    from smartedit.server import restriction_args
+
+    assert restriction_args(key) == [f"--grpc-restricted-protocol={','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={key}",
+                                     f"--http-restricted-api={','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={key}"]
 
 
 def test_admin_key_from_an_existing_secret_or_no_restriction_when_asked():
@@ -268,7 +286,7 @@ def test_admin_key_from_an_existing_secret_or_no_restriction_when_asked():
     assert not [o for o in objects if o["kind"] == "Secret"]  # the chart makes none of its own
     open_objects = render("defaults", "triton.adminKey.restrict=false")
     container = server_container(open_objects)
-    assert not [a for a in container["args"] if "restricted" in a]
+    assert "--no-restrict" in container["args"]
     assert all(e["name"] != "SMARTEDIT_ADMIN_KEY" for e in container["env"])
 
 
@@ -363,7 +381,7 @@ def test_notes_say_how_to_call_the_service(tmp_path):
     ("unknown-profile", 'runtimeProfile: runtimeProfile must be one of the following: "tensorrt", "onnx-gpu", "onnx-cpu"'),
     ("bad-storage-uri", "modelRepository.objectStorage.uri: Does not match pattern"),
     ("typo-key", "Additional property autoscalling is not allowed"),
-    ("grace-too-short", "terminationGracePeriodSeconds (60) must exceed preStopSleepSeconds + triton.exitTimeoutSeconds (315)"),
+    ("grace-too-short", "terminationGracePeriodSeconds (60) must exceed triton.exitTimeoutSeconds + 45 (345)"),
 ])
 def test_bad_values_are_rejected_with_a_message_naming_the_value(bad_file, fragment):
     path = VALUES / "invalid" / f"{bad_file}.yaml"

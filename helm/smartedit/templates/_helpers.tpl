@@ -57,9 +57,11 @@ sum(rate(smartedit_scheduler_queue_wait_seconds_sum{namespace="{{ .Release.Names
 
 {{/* Cross-field checks the JSON schema cannot express; each fails with the values to change. */}}
 {{- define "smartedit.validate" -}}
-{{- $drain := add .Values.preStopSleepSeconds .Values.triton.exitTimeoutSeconds -}}
+{{- /* The drain waits up to triton.exitTimeoutSeconds for the edits in flight, then up to 15 s for the
+     answers of those it stopped; stopping tritonserver takes up to 30 s more. */ -}}
+{{- $drain := add .Values.triton.exitTimeoutSeconds 45 -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int $drain) -}}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed preStopSleepSeconds + triton.exitTimeoutSeconds (%v), or Kubernetes kills in-flight edits" .Values.terminationGracePeriodSeconds $drain) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed triton.exitTimeoutSeconds + 45 (%v): the drain, then the stop; or Kubernetes kills edits in flight" .Values.terminationGracePeriodSeconds $drain) -}}
 {{- end -}}
 {{- if and (eq .Values.modelRepository.source "objectStorage") (not .Values.modelRepository.objectStorage.uri) -}}
 {{- fail "modelRepository.objectStorage.uri is required when modelRepository.source is objectStorage (s3://... or gs://...)" -}}
