@@ -101,7 +101,27 @@ def test_json_with_base64_images_returns_every_image(gateway_url, client, tmp_pa
     assert answer["request_id"] == "gateway-json-0001" == headers.get("X-Request-Id")
     expected = client.inpaint(image=image, mask_image=mask, num_images=2, task="remove", **EDIT)
     assert [base64.b64decode(i["png_base64"]) for i in answer["images"]] == [i.png for i in expected.images]
-    assert [i["seed"] for i in answer["images"]] == [21, 22] and answer["images"][1]["parameters"]["parameters"]["seed"] == 22
+    # Seeds as strings: JavaScript's numbers would round a 64-bit seed.
+    assert [i["seed"] for i in answer["images"]] == ["21", "22"] and answer["images"][1]["parameters"]["parameters"]["seed"] == "22"
+
+
+def test_a_64_bit_seed_travels_as_a_string_of_digits_both_ways(gateway_url, client, tmp_path):
+    image, mask = _files(tmp_path, seed=6)
+    seed = "7899758643369034638"  # past 2^53
+    expected = client.inpaint(image=image, mask_image=mask, **dict(EDIT, seed=int(seed))).png
+    body = {"image": base64.b64encode(png_bytes(image)).decode(), "mask_image": base64.b64encode(png_bytes(mask)).decode(),
+            **EDIT, "seed": seed}
+    status, headers, raw = _post_json(gateway_url + "/edit/inpaint", body, {"Accept": "application/json"})
+    assert status == 200, raw
+    answer = json.loads(raw)["images"][0]
+    assert answer["seed"] == seed == answer["parameters"]["parameters"]["seed"] == headers.get("X-Seed")
+    assert base64.b64decode(answer["png_base64"]) == expected
+    run = subprocess.run(["curl", "-sS", "-F", f"image=@{tmp_path / 'image.png'}", "-F", f"mask_image=@{tmp_path / 'mask.png'}",
+                          *sum((["-F", f"{k}={v}"] for k, v in dict(EDIT, seed=seed).items()), []),
+                          f"{gateway_url}/edit/inpaint", "-o", str(tmp_path / "out.png")], capture_output=True, timeout=120)
+    assert run.returncode == 0 and (tmp_path / "out.png").read_bytes() == expected
+    status, _, raw = _post_json(gateway_url + "/edit/inpaint", dict(body, seed="7e3"))
+    assert status == 400 and json.loads(raw)["field"] == "seed", raw
 
 
 @pytest.mark.parametrize("fields,status,field,fragment", [
@@ -221,7 +241,14 @@ def test_openapi_and_docs_describe_every_parameter(gateway_url):
     schema = spec["paths"]["/edit/inpaint"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert {"image", "mask_image", "prompt", "task", "num_images", "mask_blur", "eta"} <= set(schema["properties"])
     assert schema["properties"]["num_images"]["maximum"] == 8
-    assert b"swagger" in urllib.request.urlopen(gateway_url + "/docs", timeout=10).read().lower()
+    segment = spec["paths"]["/segment"]["post"]["requestBody"]["content"]
+    assert {"image", "points", "box"} <= set(segment["multipart/form-data"]["schema"]["properties"])
+    assert segment["application/json"]["schema"]["required"] == ["image"]
+    # The documentation pages load their scripts from the gateway itself (tests/test_offline_docs.py renders them).
+    for page, script in (("/docs", "docs-assets/swagger-ui/swagger-ui-bundle.js"), ("/redoc", "docs-assets/redoc/redoc.standalone.js")):
+        html = urllib.request.urlopen(gateway_url + page, timeout=10).read().decode()
+        assert f'src="{script}"' in html and "https://" not in html
+        assert urllib.request.urlopen(f"{gateway_url}/{script}", timeout=10).status == 200
     info = json.loads(urllib.request.urlopen(gateway_url + "/info", timeout=30).read())
     assert "remove" in info["tasks"] and info["parameters"]["num_images"]["maximum"] == 8
 

@@ -6,10 +6,13 @@
     POST /segment               click-to-mask: image + points and/or box -> mask PNG (Segment Anything)
     GET  /health                200 only while Triton and the model are ready
     GET  /info                  what the server offers (the SDK's ``server_info``)
-    GET  /docs, /openapi.json   the API's documentation
+    GET  /docs, /redoc          the API's documentation (Swagger UI, ReDoc: files the gateway ships)
+    GET  /openapi.json          the API's OpenAPI document
     GET  /                      the browser editor (static/)
 
 Errors are JSON ``{"field": ..., "message": ...}`` with 400 / 413 / 415 / 429 / 502 / 503 / 504.
+Seeds in JSON answers are strings of digits (``"seed": "7899758643369034638"``): seeds are 64-bit, and
+JavaScript's numbers (and many JSON libraries') lose integers past 2^53.
 """
 
 from __future__ import annotations
@@ -22,12 +25,10 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smartedit_client import (
@@ -35,12 +36,12 @@ from smartedit_client import (
 )
 from smartedit_gateway import logs
 from smartedit_gateway.errors import GatewayError, from_sdk
-from smartedit_gateway.forms import STREAM_FIELDS, openapi_schema, read_edit, read_segment
+from smartedit_gateway.forms import STREAM_FIELDS, openapi_schema, read_edit, read_segment, segment_openapi_schema
 from smartedit_gateway.limits import RequestSizeLimit
+from smartedit_gateway.pages import add_pages
 
 log = logging.getLogger("smartedit.gateway")
 REQUEST_ID_HEADER = "X-Request-Id"
-STATIC = Path(__file__).resolve().parent / "static"  # the browser editor
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,18 @@ def _wants_json(request: Request) -> bool:
     return "application/json" in accept and "image/png" not in accept
 
 
+def _seed_as_string(record: dict | None) -> dict | None:
+    """An image's record (the PNG's ``smartedit`` JSON) with its seed as a string, like the answer's."""
+    if not record or not isinstance(record.get("parameters"), dict) or record["parameters"].get("seed") is None:
+        return record
+    return {**record, "parameters": {**record["parameters"], "seed": str(record["parameters"]["seed"])}}
+
+
 def result_json(result: InpaintResult) -> dict:
+    # Seeds as strings: a browser's JSON.parse would round 7899758643369034638 to 7899758643369035000.
     return {"request_id": result.request_id, "elapsed_s": round(result.elapsed_s, 3),
-            "images": [{"seed": image.seed_used, "png_base64": base64.b64encode(image.png).decode(),
-                        "parameters": image.parameters} for image in result.images]}
+            "images": [{"seed": str(image.seed_used), "png_base64": base64.b64encode(image.png).decode(),
+                        "parameters": _seed_as_string(image.parameters)} for image in result.images]}
 
 
 def _sse(event: str, data: dict) -> bytes:
@@ -76,9 +85,12 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
         yield
         await app.state.client.close()
 
-    app = FastAPI(title="SmartEdit", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="SmartEdit", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Diffusion image editing: inpainting, object removal, background replacement. "
-                              "Every parameter is the gRPC wire contract's, with the same name.")
+                              "Every parameter is the gRPC wire contract's, with the same name. Seeds in JSON "
+                              "answers are strings of digits (64-bit seeds do not fit JavaScript's numbers); "
+                              "a seed may be sent as a number or as such a string.")
+    add_pages(app, "SmartEdit")  # /, /docs, /redoc: from the gateway's own files
 
     @app.middleware("http")
     async def request_id_and_log(request: Request, call_next):
@@ -112,7 +124,8 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
 
     @app.post("/edit/inpaint", openapi_extra={"requestBody": openapi_schema()},
               responses={200: {"content": {"image/png": {}, "application/json": {}},
-                               "description": "the edited PNG (X-Seed header), or JSON with every image"}})
+                               "description": "the edited PNG (X-Seed header), or JSON with every image "
+                                              "(seeds as strings of digits)"}})
     async def edit_inpaint(request: Request):
         """One edit: ``image`` and ``mask_image`` plus the wire contract's parameters. ``image/png`` back
         (the first image; ``X-Seed`` its seed), or with ``Accept: application/json`` every image as base64."""
@@ -160,8 +173,9 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @app.post("/segment", responses={200: {"content": {"image/png": {}, "application/json": {}},
-                                           "description": "the mask PNG (X-Score header), or JSON"}})
+    @app.post("/segment", openapi_extra={"requestBody": segment_openapi_schema()},
+              responses={200: {"content": {"image/png": {}, "application/json": {}},
+                               "description": "the mask PNG (X-Score header), or JSON"}})
     async def segment(request: Request):
         """Click-to-mask (Segment Anything): ``image`` plus ``points`` ([[x, y, label], ...], label 1 =
         on the object, 0 = background) and/or ``box`` ([x0, y0, x1, y1]), as multipart (points and box
@@ -178,13 +192,6 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
             return JSONResponse({"request_id": result.request_id, "score": result.score,
                                  "png_base64": base64.b64encode(result.png).decode()}, headers={"X-Score": score})
         return Response(result.png, media_type="image/png", headers={"X-Score": score})
-
-    @app.get("/", include_in_schema=False)
-    async def editor():
-        """The browser editor (static files; no build step)."""
-        return FileResponse(STATIC / "index.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health")
     async def health(request: Request):

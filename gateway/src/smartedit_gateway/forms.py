@@ -55,8 +55,11 @@ def _typed(spec: wire.WireTensor, value: Any, from_text: bool) -> Any:
     if kind.startswith("INT"):
         if isinstance(value, bool):
             raise _bad(name, f"must be an integer, got {value!r}")
+        # In JSON too a 64-bit value (the seed) may come as a string of digits: JavaScript's numbers lose
+        # integers past 2^53, so a browser can only send such a seed as text.
+        as_text = isinstance(value, str) and (from_text or kind == "INT64")
         try:
-            number = int(value.strip()) if from_text and isinstance(value, str) else value
+            number = int(value.strip()) if as_text else value
         except ValueError:
             raise _bad(name, f"must be an integer, got {value!r:.40}") from None
         if not isinstance(number, int):
@@ -148,7 +151,8 @@ async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -
 def openapi_schema(with_stream_fields: bool = False) -> dict:
     """The request body's OpenAPI description, from the contract: one schema per body type."""
     kinds = {"BYTES": {"type": "string"}, "BOOL": {"type": "boolean"}, "INT32": {"type": "integer"},
-             "INT64": {"type": "integer"}, "FP32": {"type": "number"}}
+             # a string of digits too: see _typed
+             "INT64": {"type": ["integer", "string"], "pattern": "^-?[0-9]+$"}, "FP32": {"type": "number"}}
     properties = {}
     for spec in wire.PARAMETERS + (STREAM_FIELDS if with_stream_fields else ()):
         schema = dict(kinds[spec.datatype], description=spec.meaning)
@@ -217,3 +221,23 @@ async def read_segment(request: Request) -> SegmentForm:
     if box is not None and not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
         raise _bad("box", "must be [x0, y0, x1, y1]")
     return SegmentForm(image_bytes, points, box)
+
+
+def segment_openapi_schema() -> dict:
+    """/segment's request body in OpenAPI: what ``read_segment`` takes, in either body type."""
+    points_doc = "clicks [[x, y, label], ...] in the photo's pixels; label 1 = on the object, 0 = background"
+    box_doc = "[x0, y0, x1, y1] around the object, in the photo's pixels"
+    image_doc = "the photo: PNG, JPEG or WebP"
+    point = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 3}
+    box = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
+    multipart = {"image": {"type": "string", "format": "binary", "description": image_doc},
+                 "points": {"type": "string", "description": f"JSON text: {points_doc}", "example": "[[120, 80, 1]]"},
+                 "box": {"type": "string", "description": f"JSON text: {box_doc}", "example": "[40, 30, 200, 160]"}}
+    as_json = {"image": {"type": "string", "format": "byte", "description": f"base64: {image_doc}"},
+               "points": {"type": "array", "items": point, "description": points_doc},
+               "box": dict(box, description=box_doc)}
+    meaning = "at least one of points and box"
+    return {"required": True, "description": meaning, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": multipart}},
+        "application/json": {"schema": {"type": "object", "required": ["image"], "properties": as_json}},
+    }}
