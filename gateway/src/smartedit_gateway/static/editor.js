@@ -1,199 +1,576 @@
-// SmartEdit's browser editor: one page, no build step. It talks to the gateway it is served by
-// (relative URLs, so it also works under an Ingress path prefix):
+// SmartEdit's browser editor: one page, no build step, nothing loaded from elsewhere. It talks to the
+// gateway it is served by (relative URLs, so it also works under an Ingress path prefix):
+//   GET  info                what the server offers: samplers, defaults, the photo size limits
 //   POST segment             clicks / a box -> the object's mask (Segment Anything)
 //   POST edit/inpaint/stream the edit as Server-Sent Events: progress, previews, the result
-//   GET  info                what the server offers (shown in the header)
+//
+// Seeds are strings from the form to the download's name: they are 64-bit, and a JavaScript number
+// holds integers exactly only up to 2^53 (7899758643369034638 would become 7899758643369035000).
+//
+// The mask is painted on a canvas of the displayed size, not the photo's: on a 24 MP photo every
+// stroke would otherwise redraw and re-read 96 MB. It is scaled to the photo's size once, when sent.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const stage = $("stage");
-const context = stage.getContext("2d");
-const mask = document.createElement("canvas"); // the photo's size: white = repaint
-const maskContext = mask.getContext("2d");
+const stageContext = stage.getContext("2d");
+const mask = document.createElement("canvas"); // the stage's size; painted = white and opaque, else transparent
+const maskContext = mask.getContext("2d", { willReadFrequently: true }); // read back for counts and undo
+const tint = document.createElement("canvas"); // scratch for the coloured overlay
+const tintContext = tint.getContext("2d");
+
+const DISPLAY_SIDE = 1024; // the painting canvas's longest side, at most
+const UNDO_DEPTH = 30;
+const INT64_MAX = 9223372036854775807n; // the seed's wire type (a BigInt: no number holds a seed)
+const ACCEPTED = "a PNG, JPEG or WebP image";
+const EDIT_FIELDS = ["task", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength",
+                     "scheduler", "seed", "mask_grow", "mask_blur", "preview_every"];
+
+const TASKS = {
+  inpaint: {
+    hint: "Paint the area to repaint, then describe what should be there.",
+    placeholder: "what to paint in the area",
+    overlay: "repaint",
+  },
+  remove: {
+    hint: "Paint over the object to remove; the prompt may stay empty.",
+    placeholder: "optional: what should be behind it",
+    overlay: "repaint",
+  },
+  replace_background: {
+    hint: "Paint the subject to keep (green); everything else is replaced by what the prompt describes.",
+    placeholder: "the new background, e.g. a sunny beach",
+    overlay: "keep",
+  },
+};
 
 const state = {
-  photo: null, // ImageBitmap
-  photoBlob: null,
+  info: null, // GET info, or null while unknown
+  photo: null, // {blob, name, width, height, view: ImageBitmap at the stage's size}
+  result: null, // history entry shown as the result
+  view: "empty", // "mask": painting on the photo; "result": before / after
   tool: "paint",
-  painting: false,
+  stroke: null, // the last point of the stroke being painted, in stage pixels
   clicks: [], // [x, y, label] in the photo's pixels
+  box: null, // [x0, y0, x1, y1] in the photo's pixels
   boxStart: null,
-  box: null,
+  exactMask: null, // a photo-sized PNG to send as it is (a segmentation's, a reloaded edit's) until the mask changes
+  undo: [],
+  redo: [],
+  running: null, // the AbortController of the edit in progress
   history: [],
+  split: 0.5, // the before / after divider, as a fraction of the width
 };
+
+// ---------------------------------------------------------------- messages
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
 }
 
-function scale() {
-  return stage.width / state.photo.width;
+function labelOf(field) {
+  const input = $(field);
+  const label = input && input.closest("label");
+  return label ? label.firstChild.textContent.trim() : field;
 }
 
-function photoPoint(event) {
-  const rect = stage.getBoundingClientRect();
-  const x = ((event.clientX - rect.left) * stage.width) / rect.width / scale();
-  const y = ((event.clientY - rect.top) * stage.height) / rect.height / scale();
-  return [Math.max(0, Math.min(state.photo.width, x)), Math.max(0, Math.min(state.photo.height, y))];
-}
-
-function draw() {
-  if (!state.photo) return;
-  context.clearRect(0, 0, stage.width, stage.height);
-  context.drawImage(state.photo, 0, 0, stage.width, stage.height);
-  // The mask in translucent red: white pixels of the mask become red, black ones transparent.
-  const overlay = document.createElement("canvas");
-  overlay.width = mask.width;
-  overlay.height = mask.height;
-  const o = overlay.getContext("2d");
-  const pixels = maskContext.getImageData(0, 0, mask.width, mask.height);
-  const tinted = o.createImageData(mask.width, mask.height);
-  for (let i = 0; i < pixels.data.length; i += 4) {
-    const on = pixels.data[i] >= 128;
-    tinted.data[i] = 230;
-    tinted.data[i + 3] = on ? 110 : 0;
+// The server names the field its message is about ("num_inference_steps: must be ..."): say it as
+// the form does ("Steps: must be ...") and mark the input.
+function readable(error) {
+  const field = error.field;
+  if (field && $(field)) {
+    $(field).setAttribute("aria-invalid", "true");
+    if (error.message.startsWith(`${field}: `)) return `${labelOf(field)}: ${error.message.slice(field.length + 2)}`;
   }
-  o.putImageData(tinted, 0, 0);
-  context.drawImage(overlay, 0, 0, stage.width, stage.height);
-  const s = scale();
+  return error.message;
+}
+
+function clearInvalid() {
+  for (const input of document.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+}
+
+class RequestError extends Error {
+  constructor(message, field = null) {
+    super(message);
+    this.field = field;
+  }
+}
+
+async function responseError(response) {
+  // The gateway answers {"field", "message"}; a proxy in front of it may answer HTML or text.
+  const text = await response.text();
+  try {
+    const body = JSON.parse(text);
+    if (body && typeof body.message === "string") return new RequestError(body.message, body.field || null);
+  } catch {
+    // not JSON: said below
+  }
+  return new RequestError(`the gateway answered ${response.status} ${response.statusText}`.trim());
+}
+
+function networkError(error) {
+  // fetch rejects with a TypeError when nothing answers at all
+  if (error instanceof TypeError) return new RequestError("cannot reach the SmartEdit gateway: is it running, and is this page still connected?");
+  return error;
+}
+
+// ---------------------------------------------------------------- what the server offers
+
+function defaultOf(name) {
+  const parameter = state.info && state.info.parameters && state.info.parameters[name];
+  return parameter ? parameter.default : undefined;
+}
+
+function taskDefault(task, name) {
+  const defaults = state.info && state.info.task_defaults && state.info.task_defaults[task];
+  return defaults ? defaults[name] : undefined;
+}
+
+async function loadInfo() {
+  try {
+    const response = await fetch("info");
+    if (!response.ok) throw await responseError(response);
+    state.info = await response.json();
+    $("server").textContent = `model ${state.info.model} · edits at ${state.info.working_resolution} px`;
+    for (const sampler of state.info.samplers) $("scheduler").append(new Option(sampler, sampler));
+  } catch (error) {
+    $("server").textContent = `server not reachable: ${networkError(error).message}`;
+  }
+}
+
+// ---------------------------------------------------------------- opening a photo
+
+async function sniffFormat(file) {
+  const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+  const ascii = (from, to) => String.fromCharCode(...head.slice(from, to));
+  if (head[0] === 0x89 && ascii(1, 4) === "PNG") return "PNG";
+  if (head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff) return "JPEG";
+  if (ascii(0, 4) === "RIFF" && ascii(8, 12) === "WEBP") return "WebP";
+  return null;
+}
+
+// The photo's upright size, read without decoding its pixels (an <img> knows it from the header).
+function imageOf(blob) {
+  return new Promise((resolve, reject) => {
+    const image = new Image();
+    const url = URL.createObjectURL(blob);
+    image.onload = () => resolve(image);
+    image.onerror = () => reject(new Error("unreadable"));
+    image.src = url;
+  });
+}
+
+function megapixels(pixels) {
+  return `${(pixels / 1e6).toFixed(1)} MP`;
+}
+
+// Why this server would refuse a photo of this size, from GET info's limits; null when it fits.
+function sizeProblem(name, width, height) {
+  const limits = (state.info && state.info.limits) || {};
+  if (limits.max_image_pixels && width * height > limits.max_image_pixels) {
+    return `“${name}” is ${width}×${height} = ${megapixels(width * height)}; this server takes photos up to ` +
+      `${megapixels(limits.max_image_pixels)} (${limits.max_image_pixels} pixels). Scale it down and open it again.`;
+  }
+  if (limits.min_image_side && Math.min(width, height) < limits.min_image_side) {
+    return `“${name}” is ${width}×${height}; each side must be at least ${limits.min_image_side} pixels.`;
+  }
+  return null;
+}
+
+function displaySize(width, height) {
+  const fit = Math.min(1, DISPLAY_SIDE / Math.max(width, height));
+  return [Math.max(1, Math.round(width * fit)), Math.max(1, Math.round(height * fit))];
+}
+
+async function openFile(file) {
+  if (state.running) {
+    setStatus("An edit is running: cancel it before opening another photo.", true);
+    return false;
+  }
+  const name = file.name || "the pasted image";
+  if (!(await sniffFormat(file))) {
+    setStatus(`“${name}” is not ${ACCEPTED}${file.type ? ` (it is ${file.type})` : ""}: open a photo in one of those formats.`, true);
+    return false;
+  }
+  let image;
+  try {
+    image = await imageOf(file);
+  } catch {
+    setStatus(`“${name}” could not be read as an image: it may be damaged or cut short.`, true);
+    return false;
+  }
+  URL.revokeObjectURL(image.src);
+  const problem = sizeProblem(name, image.naturalWidth, image.naturalHeight);
+  if (problem) {
+    setStatus(problem, true);
+    return false;
+  }
+  await usePhoto(file, name, image);
+  setStatus(`${name}: ${image.naturalWidth}×${image.naturalHeight}.`);
+  return true;
+}
+
+async function usePhoto(blob, name, image) {
+  const [width, height] = displaySize(image.naturalWidth, image.naturalHeight);
+  const scaled = document.createElement("canvas");
+  scaled.width = width;
+  scaled.height = height;
+  const context = scaled.getContext("2d");
+  context.imageSmoothingQuality = "high";
+  context.drawImage(image, 0, 0, width, height); // the one full decode; upright (EXIF orientation applied)
+  const view = await createImageBitmap(scaled);
+  state.photo = { blob, name, width: image.naturalWidth, height: image.naturalHeight, view };
+  for (const canvas of [stage, mask, tint]) {
+    canvas.width = width;
+    canvas.height = height;
+  }
+  state.undo = [];
+  state.redo = [];
+  state.clicks = [];
+  state.box = null;
+  state.exactMask = null;
+  clearResult();
+  clearProgress();
+  clearInvalid();
+  state.view = "mask";
+  stage.dataset.view = "mask"; // shown before it is measured
+  stage.dataset.ready = "1";
+  stage.dataset.photoSize = `${image.naturalWidth}x${image.naturalHeight}`;
+  fitStage();
+  maskChanged();
+}
+
+// The canvas as large as the frame allows (small photos are enlarged too), never past the screen.
+function fitStage() {
+  if (!state.photo) return;
+  const frame = $("stage-frame");
+  const room = frame.clientWidth - 2;
+  const height = Math.max(240, window.innerHeight * 0.72);
+  const scale = Math.min(room / stage.width, height / stage.height);
+  stage.style.width = `${Math.floor(stage.width * scale)}px`;
+  stage.style.height = `${Math.floor(stage.height * scale)}px`;
+  showBrushSize();
+}
+
+// ---------------------------------------------------------------- drawing
+
+function currentTask() {
+  return $("task").value;
+}
+
+function render() {
+  stage.dataset.view = state.view;
+  stage.classList.toggle("brush-tool", state.tool === "paint" || state.tool === "erase");
+  placeCompareMarks();
+  if (!state.photo) return;
+  stageContext.clearRect(0, 0, stage.width, stage.height);
+  if (state.view === "result" && state.result) {
+    renderComparison();
+  } else {
+    stageContext.drawImage(state.photo.view, 0, 0);
+    renderOverlay();
+    renderPrompts();
+  }
+}
+
+function tinted(colour, inverse) {
+  // The mask's painted pixels (or, inverse, its unpainted ones) in one colour.
+  tintContext.globalCompositeOperation = "copy";
+  if (inverse) {
+    tintContext.fillStyle = colour;
+    tintContext.fillRect(0, 0, tint.width, tint.height);
+    tintContext.globalCompositeOperation = "destination-out";
+    tintContext.drawImage(mask, 0, 0);
+  } else {
+    tintContext.drawImage(mask, 0, 0);
+    tintContext.globalCompositeOperation = "source-in";
+    tintContext.fillStyle = colour;
+    tintContext.fillRect(0, 0, tint.width, tint.height);
+  }
+  tintContext.globalCompositeOperation = "source-over";
+  return tint;
+}
+
+function renderOverlay() {
+  // What the task does with the painted area: repainted (red), or kept (green) with the rest replaced (blue).
+  const overlay = TASKS[currentTask()].overlay;
+  stage.dataset.overlay = overlay;
+  stageContext.globalAlpha = 0.45;
+  if (overlay === "keep") {
+    stageContext.drawImage(tinted("#1a73e8", true), 0, 0);
+    stageContext.drawImage(tinted("#1e9e3a", false), 0, 0);
+  } else {
+    stageContext.drawImage(tinted("#e62020", false), 0, 0);
+  }
+  stageContext.globalAlpha = 1;
+}
+
+function renderPrompts() {
+  const s = stage.width / state.photo.width;
   for (const [x, y, label] of state.clicks) {
-    context.fillStyle = label ? "#0a0" : "#d00";
-    context.beginPath();
-    context.arc(x * s, y * s, 6, 0, 2 * Math.PI);
-    context.fill();
+    stageContext.fillStyle = label ? "#0a0" : "#d00";
+    stageContext.strokeStyle = "#fff";
+    stageContext.beginPath();
+    stageContext.arc(x * s, y * s, 6, 0, 2 * Math.PI);
+    stageContext.fill();
+    stageContext.stroke();
   }
   if (state.box) {
     const [x0, y0, x1, y1] = state.box;
-    context.strokeStyle = "#1a73e8";
-    context.lineWidth = 2;
-    context.strokeRect(x0 * s, y0 * s, (x1 - x0) * s, (y1 - y0) * s);
+    stageContext.strokeStyle = "#1a73e8";
+    stageContext.lineWidth = 2;
+    stageContext.strokeRect(x0 * s, y0 * s, (x1 - x0) * s, (y1 - y0) * s);
   }
 }
+
+function renderComparison() {
+  // Before on the left of the divider, after on the right.
+  stageContext.drawImage(state.result.view, 0, 0);
+  stageContext.save();
+  stageContext.beginPath();
+  stageContext.rect(0, 0, Math.round(state.split * stage.width), stage.height);
+  stageContext.clip();
+  stageContext.drawImage(state.photo.view, 0, 0);
+  stageContext.restore();
+}
+
+function placeCompareMarks() {
+  const marks = $("compare-marks");
+  marks.hidden = state.view !== "result" || !state.result;
+  if (marks.hidden) return;
+  marks.style.left = `${stage.offsetLeft}px`;
+  marks.style.top = `${stage.offsetTop}px`;
+  marks.style.width = `${stage.offsetWidth}px`;
+  marks.style.height = `${stage.offsetHeight}px`;
+  $("divider").style.left = `${state.split * 100}%`;
+}
+
+// ---------------------------------------------------------------- the mask
 
 function maskPixelCount() {
   const data = maskContext.getImageData(0, 0, mask.width, mask.height).data;
   let count = 0;
-  for (let i = 0; i < data.length; i += 4) if (data[i] >= 128) count++;
+  for (let i = 3; i < data.length; i += 4) if (data[i] >= 128) count++;
   return count;
 }
 
 function maskChanged() {
   const count = maskPixelCount();
   stage.dataset.maskPixels = String(count);
-  $("run").disabled = !state.photo || count === 0;
-  draw();
+  $("run").disabled = !state.photo || count === 0 || Boolean(state.running);
+  $("undo").disabled = state.undo.length === 0;
+  $("redo").disabled = state.redo.length === 0;
+  $("clear").disabled = count === 0 && state.clicks.length === 0 && !state.box;
+  render();
 }
 
-function clearMask() {
-  maskContext.fillStyle = "#000";
-  maskContext.fillRect(0, 0, mask.width, mask.height);
-  state.clicks = [];
-  state.box = null;
+function snapshot() {
+  return { pixels: maskContext.getImageData(0, 0, mask.width, mask.height), clicks: [...state.clicks],
+           box: state.box, exactMask: state.exactMask };
+}
+
+function restore(saved) {
+  maskContext.putImageData(saved.pixels, 0, 0);
+  state.clicks = saved.clicks;
+  state.box = saved.box;
+  state.exactMask = saved.exactMask;
+}
+
+// Called before every change of the mask: what undo goes back to.
+function rememberMask() {
+  state.undo.push(snapshot());
+  if (state.undo.length > UNDO_DEPTH) state.undo.shift();
+  state.redo = [];
+}
+
+function undo() {
+  if (!state.undo.length || state.running) return;
+  state.redo.push(snapshot());
+  restore(state.undo.pop());
+  showMaskView();
   maskChanged();
 }
 
-async function openPhoto(file) {
-  state.photoBlob = file;
-  state.photo = await createImageBitmap(file, { imageOrientation: "from-image" });
-  const fit = Math.min(1, 768 / state.photo.width);
-  stage.width = Math.round(state.photo.width * fit);
-  stage.height = Math.round(state.photo.height * fit);
-  mask.width = state.photo.width;
-  mask.height = state.photo.height;
-  clearMask();
-  stage.dataset.ready = "1";
-  setStatus(`${state.photo.width}×${state.photo.height}: paint the area to edit, or click on an object.`);
+function redo() {
+  if (!state.redo.length || state.running) return;
+  state.undo.push(snapshot());
+  restore(state.redo.pop());
+  showMaskView();
+  maskChanged();
 }
 
-function paintAt(event) {
-  const [x, y] = photoPoint(event);
-  maskContext.fillStyle = state.tool === "paint" ? "#fff" : "#000";
+function clearMask() {
+  rememberMask();
+  maskContext.clearRect(0, 0, mask.width, mask.height);
+  state.clicks = [];
+  state.box = null;
+  state.exactMask = null;
+  maskChanged();
+}
+
+// A photo-sized mask PNG (white = the painted pixels), as the server takes it.
+async function maskForSending() {
+  if (state.exactMask) return state.exactMask;
+  const full = document.createElement("canvas");
+  full.width = state.photo.width;
+  full.height = state.photo.height;
+  const context = full.getContext("2d");
+  context.fillStyle = "#000";
+  context.fillRect(0, 0, full.width, full.height);
+  context.imageSmoothingQuality = "high"; // smooth edges; the server repaints pixels >= 128
+  context.drawImage(mask, 0, 0, full.width, full.height);
+  return new Promise((resolve) => full.toBlob(resolve, "image/png"));
+}
+
+// A photo-sized mask (255 = on) drawn into the painting canvas as its painted pixels.
+async function useMaskImage(blob) {
+  const bitmap = await createImageBitmap(blob, { resizeWidth: mask.width, resizeHeight: mask.height, resizeQuality: "high" });
+  maskContext.clearRect(0, 0, mask.width, mask.height);
+  maskContext.drawImage(bitmap, 0, 0);
+  const pixels = maskContext.getImageData(0, 0, mask.width, mask.height);
+  const data = pixels.data;
+  for (let i = 0; i < data.length; i += 4) {
+    data[i + 3] = data[i]; // the grey level becomes how painted the pixel is
+    data[i] = data[i + 1] = data[i + 2] = 255;
+  }
+  maskContext.putImageData(pixels, 0, 0);
+}
+
+// ---------------------------------------------------------------- pointer: painting, clicks, box, divider
+
+function stagePoint(event) {
+  const rect = stage.getBoundingClientRect();
+  const x = ((event.clientX - rect.left) * stage.width) / rect.width;
+  const y = ((event.clientY - rect.top) * stage.height) / rect.height;
+  return [Math.max(0, Math.min(stage.width, x)), Math.max(0, Math.min(stage.height, y))];
+}
+
+function photoPoint(event) {
+  const [x, y] = stagePoint(event);
+  const s = state.photo.width / stage.width;
+  return [x * s, y * s];
+}
+
+function brushWidth() {
+  // The slider is in screen pixels (the cursor's size); the canvas may be shown larger or smaller.
+  return (Number($("brush").value) * stage.width) / stage.getBoundingClientRect().width;
+}
+
+function paintTo(point) {
+  maskContext.globalCompositeOperation = state.tool === "paint" ? "source-over" : "destination-out";
+  maskContext.strokeStyle = maskContext.fillStyle = "#fff";
+  maskContext.lineWidth = brushWidth();
+  maskContext.lineCap = maskContext.lineJoin = "round";
   maskContext.beginPath();
-  maskContext.arc(x, y, Number($("brush").value) / 2 / scale(), 0, 2 * Math.PI);
-  maskContext.fill();
-  draw();
+  maskContext.moveTo(...state.stroke);
+  maskContext.lineTo(...point);
+  maskContext.stroke();
+  maskContext.globalCompositeOperation = "source-over";
+  state.stroke = point;
+  render();
 }
 
-async function errorMessage(response) {
-  // The gateway answers {"field", "message"}; a proxy in front of it may answer HTML or text.
-  const text = await response.text();
-  try {
-    return JSON.parse(text).message;
-  } catch {
-    return `${response.status} ${response.statusText}`;
-  }
+function moveCursor(event) {
+  const cursor = $("cursor");
+  const brush = state.view === "mask" && (state.tool === "paint" || state.tool === "erase");
+  cursor.hidden = !brush;
+  if (!brush) return;
+  const size = Number($("brush").value);
+  const frame = $("stage-frame").getBoundingClientRect();
+  cursor.style.width = cursor.style.height = `${size}px`;
+  cursor.style.left = `${event.clientX - frame.left - size / 2}px`;
+  cursor.style.top = `${event.clientY - frame.top - size / 2}px`;
 }
 
-let segmentation = 0; // the latest request: an older answer arriving late must not replace a newer mask
-
-async function segment() {
-  const ticket = ++segmentation;
-  const form = new FormData();
-  form.append("image", state.photoBlob);
-  if (state.clicks.length) form.append("points", JSON.stringify(state.clicks));
-  if (state.box) form.append("box", JSON.stringify(state.box));
-  setStatus("Finding the object…");
-  try {
-    const response = await fetch("segment", { method: "POST", body: form });
-    if (!response.ok) throw new Error(await errorMessage(response));
-    const found = await createImageBitmap(await response.blob());
-    if (ticket !== segmentation) return;
-    maskContext.drawImage(found, 0, 0, mask.width, mask.height);
-    setStatus(`Mask ready (score ${Number(response.headers.get("X-Score")).toFixed(3)}).`);
-    maskChanged();
-  } catch (error) {
-    if (ticket === segmentation) setStatus(`Segmentation failed: ${error.message}`, true);
-  }
+function moveDivider(event) {
+  const rect = stage.getBoundingClientRect();
+  state.split = Math.max(0, Math.min(1, (event.clientX - rect.left) / rect.width));
+  $("split").value = String(Math.round(state.split * 100));
+  render();
 }
 
-stage.addEventListener("pointerdown", (event) => {
-  if (!state.photo) return;
-  if (state.tool === "paint" || state.tool === "erase") {
-    state.painting = true;
-    paintAt(event);
+function pointerDown(event) {
+  if (!state.photo || state.running) return;
+  stage.setPointerCapture(event.pointerId);
+  if (state.view === "result") {
+    moveDivider(event);
+  } else if (state.tool === "paint" || state.tool === "erase") {
+    rememberMask();
+    state.exactMask = null;
+    state.stroke = stagePoint(event);
+    paintTo(state.stroke);
   } else if (state.tool === "box") {
+    rememberMask(); // undo takes back the box and the mask it finds
     state.boxStart = photoPoint(event);
   } else {
+    rememberMask(); // undo takes back the click and the mask it finds
     const [x, y] = photoPoint(event);
     state.clicks.push([Math.round(x), Math.round(y), state.tool === "object" ? 1 : 0]);
+    render();
     segment();
   }
-});
-stage.addEventListener("pointermove", (event) => {
-  if (state.painting) paintAt(event);
+}
+
+function pointerMove(event) {
+  moveCursor(event);
+  if (!state.photo) return;
+  if (state.view === "result" && event.buttons) moveDivider(event);
+  if (state.stroke) paintTo(stagePoint(event));
   if (state.boxStart) {
     const [x, y] = photoPoint(event);
     const [x0, y0] = state.boxStart;
     state.box = [Math.min(x0, x), Math.min(y0, y), Math.max(x0, x), Math.max(y0, y)].map(Math.round);
-    draw();
+    render();
   }
-});
-window.addEventListener("pointerup", () => {
-  if (state.painting) {
-    state.painting = false;
+}
+
+function pointerUp() {
+  if (state.stroke) {
+    state.stroke = null;
     maskChanged();
   }
   if (state.boxStart) {
     state.boxStart = null;
     if (state.box && state.box[2] > state.box[0] && state.box[3] > state.box[1]) segment();
   }
-});
-
-for (const button of document.querySelectorAll(".tool")) {
-  button.addEventListener("click", () => {
-    state.tool = button.dataset.tool;
-    document.querySelectorAll(".tool").forEach((b) => b.classList.toggle("active", b === button));
-  });
 }
-$("clear").addEventListener("click", clearMask);
-$("photo").addEventListener("change", (event) => event.target.files[0] && openPhoto(event.target.files[0]));
-$("split").addEventListener("input", (event) => {
-  $("after").style.clipPath = `inset(0 0 0 ${event.target.value}%)`;
-});
 
-const EDIT_FIELDS = ["task", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength",
-                     "scheduler", "seed", "mask_grow", "mask_blur", "preview_every"];
+// ---------------------------------------------------------------- click-to-mask
+
+let segmentation = 0; // the latest request: an older answer arriving late must not replace a newer mask
+
+// The predicted IoU in words: a raw "-0.023" tells a person nothing.
+function maskConfidence(score) {
+  if (score >= 0.9) return "Mask ready.";
+  if (score >= 0.7) return "Mask ready; check its edges, and click the background where it spills over.";
+  return "Mask ready, but the model is unsure of it: click on more of the object, or on the background, to refine it.";
+}
+
+async function segment() {
+  const ticket = ++segmentation;
+  const form = new FormData();
+  form.append("image", state.photo.blob);
+  if (state.clicks.length) form.append("points", JSON.stringify(state.clicks));
+  if (state.box) form.append("box", JSON.stringify(state.box));
+  setStatus("Finding the object…");
+  try {
+    const response = await fetch("segment", { method: "POST", body: form });
+    if (!response.ok) throw await responseError(response);
+    const found = await response.blob();
+    if (ticket !== segmentation) return;
+    await useMaskImage(found);
+    state.exactMask = found;
+    const score = Number(response.headers.get("X-Score"));
+    stage.dataset.score = String(score);
+    setStatus(maskConfidence(score));
+    maskChanged();
+  } catch (error) {
+    if (ticket === segmentation) setStatus(`Finding the object failed: ${networkError(error).message}`, true);
+  }
+}
+
+// ---------------------------------------------------------------- the edit
 
 function editFields() {
   const fields = {};
@@ -202,6 +579,21 @@ function editFields() {
     if (value !== "" || name === "prompt") fields[name] = value;
   }
   return fields;
+}
+
+function checkSeed(seed) {
+  if (seed === undefined) return;
+  if (!/^[0-9]{1,19}$/.test(seed) || BigInt(seed) > INT64_MAX) {
+    throw new RequestError(`seed: must be a whole number from 0 to ${INT64_MAX}, or empty for a random one; got “${seed}”`, "seed");
+  }
+}
+
+// "step 7 of 7 — strength 0.75 of 10 steps": with strength < 1 only about strength × steps run.
+function progressText(step, total, fields) {
+  const steps = Number(fields.num_inference_steps || defaultOf("num_inference_steps"));
+  const strength = fields.strength || taskDefault(fields.task, "strength") || defaultOf("strength");
+  const text = `step ${step} of ${total}`;
+  return steps && total < steps ? `${text} — strength ${strength} of ${steps} steps` : text;
 }
 
 // Server-Sent Events over a POST: EventSource only does GET, so the stream is read here, line by line
@@ -234,89 +626,338 @@ async function* serverEvents(response) {
   }
 }
 
-function pngUrl(base64) {
-  return `data:image/png;base64,${base64}`;
+function pngBlob(base64) {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type: "image/png" });
 }
 
-function showResult(entry) {
-  $("before").src = entry.beforeUrl;
-  $("after").src = entry.url;
+function newRequestId() {
+  // crypto.randomUUID needs a secure context; a gateway on plain HTTP in a LAN is not one
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function showProgress(text) {
+  $("progress").hidden = false;
+  $("step").textContent = text;
+}
+
+function clearProgress() {
+  $("progress").hidden = true;
+  $("bar").value = 0;
+  $("step").textContent = "";
+  $("preview").hidden = true;
+  $("preview").removeAttribute("src");
+}
+
+function setRunning(controller) {
+  state.running = controller;
+  $("cancel").hidden = !controller;
+  $("edit").setAttribute("aria-busy", String(Boolean(controller)));
+  maskChanged();
+}
+
+async function runEdit(event) {
+  event.preventDefault();
+  if (!state.photo || state.running) return;
+  clearInvalid();
+  const fields = editFields();
+  try {
+    checkSeed(fields.seed);
+  } catch (error) {
+    setStatus(readable(error), true);
+    return;
+  }
+  const photo = state.photo;
+  const controller = new AbortController();
+  const requestId = newRequestId();
+  stage.dataset.requestId = requestId;
+  clearResult();
+  clearProgress();
+  $("preview").dataset.previews = "0"; // previews of this edit
+  setRunning(controller); // at once: a second click must not send the edit twice
+  showProgress("waiting for the server…");
+  setStatus("Editing…");
+  try {
+    const maskBlob = await maskForSending();
+    const form = new FormData();
+    form.append("image", photo.blob, photo.name);
+    form.append("mask_image", maskBlob, "mask.png");
+    for (const [name, value] of Object.entries(fields)) form.append(name, value);
+    const response = await fetch("edit/inpaint/stream", { method: "POST", body: form, signal: controller.signal,
+                                                          headers: { "X-Request-Id": requestId } });
+    if (!response.ok) throw await responseError(response);
+    const done = await followEdit(response, fields, { photo, maskBlob, requestId });
+    if (!done) throw new RequestError("the edit's stream ended without a result");
+  } catch (error) {
+    if (controller.signal.aborted) {
+      clearProgress();
+      setStatus("Edit cancelled.");
+    } else {
+      editFailed(networkError(error));
+    }
+  } finally {
+    setRunning(null);
+  }
+}
+
+async function followEdit(response, fields, sent) {
+  for await (const [kind, data] of serverEvents(response)) {
+    if (kind === "progress" || kind === "preview") {
+      $("bar").max = data.total_steps;
+      $("bar").value = data.step;
+      showProgress(progressText(data.step, data.total_steps, fields));
+    }
+    if (kind === "preview") {
+      $("preview").src = `data:image/png;base64,${data.png_base64}`;
+      $("preview").hidden = false;
+      $("preview").dataset.previews = String(Number($("preview").dataset.previews) + 1);
+    } else if (kind === "result") {
+      await editDone(data, fields, sent);
+      return true;
+    } else if (kind === "error") {
+      throw new RequestError(data.message, data.field || null);
+    }
+  }
+  return false;
+}
+
+async function editDone(data, fields, sent) {
+  const image = data.images[0];
+  const blob = pngBlob(image.png_base64);
+  const record = image.parameters && image.parameters.parameters;
+  const entry = { photo: sent.photo, maskBlob: sent.maskBlob, requestId: data.request_id || sent.requestId, blob,
+                  url: URL.createObjectURL(blob), seed: image.seed, parameters: record || fields };
+  clearProgress();
+  await showResult(entry);
+  addHistory(entry);
+  setStatus(`Done in ${data.elapsed_s} s · seed ${entry.seed}. Drag on the image to compare before and after.`);
+}
+
+function editFailed(error) {
+  clearResult();
+  clearProgress();
+  render();
+  setStatus(`Edit failed: ${readable(error)}`, true);
+}
+
+function cancelEdit() {
+  if (state.running) state.running.abort(); // closes the stream: the gateway cancels the edit on the server
+}
+
+// ---------------------------------------------------------------- the result
+
+async function showResult(entry) {
+  entry.view = entry.view || await createImageBitmap(entry.blob, { resizeWidth: stage.width, resizeHeight: stage.height,
+                                                                   resizeQuality: "high" });
+  state.result = entry;
+  state.view = "result";
   $("download").href = entry.url;
   $("download").download = `edited-${entry.seed}.png`;
-  $("compare").hidden = false;
+  $("result-bar").hidden = false;
+  $("toggle-view").textContent = "Edit the mask";
+  render();
+}
+
+function clearResult() {
+  state.result = null;
+  $("result-bar").hidden = true;
+  $("download").removeAttribute("href");
+  if (state.photo) state.view = "mask";
+}
+
+function showMaskView() {
+  if (state.view !== "result") return;
+  state.view = "mask";
+  $("toggle-view").textContent = "Show the result";
+}
+
+function toggleView() {
+  if (!state.result) return;
+  if (state.view === "result") {
+    showMaskView();
+  } else {
+    state.view = "result";
+    $("toggle-view").textContent = "Edit the mask";
+  }
+  render();
+}
+
+// The result becomes the photo being edited: its PNG is what the next edit sends.
+async function continueFromResult() {
+  const entry = state.result;
+  if (!entry || state.running) return;
+  const image = await imageOf(entry.blob);
+  URL.revokeObjectURL(image.src);
+  await usePhoto(entry.blob, `edited-${entry.seed}.png`, image);
+  setStatus(`Editing the result (seed ${entry.seed}): paint the next area to change.`);
+}
+
+// ---------------------------------------------------------------- history
+
+function describeEdit(entry) {
+  const p = entry.parameters;
+  const prompt = p.prompt ? ` “${p.prompt}”` : "";
+  return `${p.task || "inpaint"}${prompt} · ${p.num_inference_steps || "default"} steps · seed ${entry.seed}`;
 }
 
 function addHistory(entry) {
   state.history.push(entry);
   const item = document.createElement("li");
-  const p = entry.parameters;
-  item.textContent = `${p.task} “${p.prompt}” · ${p.num_inference_steps} steps · seed ${entry.seed} `;
+  const thumbnail = document.createElement("img");
+  thumbnail.src = entry.url;
+  thumbnail.alt = "";
+  const text = document.createElement("span");
+  text.textContent = describeEdit(entry);
   const reload = document.createElement("button");
+  reload.type = "button";
   reload.textContent = "Reload";
-  reload.addEventListener("click", async () => {
-    // The edit as it was: its photo, its mask, its parameters, its result.
-    await openPhoto(entry.photoBlob);
-    const used = new Image();
-    used.src = entry.maskUrl;
-    await used.decode();
-    maskContext.drawImage(used, 0, 0, mask.width, mask.height);
-    maskChanged();
-    for (const name of EDIT_FIELDS) {
-      if (p[name] !== undefined && name !== "preview_every") $(name).value = p[name];
-    }
-    showResult(entry);
-  });
-  item.append(reload);
+  reload.addEventListener("click", () => reloadEdit(entry));
+  item.append(thumbnail, text, reload);
   $("history").append(item);
+  $("history-empty").hidden = true;
 }
 
-$("edit").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  $("run").disabled = true;
-  const form = new FormData();
-  form.append("image", state.photoBlob);
-  form.append("mask_image", await new Promise((resolve) => mask.toBlob(resolve, "image/png")));
-  for (const [name, value] of Object.entries(editFields())) form.append(name, value);
-  setStatus("Editing…");
-  try {
-    const response = await fetch("edit/inpaint/stream", { method: "POST", body: form });
-    if (!response.ok) throw new Error(await errorMessage(response));
-    let ended = false;
-    for await (const [kind, data] of serverEvents(response)) {
-      if (kind === "progress") {
-        $("bar").max = data.total_steps;
-        $("bar").value = data.step;
-        $("step").textContent = `step ${data.step}/${data.total_steps}`;
-      } else if (kind === "preview") {
-        $("preview").src = pngUrl(data.png_base64);
-        $("preview").hidden = false;
-        $("preview").dataset.previews = String(Number($("preview").dataset.previews) + 1);
-      } else if (kind === "result") {
-        const image = data.images[0];
-        const entry = { url: pngUrl(image.png_base64), beforeUrl: URL.createObjectURL(state.photoBlob),
-                        photoBlob: state.photoBlob, maskUrl: mask.toDataURL("image/png"),
-                        seed: image.seed, parameters: image.parameters ? image.parameters.parameters : editFields() };
-        ended = true;
-        showResult(entry);
-        addHistory(entry);
-        setStatus(`Done in ${data.elapsed_s} s (seed ${image.seed}).`);
-      } else if (kind === "error") {
-        throw new Error(data.message);
-      }
-    }
-    if (!ended) throw new Error("the stream ended without a result");
-  } catch (error) {
-    setStatus(`Edit failed: ${error.message}`, true);
-  } finally {
-    $("run").disabled = false;
+// The edit as it was: its photo, the very mask PNG it sent, its parameters as the server resolved
+// them (seed included), and its result. Run again reproduces the PNG byte for byte.
+async function reloadEdit(entry) {
+  if (state.running) return;
+  const image = await imageOf(entry.photo.blob);
+  URL.revokeObjectURL(image.src);
+  await usePhoto(entry.photo.blob, entry.photo.name, image);
+  await useMaskImage(entry.maskBlob);
+  state.exactMask = entry.maskBlob;
+  for (const name of EDIT_FIELDS) {
+    const value = entry.parameters[name];
+    if (value !== undefined && value !== null && name !== "preview_every") $(name).value = String(value);
   }
-});
+  showTaskHint();
+  maskChanged();
+  entry.view = null; // the stage may have another size now
+  await showResult(entry);
+  setStatus(`Reloaded: ${describeEdit(entry)}. Run reproduces it.`);
+}
 
-// For tests and integrations: the current mask as a PNG data URL.
-window.smartedit = { maskPng: () => mask.toDataURL("image/png") };
+// ---------------------------------------------------------------- controls
 
-fetch("info").then((r) => (r.ok ? r.json() : null)).then((info) => {
-  if (!info) return;
-  $("server").textContent = `${info.model} · ${info.working_resolution} px`;
-  for (const sampler of info.samplers) $("scheduler").append(new Option(sampler, sampler));
-}).catch(() => {});
+function showTaskHint() {
+  const task = TASKS[currentTask()] || TASKS.inpaint;
+  const tool = { object: " Click on the object to select it.", background: " Click on the background to take it out of the mask.",
+                 box: " Drag a box around the object." }[state.tool] || "";
+  $("hint").textContent = task.hint + tool;
+  $("prompt").placeholder = task.placeholder;
+  render();
+}
+
+function showBrushSize() {
+  const size = Number($("brush").value);
+  let text = `${size} px`;
+  if (state.photo) {
+    const onPhoto = Math.round((brushWidth() * state.photo.width) / stage.width);
+    if (onPhoto !== size) text += ` (${onPhoto} px of the photo)`;
+  }
+  $("brush-size").value = text;
+  $("brush-size").textContent = text;
+}
+
+function chooseTool(button) {
+  state.tool = button.dataset.tool;
+  document.querySelectorAll(".tool").forEach((b) => b.classList.toggle("active", b === button));
+  showMaskView();
+  showTaskHint();
+}
+
+function isTextEntry(element) {
+  return element && (element.tagName === "TEXTAREA" || (element.tagName === "INPUT" && element.type !== "range"));
+}
+
+function onKey(event) {
+  if (!(event.ctrlKey || event.metaKey) || isTextEntry(document.activeElement)) return; // inputs keep their own undo
+  const key = event.key.toLowerCase();
+  if (key === "z" && !event.shiftKey) undo();
+  else if ((key === "z" && event.shiftKey) || key === "y") redo();
+  else return;
+  event.preventDefault();
+}
+
+function firstFile(transfer) {
+  return transfer && transfer.files && transfer.files.length ? transfer.files[0] : null;
+}
+
+function onPaste(event) {
+  const file = firstFile(event.clipboardData);
+  if (!file) return; // text pasted into a field stays there
+  event.preventDefault();
+  openFile(file);
+}
+
+function setUpDropping() {
+  const frame = $("stage-frame");
+  const over = (event) => {
+    event.preventDefault();
+    frame.classList.add("dropping");
+  };
+  frame.addEventListener("dragenter", over);
+  frame.addEventListener("dragover", over);
+  frame.addEventListener("dragleave", () => frame.classList.remove("dropping"));
+  // Anywhere on the page: a photo dropped beside the frame must not make the browser navigate to it.
+  document.addEventListener("dragover", (event) => event.preventDefault());
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    frame.classList.remove("dropping");
+    const file = firstFile(event.dataTransfer);
+    if (file) openFile(file);
+  });
+}
+
+function setUp() {
+  stage.addEventListener("pointerdown", pointerDown);
+  stage.addEventListener("pointermove", pointerMove);
+  stage.addEventListener("pointerup", pointerUp);
+  stage.addEventListener("pointercancel", pointerUp);
+  stage.addEventListener("pointerleave", () => { $("cursor").hidden = true; });
+  for (const button of document.querySelectorAll(".tool")) button.addEventListener("click", () => chooseTool(button));
+  $("brush").addEventListener("input", showBrushSize);
+  $("undo").addEventListener("click", undo);
+  $("redo").addEventListener("click", redo);
+  $("clear").addEventListener("click", clearMask);
+  $("photo").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    event.target.value = ""; // choosing the same file again opens it again
+    if (file) openFile(file);
+  });
+  $("task").addEventListener("change", showTaskHint);
+  $("split").addEventListener("input", (event) => {
+    state.split = Number(event.target.value) / 100;
+    render();
+  });
+  $("toggle-view").addEventListener("click", toggleView);
+  $("continue").addEventListener("click", continueFromResult);
+  $("edit").addEventListener("submit", runEdit);
+  $("cancel").addEventListener("click", cancelEdit);
+  $("edit").addEventListener("input", (event) => event.target.removeAttribute("aria-invalid"));
+  document.addEventListener("keydown", onKey);
+  document.addEventListener("paste", onPaste);
+  window.addEventListener("resize", () => {
+    fitStage();
+    render();
+  });
+  setUpDropping();
+  showTaskHint();
+  showBrushSize();
+  loadInfo();
+}
+
+// For tests and integrations: the mask as it would be sent (a photo-sized PNG), as a data URL.
+window.smartedit = {
+  maskPng: async () => {
+    const blob = await maskForSending();
+    return new Promise((resolve) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.readAsDataURL(blob);
+    });
+  },
+  paintingSize: () => [mask.width, mask.height],
+};
+
+setUp();
