@@ -16,6 +16,11 @@ from smartedit.errors import RequestError
 from smartedit.settings import PreprocessSettings
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+# Pillow refuses to open an image past 2 x its own limit (89 MP) as a "decompression bomb", before its
+# size can be read: a 30000x30000 PNG was refused as "not a PNG, JPEG or WebP image". decode_image
+# checks every image against the server's own limit (25 MP by default) from the header, right after
+# opening and before decoding anything, so Pillow's check is left to it.
+Image.MAX_IMAGE_PIXELS = None
 
 
 def _describe(data: bytes) -> str:
@@ -70,6 +75,17 @@ def split_alpha(image: Image.Image) -> tuple[Image.Image, np.ndarray | None]:
     return rgba.convert("RGB"), np.asarray(rgba.getchannel("A"), dtype=np.uint8)
 
 
+def mask_luminance(mask: Image.Image) -> Image.Image:
+    """A mask as mode "L" (white = repaint). A mask with transparency is read as a painted layer: its
+    transparent pixels keep, its opaque paint counts by its brightness, as if composited over black
+    (what image tools export from a layer painted on nothing; ``convert("L")`` would drop the alpha and
+    turn transparent white into repaint-everything)."""
+    if not _has_alpha(mask):
+        return mask.convert("L")
+    layer = mask.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", layer.size, (0, 0, 0, 255)), layer).convert("L")
+
+
 @dataclass(frozen=True)
 class Photo:
     rgb: Image.Image  # what the models edit, upright
@@ -90,7 +106,7 @@ class Photo:
 def decode_photo(image_bytes: bytes, mask_bytes: bytes, settings: PreprocessSettings | None) -> Photo:
     """Image and mask, upright, checked to be the same size (``RequestError`` naming the field if not)."""
     rgb, alpha = split_alpha(decode_image("image", image_bytes, settings))
-    mask = decode_image("mask_image", mask_bytes, settings).convert("L")
+    mask = mask_luminance(decode_image("mask_image", mask_bytes, settings))
     if mask.size != rgb.size:
         raise RequestError("mask_image", f"is {mask.size[0]}x{mask.size[1]} but image is "
                                          f"{rgb.size[0]}x{rgb.size[1]} (upright, after its EXIF orientation); "

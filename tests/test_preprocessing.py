@@ -110,6 +110,31 @@ def test_oversized_image_is_rejected_from_its_header():
         prepare_images(png_bytes(big), png_bytes(big.convert("L")), INFO, SETTINGS)
 
 
+@pytest.mark.parametrize("side", [14000, 30000])  # past Pillow's own "decompression bomb" limit (2 x 89 MP)
+def test_a_huge_image_that_compresses_to_little_is_refused_naming_its_size_and_the_limit(side):
+    small_file = io.BytesIO()
+    Image.new("1", (side, side)).save(small_file, format="PNG")  # 24 KB / 109 KB of file
+    assert len(small_file.getvalue()) < 200_000
+    with pytest.raises(RequestError) as caught:
+        prepare_images(small_file.getvalue(), png_bytes(Image.new("L", (8, 8))), INFO, SETTINGS)
+    assert caught.value.field == "image"
+    assert str(caught.value) == f"image: is {side}x{side} = {side * side} pixels; the limit is 25165824"
+
+
+def test_a_mask_with_transparency_is_read_as_a_painted_layer_over_black():
+    """Opaque white paint repaints, transparent keeps (whatever its colour), half-transparent white is
+    half grey: what an image tool's layer, painted on nothing and exported, means."""
+    layer = Image.new("RGBA", (8, 8), (255, 255, 255, 0))  # transparent *white*: keep
+    layer.paste((255, 255, 255, 255), (0, 0, 4, 8))  # opaque white stroke: repaint
+    layer.paste((255, 255, 255, 127), (4, 0, 6, 8))  # half transparent: below the 128 threshold, kept
+    layer.paste((255, 255, 255, 200), (6, 0, 8, 8))  # mostly opaque: repainted
+    prepared = prepare_images(png_bytes(Image.new("RGB", (8, 8), (10, 20, 30))), png_bytes(layer), INFO, SETTINGS)
+    assert prepared.repaint_mask[0].tolist() == [True] * 4 + [False] * 2 + [True] * 2
+    # A grey mask with alpha (what "export layer" gives in grey) reads the same way.
+    grey = prepare_images(png_bytes(Image.new("RGB", (8, 8))), png_bytes(layer.convert("LA")), INFO, SETTINGS)
+    assert grey.repaint_mask[0].tolist() == [True] * 4 + [False] * 2 + [True] * 2
+
+
 def test_sizes_off_the_grid_are_processed_at_a_multiple_and_returned_whole():
     image, mask = scene(70, 53)
     prepared = prepare_images(png_bytes(image), png_bytes(mask), INFO, SETTINGS)

@@ -32,7 +32,9 @@ class WireTensor:
 
 
 IMAGE = WireTensor("image", "BYTES", True, "encoded PNG / JPEG / WebP")
-MASK_IMAGE = WireTensor("mask_image", "BYTES", True, "encoded image; white (>=128) = repaint, black = keep")
+MASK_IMAGE = WireTensor("mask_image", "BYTES", True, "encoded image; white (>=128) = repaint, black = keep; with "
+                                                    "transparency, a painted layer: transparent = keep, opaque white = "
+                                                    "repaint (composited over black)")
 PROMPT = WireTensor("prompt", "BYTES", True, "UTF-8 text (may be empty)")
 NEGATIVE_PROMPT = WireTensor("negative_prompt", "BYTES", False, 'default ""')
 TASK = WireTensor("task", "BYTES", False,
