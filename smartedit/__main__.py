@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from smartedit.server import (ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER, LOOPBACK, ServerAddress, ServerFailed,
-                              TlsFiles, TritonServer, default_work_dir, is_remote, restriction_args)
+                              TlsFiles, TritonServer, default_work_dir, is_remote, restriction_args, server_dir)
 
 log = logging.getLogger("smartedit")
 
@@ -176,8 +176,8 @@ def cmd_serve(args) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else default_work_dir(repository)
     server = TritonServer(repository, address, work_dir=work_dir, log_file=args.log_file, log_verbose=args.log_verbose,
                           tls=tls, model_control=True, exit_timeout_s=TRITON_EXIT_TIMEOUT_S,
-                          admin_key=_admin_key(args, work_dir / f"server-{address.grpc_port}"))
-    server.extra_args += args.triton_arg
+                          admin_key=_admin_key(args, server_dir(work_dir, address)))
+    server.extra_args += connection_age_args(args.max_connection_age, args.drain_timeout) + args.triton_arg
     supervisor = Supervisor(server, tls=tls, ready_timeout_s=args.ready_timeout, drain_timeout_s=args.drain_timeout)
     supervisor.install_signal_handlers()
 
@@ -188,6 +188,16 @@ def cmd_serve(args) -> int:
               f"flight; twice: now).", flush=True)
 
     return supervisor.run(on_serving=serving)
+
+
+def connection_age_args(max_age_s: float, drain_timeout_s: float) -> list[str]:
+    """tritonserver flags that close each gRPC connection after ``max_age_s`` (GOAWAY), so that clients
+    balancing over a name's addresses resolve it again and find servers added since; a call in flight
+    on a closing connection has until the drain timeout (and 15 s) to finish. [] for 0: never."""
+    if max_age_s <= 0:
+        return []
+    return [f"--grpc-max-connection-age={int(max_age_s * 1000)}",
+            f"--grpc-max-connection-age-grace={int((drain_timeout_s + 15) * 1000)}"]
 
 
 def cmd_drain(args) -> int:
@@ -216,13 +226,17 @@ def cmd_loadtest(args) -> int:
 
 
 def _add_server_arguments(p: argparse.ArgumentParser, grpc: int, http: int, metrics: int) -> None:
-    p.add_argument("--host", default=LOOPBACK, help="address to bind (default loopback only; 0.0.0.0 for all)")
-    p.add_argument("--grpc-port", type=int, default=grpc)
-    p.add_argument("--http-port", type=int, default=http)
-    p.add_argument("--metrics-port", type=int, default=metrics)
+    p.add_argument("--host", default=LOOPBACK,
+                   help=f"address the server listens on (default {LOOPBACK}: this machine only; 0.0.0.0 for all)")
+    p.add_argument("--grpc-port", type=int, default=grpc, help=f"gRPC port: the SDK, CLI and gateway (default {grpc})")
+    p.add_argument("--http-port", type=int, default=http,
+                   help=f"HTTP port: health (/v2/health/ready) and Triton's HTTP API (default {http})")
+    p.add_argument("--metrics-port", type=int, default=metrics,
+                   help=f"Prometheus metrics port, /metrics (default {metrics})")
     p.add_argument("--log-file", type=Path, default=None, help="write tritonserver's log here (default: stdout)")
-    p.add_argument("--log-verbose", type=int, default=0)
-    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the models to load")
+    p.add_argument("--log-verbose", type=int, default=0, help="tritonserver's log verbosity, 0-2 (default 0)")
+    p.add_argument("--ready-timeout", type=float, default=600.0,
+                   help="seconds the models may take to load before giving up (default 600)")
 
 
 def _add_export_arguments(p: argparse.ArgumentParser) -> None:
@@ -272,21 +286,29 @@ def parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     serve = sub.add_parser("serve", help="run tritonserver on a model repository until Ctrl-C / SIGTERM")
-    serve.add_argument("--model-repository", default=str(DEFAULT_REPOSITORY))
+    serve.add_argument("--model-repository", default=str(DEFAULT_REPOSITORY),
+                       help=f"the model repository `smartedit export` wrote, a folder or an s3:// / gs:// URI "
+                            f"(default {DEFAULT_REPOSITORY})")
     serve.add_argument("--admin-key-file", default=None,
-                       help=f"file holding the key that opens the admin APIs (header {ADMIN_KEY_HEADER}); "
-                            "default: a new random key, written under the repository's .triton folder")
+                       help=f"file holding the key that opens the admin APIs (header {ADMIN_KEY_HEADER}); default: "
+                            f"${ADMIN_KEY_ENV} if set, else a new random key written in this server's folder under "
+                            f"--work-dir")
     serve.add_argument("--no-restrict", action="store_true",
                        help="leave the admin APIs (shared memory, model repository/config, statistics, trace, "
-                            "logging) open to anyone who reaches the ports")
-    serve.add_argument("--tls-cert", default=None, help="PEM certificate: serve gRPC over TLS (with --tls-key)")
-    serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+                            "logging) open to anyone who reaches the ports (default: closed without the key)")
+    serve.add_argument("--tls-cert", default=None,
+                       help="PEM certificate: serve gRPC over TLS, with --tls-key (default: plain gRPC)")
+    serve.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert (default: none)")
     serve.add_argument("--drain-timeout", type=float, default=300.0,
                        help="on Ctrl-C / SIGTERM, seconds the edits in flight may take to finish before they are "
                             "stopped (default 300; new edits are refused at once)")
     serve.add_argument("--work-dir", default=None,
                        help="where the server's own files go (backend folder, readiness gate, admin key); default: "
                             "a .triton folder beside the model repository (for s3:// or gs://, the temp folder)")
+    serve.add_argument("--max-connection-age", type=float, default=0.0, metavar="SECONDS",
+                       help="close each client's gRPC connection after this long, so that clients balancing over "
+                            "several servers (a headless Service) find servers added since; calls in flight finish "
+                            "first (default 0: never)")
     serve.add_argument("--triton-arg", action="append", default=[], metavar="ARG",
                        help="one more tritonserver argument, e.g. --triton-arg=--log-info=false (repeatable; default: "
                             "none)")

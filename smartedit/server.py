@@ -50,6 +50,12 @@ class TlsFiles:
     key: Path
 
 
+def server_dir(work_dir: Path, address: "ServerAddress") -> Path:
+    """One server's own folder under the work folder: two servers on one repository -- other ports, or one
+    port on two addresses -- keep their gates and admin keys apart."""
+    return Path(work_dir) / f"server-{address.host.replace(':', '_')}-{address.grpc_port}"
+
+
 def is_remote(repository: Path | str) -> bool:
     """An object-storage repository (s3://, gs://, as://) that tritonserver reads itself."""
     return "://" in str(repository)
@@ -323,7 +329,7 @@ class TritonServer:
     @property
     def server_dir(self) -> Path:
         """This server's own files (its gate, its admin key), apart from other servers' on the repository."""
-        return self.work_dir / f"server-{self.address.grpc_port}"
+        return server_dir(self.work_dir, self.address)
 
     def model_control(self):
         """The model-repository API of this server (``smartedit.ops.model_control.ModelControl``)."""

@@ -16,17 +16,11 @@ from smartedit_client import _errors
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class FakeTritonError(Exception):
-    """Shaped like tritonclient's InferenceServerException: status() and message()."""
+def triton_error(status, message):
+    """What tritonclient raises for a failed call: its own exception, with the gRPC status as it writes it."""
+    from tritonclient.utils import InferenceServerException
 
-    def __init__(self, status, message):
-        self._status, self._message = status, message
-
-    def status(self):
-        return self._status
-
-    def message(self):
-        return self._message
+    return InferenceServerException(msg=message, status=status)
 
 
 @pytest.mark.parametrize("status,expected", [
@@ -40,7 +34,7 @@ class FakeTritonError(Exception):
     (None, _errors.ServerError),
 ])
 def test_errors_map_on_status_codes(status, expected):
-    error = _errors.from_triton(FakeTritonError(status, "boom"))
+    error = _errors.from_triton(triton_error(status, "boom"))
     assert type(error) is expected and str(error) == "boom"
     assert isinstance(error, _errors.SmartEditError)
 
@@ -52,18 +46,48 @@ def test_errors_map_on_status_codes(status, expected):
     ("failed to connect to all addresses", _errors.ServerUnavailableError),
 ])
 def test_unavailable_is_overloaded_only_when_the_server_refused_for_capacity(message, expected):
-    error = _errors.from_triton(FakeTritonError("StatusCode.UNAVAILABLE", message))
+    error = _errors.from_triton(triton_error("StatusCode.UNAVAILABLE", message))
     assert type(error) is expected and error.status == "UNAVAILABLE"
 
 
-def test_unreachable_server_is_server_unavailable():
-    from smartedit_client import InpaintClient, ServerUnavailableError
+def test_errors_carry_the_servers_words_and_the_field_they_name():
+    refused = _errors.from_triton(triton_error(
+        "StatusCode.INVALID_ARGUMENT", "in ensemble 'inpaint', num_inference_steps: must be >= 1, got 0"))
+    assert str(refused) == "num_inference_steps: must be >= 1, got 0" and refused.field == "num_inference_steps"
+    # Only a field of the contract is a field: a message that merely has a colon names none.
+    vague = _errors.from_triton(triton_error("StatusCode.INVALID_ARGUMENT", "denoising failed: boom"))
+    assert vague.field is None
+    failed = _errors.from_triton(triton_error("StatusCode.INTERNAL", "in ensemble 'inpaint', preprocess failed: x"))
+    assert str(failed) == "preprocess failed: x" and failed.field is None
+
+
+def test_an_address_where_nothing_answers_is_named_with_what_to_check():
+    import asyncio
+
+    from smartedit_client import AsyncInpaintClient, InpaintClient, ServerUnavailableError
 
     image, mask = scene(16, 16)
-    with InpaintClient(f"127.0.0.1:{free_port()}", timeout_s=5) as client:
+    address = f"127.0.0.1:{free_port()}"
+    expected = f"cannot reach the SmartEdit server at {address} (is `smartedit serve` running?)"
+    with InpaintClient(address, timeout_s=5) as client:
         assert not client.is_ready()
-        with pytest.raises(ServerUnavailableError):
+        with pytest.raises(ServerUnavailableError) as unary:
             client.inpaint(image=image, mask_image=mask, prompt="x")
+        with pytest.raises(ServerUnavailableError) as streamed:
+            with client.inpaint_stream(image=image, mask_image=mask, prompt="x") as stream:
+                list(stream)
+        with pytest.raises(ServerUnavailableError) as info:
+            client.server_info()
+
+    async def from_asyncio():
+        async with AsyncInpaintClient(address, timeout_s=5) as aclient:
+            with pytest.raises(ServerUnavailableError) as refused:
+                await aclient.inpaint(image=image, mask_image=mask, prompt="x")
+            return refused.value
+
+    for error in (unary.value, streamed.value, info.value, asyncio.run(from_asyncio())):
+        assert str(error) == expected, str(error)
+        assert "connect" in error.detail.lower()  # what gRPC said, for whoever digs
 
 
 @pytest.mark.parametrize("url,target", [("127.0.0.1:8001", "127.0.0.1:8001"),

@@ -416,14 +416,22 @@ def test_the_gateway_is_off_by_default():
     assert not _gateway_objects(render())
 
 
-def test_the_gateway_calls_the_servers_service_and_is_ready_only_while_triton_is():
+def test_the_gateway_balances_over_every_ready_server_pod_and_is_ready_only_while_triton_is():
+    from smartedit_gateway.__main__ import parser as gateway_parser
+
     objects = render("gateway")
     gateway = _gateway_objects(objects)
     assert set(gateway) == {"Deployment", "Service", "Ingress"}
     container = gateway["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    server_service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "t-smartedit")
-    grpc_port = next(p["port"] for p in server_service["spec"]["ports"] if p["name"] == "grpc")
-    assert f"--triton=t-smartedit.edit.svc:{grpc_port}" in container["args"]
+    # The headless Service: one address per ready pod, none for a pod that is not ready.
+    pods = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "t-smartedit-pods")
+    assert pods["spec"]["clusterIP"] == "None" and pods["spec"]["publishNotReadyAddresses"] is False
+    assert pods["spec"]["selector"] == server_deployment(objects)["spec"]["selector"]["matchLabels"]
+    grpc_port = next(p["port"] for p in pods["spec"]["ports"] if p["name"] == "grpc")
+    args = gateway_parser().parse_args(container["args"])
+    assert args.triton == f"t-smartedit-pods.edit.svc:{grpc_port}" and args.balance is True
+    # The servers close connections now and then, so that balancing clients find pods added since.
+    assert int(arg_value(server_container(objects), "max-connection-age")) > 0
     assert "--cors-origin=https://editor.example.com" in container["args"] and "--max-request-mb=32" in container["args"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     assert "tcpSocket" in container["livenessProbe"]  # a Triton outage must not restart gateways

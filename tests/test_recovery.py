@@ -81,7 +81,8 @@ def watched_server(model_repository, tmp_path_factory):
     process = subprocess.Popen(command, stdout=open(folder / "serve.log", "w"), stderr=subprocess.STDOUT,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
     deadline = time.monotonic() + 180
-    while ready_status(ports["http"]) != 200:
+    # "serving": ready, warmed up and watching (readiness alone comes before the warm-up edit).
+    while "SmartEdit is serving" not in (folder / "serve.log").read_text():
         assert process.poll() is None and time.monotonic() < deadline, (folder / "serve.log").read_text()
         time.sleep(0.5)
     try:

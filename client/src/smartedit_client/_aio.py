@@ -17,15 +17,18 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from smartedit_client import _contract as wire
+from smartedit_client._channel import channel
 from smartedit_client._client import (
-    DEFAULT_TIMEOUT_S, DEFAULT_URL, ImageLike, deadline_arguments, edit_failure, edit_inputs, edit_result, encoded,
-    grpc_target, replay_of, requested,
+    DEFAULT_TIMEOUT_S, DEFAULT_URL, LIVENESS_PROBE_S, ImageLike, deadline_arguments, edit_failure, edit_inputs,
+    edit_result, encoded, grpc_target, replay_of, requested,
 )
-from smartedit_client._errors import RequestTimeoutError, from_triton
+from smartedit_client._errors import (
+    RequestTimeoutError, ServerUnavailableError, SmartEditError, from_triton, unreachable,
+)
 from smartedit_client._info import ServerInfo
 from smartedit_client._options import EditOptions, checked_options
 from smartedit_client._result import InpaintResult
-from smartedit_client._segment import Point, SegmentResult, segment_inputs
+from smartedit_client._segment import Point, SegmentResult, in_sdk_terms, segment_inputs
 from smartedit_client._stream import StreamEvent, stream_events
 
 if TYPE_CHECKING:
@@ -40,7 +43,7 @@ class AsyncInpaintClient:
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  model_name: str = wire.MODEL_NAME, stream_model_name: str = wire.STREAM_MODEL_NAME,
-                 ssl: bool = False, root_certificates: str | os.PathLike | None = None):
+                 ssl: bool = False, root_certificates: str | os.PathLike | None = None, balance: bool | None = None):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.url = grpc_target(url)
@@ -51,8 +54,10 @@ class AsyncInpaintClient:
             if not os.path.isfile(root_certificates):
                 raise ValueError(f"root_certificates {os.fspath(root_certificates)!r}: no such file")
             ssl = True
+        target, channel_args = channel(self.url, balance)
         self._client = grpcaio.InferenceServerClient(
-            url=self.url, ssl=ssl, root_certificates=None if root_certificates is None else os.fspath(root_certificates))
+            url=target, ssl=ssl, root_certificates=None if root_certificates is None else os.fspath(root_certificates),
+            channel_args=channel_args)
 
     async def __aenter__(self) -> "AsyncInpaintClient":
         return self
@@ -72,13 +77,17 @@ class AsyncInpaintClient:
         except InferenceServerException:
             return False
 
+    async def _failure(self, error: InferenceServerException) -> SmartEditError:
+        """As ``InpaintClient._failure``."""
+        return await failure_of(error, self._client, self.url)
+
     async def server_info(self, *, timeout_s: float | None = None) -> ServerInfo:
         """As ``InpaintClient.server_info``."""
         try:
             response = await self._client.infer(wire.INFO_MODEL_NAME, [], outputs=requested([wire.SERVER_INFO]),
                                                 client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
-            raise from_triton(error) from None
+            raise await self._failure(error) from None
         return ServerInfo.from_json(response.as_numpy(wire.SERVER_INFO.name).reshape(-1)[0])
 
     async def segment(self, *, image: ImageLike, points: Sequence[Point] | None = None,
@@ -92,7 +101,7 @@ class AsyncInpaintClient:
             response = await self._client.infer(wire.SEGMENT_MODEL_NAME, inputs, outputs=requested(wire.SEGMENT_OUTPUTS),
                                                 request_id=request_id, client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
-            raise from_triton(error) from None
+            raise in_sdk_terms(await self._failure(error)) from None
         return SegmentResult.from_response(response, request_id, time.perf_counter() - started)
 
     async def inpaint(self, *, image: ImageLike, mask_image: ImageLike, prompt: str, timeout_s: float | None = None,
@@ -107,7 +116,7 @@ class AsyncInpaintClient:
             response = await self._client.infer(self.model_name, inputs, outputs=requested(wire.OUTPUTS),
                                                 request_id=request_id, **deadline_arguments(timeout_s))
         except InferenceServerException as error:
-            raise edit_failure(error, started, timeout_s) from None
+            raise edit_failure(await self._failure(error), started, timeout_s) from None
         return edit_result(response, request_id, started)
 
     async def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike, **overrides) -> InpaintResult:
@@ -125,7 +134,7 @@ class AsyncInpaintClient:
         """
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
                                                      preview_every=preview_every))
-        return AsyncInpaintStream(self._client, model_name=self.stream_model_name, inputs=inputs,
+        return AsyncInpaintStream(self._client, self.url, model_name=self.stream_model_name, inputs=inputs,
                                   request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s)
 
 
@@ -137,9 +146,10 @@ class AsyncInpaintStream:
     Raises (while iterating): as ``InpaintStream``.
     """
 
-    def __init__(self, client: grpcaio.InferenceServerClient, *, model_name: str, inputs: list, request_id: str,
-                 timeout_s: float):
+    def __init__(self, client: grpcaio.InferenceServerClient, url: str, *, model_name: str, inputs: list,
+                 request_id: str, timeout_s: float):
         self.request_id = request_id
+        self._url = url
         self.result: InpaintResult | None = None
         self._client, self._model_name, self._inputs = client, model_name, inputs
         self._timeout_s = timeout_s
@@ -169,7 +179,7 @@ class AsyncInpaintStream:
         try:
             async for result, error in self._responses:
                 if error is not None:
-                    raise from_triton(error) from None
+                    raise await failure_of(error, self._client, self._url) from None
                 for event in stream_events(result, self.request_id, started):
                     if isinstance(event, InpaintResult):
                         self.result = event
@@ -180,9 +190,10 @@ class AsyncInpaintStream:
                 raise RequestTimeoutError(f"the stream ended without a result within {self._timeout_s:g} s",
                                           "DEADLINE_EXCEEDED")
         except InferenceServerException as error:
-            raise from_triton(error) from None
+            raise await failure_of(error, self._client, self._url) from None
         except grpc.RpcError as error:  # the aio stream hands connection failures and its timeout through raw
-            raise from_triton(InferenceServerException(msg=error.details(), status=str(error.code()))) from None
+            raise await failure_of(InferenceServerException(msg=error.details(), status=str(error.code())),
+                                   self._client, self._url) from None
         finally:
             await self.cancel()
 
@@ -192,3 +203,18 @@ class AsyncInpaintStream:
         if self._responses is not None and self.result is None:
             self._responses.cancel()
         self._responses = None
+
+
+async def failure_of(error: InferenceServerException, client: grpcaio.InferenceServerClient,
+                     url: str) -> SmartEditError:
+    """``_errors.reachability`` for asyncio: a plain UNAVAILABLE from an address where nothing is live says so."""
+    failure = from_triton(error)
+    if type(failure) is ServerUnavailableError:
+        try:
+            live = await client.is_server_live(client_timeout=LIVENESS_PROBE_S)
+        except InferenceServerException:
+            live = False
+        if not live:
+            return unreachable(url, str(failure))
+    return failure
+

@@ -15,13 +15,14 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from smartedit_client import _contract as wire
+from smartedit_client._channel import channel
 from smartedit_client._errors import (
-    InvalidRequestError, RequestCancelledError, RequestTimeoutError, SmartEditError, from_triton,
+    InvalidRequestError, RequestCancelledError, RequestTimeoutError, SmartEditError, from_triton, reachability,
 )
 from smartedit_client._info import ServerInfo
 from smartedit_client._options import EditOptions, checked_options
 from smartedit_client._result import InpaintResult, png_parameters, replayable
-from smartedit_client._segment import Point, SegmentResult, segment_inputs
+from smartedit_client._segment import Point, SegmentResult, in_sdk_terms, segment_inputs
 from smartedit_client._stream import InpaintStream
 
 if TYPE_CHECKING:  # annotations only: no runtime dependency on typing_extensions (3.10)
@@ -31,6 +32,8 @@ ImageLike = Union[bytes, str, os.PathLike, Image.Image]
 
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_TIMEOUT_S = 300.0
+# How long the question "is anything live there?" may take, after a call failed with UNAVAILABLE.
+LIVENESS_PROBE_S = 3.0
 _NUMPY = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
 
 
@@ -52,13 +55,14 @@ def encoded(field: str, value: ImageLike) -> bytes:
 
 
 def grpc_target(url: str) -> str:
-    """``host:port`` of the server's gRPC endpoint, from ``host:port`` or ``grpc://host:port``.
+    """``host:port`` of the server's gRPC endpoint, from ``host:port`` or ``grpc://host:port``; gRPC's own
+    target names (``dns:///host:port``, ``ipv4:a:port,b:port``) as they are.
 
     Raises:
         ValueError: an http(s):// URL (the SDK speaks gRPC; Triton's HTTP port is another one).
     """
     scheme, separator, rest = url.partition("://")
-    if not separator:
+    if not separator or scheme.lower() == "dns":
         return url
     if scheme.lower() == "grpc":
         return rest.rstrip("/")
@@ -96,11 +100,14 @@ class InpaintClient:
         ssl: use TLS (for an Ingress that terminates gRPC over TLS, or ``smartedit serve --tls-cert``).
         root_certificates: PEM file of the CA(s) to trust (a self-signed server's own certificate);
             implies ``ssl``. Default: the system's trust store.
+        balance: spread calls over every address ``url``'s name resolves to, following them as they
+            change, and send a call a server refused with UNAVAILABLE to the next (``_channel``); None
+            (default): when the name has several addresses now (a Kubernetes headless Service's name).
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  model_name: str = wire.MODEL_NAME, stream_model_name: str = wire.STREAM_MODEL_NAME,
-                 ssl: bool = False, root_certificates: str | os.PathLike | None = None):
+                 ssl: bool = False, root_certificates: str | os.PathLike | None = None, balance: bool | None = None):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.url = url = grpc_target(url)
@@ -112,7 +119,8 @@ class InpaintClient:
                 raise ValueError(f"root_certificates {os.fspath(root_certificates)!r}: no such file")
             ssl = True
         self._tls = dict(ssl=ssl, root_certificates=None if root_certificates is None else os.fspath(root_certificates))
-        self._client = grpcclient.InferenceServerClient(url=url, **self._tls)
+        self._target, self._channel_args = channel(url, balance)
+        self._client = grpcclient.InferenceServerClient(url=self._target, channel_args=self._channel_args, **self._tls)
 
     def __enter__(self) -> "InpaintClient":
         return self
@@ -135,6 +143,17 @@ class InpaintClient:
         except InferenceServerException:
             return False
 
+    def _live(self) -> bool:
+        try:
+            return bool(self._client.is_server_live(client_timeout=LIVENESS_PROBE_S))
+        except InferenceServerException:
+            return False
+
+    def _failure(self, error: InferenceServerException) -> SmartEditError:
+        """A call's failure as the SDK raises it (an UNAVAILABLE from an address where nothing answers
+        says so)."""
+        return reachability(from_triton(error), self.url, self._live)
+
     def server_info(self, *, timeout_s: float | None = None) -> ServerInfo:
         """What the server offers: model and family, working resolution, samplers, tasks, each
         parameter's range and default, limits.
@@ -148,7 +167,7 @@ class InpaintClient:
             response = self._client.infer(wire.INFO_MODEL_NAME, [], outputs=requested([wire.SERVER_INFO]),
                                           client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
-            raise from_triton(error) from None
+            raise self._failure(error) from None
         return ServerInfo.from_json(response.as_numpy(wire.SERVER_INFO.name).reshape(-1)[0])
 
     def segment(self, *, image: ImageLike, points: Sequence[Point] | None = None, box: Sequence[float] | None = None,
@@ -173,7 +192,7 @@ class InpaintClient:
                                           request_id=request_id,
                                           client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
-            raise from_triton(error) from None
+            raise in_sdk_terms(self._failure(error)) from None
         return SegmentResult.from_response(response, request_id, time.perf_counter() - started)
 
     def inpaint(
@@ -220,7 +239,7 @@ class InpaintClient:
             response = self._client.infer(self.model_name, inputs, outputs=requested(wire.OUTPUTS),
                                           request_id=request_id, **deadline_arguments(timeout_s))
         except InferenceServerException as error:
-            raise edit_failure(error, started, timeout_s) from None
+            raise edit_failure(self._failure(error), started, timeout_s) from None
         return edit_result(response, request_id, started)
 
     def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike, **overrides) -> InpaintResult:
@@ -269,7 +288,8 @@ class InpaintClient:
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
                                                      preview_every=preview_every))
         return InpaintStream(self.url, tls=self._tls, model_name=self.stream_model_name, inputs=inputs,
-                             request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s)
+                             request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
+                             channel=(self._target, self._channel_args))
 
 
 def requested(specs) -> list[grpcclient.InferRequestedOutput]:
@@ -282,9 +302,8 @@ def deadline_arguments(timeout_s: float) -> dict:
     return dict(client_timeout=timeout_s + wire.DEADLINE_GRACE_S, timeout=wire.request_timeout_us(timeout_s))
 
 
-def edit_failure(error: InferenceServerException, started: float, timeout_s: float) -> SmartEditError:
+def edit_failure(failure: SmartEditError, started: float, timeout_s: float) -> SmartEditError:
     """The SDK's error for a failed edit call; the server's "cancelled" at the deadline is a timeout."""
-    failure = from_triton(error)
     if isinstance(failure, RequestCancelledError) and time.perf_counter() - started >= timeout_s:
         return RequestTimeoutError(f"the edit took longer than its timeout of {timeout_s:g} s: {failure}",
                                    "DEADLINE_EXCEEDED")

@@ -11,7 +11,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from smartedit_client import _contract as wire
-from smartedit_client._errors import InvalidRequestError
+from smartedit_client._errors import InvalidRequestError, SmartEditError
 
 Point = Sequence[float]  # (x, y) or (x, y, label): label 1 = on the object (default), 0 = background
 
@@ -49,7 +49,8 @@ def segment_inputs(image: bytes, points: Sequence[Point] | None, box: Sequence[f
         InvalidRequestError: no prompt, or a point or box of the wrong shape.
     """
     if not points and box is None:
-        raise InvalidRequestError("point_coords: or box is required: click on the object, or draw a box")
+        raise InvalidRequestError("points or box is required: give points (clicks on the object) or a box "
+                                  "(x0, y0, x1, y1) around it", field="points")
     tensors = []
 
     def add(spec: wire.WireTensor, array: np.ndarray) -> None:
@@ -61,14 +62,14 @@ def segment_inputs(image: bytes, points: Sequence[Point] | None, box: Sequence[f
     if points:
         rows = [tuple(point) for point in points]
         if any(len(row) not in (2, 3) for row in rows):
-            raise InvalidRequestError(f"point_coords: each point is (x, y) or (x, y, label), got {rows!r:.80}")
+            raise InvalidRequestError(f"points: each point is (x, y) or (x, y, label), got {rows!r:.80}")
         labels = [row[2] if len(row) == 3 else 1 for row in rows]
         if any(label not in (0, 1) for label in labels):
-            raise InvalidRequestError(f"point_labels: must be 1 (object) or 0 (background), got {labels!r:.80}")
+            raise InvalidRequestError(f"points: labels must be 1 (object) or 0 (background), got {labels!r:.80}")
         try:
             add(wire.POINT_COORDS, np.array([row[:2] for row in rows], dtype=np.float32))
         except (TypeError, ValueError) as error:
-            raise InvalidRequestError(f"point_coords: must be numbers, got {rows!r:.80} ({error})") from None
+            raise InvalidRequestError(f"points: must be numbers, got {rows!r:.80} ({error})") from None
         add(wire.POINT_LABELS, np.array(labels, dtype=np.int32))
     if box is not None:
         try:
@@ -79,3 +80,15 @@ def segment_inputs(image: bytes, points: Sequence[Point] | None, box: Sequence[f
             raise InvalidRequestError(f"box: is (x0, y0, x1, y1), got {list(box)!r:.80}")
         add(wire.BOX, values)
     return tensors
+
+
+# The wire tensors the SDK's ``points`` argument travels as, named by the server in its refusals.
+_POINT_TENSORS = (wire.POINT_COORDS.name, wire.POINT_LABELS.name)
+
+
+def in_sdk_terms(failure: SmartEditError) -> SmartEditError:
+    """A refusal of ``segment`` that names a point tensor, said of the ``points`` argument the caller gave."""
+    if not isinstance(failure, InvalidRequestError) or failure.field not in _POINT_TENSORS:
+        return failure
+    return InvalidRequestError("points" + str(failure)[len(failure.field):], failure.status, "points")
+

@@ -12,7 +12,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from smartedit_client import _contract as wire
-from smartedit_client._errors import RequestTimeoutError, from_status, from_triton
+from smartedit_client._errors import RequestTimeoutError, SmartEditError, from_status, from_triton, reachability
 from smartedit_client._events import PreviewEvent, ProgressEvent
 from smartedit_client._result import InpaintResult
 
@@ -67,14 +67,17 @@ class InpaintStream:
         result: the ``InpaintResult`` once it has arrived, else None.
     """
 
-    def __init__(self, url: str, *, tls: dict, model_name: str, inputs: list, request_id: str, timeout_s: float):
+    def __init__(self, url: str, *, tls: dict, model_name: str, inputs: list, request_id: str, timeout_s: float,
+                 channel: tuple[str, list | None] | None = None):
         self.request_id = request_id
+        self._url = url
         self.result: InpaintResult | None = None
         self._timeout_s = timeout_s
         self._responses: queue.SimpleQueue = queue.SimpleQueue()
         self._open = True
         self._started = time.perf_counter()
-        self._client = grpcclient.InferenceServerClient(url=url, **tls)  # ssl, root_certificates
+        target, channel_args = channel or (url, None)  # the client's: balanced or not (smartedit_client._channel)
+        self._client = grpcclient.InferenceServerClient(url=target, channel_args=channel_args, **tls)
         outputs = [grpcclient.InferRequestedOutput(t.name) for t in wire.STREAM_OUTPUTS]
         try:
             self._client.start_stream(callback=self._on_response, stream_timeout=timeout_s + wire.DEADLINE_GRACE_S)
@@ -82,8 +85,27 @@ class InpaintStream:
             self._client.async_stream_infer(model_name, inputs, outputs=outputs, request_id=request_id,
                                             timeout=wire.request_timeout_us(timeout_s))
         except InferenceServerException as error:
+            # A stream that failed to connect is refused with "no longer in valid state"; the cause (the
+            # connection's error) went to the callback.
+            failure = self._failure(self._reported_error() or error)
             self._close(cancel=False)
-            raise from_triton(error) from None
+            raise failure from None
+
+    def _failure(self, error) -> SmartEditError:
+        def live() -> bool:
+            try:
+                return bool(self._client.is_server_live(client_timeout=3.0))
+            except InferenceServerException:
+                return False
+        return reachability(from_triton(error), self._url, live)
+
+    def _reported_error(self, wait_s: float = 1.0):
+        """The error the callback was given, if any (waiting up to ``wait_s``)."""
+        try:
+            _, error = self._responses.get(timeout=wait_s)
+        except queue.Empty:
+            return None
+        return error
 
     def _on_response(self, result, error) -> None:
         self._responses.put((result, error))
@@ -115,8 +137,9 @@ class InpaintStream:
                     raise RequestTimeoutError(f"no word from the server for {waited:.0f} s",
                                               "DEADLINE_EXCEEDED") from None
                 if error is not None:
+                    failure = self._failure(error)
                     self._close(cancel=False)
-                    raise from_triton(error) from None
+                    raise failure from None
                 yield from self._events_of(result)
         finally:
             # Done, failed, or abandoned half-way (a break, an exception in the caller's loop).

@@ -52,6 +52,7 @@ class GatewaySettings:
     cors_origins: tuple[str, ...] = ()  # browsers' origins allowed to call it; () for none, ("*",) for any
     ssl: bool = False
     root_certificates: str | None = None
+    balance: bool | None = None  # over every address of triton_url's name (smartedit_client._channel); None: auto
 
 
 def _wants_json(request: Request) -> bool:
@@ -81,7 +82,7 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.client = AsyncInpaintClient(settings.triton_url, timeout_s=settings.timeout_s, ssl=settings.ssl,
-                                              root_certificates=settings.root_certificates)
+                                              root_certificates=settings.root_certificates, balance=settings.balance)
         yield
         await app.state.client.close()
 

@@ -23,21 +23,6 @@ class GatewayError(Exception):
         return {"field": self.field, "message": self.message}
 
 
-def without_ensemble_prefix(message: str) -> str:
-    """The step's own message: Triton prefixes an ensemble step's error with "in ensemble '<name>', "."""
-    if message.startswith("in ensemble '"):
-        _, separator, rest = message.partition("', ")
-        if separator:
-            return rest
-    return message
-
-
-def field_of(message: str) -> str | None:
-    """The field a SmartEdit error names: its messages start with ``<field>: ``."""
-    head, separator, _ = message.partition(": ")
-    return head if separator and head.isidentifier() else None
-
-
 # The SDK's errors to HTTP statuses: the client's fault, retry later, not serving, too slow.
 _STATUS = (
     (InvalidRequestError, 400),
@@ -50,8 +35,10 @@ _STATUS = (
 
 
 def from_sdk(error: SmartEditError) -> GatewayError:
-    message = without_ensemble_prefix(str(error))
+    """The SDK's error as the gateway answers it: the server's message as the SDK has it (without Triton's
+    prefixes) and the field it names (``error.field``)."""
+    message = str(error)
     for kind, status in _STATUS:
         if isinstance(error, kind):
-            return GatewayError(status, message, field_of(message) if status == 400 else None)
+            return GatewayError(status, message, error.field if status == 400 else None)
     return GatewayError(502, f"the inference server failed: {message}")

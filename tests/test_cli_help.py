@@ -1,0 +1,31 @@
+"""Every option of the commands an operator runs says what it does and what it is when not given."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+
+def _subcommand(name: str) -> argparse.ArgumentParser:
+    from smartedit.__main__ import parser
+
+    (subparsers,) = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return subparsers.choices[name]
+
+
+def _gateway() -> argparse.ArgumentParser:
+    from smartedit_gateway.__main__ import parser
+
+    return parser()
+
+
+@pytest.mark.parametrize("command", ["smartedit serve", "smartedit drain", "smartedit-gateway"])
+def test_every_option_has_a_sentence_and_its_default(command):
+    parser = _gateway() if command == "smartedit-gateway" else _subcommand(command.split()[1])
+    options = [action for action in parser._actions if action.option_strings and action.dest != "help"]
+    assert options
+    for action in options:
+        text = action.help or ""
+        assert len(text.split()) >= 4, f"{command} {action.option_strings[0]}: no sentence"
+        assert "default" in text, f"{command} {action.option_strings[0]}: says no default ({text!r})"

@@ -1,0 +1,138 @@
+"""Edits spread over every SmartEdit server a name stands for, and move off one that stops.
+
+Through a Kubernetes Service's cluster IP, HTTP/2 keeps one connection and every edit of a client
+goes to one pod. Balanced (``smartedit_client._channel``), a client sends each call to the next
+address and one that a server refused (as a draining server refuses) to another. Here two
+``smartedit serve`` on two loopback addresses with one port stand for two pods behind a headless
+Service; the gateway reaches them through gRPC's own list of addresses (``ipv4:a:port,b:port``),
+which the SDK treats as it treats a name with several addresses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import png_bytes, read_until_serving, scene
+from smartedit.server import free_port
+from smartedit_client._channel import channel, resolves_to_several
+from test_gateway import gateway
+
+pytestmark = pytest.mark.functional
+
+
+def test_a_name_or_list_of_several_addresses_is_balanced_and_one_address_is_not():
+    assert resolves_to_several("ipv4:127.0.0.1:8001,127.0.0.2:8001")
+    assert not resolves_to_several("127.0.0.1:8001") and not resolves_to_several("localhost:8001")
+    assert channel("127.0.0.1:8001", None) == ("127.0.0.1:8001", None)  # tritonclient's own channel
+    target, options = channel("smartedit-pods.edit.svc:8001", True)
+    assert target == "dns:///smartedit-pods.edit.svc:8001"
+    config = dict(options)["grpc.service_config"]
+    assert '"round_robin"' in config and '"retryableStatusCodes": ["UNAVAILABLE", "NOT_FOUND"]' in config
+
+
+def _serve(model_repository, tmp_path, host: str, grpc_port: int) -> tuple[subprocess.Popen, int]:
+    metrics = free_port(host)
+    folder = tmp_path / host
+    folder.mkdir()
+    command = [sys.executable, "-m", "smartedit", "serve", "--model-repository", str(model_repository),
+               "--host", host, "--grpc-port", str(grpc_port), "--http-port", str(free_port(host)),
+               "--metrics-port", str(metrics), "--log-file", str(folder / "triton.log"), "--no-restrict"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return process, metrics
+
+
+def _inpaint_successes(host: str, metrics_port: int) -> int:
+    text = urllib.request.urlopen(f"http://{host}:{metrics_port}/metrics", timeout=10).read().decode()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith('nv_inference_request_success{model="inpaint"'))
+
+
+def _shares(servers: dict, before: dict, expected: int) -> dict:
+    """Each server's successful edits since ``before``: Triton counts an ensemble's success a moment after its
+    answer leaves, so read until the total is ``expected`` (or a few seconds have passed)."""
+    deadline = time.monotonic() + 10
+    while True:
+        shares = {host: _inpaint_successes(host, metrics) - before[host] for host, (_, metrics) in servers.items()}
+        if sum(shares.values()) >= expected or time.monotonic() > deadline:
+            return shares
+        time.sleep(0.2)
+
+
+def _post_edit(url: str, image: bytes, mask: bytes, seed: int) -> int:
+    boundary = "smartedit-spread"
+    parts = []
+    for name, value, filename in (("image", image, "photo.png"), ("mask_image", mask, "mask.png")):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f"Content-Type: image/png\r\n\r\n".encode() + value + b"\r\n")
+    for name, value in (("prompt", "a cat"), ("num_inference_steps", "12"), ("seed", str(seed))):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url + "/edit/inpaint", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_gateway_spreads_edits_over_both_servers_and_leaves_one_that_stops(model_repository, tmp_path):
+    port = free_port()
+    servers = {host: _serve(model_repository, tmp_path, host, port) for host in ("127.0.0.1", "127.0.0.2")}
+    try:
+        for host, (process, _) in servers.items():
+            lines = read_until_serving(process)
+            assert "SmartEdit is serving" in lines[-1], "".join(lines)
+        image, mask = scene(96, 96)
+        image, mask = png_bytes(image), png_bytes(mask)
+        target = f"ipv4:127.0.0.1:{port},127.0.0.2:{port}"
+        with gateway(target, tmp_path / "gateway.log", "--balance") as url:
+            before = {host: _inpaint_successes(host, metrics) for host, (_, metrics) in servers.items()}
+            with ThreadPoolExecutor(8) as pool:
+                statuses = list(pool.map(lambda seed: _post_edit(url, image, mask, seed), range(40)))
+            assert statuses == [200] * 40, statuses
+            shares = _shares(servers, before, 40)
+            assert sum(shares.values()) == 40 and all(share > 0 for share in shares.values()), shares
+
+            # One stops mid-run (SIGTERM: it drains, refusing new edits): the rest go to the other.
+            stopping, _ = servers["127.0.0.2"]
+            results: list[tuple[float, int]] = []
+            done = threading.Event()
+
+            def edit_on(seed):
+                results.append((time.monotonic(), _post_edit(url, image, mask, seed)))
+
+            with ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(edit_on, seed) for seed in range(100, 116)]
+                time.sleep(1.0)
+                stopped_at = time.monotonic()
+                stopping.send_signal(signal.SIGTERM)
+                futures += [pool.submit(edit_on, seed) for seed in range(116, 140)]
+                for future in futures:
+                    future.result()
+            done.set()
+            assert stopping.wait(60) == 0
+            assert [status for _, status in results] == [200] * len(results), results
+            after = _inpaint_successes("127.0.0.1", servers["127.0.0.1"][1])
+            print(f"40 edits at concurrency 8: {shares}; with 127.0.0.2 stopped {time.monotonic() - stopped_at:.1f} s "
+                  f"into the second run, all {len(results)} answered 200 ({after - before['127.0.0.1']} in all by "
+                  f"127.0.0.1)")
+    finally:
+        for process, _ in servers.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process, _ in servers.values():
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
