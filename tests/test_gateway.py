@@ -125,7 +125,7 @@ def test_a_64_bit_seed_travels_as_a_string_of_digits_both_ways(gateway_url, clie
 
 
 @pytest.mark.parametrize("fields,status,field,fragment", [
-    ({"num_inference_steps": "many"}, 400, "num_inference_steps", "must be an integer, got 'many'"),
+    ({"num_inference_steps": "many"}, 400, "num_inference_steps", 'must be an integer, got "many"'),
     ({"num_inference_steps": "0"}, 400, "num_inference_steps", "must be between 1 and"),
     ({"invert_mask": "perhaps"}, 400, "invert_mask", "must be true or false"),
     ({"task": "paint"}, 400, "task", "unknown task 'paint'"),
@@ -154,6 +154,56 @@ def test_the_stream_and_segment_endpoints_answer_bad_values_as_json_too(gateway_
     for points in ([[10, 10, 1e20]], [[10, 10, 2]], [[10]]):
         status, _, raw = _post_json(gateway_url + "/segment", {"image": body["image"], "points": points})
         assert status == 400 and json.loads(raw)["field"] == "points", raw
+
+
+@pytest.mark.parametrize("changes,field,message", [
+    ({"invert_mask": "true"}, "invert_mask",
+     'invert_mask: must be true or false (a JSON boolean), got the string "true"'),
+    ({"num_inference_steps": "5"}, "num_inference_steps", 'num_inference_steps: must be an integer, got the string "5"'),
+    ({"num_inference_steps": 5.5}, "num_inference_steps", "num_inference_steps: must be an integer, got the number 5.5"),
+    ({"prompt": 7}, "prompt", "prompt: must be text, got the number 7"),
+])
+def test_json_values_of_the_wrong_type_are_named_by_their_json_type(gateway_url, tmp_path, changes, field, message):
+    image, mask = _files(tmp_path)
+    body = {"image": base64.b64encode(png_bytes(image)).decode(), "mask_image": base64.b64encode(png_bytes(mask)).decode(),
+            "prompt": "x", **changes}
+    status, _, raw = _post_json(gateway_url + "/edit/inpaint", body)
+    assert status == 400 and json.loads(raw) == {"field": field, "message": message}, raw
+
+
+def test_a_prompt_that_is_not_utf8_is_refused_naming_it(gateway_url, tmp_path):
+    _files(tmp_path)
+    boundary = "not-utf8"
+    body = b"".join([
+        *(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+          f"Content-Type: image/png\r\n\r\n".encode() + (tmp_path / f"{file}.png").read_bytes() + b"\r\n"
+          for name, file in (("image", "image"), ("mask_image", "mask"))),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n'.encode() + b"caf\xe9 au lait\r\n",
+        f"--{boundary}--\r\n".encode()])
+    request = urllib.request.Request(gateway_url + "/edit/inpaint", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    answer = json.loads(refused.value.read())
+    assert refused.value.code == 400 and answer["field"] == "prompt" and "not UTF-8" in answer["message"], answer
+
+
+def test_segment_without_points_or_box_names_both(gateway_url, tmp_path):
+    image, _ = _files(tmp_path)
+    status, _, raw = _post_json(gateway_url + "/segment", {"image": base64.b64encode(png_bytes(image)).decode()})
+    answer = json.loads(raw)
+    assert status == 400 and answer["field"] == "points" and "points or box is required" in answer["message"], raw
+
+
+def test_a_server_that_cannot_be_reached_is_named_with_what_to_check(tmp_path):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens here
+    image, mask = scene(16, 16)
+    with gateway(address, tmp_path / "gateway.log") as url:
+        status, _, raw = _post_json(url + "/edit/inpaint", {"image": base64.b64encode(png_bytes(image)).decode(),
+                                                            "mask_image": base64.b64encode(png_bytes(mask)).decode(),
+                                                            "prompt": "x"})
+    assert status == 503, raw
+    assert json.loads(raw)["message"] == f"cannot reach the SmartEdit server at {address} (is `smartedit serve` running?)"
 
 
 def test_other_bodies_and_broken_base64_are_refused(gateway_url):

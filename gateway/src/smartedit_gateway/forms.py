@@ -13,10 +13,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
 from smartedit_client import _contract as wire
@@ -39,38 +41,54 @@ def _bad(field: str, message: str) -> GatewayError:
     return GatewayError(400, f"{field}: {message}", field)
 
 
+def _described(value: Any, from_text: bool) -> str:
+    """A value as the person who sent it wrote it: a JSON value by its JSON type (so that the string "true"
+    refused where a boolean is wanted does not read as "must be true or false, got 'true'")."""
+    if from_text:
+        return json.dumps(value[:60])
+    if isinstance(value, bool):
+        return f"the JSON {'true' if value else 'false'}"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value[:60])}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return {type(None): "null", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
 def _typed(spec: wire.WireTensor, value: Any, from_text: bool) -> Any:
     """``value`` as the contract's type of ``spec`` (text from a form, or a JSON value)."""
     name, kind = spec.name, spec.datatype
+    got = _described(value, from_text)
     if kind == "BYTES":
         if not isinstance(value, str):
-            raise _bad(name, f"must be text, got {type(value).__name__} {value!r:.40}")
+            raise _bad(name, f"must be text, got {got}")
         return value
     if kind == "BOOL":
         if isinstance(value, bool):
             return value
         if from_text and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise _bad(name, f"must be true or false, got {value!r:.40}")
+        wanted = "true or false" if from_text else "true or false (a JSON boolean)"
+        raise _bad(name, f"must be {wanted}, got {got}")
     if kind.startswith("INT"):
         if isinstance(value, bool):
-            raise _bad(name, f"must be an integer, got {value!r}")
+            raise _bad(name, f"must be an integer, got {got}")
         # In JSON too a 64-bit value (the seed) may come as a string of digits: JavaScript's numbers lose
         # integers past 2^53, so a browser can only send such a seed as text.
         as_text = isinstance(value, str) and (from_text or kind == "INT64")
         try:
             number = int(value.strip()) if as_text else value
         except ValueError:
-            raise _bad(name, f"must be an integer, got {value!r:.40}") from None
+            raise _bad(name, f"must be an integer, got {got}") from None
         if not isinstance(number, int):
-            raise _bad(name, f"must be an integer, got {value!r:.40}")
+            raise _bad(name, f"must be an integer, got {got}")
         return number
     if isinstance(value, bool):
-        raise _bad(name, f"must be a number, got {value!r}")
+        raise _bad(name, f"must be a number, got {got}")
     try:
         return float(value.strip()) if from_text and isinstance(value, str) else float(value)
     except (TypeError, ValueError):
-        raise _bad(name, f"must be a number, got {value!r:.40}") from None
+        raise _bad(name, f"must be a number, got {got}") from None
 
 
 def _parameters(values: dict[str, Any], from_text: bool, extra: tuple[wire.WireTensor, ...]) -> dict[str, Any]:
@@ -85,9 +103,32 @@ def _parameters(values: dict[str, Any], from_text: bool, extra: tuple[wire.WireT
     return parameters
 
 
+class NotUtf8(Exception):
+    def __init__(self, field: str):
+        self.field = field
+
+
+class _StrictTextParser(MultiPartParser):
+    """Starlette's multipart parser, but a text field that is not UTF-8 is refused: Starlette decodes it as
+    Latin-1 without a word, and the edit would run with a mangled prompt (the gRPC path refuses one)."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode(self._charset or "utf-8")
+            except (UnicodeDecodeError, LookupError):
+                raise NotUtf8(part.field_name) from None
+        super().on_part_end()
+
+
 async def _form(request: Request):
+    """The multipart form (its files spooled; ``close()`` it once read)."""
     try:
-        return await request.form()
+        async with aclosing(request.stream()) as stream:
+            return await _StrictTextParser(request.headers, stream).parse()
+    except NotUtf8 as error:
+        raise _bad(error.field, "is not UTF-8 text; send text fields encoded as UTF-8") from None
     except Exception as error:
         if caused_by_body_too_large(error):
             raise BodyTooLarge() from None  # the size cap answers it
@@ -126,11 +167,14 @@ async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -
     if content_type == "multipart/form-data":
         form = await _form(request)
         files, fields = {}, {}
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                files[name] = await value.read()
-            else:
-                fields[name] = value
+        try:
+            for name, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    files[name] = await value.read()
+                else:
+                    fields[name] = value
+        finally:
+            await form.close()
         for name in (wire.IMAGE.name, wire.MASK_IMAGE.name):
             if name not in files:
                 raise _bad(name, "is required: send it as a file field of the form")
@@ -198,10 +242,13 @@ async def read_segment(request: Request) -> SegmentForm:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         form = await _form(request)
-        image = form.get("image")
-        if image is None or isinstance(image, str):
-            raise _bad("image", "is required: send it as a file field of the form")
-        image_bytes, values, from_text = await image.read(), dict(form), True
+        try:
+            image = form.get("image")
+            if image is None or isinstance(image, str):
+                raise _bad("image", "is required: send it as a file field of the form")
+            image_bytes, values, from_text = await image.read(), dict(form), True
+        finally:
+            await form.close()
     elif content_type == "application/json":
         values = await _json_object(request)
         image_bytes, from_text = _decoded_base64("image", values.get("image")), False
