@@ -31,6 +31,7 @@ Python models plug in BLS calls and response senders; the tests plug in ONNX Run
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -98,17 +99,21 @@ class EngineLimits:
 
 
 class EditSink(Protocol):
-    """Where one edit's answers go. Called from the engine's outbox thread, in order, never concurrently."""
+    """Where one edit's answers go. Called from the engine's outbox thread, in order, never concurrently.
+
+    ``reason`` says why in a word, for the request counters: ``deadline``, ``client_cancelled``,
+    ``shutting_down`` (cancelled); ``model_process_died`` (interrupted); ``prepare``, ``denoise`` (failed).
+    """
 
     def progress(self, step: int, total_steps: int, preview_latents: torch.Tensor | None) -> None: ...
 
     def finished(self, state: DenoiseState) -> None: ...
 
-    def failed(self, message: str) -> None: ...
+    def failed(self, message: str, reason: str = "") -> None: ...
 
-    def cancelled(self, message: str) -> None: ...
+    def cancelled(self, message: str, reason: str = "") -> None: ...
 
-    def interrupted(self, message: str) -> None: ...
+    def interrupted(self, message: str, reason: str = "") -> None: ...
 
 
 class EngineMetrics:
@@ -169,13 +174,14 @@ class _Edit:
     def latent_size(self) -> tuple[int, ...]:
         return tuple(self.state.latents.shape[-2:])
 
-    def stop_reason(self, now: float, shutdown: str | None = None) -> str | None:
+    def stop_reason(self, now: float, shutdown: str | None = None) -> tuple[str, str] | None:
+        """(reason, why in words) the edit must stop now, or None."""
         if shutdown is not None:
-            return shutdown
+            return "shutting_down", shutdown
         if self.request.deadline is not None and now >= self.request.deadline:
-            return "the caller's deadline passed"
+            return "deadline", "the caller's deadline passed"
         if self.request.cancelled():
-            return "the caller cancelled it"
+            return "client_cancelled", "the caller cancelled it"
         return None
 
     def wants_preview(self) -> bool:
@@ -414,9 +420,9 @@ class DenoiseEngine:
                 self._preparing -= 1
                 self._lock.notify()
             if isinstance(error, ServiceInterrupted):
-                self._end(edit, INTERRUPTED, str(error))
+                self._end(edit, INTERRUPTED, str(error), reason="model_process_died")
             else:
-                self._end(edit, FAILED, f"could not start denoising: {error}", exc_info=True)
+                self._end(edit, FAILED, f"could not start denoising: {error}", exc_info=True, reason="prepare")
             return
         with self._lock:
             self._preparing -= 1
@@ -439,8 +445,8 @@ class DenoiseEngine:
                 gone = self._drop_stopped_ready_locked()
                 joining = self._take_ready_locked()
                 self._metrics.load(self._active, self._queued_locked())
-            for edit, reason in gone:
-                self._end(edit, CANCELLED, f"stopped before its first step: {reason}")
+            for edit, (reason, why) in gone:
+                self._end(edit, CANCELLED, f"stopped before its first step: {why}", reason=reason)
             now = time.monotonic()
             for edit in joining:
                 edit.started = now
@@ -461,7 +467,7 @@ class DenoiseEngine:
         except Exception as error:  # a fault of the engine itself: fail what the lane held, keep serving
             self._log.exception("a denoising step failed")
             for edit in [edit for group in self._lanes[lane].values() for edit in group]:
-                self._leave(edit, FAILED, f"the denoising engine failed: {error}")
+                self._leave(edit, FAILED, f"the denoising engine failed: {error}", reason="denoise")
             return None
 
     def _drop_stopped_ready_locked(self) -> list[tuple[_Edit, str]]:
@@ -469,11 +475,11 @@ class DenoiseEngine:
         now, gone, kept = time.time(), [], deque()
         shutdown = self._shutdown_reason() if self._ready else None
         for edit in self._ready:
-            reason = edit.stop_reason(now, shutdown)
-            if reason is None:
+            stop = edit.stop_reason(now, shutdown)
+            if stop is None:
                 kept.append(edit)
             else:
-                gone.append((edit, reason))
+                gone.append((edit, stop))
         self._ready = kept
         return gone
 
@@ -501,10 +507,10 @@ class DenoiseEngine:
         one UNet call per latent size (chunked to the UNet's max rows)."""
         now, shutdown = time.time(), self._shutdown_reason()
         for edit in [edit for group in self._lanes[lane].values() for edit in group]:
-            reason = edit.stop_reason(now, shutdown)
-            if reason is not None:
+            stop = edit.stop_reason(now, shutdown)
+            if stop is not None:
                 self._leave(edit, CANCELLED, f"stopped after {edit.state.step_index} of "
-                                             f"{edit.state.total_steps} steps: {reason}")
+                                             f"{edit.state.total_steps} steps: {stop[1]}", reason=stop[0])
         step = _LaneStep(lane)
         for size, group in list(self._lanes[lane].items()):
             for index, chunk in enumerate(plan_unet_calls(group, self.limits.max_unet_rows)):
@@ -520,7 +526,8 @@ class DenoiseEngine:
             try:
                 inputs.append((edit, edit.state.model_input()))
             except Exception as error:
-                self._leave(edit, FAILED, f"step {edit.state.step_index} failed: {error}", exc_info=True)
+                self._leave(edit, FAILED, f"step {edit.state.step_index} failed: {error}", exc_info=True,
+                            reason="denoise")
         if not inputs:
             return
         sample, timestep, hidden = self._batches.inputs(key, inputs)
@@ -538,11 +545,11 @@ class DenoiseEngine:
                 noise_pred = call.result()
             except ServiceInterrupted as error:  # the UNet's process died: sending the edits again will do
                 for edit in chunk:
-                    self._leave(edit, INTERRUPTED, str(error))
+                    self._leave(edit, INTERRUPTED, str(error), reason="model_process_died")
                 continue
             except Exception as error:  # the call's edits fail; other chunks go on
                 for edit in chunk:
-                    self._leave(edit, FAILED, f"the UNet call failed: {error}")
+                    self._leave(edit, FAILED, f"the UNet call failed: {error}", reason="denoise")
                 continue
             offset = 0
             for edit in chunk:
@@ -553,7 +560,8 @@ class DenoiseEngine:
                     state.advance(rows)
                     preview = state.preview_latents().clone() if edit.wants_preview() else None
                 except Exception as error:
-                    self._leave(edit, FAILED, f"step {state.step_index} failed: {error}", exc_info=True)
+                    self._leave(edit, FAILED, f"step {state.step_index} failed: {error}", exc_info=True,
+                                reason="denoise")
                     continue
                 stepped += 1
                 if edit.request.preview_every is not None:
@@ -562,7 +570,7 @@ class DenoiseEngine:
                     self._leave(edit, OK)
         self._metrics.stepped(stepped)
 
-    def _leave(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False) -> None:
+    def _leave(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False, reason: str = "") -> None:
         with self._lock:
             groups = self._lanes[edit.lane]
             group = groups[edit.latent_size]
@@ -574,12 +582,15 @@ class DenoiseEngine:
             self._active -= 1
             # Before the answer leaves: whoever reads the gauges after the answer sees the edit gone.
             self._metrics.load(self._active, self._queued_locked())
-        self._end(edit, outcome, message, exc_info)
+        self._end(edit, outcome, message, exc_info, reason)
 
-    def _end(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False) -> None:
+    def _end(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False, reason: str = "") -> None:
         sink = edit.request.sink
-        method = {OK: "finished", FAILED: "failed", CANCELLED: "cancelled", INTERRUPTED: "interrupted"}[outcome]
-        self._outbox.put((getattr(sink, method), (edit.state,) if outcome == OK else (message,)))
+        if outcome == OK:
+            self._outbox.put((sink.finished, (edit.state,)))
+        else:
+            method = {FAILED: sink.failed, CANCELLED: sink.cancelled, INTERRUPTED: sink.interrupted}[outcome]
+            self._outbox.put((functools.partial(method, reason=reason), (message,)))
         now = time.monotonic()
         self._metrics.ended(outcome, now - edit.submitted)
         state = edit.state
@@ -589,6 +600,8 @@ class DenoiseEngine:
                       duration_ms=round((now - edit.submitted) * 1000.0, 3))
         if message:
             fields["error"] = message
+        if reason:
+            fields["reason"] = reason
         level = {FAILED: logging.ERROR, INTERRUPTED: logging.WARNING}.get(outcome, logging.INFO)
         log_event(self._log, f"denoise {outcome}", request_id=edit.request.request_id, stage="denoise",
                   level=level, exc_info=exc_info, **fields)

@@ -129,6 +129,11 @@ class StubCensus:
         """The models of ``dead()``, each once."""
         return sorted({entry.split(" (", 1)[0] for entry in self.dead()})
 
+    def recount(self, models: list[str]) -> None:
+        """Count these models' processes again (they were replaced), keeping the others' first count."""
+        self.stubs = {pid: model for pid, model in self.stubs.items() if model not in models}
+        self.stubs.update({pid: model for pid, model in stubs_of(self.server_pid).items() if model in models})
+
 
 def find_server() -> int | None:
     """The one process named tritonserver (in a container, the server itself)."""

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import triton_python_backend_utils as pb_utils
 
 from smartedit.engine import EngineMetrics
+from smartedit.metrics_api import Serialized
 
 PREFIX = "smartedit_scheduler_"
 # Seconds: a tiny CPU model takes ~0.1 s per edit, SD 1.5 at 512 px on a GPU ~1-3 s, on a CPU minutes.
@@ -38,31 +39,6 @@ NAMES = {
     "duration": PREFIX + "denoise_duration_seconds",
     "edits": PREFIX + "requests_total",
 }
-
-
-# The Python backend's metrics API is not thread-safe: updates from two threads of one model at once
-# crashed tritonserver 2.51 (SIGSEGV in libtriton_python.so). The engine updates metrics from its
-# worker, from execute and from its prepare pool, so every update takes this lock.
-_UPDATE_LOCK = threading.Lock()
-
-
-class _Serialized:
-    """A metric whose updates take the process's update lock."""
-
-    def __init__(self, metric):
-        self._metric = metric
-
-    def increment(self, value) -> None:
-        with _UPDATE_LOCK:
-            self._metric.increment(value)
-
-    def set(self, value) -> None:
-        with _UPDATE_LOCK:
-            self._metric.set(value)
-
-    def observe(self, value) -> None:
-        with _UPDATE_LOCK:
-            self._metric.observe(value)
 
 
 class SchedulerMetrics:
@@ -89,15 +65,15 @@ class SchedulerMetrics:
             duration := family(NAMES["duration"], "Wall time of one edit's denoising loop.", family.HISTOGRAM),
             edits := family(NAMES["edits"], "Edits the loop ended or refused, by outcome.", family.COUNTER),
         ]
-        self.steps = _Serialized(steps.Metric(labels=model_labels))
-        self.steps_per_second = _Serialized(rate.Metric(labels=instance_labels))
-        self.active = _Serialized(active.Metric(labels=instance_labels))
-        self.queued = _Serialized(queued.Metric(labels=instance_labels))
-        self.queue_depth = _Serialized(queue.Metric(labels=instance_labels))
-        self.rows = _Serialized(rows.Metric(labels=model_labels, buckets=ROWS_BUCKETS))
-        self.queue_wait = _Serialized(wait.Metric(labels=model_labels, buckets=QUEUE_BUCKETS))
-        self.duration = _Serialized(duration.Metric(labels=model_labels, buckets=DURATION_BUCKETS))
-        self.outcomes = {outcome: _Serialized(edits.Metric(labels={**model_labels, "outcome": outcome}))
+        self.steps = Serialized(steps.Metric(labels=model_labels))
+        self.steps_per_second = Serialized(rate.Metric(labels=instance_labels))
+        self.active = Serialized(active.Metric(labels=instance_labels))
+        self.queued = Serialized(queued.Metric(labels=instance_labels))
+        self.queue_depth = Serialized(queue.Metric(labels=instance_labels))
+        self.rows = Serialized(rows.Metric(labels=model_labels, buckets=ROWS_BUCKETS))
+        self.queue_wait = Serialized(wait.Metric(labels=model_labels, buckets=QUEUE_BUCKETS))
+        self.duration = Serialized(duration.Metric(labels=model_labels, buckets=DURATION_BUCKETS))
+        self.outcomes = {outcome: Serialized(edits.Metric(labels={**model_labels, "outcome": outcome}))
                          for outcome in OUTCOMES}
 
     # --- the per-request loop ----------------------------------------------------------------------

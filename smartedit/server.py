@@ -335,7 +335,8 @@ class TritonServer:
         """The model-repository API of this server (``smartedit.ops.model_control.ModelControl``)."""
         from smartedit.ops.model_control import ModelControl
 
-        return ModelControl(f"{self.address.local_http_host}:{self.address.http_port}", self.admin_key)
+        return ModelControl(f"{self.address.local_http_host}:{self.address.http_port}", self.admin_key,
+                            alive=lambda: self.process is not None and self.process.poll() is None)
 
     def _log_hint(self) -> str:
         if not self.log_file:
@@ -344,10 +345,19 @@ class TritonServer:
         reason = f": {errors[-1]}" if errors else ""
         return f"{reason} (its log is {self.log_file})"
 
-    def stop(self, timeout_s: float = 60.0) -> int | None:
-        """SIGTERM (Triton drains in-flight requests), then SIGKILL past ``timeout_s``."""
+    def stop(self, timeout_s: float = 60.0, drained: bool = False) -> int | None:
+        """SIGTERM (Triton drains in-flight requests), then SIGKILL past ``timeout_s``.
+
+        ``drained``: nothing is in flight (``smartedit serve`` drained it): SIGKILL at once. On SIGTERM
+        Triton unloads its models for seconds before it closes its ports, and meanwhile answers every
+        request NOT_FOUND ("unknown model"): clients balancing over several servers would get those.
+        Killed, its connections close at once and clients go to the other servers.
+        """
         if self.process is None:
             return None
+        if self.process.poll() is None and drained:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -93,11 +93,13 @@ PREVIEW_PIXELS = StepTensor("preview_pixels", "UINT8", (-1, -1, 3))  # RGB at la
 # As the stream's, but the engine's code is a TritonError code name (its callers rebuild the error).
 ERROR_CODE = StepTensor(wire.ERROR_CODE.name, wire.ERROR_CODE.datatype, (1,))
 ERROR_MESSAGE = StepTensor(wire.ERROR_MESSAGE.name, wire.ERROR_MESSAGE.datatype, (1,))
+# Why, in a word, for the request counters (smartedit.request_metrics): at_capacity, deadline, denoise, ...
+ERROR_REASON = StepTensor("error_reason", "BYTES", (1,))
 
 # Every input optional to Triton: an admission request carries two of them; the engine checks the rest.
 ENGINE_INPUTS = tuple(replace(t, optional=True) for t in SCHEDULER_INPUTS) + (PREVIEW_EVERY, CANCEL_TOKEN, ADMISSION,
                                                                              PLACES)
-ENGINE_OUTPUTS = (LATENTS, STEP, TOTAL_STEPS, PREVIEW_PIXELS, ERROR_CODE, ERROR_MESSAGE)
+ENGINE_OUTPUTS = (LATENTS, STEP, TOTAL_STEPS, PREVIEW_PIXELS, ERROR_CODE, ERROR_MESSAGE, ERROR_REASON)
 
 DECODED_IMAGE = StepTensor("decoded_image", "FP32", (-1, 3, -1, -1))  # in [-1, 1], one row per image
 EDITED_IMAGE = StepTensor(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wire.OUTPUT_SHAPE)

@@ -6,6 +6,7 @@ Imported only inside Triton's Python backend stub, where ``triton_python_backend
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -76,16 +77,39 @@ def call_model(model_name: str, inputs: dict[str, np.ndarray], output_names: lis
     return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in output_names]
 
 
-def error_as_tensors(code: str, message: str):
+def error_as_tensors(code: str, message: str, reason: str = ""):
     """A final answer of the engine that carries an error in tensors, so its code survives BLS.
 
     Args:
         code: a ``TritonError`` code name: "UNAVAILABLE", "CANCELLED", "INTERNAL", ...
+        reason: the word the request counters file it under (the engine's answers only: the stream's
+            wire outputs have no such tensor).
     """
-    return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor(steps.ERROR_CODE.name, np.array([code.encode()], dtype=np.object_)),
-        pb_utils.Tensor(steps.ERROR_MESSAGE.name, np.array([message.encode()], dtype=np.object_)),
-    ])
+    tensors = [pb_utils.Tensor(steps.ERROR_CODE.name, np.array([code.encode()], dtype=np.object_)),
+               pb_utils.Tensor(steps.ERROR_MESSAGE.name, np.array([message.encode()], dtype=np.object_))]
+    if reason:
+        tensors.append(pb_utils.Tensor(steps.ERROR_REASON.name, np.array([reason.encode()], dtype=np.object_)))
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def reason_of_response(response) -> str:
+    """The reason an engine's error answer carries ("" for none)."""
+    found = pb_utils.get_output_tensor_by_name(response, steps.ERROR_REASON.name)
+    return "" if found is None else found.as_numpy().reshape(-1)[0].decode()
+
+
+def code_name(error) -> str:
+    """A ``TritonError``'s code as its name: "UNAVAILABLE", "CANCELLED", ..."""
+    return str(error.code()).rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An admission the engine refused: the error to answer with, and why in a word (``at_capacity``,
+    ``model_process_died``, ``num_images``)."""
+
+    error: "pb_utils.TritonError"
+    reason: str
 
 
 def error_from_tensors(response):
@@ -108,27 +132,33 @@ def admission_call(engine_model: str, action: bytes, token: str, request_id: str
             died (it would never answer) or is being replaced is answered UNAVAILABLE, "send again".
 
     Returns:
-        The engine's refusal (an UNAVAILABLE ``TritonError``, "server at capacity"), or None.
+        The engine's ``Refusal`` (an UNAVAILABLE ``TritonError``, "server at capacity", and its reason), or None.
     """
+    error, reason = _admission_exchange(engine_model, action, token, request_id, places, callees)
+    # No reason: Triton itself refused the call (the engine not loaded).
+    return None if error is None else Refusal(error, reason or "engine_unavailable")
+
+
+def _admission_exchange(engine_model, action, token, request_id, places, callees):
     request = pb_utils.InferenceRequest(
         model_name=engine_model, request_id=request_id,
         inputs=[pb_utils.Tensor(steps.ADMISSION.name, np.array([action], dtype=np.object_)),
                 pb_utils.Tensor(steps.RESERVATION.name, np.array([token.encode()], dtype=np.object_)),
                 pb_utils.Tensor(steps.PLACES.name, np.array([places], dtype=np.int32))],
-        requested_output_names=[steps.ERROR_CODE.name, steps.ERROR_MESSAGE.name])
+        requested_output_names=[steps.ERROR_CODE.name, steps.ERROR_MESSAGE.name, steps.ERROR_REASON.name])
 
     def exchange():
-        error = None
+        error, reason = None, ""
         for response in request.exec(decoupled=True):
-            error = error_of_response(response) or error
-        return error
+            error, reason = error_of_response(response) or error, reason_of_response(response) or reason
+        return error, reason
 
     if callees is None:
         return exchange()
     try:
-        return callees.wait(engine_model, exchange, failed=lambda error: error is not None)
+        return callees.wait(engine_model, exchange, failed=lambda answer: answer[0] is not None)
     except ModelProcessDied as died:
-        return pb_utils.TritonError(str(died), pb_utils.TritonError.UNAVAILABLE)
+        return pb_utils.TritonError(str(died), pb_utils.TritonError.UNAVAILABLE), "model_process_died"
 
 
 def error_of_response(response):

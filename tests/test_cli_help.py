@@ -26,6 +26,11 @@ def test_every_option_has_a_sentence_and_its_default(command):
     options = [action for action in parser._actions if action.option_strings and action.dest != "help"]
     assert options
     for action in options:
-        text = action.help or ""
-        assert len(text.split()) >= 4, f"{command} {action.option_strings[0]}: no sentence"
-        assert "default" in text, f"{command} {action.option_strings[0]}: says no default ({text!r})"
+        text, name = action.help or "", action.option_strings[0]
+        assert len(text.split()) >= 4, f"{command} {name}: no sentence"
+        assert "default" in text, f"{command} {name}: says no default ({text!r})"
+        default = action.default
+        if isinstance(default, (int, float, str)) and not isinstance(default, bool) and default != "":
+            said = {str(default)} | ({str(int(default))} if isinstance(default, float) and default.is_integer() else set())
+            assert any(f"default {value}" in text or f"default: {value}" in text for value in said), \
+                f"{command} {name}: the help does not say its default {default!r} ({text!r})"

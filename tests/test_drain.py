@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,7 @@ class Served:
     process: subprocess.Popen
     grpc: int
     http: int
+    metrics: int
     output: list = field(default_factory=list)  # serve's lines after "serving"
 
     @property
@@ -55,13 +57,13 @@ class Served:
 
 
 def start_serve(model_repository, tmp_path, *extra: str) -> Served:
-    grpc, http = free_port(), free_port()
+    grpc, http, metrics = free_port(), free_port(), free_port()
     command = [sys.executable, "-m", "smartedit", "serve", "--model-repository", str(model_repository),
-               "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(free_port()),
+               "--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics),
                "--log-file", str(tmp_path / "triton.log"), "--no-restrict", *extra]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    served = Served(process, grpc, http)
+    served = Served(process, grpc, http, metrics)
     lines = read_until_serving(process)
     assert "SmartEdit is serving" in lines[-1], "".join(lines)
     assert served.ready() == 200  # "serving" means ready
@@ -210,6 +212,7 @@ def test_a_second_signal_stops_the_edits_in_flight_at_once(serve_factory):
     stopped_at = time.monotonic()
     edits.join(60)
     code = served.wait(timeout_s=60)
+    assert len(edits.outcomes) == 2
     for name, outcome in edits.outcomes.items():
         assert isinstance(outcome, RequestCancelledError), f"{name}: {outcome!r}"
         assert "the server was told to stop now" in str(outcome), str(outcome)
@@ -248,6 +251,15 @@ def test_smartedit_drain_finishes_the_edits_then_the_server_waits_to_be_stopped(
     edits.assert_all_edited()
     assert served.process.poll() is None  # still up: not ready, refusing, until told to stop
     assert served.ready() != 200
+    # Published as metrics (server_info, every 2 s): draining, nothing left in flight, one drain counted.
+    deadline, published = time.monotonic() + 10, ""
+    while time.monotonic() < deadline and "smartedit_requests_in_flight 0" not in published:
+        published = urllib.request.urlopen(f"http://127.0.0.1:{served.metrics}/metrics", timeout=10).read().decode()
+        time.sleep(0.5)
+    ours = [line for line in published.splitlines() if line.startswith(("smartedit_draining", "smartedit_requests_in",
+                                                                          "smartedit_ops"))]
+    assert "smartedit_draining 1" in ours and "smartedit_requests_in_flight 0" in ours, ours
+    assert 'smartedit_ops_events_total{event="drain",model=""} 1' in published
     error, _ = refused_at_once(served.address)
     assert "server is shutting down" in str(error)
     served.process.send_signal(signal.SIGTERM)

@@ -27,6 +27,7 @@ from smartedit.spec import PipelineInfo
 class RecordingSink:
     def __init__(self):
         self.events = []
+        self.reasons = []
         self.ended = threading.Event()
         self.state = None
 
@@ -38,16 +39,19 @@ class RecordingSink:
         self.events.append(("finished",))
         self.ended.set()
 
-    def failed(self, message):
+    def failed(self, message, reason=""):
         self.events.append(("failed", message))
+        self.reasons.append(reason)
         self.ended.set()
 
-    def cancelled(self, message):
+    def cancelled(self, message, reason=""):
         self.events.append(("cancelled", message))
+        self.reasons.append(reason)
         self.ended.set()
 
-    def interrupted(self, message):
+    def interrupted(self, message, reason=""):
         self.events.append(("interrupted", message))
+        self.reasons.append(reason)
         self.ended.set()
 
     @property
@@ -332,19 +336,29 @@ def test_one_failing_edit_fails_alone(make_edit, onnx_unet):
 
 def test_a_drain_timeout_stops_every_edit_within_a_step_and_says_why(make_edit, onnx_unet):
     shutdown = []
-    engine = DenoiseEngine(onnx_unet, EngineLimits(max_active_edits=1, max_queued_edits=1, max_unet_rows=8),
+    slow = lambda s, t, e: (time.sleep(0.02), onnx_unet(s, t, e))[1]  # noqa: E731  (400 steps: 8 s at least)
+    engine = DenoiseEngine(slow, EngineLimits(max_active_edits=1, max_queued_edits=1, max_unet_rows=8),
                            shutdown_reason=lambda: shutdown[0] if shutdown else None)
+    states = []
+
+    def prepare_and_keep():
+        states.append(make_edit(steps=400)())
+        return states[-1]
+
     try:
-        running = submit(engine, make_edit(steps=400), preview_every=0)
-        waiting = submit(engine, make_edit(steps=400, seed=3))  # queued behind it: never starts
+        running = submit(engine, prepare_and_keep, preview_every=0)
         while not running.events:
             time.sleep(0.01)
+        waiting = submit(engine, make_edit(steps=400, seed=3))  # behind it (one active edit): never starts
+        while engine.load() != (1, 1):
+            time.sleep(0.01)
         shutdown.append("the server shut down before the edit finished")
-        steps_then = len(running.events)
+        steps_then = states[0].step_index  # the engine's own count (progress events may lag behind it)
         for sink in (running, waiting):
             assert sink.ended.wait(5) and sink.outcome == "cancelled"
             assert sink.events[-1][1].endswith("the server shut down before the edit finished")
-        assert len(running.events) - 1 <= steps_then + 1  # at most one more step
+            assert sink.reasons == ["shutting_down"]
+        assert states[0].step_index <= steps_then + 1  # at most one more step
         assert engine.load() == (0, 0)
     finally:
         engine.close()
@@ -370,6 +384,7 @@ def test_a_unet_call_interrupted_by_a_dead_process_is_answered_as_retryable(make
     finally:
         engine.close()
     assert caught.outcome == "interrupted" and "unet model's process died" in caught.events[-1][1]
+    assert caught.reasons == ["model_process_died"]
     assert after.outcome == "finished"
 
 

@@ -151,6 +151,9 @@ def test_past_its_bounds_the_server_refuses_at_once_and_serves_the_admitted_corr
             assert elapsed < 2.0  # refused at once, not after a wait for capacity
         metrics = scrape(small_server)
         assert metric_value(metrics, "smartedit_scheduler_requests_total", outcome="refused") == len(refused)
+        # Counted where they ended (preprocess, refused before any decoding), with the reason.
+        assert metric_value(metrics, "smartedit_requests_total", entry="inpaint", outcome="refused",
+                            reason="at_capacity") == len(refused)
         for job, result in admitted:
             assert result.png == edit_with(client, job, num_inference_steps=150).png
 

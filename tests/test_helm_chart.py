@@ -368,7 +368,7 @@ def test_notes_say_how_to_call_the_service(tmp_path):
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
         '{{ tpl (.Files.Get "notes-under-test.txt") . | indent 4 }}\n')
     notes = only(render("gpu-cluster", chart=chart), "ConfigMap")["data"]["notes"]
-    assert "t-smartedit.edit.svc:8001" in notes
+    assert "t-smartedit-pods.edit.svc:8001" in notes and "balance=True" in notes
     assert "kubectl -n edit port-forward svc/t-smartedit 8001:8001" in notes
     assert "smartedit-edit --url smartedit.example.com:443 --ssl" in notes
     assert "smartedit_scheduler_queue_time_ms" in notes

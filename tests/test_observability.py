@@ -36,6 +36,14 @@ def metric_value(text: str, name: str, **labels) -> float:
     return total
 
 
+def counted(text: str, **labels) -> float:
+    """``smartedit_requests_total`` for exactly these labels (0 before the first such request)."""
+    try:
+        return metric_value(text, "smartedit_requests_total", **labels)
+    except AssertionError:
+        return 0.0
+
+
 def json_lines_of(log_file, request_id: str, wait_s: float = 10.0) -> list[dict]:
     """The JSON log lines carrying ``request_id``, waiting for the last stage to be flushed."""
     deadline = time.monotonic() + wait_s
@@ -152,3 +160,38 @@ def test_timed_stage_writes_one_json_object_per_line_and_reraises():
     assert first["request_id"] == "r1" and first["size"] == 3 and first["extra"] == "yes"
     assert first["outcome"] == "ok" and first["model"] == "unit-test"
     assert second["request_id"] == "-" and second["outcome"] == "failed" and second["error"] == "broken input"
+
+
+@pytest.mark.functional
+def test_every_request_is_counted_by_how_it_ended_and_why(server, client):
+    from smartedit_client import InvalidRequestError
+
+    image, mask = (png_bytes(picture) for picture in scene(64, 64, seed=8))
+    expected = {("inpaint", "ok", ""): 1, ("inpaint", "invalid", "num_inference_steps"): 1,
+                ("inpaint_stream", "invalid", "num_inference_steps"): 1, ("segment", "invalid", "point_coords"): 1,
+                ("inpaint_stream", "ok", ""): 1}
+    before = scrape(server)
+    client.inpaint(image=image, mask_image=mask, prompt="counted", seed=1, num_inference_steps=STEPS)
+    with pytest.raises(InvalidRequestError):
+        client.inpaint(image=image, mask_image=mask, prompt="counted", num_inference_steps=0)
+    with pytest.raises(InvalidRequestError):
+        with client.inpaint_stream(image=image, mask_image=mask, prompt="counted", num_inference_steps=0) as stream:
+            list(stream)
+    with client.inpaint_stream(image=image, mask_image=mask, prompt="counted", num_inference_steps=STEPS) as stream:
+        list(stream)
+    with pytest.raises(InvalidRequestError):
+        client.segment(image=image, points=[(500, 500)])
+    deadline = time.monotonic() + 10
+    while True:  # the counters travel from the model processes to the server
+        after = scrape(server)
+        grown = {key: counted(after, entry=key[0], outcome=key[1], reason=key[2])
+                 - counted(before, entry=key[0], outcome=key[1], reason=key[2]) for key in expected}
+        if grown == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert grown == expected
+    # Each counted once: nothing else grew.
+    total = lambda text: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()  # noqa: E731
+                             if line.startswith("smartedit_requests_total{"))
+    assert total(after) - total(before) == sum(expected.values())
+

@@ -9,12 +9,14 @@ whole tritonserver, the fallback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -72,11 +74,23 @@ def test_a_killed_tritonserver_leaves_neither_model_processes_nor_shared_memory_
 
 @pytest.fixture(scope="module")
 def watched_server(model_repository, tmp_path_factory):
-    """``smartedit serve``, which restarts tritonserver when a model process dies."""
-    folder = tmp_path_factory.mktemp("watched")
-    ports = dict(grpc=free_port(), http=free_port())
+    """``smartedit serve``, which replaces a model process that dies (restarts tritonserver if need be)."""
+    with watched(model_repository, tmp_path_factory.mktemp("watched")) as ports:
+        yield ports
+
+
+@pytest.fixture
+def fresh_watched_server(model_repository, tmp_path):
+    """As ``watched_server``, one per test: what one kill does to it cannot leak into the next test."""
+    with watched(model_repository, tmp_path) as ports:
+        yield ports
+
+
+@contextlib.contextmanager
+def watched(model_repository, folder):
+    ports = dict(grpc=free_port(), http=free_port(), metrics=free_port())
     command = [sys.executable, "-m", "smartedit", "serve", "--model-repository", str(model_repository),
-               "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]), "--metrics-port", str(free_port()),
+               "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]), "--metrics-port", str(ports["metrics"]),
                "--log-file", str(folder / "triton.log"), "--no-restrict"]
     process = subprocess.Popen(command, stdout=open(folder / "serve.log", "w"), stderr=subprocess.STDOUT,
                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -86,7 +100,7 @@ def watched_server(model_repository, tmp_path_factory):
         assert process.poll() is None and time.monotonic() < deadline, (folder / "serve.log").read_text()
         time.sleep(0.5)
     try:
-        yield dict(ports, process=process, log=folder / "serve.log")
+        yield dict(ports, process=process, log=folder / "serve.log", triton_log=folder / "triton.log")
     finally:
         stop_serve(process)
 
@@ -184,8 +198,14 @@ def poll_readiness(http_port: int, stop: threading.Event, every_s: float = 0.2) 
     return seen
 
 
+def replacements_published(metrics_port: int, model: str) -> bool:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    return f'smartedit_ops_events_total{{event="model_process_replaced",model="{model}"}}' in text
+
+
 @pytest.mark.parametrize("model", ["unet", "denoise_engine"])
-def test_a_model_process_killed_under_load_is_replaced_and_readiness_never_lies(watched_server, model):
+def test_a_model_process_killed_under_load_is_replaced_and_readiness_never_lies(fresh_watched_server, model):
+    watched_server = fresh_watched_server
     server_pid = tritonserver_of(watched_server["process"].pid)
     stop_polling = threading.Event()
     readiness = poll_readiness(watched_server["http"], stop_polling)
@@ -201,27 +221,44 @@ def test_a_model_process_killed_under_load_is_replaced_and_readiness_never_lies(
         time.sleep(2.0)  # a little more editing after the recovery
     stop_polling.set()
     log = watched_server["log"].read_text()
+    # Triton 2.51 aborts now and then when it lets go of the dead process: the process died holding the
+    # Python backend's health lock (boost::interprocess::lock_exception; seen in about 1 kill in 8 under
+    # this load). The fallback restarts tritonserver then; any other restart is a failure.
+    aborted = "lock_exception" in watched_server["triton_log"].read_text()
 
     failures = [(started, ended, error) for started, ended, error in edits.records if error is not None]
     recovered_s = min((ended for started, ended, error in edits.records if error is None and started > killed_at),
                       default=float("inf")) - killed_at
-    assert recovered_s < 60, log[-3000:]
-    # Replaced alone, not by restarting tritonserver; the server it ran in is the same.
-    assert f"model process died: {model} (pid" in log and "restarting tritonserver" not in log, log[-3000:]
-    assert tritonserver_of(watched_server["process"].pid) == server_pid
+    assert f"model process died: {model} (pid" in log, log[-3000:]
+    if aborted:  # the fallback's full restart
+        assert recovered_s < 60, log[-3000:]
+    else:  # replaced alone, in the same tritonserver, within the issue's 15 s
+        assert recovered_s < 15, log[-3000:]
+        assert "restarting tritonserver" not in log, log[-3000:]
+        assert tritonserver_of(watched_server["process"].pid) == server_pid
     # Every edit the death caught was told to send again: UNAVAILABLE, nothing else.
     assert failures, "the kill failed no edit: it should have caught some in flight"
     for _, _, error in failures:
         assert isinstance(error, ServerUnavailableError), repr(error)
-        assert f"the {model} model's process died" in str(error), str(error)
-    # Never "ready" while edits fail, from 2 s after the death on.
-    for started, ended, _ in failures:
-        lies = [at - killed_at for at, status in readiness if max(started, killed_at + 2.0) <= at <= ended
-                and status == 200]
-        assert not lies, f"ready at {lies} s after the kill while an edit failed ({started - killed_at:.1f} to " \
-                         f"{ended - killed_at:.1f} s)"
+        assert f"the {model} model's process died" in str(error) or (
+            aborted and "cannot reach the SmartEdit server" in str(error)), str(error)
+    # Never "ready" from 2 s after the death until an edit sent after it succeeds.
+    first_success_sent = min(started for started, _, error in edits.records if error is None and started > killed_at)
+    lies = [round(at - killed_at, 1) for at, status in readiness
+            if killed_at + 2.0 <= at <= first_success_sent and status == 200]
+    assert not lies, f"ready at {lies} s after the kill, before edits succeeded again"
+    assert any(killed_at + 2.0 <= at <= first_success_sent for at, _ in readiness) or first_success_sent < \
+        killed_at + 2.2, "readiness was not polled in the window"
+    # Logged as a JSON line once the gate is open again, and counted (server_info publishes every 2 s).
+    logged = f'"event": "model_process_replaced", "model": "{model}"'
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (logged in watched_server["log"].read_text()
+                                               and replacements_published(watched_server["metrics"], model)):
+        time.sleep(0.5)
+    assert logged in watched_server["log"].read_text()
+    assert replacements_published(watched_server["metrics"], model)
     not_ready = [at - killed_at for at, status in readiness if at >= killed_at and status != 200]
-    print(f"{model}: killed; edits failed from {min(e for _, e, _ in failures) - killed_at:.1f} s to "
+    print(("(Triton aborted, restarted) " if aborted else "") + f"{model}: killed; edits failed from {min(e for _, e, _ in failures) - killed_at:.1f} s to "
           f"{max(e for _, e, _ in failures) - killed_at:.1f} s after the kill ({len(failures)} failures, all "
           f"UNAVAILABLE); readiness not 200 from {min(not_ready, default=float('nan')):.1f} s to "
           f"{max(not_ready, default=float('nan')):.1f} s; edits succeed again {recovered_s:.1f} s after the kill")

@@ -151,3 +151,19 @@ def test_admin_apis_are_refused_without_the_key_and_served_with_it(locked_down_s
         stats = client.get_inference_statistics("unet", headers={ADMIN_KEY_GRPC_HEADER: locked_down_server["key"]})
         assert stats.model_stats[0].name == "unet"
         assert client.is_server_ready()  # health stays open
+
+
+def test_two_servers_on_one_repository_keep_their_own_admin_keys(tmp_path, monkeypatch):
+    from smartedit.__main__ import ADMIN_KEY_ENV, _admin_key, parser
+    from smartedit.server import server_dir
+
+    monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
+    args = parser().parse_args(["serve"])
+    work = tmp_path / ".triton"
+    first = ServerAddress(grpc_port=free_port())
+    second = ServerAddress(host="127.0.0.2", grpc_port=first.grpc_port)  # one port, another address
+    keys = [_admin_key(args, server_dir(work, address)) for address in (first, second)]
+    files = [server_dir(work, address) / "admin-key" for address in (first, second)]
+    assert files[0] != files[1] and keys[0] != keys[1]
+    assert [path.read_text().strip() for path in files] == keys
+    assert all(oct(path.stat().st_mode & 0o777) == "0o600" for path in files)

@@ -55,3 +55,21 @@ def test_a_token_cannot_name_a_file_outside_the_ledger(tmp_path):
     state = ServerState(tmp_path / "state")
     with pytest.raises(ValueError, match="alphanumeric"):
         state.begin("../escape")
+
+
+def test_a_folder_is_its_servers_only_while_that_very_process_runs(tmp_path, monkeypatch):
+    """Named by pid and start time: a container restarted in its pod gets /dev/shm back and, in a new pid
+    namespace, likely the same pid, but not the same start time -- it inherits no drain or repair."""
+    import os
+
+    from smartedit.health import start_time
+    from smartedit.ops import server_state
+
+    monkeypatch.setattr(server_state, "shared_root", lambda: tmp_path)
+    mine = ServerState.of_server(os.getpid())
+    assert mine.folder.name == f"smartedit-state-{os.getpid()}-{start_time(os.getpid())}"
+    mine.start_drain(10.0)
+    reused_pid = tmp_path / f"smartedit-state-{os.getpid()}-1"  # the same pid, another start
+    reused_pid.mkdir()
+    server_state.remove_folders_of_dead_servers(tmp_path)
+    assert not reused_pid.exists() and mine.folder.exists() and mine.refusal() is not None

@@ -36,7 +36,7 @@ def test_a_name_or_list_of_several_addresses_is_balanced_and_one_address_is_not(
     target, options = channel("smartedit-pods.edit.svc:8001", True)
     assert target == "dns:///smartedit-pods.edit.svc:8001"
     config = dict(options)["grpc.service_config"]
-    assert '"round_robin"' in config and '"retryableStatusCodes": ["UNAVAILABLE", "NOT_FOUND"]' in config
+    assert '"round_robin"' in config and '"retryableStatusCodes": ["UNAVAILABLE"]' in config
 
 
 def _serve(model_repository, tmp_path, host: str, grpc_port: int) -> tuple[subprocess.Popen, int]:
@@ -68,7 +68,9 @@ def _shares(servers: dict, before: dict, expected: int) -> dict:
         time.sleep(0.2)
 
 
-def _post_edit(url: str, image: bytes, mask: bytes, seed: int) -> int:
+def _post_edit(url: str, image: bytes, mask: bytes, seed: int, stream: bool = False) -> int:
+    """The HTTP status of one edit through the gateway; a streamed one counts 200 only if its last event
+    is the result (the stream's status is 200 as soon as it starts)."""
     boundary = "smartedit-spread"
     parts = []
     for name, value, filename in (("image", image, "photo.png"), ("mask_image", mask, "mask.png")):
@@ -77,11 +79,15 @@ def _post_edit(url: str, image: bytes, mask: bytes, seed: int) -> int:
     for name, value in (("prompt", "a cat"), ("num_inference_steps", "12"), ("seed", str(seed))):
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url + "/edit/inpaint", data=body, method="POST",
+    path = "/edit/inpaint/stream" if stream else "/edit/inpaint"
+    request = urllib.request.Request(url + path, data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status
+            if not stream:
+                return response.status
+            events = [line for line in response.read().decode().splitlines() if line.startswith("event: ")]
+            return 200 if events and events[-1] == "event: result" else 599
     except urllib.error.HTTPError as error:
         return error.code
 
@@ -93,8 +99,9 @@ def test_the_gateway_spreads_edits_over_both_servers_and_leaves_one_that_stops(m
         for host, (process, _) in servers.items():
             lines = read_until_serving(process)
             assert "SmartEdit is serving" in lines[-1], "".join(lines)
-        image, mask = scene(96, 96)
+        image, mask = scene(320, 320)  # random pixels: a 300 KB PNG, past gRPC's default 256 KiB retry buffer
         image, mask = png_bytes(image), png_bytes(mask)
+        assert len(image) > 256 * 1024
         target = f"ipv4:127.0.0.1:{port},127.0.0.2:{port}"
         with gateway(target, tmp_path / "gateway.log", "--balance") as url:
             before = {host: _inpaint_successes(host, metrics) for host, (_, metrics) in servers.items()}
@@ -109,8 +116,8 @@ def test_the_gateway_spreads_edits_over_both_servers_and_leaves_one_that_stops(m
             results: list[tuple[float, int]] = []
             done = threading.Event()
 
-            def edit_on(seed):
-                results.append((time.monotonic(), _post_edit(url, image, mask, seed)))
+            def edit_on(seed):  # every other one streamed (its refusal is a message, sent again by the SDK)
+                results.append((time.monotonic(), _post_edit(url, image, mask, seed, stream=seed % 2 == 1)))
 
             with ThreadPoolExecutor(8) as pool:
                 futures = [pool.submit(edit_on, seed) for seed in range(100, 116)]

@@ -11,8 +11,9 @@ drains first, with tritonserver still fully up:
    "server is shutting down" (the SDK's ``ServerUnavailableError``: send it to another server);
 2. the readiness gate closes: Triton's ``/v2/health/ready`` answers "not ready" (and with it the
    chart's readiness probe), so load balancers stop sending;
-3. every request already admitted -- unary, streamed, waiting for a slot -- runs to its end and is
-   answered; the drain waits until the in-flight ledger is empty;
+3. every request already admitted (past the entry point's check: preprocess, the stream's first
+   moment) -- unary, streamed, waiting for a slot -- runs to its end and is answered; the drain waits
+   until the in-flight ledger is empty (or tritonserver has died: then nothing can be running);
 4. at the drain timeout, edits still running are stopped between two steps by the engine and
    answered CANCELLED "the server shut down before the edit finished"; a second Ctrl-C/SIGTERM (or
    ``now``) does the same at once.
@@ -50,7 +51,7 @@ class DrainReport:
 
 
 def run_drain(state: ServerState, close_gate, timeout_s: float, now: threading.Event,
-              poll_s: float = 0.1) -> DrainReport:
+              alive=lambda: True, poll_s: float = 0.1) -> DrainReport:
     """Steps 1-4 of the module docstring.
 
     Args:
@@ -58,6 +59,7 @@ def run_drain(state: ServerState, close_gate, timeout_s: float, now: threading.E
         close_gate: makes Triton's ready endpoint answer "not ready" (``ReadinessGate.close``), or None.
         timeout_s: how long edits in flight may take before they are stopped.
         now: set (a second signal) to stop the edits in flight at once.
+        alive: whether tritonserver still runs: if it died, nothing recorded can still be running.
     """
     started = time.monotonic()
     drain = state.start_drain(timeout_s)  # first: a request recorded after this sees it and is refused
@@ -65,7 +67,7 @@ def run_drain(state: ServerState, close_gate, timeout_s: float, now: threading.E
         close_gate("draining: finishing the edits in flight before the server stops")
     at_start = state.in_flight()
     cancelled = False
-    while (left := state.in_flight()) > 0:
+    while (left := state.in_flight()) > 0 and alive():
         if now.is_set() and not cancelled:
             drain = state.start_drain(0.0)
         cancelled = cancelled or time.time() >= drain.cancel_at

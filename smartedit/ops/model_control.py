@@ -22,9 +22,8 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 from smartedit.health import http_status
 
@@ -62,29 +61,54 @@ class ModelControl:
     """Load and unload models of a tritonserver (explicit model-control mode) over its HTTP endpoint.
 
     A fresh connection per request, closed at once: tritonserver waits for open HTTP connections
-    before it exits.
+    before it exits. Each request runs in a helper thread while the caller watches ``alive``: a
+    tritonserver that dies in the middle of a load (or hangs in its crash handler) fails the call at
+    once instead of after the network timeout.
     """
 
-    def __init__(self, http_address: str, admin_key: str | None = None, timeout_s: float = 600.0):
+    def __init__(self, http_address: str, admin_key: str | None = None, timeout_s: float = 600.0,
+                 alive: Callable[[], bool] = lambda: True):
         from smartedit.server import ADMIN_KEY_HEADER  # the server module imports this one's constants
 
         self.http_address = http_address
         self._headers = {ADMIN_KEY_HEADER: admin_key} if admin_key else None
         self._timeout_s = timeout_s
+        self._alive = alive
 
-    @contextmanager
-    def _client(self) -> Iterator:
-        import tritonclient.http as triton_http
-        from tritonclient.utils import InferenceServerException
+    def _request(self, name: str, *args, **kwargs):
+        """``InferenceServerClient.<name>(*args, **kwargs)`` on a connection of its own.
 
-        client = triton_http.InferenceServerClient(self.http_address, connection_timeout=10.0,
-                                                   network_timeout=self._timeout_s)
-        try:
-            yield client
-        except InferenceServerException as error:
-            raise ModelControlError(error.message() or str(error)) from None
-        finally:
-            client.close()
+        Raises:
+            ModelControlError: Triton refused or failed it, did not answer, or exited meanwhile.
+        """
+        outcome: dict = {}
+        done = threading.Event()
+
+        def call():
+            import tritonclient.http as triton_http
+            from tritonclient.utils import InferenceServerException
+
+            try:
+                client = triton_http.InferenceServerClient(self.http_address, connection_timeout=10.0,
+                                                           network_timeout=self._timeout_s)
+                try:
+                    outcome["value"] = getattr(client, name)(*args, headers=self._headers, **kwargs)
+                finally:
+                    client.close()
+            except InferenceServerException as error:
+                outcome["error"] = ModelControlError(error.message() or str(error))
+            except Exception as error:  # refused, reset, closed (OSError, geventhttpclient's own errors)
+                outcome["error"] = ModelControlError(f"tritonserver's HTTP endpoint at {self.http_address} did not "
+                                                     f"answer: {type(error).__name__}: {error}")
+            done.set()
+
+        threading.Thread(target=call, name=f"model-control-{name}", daemon=True).start()
+        while not done.wait(0.2):
+            if not self._alive():
+                raise ModelControlError(f"tritonserver exited during {name}")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
 
     def load(self, model: str) -> None:
         """Load (or load again) ``model``; returns once it is ready.
@@ -92,13 +116,11 @@ class ModelControl:
         Raises:
             ModelControlError: the load failed (the message is Triton's).
         """
-        with self._client() as client:
-            client.load_model(model, headers=self._headers)
+        self._request("load_model", model)
 
     def unload(self, model: str) -> None:
         """Ask Triton to unload ``model``; it goes on in the background until its requests are done."""
-        with self._client() as client:
-            client.unload_model(model, headers=self._headers)
+        self._request("unload_model", model)
 
     def reload(self, model: str) -> None:
         """Replace ``model``'s processes: unload it, then load it again (Triton keeps a model whose files
@@ -108,9 +130,7 @@ class ModelControl:
 
     def states(self) -> dict[str, str]:
         """Each model of the repositories: its state ("READY", "UNAVAILABLE", "LOADING", ...)."""
-        with self._client() as client:
-            return {entry["name"]: entry.get("state", "") for entry in client.get_model_repository_index(
-                headers=self._headers)}
+        return {entry["name"]: entry.get("state", "") for entry in self._request("get_model_repository_index")}
 
 
 def write_gate_repository(folder: Path) -> Path:

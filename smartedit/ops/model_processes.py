@@ -52,13 +52,21 @@ class Callees:
             self._pids[model] = (found, now)
             return found
 
-    def died(self, model: str, pids: frozenset[int]) -> bool:
-        return any(not is_alive(pid) for pid in pids) or self._state.recovering() == model
+    def died(self, pids: frozenset[int]) -> bool:
+        """Whether one of these processes is gone: what a wait for an answer watches. (Not whether the model
+        is being replaced: the call may be to its new, live process.)"""
+        return any(not is_alive(pid) for pid in pids)
+
+    def lost(self, model: str, pids: frozenset[int]) -> bool:
+        """Whether a call to ``model`` that failed, made while ``pids`` were its processes, failed because the
+        model lost its process: one of them is gone, or the model is being replaced (a call to a model being
+        reloaded fails with "not ready")."""
+        return self.died(pids) or self._state.recovering() == model
 
     def explain(self, model: str, pids: frozenset[int], error: Exception) -> Exception:
-        """``error``, a failed call to ``model`` made while ``pids`` were its processes, as the client should
-        see it: ``ModelProcessDied`` when the model lost its process (or is being replaced), else itself."""
-        return ModelProcessDied(model) if self.died(model, pids) else error
+        """``error``, a failed call to ``model``, as the client should see it: ``ModelProcessDied`` when the
+        model lost its process (``lost``), else itself."""
+        return ModelProcessDied(model) if self.lost(model, pids) else error
 
     def wait(self, model: str, work: Callable[[], T], failed: Callable[[T], bool] | None = None,
              poll_s: float = POLL_S) -> T:
@@ -86,10 +94,10 @@ class Callees:
 
             threading.Thread(target=run, name=f"bls-{model}", daemon=True).start()
             while not done.wait(poll_s):
-                if self.died(model, pids):
+                if self.died(pids):
                     raise ModelProcessDied(model)
             if "error" in outcome:
                 raise self.explain(model, pids, outcome["error"])
-        if failed is not None and failed(outcome["value"]) and self.died(model, pids):
+        if failed is not None and failed(outcome["value"]) and self.lost(model, pids):
             raise ModelProcessDied(model)
         return outcome["value"]

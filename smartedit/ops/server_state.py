@@ -3,9 +3,11 @@ replaced, and the requests in flight.
 
 ``smartedit serve`` (the supervisor) and the Python models run in different processes, and Triton
 offers no channel between them, so they meet in a folder, as the cancel board does
-(``smartedit.cancellation``), named by the tritonserver's pid (every Python model is its child):
+(``smartedit.cancellation``), named by the tritonserver's pid and start time (every Python model is
+its child; the start time, because a container restarted in its pod gets /dev/shm back and, in a new
+pid namespace, most likely the same pid: its new server must not inherit a drain or a repair):
 
-    <root>/smartedit-state-<pid>/
+    <root>/smartedit-state-<pid>-<start time>/
         draining          JSON {"since", "cancel_at", "at_once"}: new requests are refused with UNAVAILABLE
                           "server is shutting down"; edits still running at ``cancel_at`` are stopped
         recovering        JSON {"model", "since"}: that model's process died and is being replaced;
@@ -35,12 +37,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from smartedit.health import start_time
+
 _SHARED_MEMORY = Path("/dev/shm")
 PREFIX = "smartedit-state-"
 SHUTTING_DOWN = "server is shutting down"  # the refusal's fixed words, which clients may show as they are
-# An entry without a deadline of its own is assumed gone after this long: an ensemble that failed
-# between preprocess and postprocess (a component step's fault) leaves its entry behind.
+# An entry without a deadline of its own is assumed gone after this long.
 UNBOUNDED_REQUEST_S = 3600.0
+# A unary edit's entry lasts this long between the steps that can see it: preprocess to the denoising
+# step (the encoders run between), and the denoising step to postprocess (the decoder). An ensemble that
+# fails in a component step between them leaves its entry behind, and a drain must not wait for it
+# until the edit's deadline.
+BETWEEN_STEPS_S = 120.0
 
 
 def shared_root() -> Path:
@@ -49,11 +57,15 @@ def shared_root() -> Path:
     return Path(tempfile.gettempdir())
 
 
-def remove_folders_of_dead_servers(root: Path, prefix: str) -> None:
+def _folder_name(server_pid: int) -> str:
+    return f"{PREFIX}{server_pid}-{start_time(server_pid)}"
+
+
+def remove_folders_of_dead_servers(root: Path) -> None:
     """A server that was killed (SIGKILL, the OOM killer) left its folder behind: remove those."""
-    for folder in root.glob(f"{prefix}*"):
-        pid = folder.name[len(prefix):]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+    for folder in root.glob(f"{PREFIX}*"):
+        pid, _, started = folder.name[len(PREFIX):].partition("-")
+        if pid.isdigit() and (start_time(int(pid)) or "gone") != started:
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -85,14 +97,14 @@ class ServerState:
 
     @classmethod
     def of_server(cls, server_pid: int) -> "ServerState":
-        return cls(shared_root() / f"{PREFIX}{server_pid}")
+        return cls(shared_root() / _folder_name(server_pid))
 
     @classmethod
     def of_this_server(cls) -> "ServerState":
         """The state of the tritonserver that started this Python-backend process."""
         root = shared_root()
-        remove_folders_of_dead_servers(root, PREFIX)
-        return cls(root / f"{PREFIX}{os.getppid()}")
+        remove_folders_of_dead_servers(root)
+        return cls(root / _folder_name(os.getppid()))
 
     def remove(self) -> None:
         """Once the server has stopped: nothing of it is left in memory."""
@@ -159,8 +171,12 @@ class ServerState:
 
     def begin(self, token: str, deadline: float = 0.0) -> None:
         """Record a request as in flight until ``end(token)`` or its ``deadline`` (``time.time()``; 0: none)."""
-        expiry = deadline if deadline else time.time() + UNBOUNDED_REQUEST_S
-        self._entry(token).write_text(repr(expiry))
+        self.extend(token, deadline if deadline else time.time() + UNBOUNDED_REQUEST_S)
+
+    def extend(self, token: str, until: float) -> None:
+        """Count the request as in flight until ``until`` (``time.time()``), unless it ends first."""
+        if token:
+            self._entry(token).write_text(repr(until))
 
     def end(self, token: str) -> None:
         if token:

@@ -101,9 +101,11 @@ class Supervisor:
         self._drain_asked = threading.Event()  # SIGUSR1 (smartedit drain)
         self._wake = threading.Event()
         self._drained = False
+        self._drained_clean = False  # drained with nothing left in flight: tritonserver may be killed
         self._restarts: list[float] = []
         self._events = event_logger()
         self.gate: ReadinessGate | None = None
+        self._state: ServerState | None = None
 
     # --- signals -----------------------------------------------------------------------------------
 
@@ -132,7 +134,13 @@ class Supervisor:
 
     @property
     def state(self) -> ServerState:
-        return ServerState.of_server(self.server.process.pid)
+        """The shared state of the tritonserver started last."""
+        return self._state
+
+    def _start_server(self) -> None:
+        self.server.start()
+        # Named now, while the process runs: by its pid and its start time.
+        self._state = ServerState.of_server(self.server.process.pid)
 
     def run(self, on_serving=None) -> int:
         """Start, serve until stopped, drain, stop. The exit code of ``smartedit serve``.
@@ -140,7 +148,7 @@ class Supervisor:
         Raises:
             ServerFailed: tritonserver would not start, or kept dying.
         """
-        self.server.start()
+        self._start_server()
         try:
             try:
                 self._become_ready(first=True)
@@ -152,9 +160,10 @@ class Supervisor:
             self._watch()
             self._drain()
         finally:
-            code = self.server.stop(timeout_s=TRITON_EXIT_TIMEOUT_S + 30.0)
+            code = self.server.stop(timeout_s=TRITON_EXIT_TIMEOUT_S + 30.0, drained=self._drained_clean)
             self._forget_state()
-            log.info("tritonserver stopped (exit code %s)", code)
+            log.info("tritonserver stopped (exit code %s%s)", code,
+                     "; killed once drained" if self._drained_clean else "")
         return 0
 
     def _become_ready(self, first: bool) -> None:
@@ -169,14 +178,17 @@ class Supervisor:
             raise _Broken("the warm-up edit after the restart failed")
 
     def _forget_state(self) -> None:
-        if self.server.process is not None:
-            self.state.remove()
+        if self._state is not None:
+            self._state.remove()
+            self._state = None
 
     # --- watching ----------------------------------------------------------------------------------
 
     def _watch(self) -> None:
         """Until asked to stop: replace dead model processes, restart a dead tritonserver, drain on
         SIGUSR1 (and stay up, not ready, until stopped)."""
+        # One census for the server's life: a process that dies while another is being replaced is still
+        # missed by the count; only the replaced models are counted again (a restart counts all).
         census = self._census()
         while not self.stop.is_set():
             self._wake.wait(WATCH_INTERVAL_S)
@@ -194,9 +206,11 @@ class Supervisor:
                 dead = census.dead_models()
                 if dead:
                     self._replace(dead, census.dead())
+                    census.recount(dead)
             except _Broken as broken:
-                self._restart(str(broken))
-            census = self._census()
+                if not self._restart(str(broken)):
+                    return  # told to stop while it restarted
+                census = self._census()
 
     def _census(self) -> StubCensus:
         return StubCensus(self.server.process.pid, ignore=frozenset({READINESS_GATE}))
@@ -218,13 +232,15 @@ class Supervisor:
         try:
             for model in models:
                 control.reload(model)
+            # Its new process answers from here on: a call that fails now is not the dead one's.
+            state.clear_recovering()
             if not warm_up(self.server, self.tls):
                 raise _Broken(f"{reason}; the edit after reloading {', '.join(models)} failed")
+            self.gate.open()
         except ModelControlError as error:
             raise _Broken(f"{reason}; reloading it failed: {error}") from None
         finally:
             state.clear_recovering()
-        self.gate.open()
         took = time.monotonic() - started
         for model in models:
             state.count_event("model_process_replaced", model)
@@ -233,8 +249,9 @@ class Supervisor:
                 "reason": reason}})
         log.info("%s: edits are served again (%.1f s)", ", ".join(models), took)
 
-    def _restart(self, reason: str) -> None:
-        """The fallback: stop tritonserver and start it again (every model loads again).
+    def _restart(self, reason: str) -> bool:
+        """The fallback: stop tritonserver and start it again (every model loads again). Whether it is
+        serving again (False: told to stop while its models loaded).
 
         Raises:
             ServerFailed: it has been restarted ``MAX_RESTARTS`` times within the window already.
@@ -248,16 +265,18 @@ class Supervisor:
         started = time.monotonic()
         self.server.stop(timeout_s=5.0)  # edits in flight fail now rather than against a broken server
         self._forget_state()
-        self.server.start()
+        self._start_server()
         try:
             self._become_ready(first=False)
-        except _Broken as broken:
-            self._restart(str(broken))
-            return
+        except StartInterrupted:
+            return False
+        except (_Broken, ModelControlError) as broken:
+            return self._restart(str(broken))
         self.state.count_event("server_restarted", "tritonserver")
         self._events.info("tritonserver restarted", extra={"fields": {
             "event": "server_restarted", "reason": reason, "took_s": round(time.monotonic() - started, 3)}})
         log.info("tritonserver restarted and ready")
+        return True
 
     # --- draining ----------------------------------------------------------------------------------
 
@@ -267,9 +286,11 @@ class Supervisor:
                 self.state.start_drain(0.0)
             return
         state = self.state
-        report = run_drain(state, self.gate.close if self.gate else None, self.drain_timeout_s, self.now)
+        state.count_event("drain", "")  # now: published while the server still runs
+        report = run_drain(state, self.gate.close if self.gate else None, self.drain_timeout_s, self.now,
+                           alive=lambda: self.server.process.poll() is None)
         self._drained = True
-        state.count_event("drain", "")
+        self._drained_clean = report.left_unanswered == 0
         drained_marker(state).touch()
         self._events.info("drained", extra={"fields": {"event": "drain", **report.fields()}})
         if report.left_unanswered:

@@ -17,19 +17,19 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from smartedit_client import _contract as wire
-from smartedit_client._channel import channel
+from smartedit_client._channel import RETRY_ATTEMPTS, channel, stream_backoff_s
 from smartedit_client._client import (
     DEFAULT_TIMEOUT_S, DEFAULT_URL, LIVENESS_PROBE_S, ImageLike, deadline_arguments, edit_failure, edit_inputs,
     edit_result, encoded, grpc_target, replay_of, requested,
 )
 from smartedit_client._errors import (
-    RequestTimeoutError, ServerUnavailableError, SmartEditError, from_triton, unreachable,
+    RequestTimeoutError, ServerOverloadedError, ServerUnavailableError, SmartEditError, from_triton, unreachable,
 )
 from smartedit_client._info import ServerInfo
 from smartedit_client._options import EditOptions, checked_options
 from smartedit_client._result import InpaintResult
 from smartedit_client._segment import Point, SegmentResult, in_sdk_terms, segment_inputs
-from smartedit_client._stream import StreamEvent, stream_events
+from smartedit_client._stream import StreamEvent, resendable, stream_events
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -55,6 +55,7 @@ class AsyncInpaintClient:
                 raise ValueError(f"root_certificates {os.fspath(root_certificates)!r}: no such file")
             ssl = True
         target, channel_args = channel(self.url, balance)
+        self._balanced = channel_args is not None
         self._client = grpcaio.InferenceServerClient(
             url=target, ssl=ssl, root_certificates=None if root_certificates is None else os.fspath(root_certificates),
             channel_args=channel_args)
@@ -135,7 +136,8 @@ class AsyncInpaintClient:
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
                                                      preview_every=preview_every))
         return AsyncInpaintStream(self._client, self.url, model_name=self.stream_model_name, inputs=inputs,
-                                  request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s)
+                                  request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
+                                  resends=RETRY_ATTEMPTS - 1 if self._balanced else 0)
 
 
 class AsyncInpaintStream:
@@ -147,8 +149,11 @@ class AsyncInpaintStream:
     """
 
     def __init__(self, client: grpcaio.InferenceServerClient, url: str, *, model_name: str, inputs: list,
-                 request_id: str, timeout_s: float):
+                 request_id: str, timeout_s: float, resends: int = 0):
+        """``resends``: how many times an edit refused before its first event (a server shutting down, at
+        capacity) is sent again, on a new call that a balanced channel gives to the next server."""
         self.request_id = request_id
+        self._resends = resends
         self._url = url
         self.result: InpaintResult | None = None
         self._client, self._model_name, self._inputs = client, model_name, inputs
@@ -174,26 +179,36 @@ class AsyncInpaintStream:
 
     async def _events(self) -> AsyncIterator[StreamEvent]:
         started = time.perf_counter()
-        self._responses = self._client.stream_infer(self._requests(),
-                                                    stream_timeout=self._timeout_s + wire.DEADLINE_GRACE_S)
+        began, resent = False, 0
         try:
-            async for result, error in self._responses:
-                if error is not None:
-                    raise await failure_of(error, self._client, self._url) from None
-                for event in stream_events(result, self.request_id, started):
-                    if isinstance(event, InpaintResult):
-                        self.result = event
-                    yield event
-                if self.result is not None:
-                    return
-            if self.result is None:
-                raise RequestTimeoutError(f"the stream ended without a result within {self._timeout_s:g} s",
-                                          "DEADLINE_EXCEEDED")
-        except InferenceServerException as error:
-            raise await failure_of(error, self._client, self._url) from None
-        except grpc.RpcError as error:  # the aio stream hands connection failures and its timeout through raw
-            raise await failure_of(InferenceServerException(msg=error.details(), status=str(error.code())),
-                                   self._client, self._url) from None
+            while True:
+                self._finished = asyncio.Event()  # each call's request side, open until that call ends
+                self._responses = self._client.stream_infer(self._requests(),
+                                                            stream_timeout=self._timeout_s + wire.DEADLINE_GRACE_S)
+                try:
+                    async for result, error in self._responses:
+                        if error is not None:
+                            raise await failure_of(error, self._client, self._url)
+                        for event in stream_events(result, self.request_id, started):
+                            began = True
+                            if isinstance(event, InpaintResult):
+                                self.result = event
+                            yield event
+                        if self.result is not None:
+                            return
+                    raise RequestTimeoutError(f"the stream ended without a result within {self._timeout_s:g} s",
+                                              "DEADLINE_EXCEEDED")
+                except (InferenceServerException, grpc.RpcError) as error:  # the aio stream raises these raw
+                    failure = await failure_of(_as_triton_error(error), self._client, self._url)
+                    if began or resent >= self._resends or not resendable(failure):
+                        raise failure from None
+                except (ServerUnavailableError, ServerOverloadedError) as failure:
+                    if began or resent >= self._resends or not resendable(failure):
+                        raise failure from None
+                # Refused (or its connection lost) before it began: send it again, on a new call.
+                await self.cancel()
+                await asyncio.sleep(stream_backoff_s(resent))
+                resent += 1
         finally:
             await self.cancel()
 
@@ -217,4 +232,10 @@ async def failure_of(error: InferenceServerException, client: grpcaio.InferenceS
         if not live:
             return unreachable(url, str(failure))
     return failure
+
+
+def _as_triton_error(error) -> InferenceServerException:
+    if isinstance(error, InferenceServerException):
+        return error
+    return InferenceServerException(msg=error.details(), status=str(error.code()))  # a raw grpc.RpcError
 

@@ -12,7 +12,11 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from smartedit_client import _contract as wire
-from smartedit_client._errors import RequestTimeoutError, SmartEditError, from_status, from_triton, reachability
+from smartedit_client._channel import RETRY_ATTEMPTS, stream_backoff_s
+from smartedit_client._errors import (
+    RequestTimeoutError, ServerOverloadedError, ServerUnavailableError, SmartEditError, from_status, from_triton,
+    reachability,
+)
 from smartedit_client._events import PreviewEvent, ProgressEvent
 from smartedit_client._result import InpaintResult
 
@@ -22,6 +26,12 @@ StreamEvent = Union[ProgressEvent, PreviewEvent, InpaintResult]
 def _scalar(result, tensor: wire.WireTensor):
     array = result.as_numpy(tensor.name)
     return None if array is None else array.reshape(-1)[0]
+
+
+def resendable(failure: SmartEditError) -> bool:
+    """Whether a stream that failed so before its first event may be sent again (to the next server of a
+    balanced channel): a refusal, or a server gone; not a server that cannot be reached at all."""
+    return isinstance(failure, (ServerUnavailableError, ServerOverloadedError)) and failure.detail is None
 
 
 def stream_events(result, request_id: str, started: float) -> list[StreamEvent]:
@@ -77,19 +87,33 @@ class InpaintStream:
         self._open = True
         self._started = time.perf_counter()
         target, channel_args = channel or (url, None)  # the client's: balanced or not (smartedit_client._channel)
+        # Balanced over several servers, an edit refused before its first event goes to the next one.
+        self._resends = RETRY_ATTEMPTS - 1 if channel_args is not None else 0
         self._client = grpcclient.InferenceServerClient(url=target, channel_args=channel_args, **tls)
-        outputs = [grpcclient.InferRequestedOutput(t.name) for t in wire.STREAM_OUTPUTS]
+        self._model_name, self._inputs = model_name, inputs
         try:
-            self._client.start_stream(callback=self._on_response, stream_timeout=timeout_s + wire.DEADLINE_GRACE_S)
-            # The timeout also travels as Triton's request timeout: the server stops the edit by it too.
-            self._client.async_stream_infer(model_name, inputs, outputs=outputs, request_id=request_id,
-                                            timeout=wire.request_timeout_us(timeout_s))
+            self._send()
         except InferenceServerException as error:
             # A stream that failed to connect is refused with "no longer in valid state"; the cause (the
             # connection's error) went to the callback.
             failure = self._failure(self._reported_error() or error)
             self._close(cancel=False)
             raise failure from None
+
+    def _send(self) -> None:
+        self._client.start_stream(callback=self._on_response, stream_timeout=self._timeout_s + wire.DEADLINE_GRACE_S)
+        # The timeout also travels as Triton's request timeout: the server stops the edit by it too.
+        self._client.async_stream_infer(self._model_name, self._inputs, request_id=self.request_id,
+                                        outputs=[grpcclient.InferRequestedOutput(t.name) for t in wire.STREAM_OUTPUTS],
+                                        timeout=wire.request_timeout_us(self._timeout_s))
+
+    def _send_again(self, attempt: int) -> None:
+        """The edit was refused before it began (a server shutting down, at capacity): a new stream, which
+        the balanced channel gives to the next server."""
+        self._client.stop_stream(cancel_requests=False)
+        time.sleep(stream_backoff_s(attempt))
+        self._responses = queue.SimpleQueue()
+        self._send()
 
     def _failure(self, error) -> SmartEditError:
         def live() -> bool:
@@ -126,6 +150,7 @@ class InpaintStream:
                 the server's word come first, it is RequestCancelledError, "deadline passed").
             SmartEditError: any other failure, as a subclass named by the gRPC status.
         """
+        began, resent = False, 0
         try:
             while self.result is None:
                 if not self._open:
@@ -136,25 +161,34 @@ class InpaintStream:
                     waited = self._timeout_s + wire.DEADLINE_GRACE_S
                     raise RequestTimeoutError(f"no word from the server for {waited:.0f} s",
                                               "DEADLINE_EXCEEDED") from None
-                if error is not None:
-                    failure = self._failure(error)
+                try:
+                    if error is not None:
+                        raise self._failure(error)
+                    events = stream_events(result, self.request_id, self._started)
+                except (ServerUnavailableError, ServerOverloadedError) as failure:
+                    # Refused, or its connection lost, before it began: sent again, to the next server.
+                    if began or resent >= self._resends or not resendable(failure):
+                        self._close(cancel=False)
+                        raise failure from None
+                    try:
+                        self._send_again(resent)
+                    except InferenceServerException as error:  # the next server cannot be reached either
+                        failure = self._failure(self._reported_error() or error)
+                        self._close(cancel=False)
+                        raise failure from None
+                    resent += 1
+                    continue
+                except Exception:
                     self._close(cancel=False)
-                    raise failure from None
-                yield from self._events_of(result)
+                    raise
+                for event in events:
+                    began = True
+                    if isinstance(event, InpaintResult):
+                        self.result = event
+                    yield event
         finally:
             # Done, failed, or abandoned half-way (a break, an exception in the caller's loop).
             self.close()
-
-    def _events_of(self, result) -> Iterator[StreamEvent]:
-        try:
-            events = stream_events(result, self.request_id, self._started)
-        except Exception:
-            self._close(cancel=False)
-            raise
-        for event in events:
-            if isinstance(event, InpaintResult):
-                self.result = event
-            yield event
 
     def cancel(self) -> None:
         """Stop the edit: the server stops denoising within a step. Harmless once the result is in."""

@@ -102,14 +102,14 @@ class ResponseSink:
             self.ended = True
             self._sender.send(response, flags=FINAL)
 
-    def failed(self, index, message):
-        self._end(error_as_tensors("INTERNAL", f"denoising failed: {message}"))
+    def failed(self, index, message, reason="denoise"):
+        self._end(error_as_tensors("INTERNAL", f"denoising failed: {message}", reason or "denoise"))
 
-    def cancelled(self, index, message):
-        self._end(error_as_tensors("CANCELLED", f"denoising cancelled: {message}"))
+    def cancelled(self, index, message, reason=""):
+        self._end(error_as_tensors("CANCELLED", f"denoising cancelled: {message}", reason))
 
-    def interrupted(self, index, message):
-        self._end(error_as_tensors("UNAVAILABLE", message))
+    def interrupted(self, index, message, reason=""):
+        self._end(error_as_tensors("UNAVAILABLE", message, reason))
 
 
 class EditAnswered(Exception):
@@ -128,14 +128,14 @@ class _VariationSink:
     def finished(self, state):
         self._edit.finished(self._index, state)
 
-    def failed(self, message):
-        self._edit.failed(self._index, message)
+    def failed(self, message, reason=""):
+        self._edit.failed(self._index, message, reason)
 
-    def cancelled(self, message):
-        self._edit.cancelled(self._index, message)
+    def cancelled(self, message, reason=""):
+        self._edit.cancelled(self._index, message, reason)
 
-    def interrupted(self, message):
-        self._edit.interrupted(self._index, message)
+    def interrupted(self, message, reason=""):
+        self._edit.interrupted(self._index, message, reason)
 
 
 class TritonPythonModel:
@@ -181,13 +181,13 @@ class TritonPythonModel:
             except AtCapacity as error:
                 # Triton has no RESOURCE_EXHAUSTED: a refusal for capacity is UNAVAILABLE, like Triton's own
                 # "Exceeds maximum queue size", and says "server at capacity", which the client recognises.
-                sender.send(error_as_tensors("UNAVAILABLE", str(error)), flags=FINAL)
+                sender.send(error_as_tensors("UNAVAILABLE", str(error), "at_capacity"), flags=FINAL)
             except TooManyImages as error:  # no retry would help
-                sender.send(error_as_tensors("INVALID_ARG", f"num_images: {error}"), flags=FINAL)
+                sender.send(error_as_tensors("INVALID_ARG", f"num_images: {error}", "num_images"), flags=FINAL)
             except EditAnswered:
                 pass  # a variation already failed and answered the request
             except Exception as error:  # malformed inputs from a caller: answer it, keep serving
-                sender.send(error_as_tensors("INTERNAL", f"denoise_engine could not take the edit: {error}"),
+                sender.send(error_as_tensors("INTERNAL", f"denoise_engine could not take the edit: {error}", "denoise"),
                             flags=FINAL)
         return None
 

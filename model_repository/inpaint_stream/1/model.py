@@ -39,11 +39,13 @@ from smartedit.postprocessing import encode_png, finish_edit
 from smartedit.parameters import resolve_parameters
 from smartedit.preprocessing import prepare_request
 from smartedit.provenance import PROVENANCE_FILENAME, Provenance
+from smartedit.request_metrics import RequestCounter, outcome_of
 from smartedit.settings import StreamSettings, parameters_of
 from smartedit.spec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, PipelineInfo
 from smartedit.structured_log import model_logger, timed_stage
 from smartedit.triton_io import (
-    admission_call, call_model, error_as_tensors, error_of_response, optional_scalar, request_deadline,
+    admission_call, call_model, code_name, error_as_tensors, error_of_response, optional_scalar, reason_of_response,
+    request_deadline,
 )
 from smartedit_client import _contract as wire
 
@@ -57,16 +59,17 @@ class StreamClosed(Exception):
 
 
 class EngineError(Exception):
-    """The engine ended the edit with an error; ``code`` is the TritonError code's name."""
+    """The engine ended the edit with an error; ``code`` is the TritonError code's name, ``reason`` why in a
+    word (smartedit.request_metrics)."""
 
-    def __init__(self, error):
+    def __init__(self, error, reason: str = ""):
         super().__init__(error.message())
-        self.code = str(error.code()).rsplit(".", 1)[-1]
+        self.code = code_name(error)
+        self.reason = reason or "denoise"
 
 
 # TritonError code names to the gRPC status names the stream's error_code carries.
 _GRPC_STATUS = {"UNAVAILABLE": "UNAVAILABLE", "CANCELLED": "CANCELLED", "INVALID_ARG": "INVALID_ARGUMENT"}
-_OUTCOMES = {"UNAVAILABLE": "refused", "CANCELLED": "cancelled"}
 
 
 def _tensor(spec, value) -> "pb_utils.Tensor":
@@ -89,6 +92,7 @@ class TritonPythonModel:
         self.cancel_board = CancelBoard.of_this_server()
         self.state = ServerState.of_this_server()
         self.callees = Callees(self.state)
+        self.requests = RequestCounter("inpaint_stream")
         self._open = threading.BoundedSemaphore(self.settings.max_open_streams)
         self._pool = ThreadPoolExecutor(self.settings.max_open_streams, thread_name_prefix="stream")
         # Streams whose edit is in the engine, by cancel token: a watcher marks those whose client has
@@ -103,6 +107,7 @@ class TritonPythonModel:
         self._stopping.set()
         self._pool.shutdown(wait=True)
         self.cancel_board.remove_if_empty()
+        self.requests.close()
 
     def execute(self, requests):
         for request in requests:
@@ -110,6 +115,7 @@ class TritonPythonModel:
             if not self._open.acquire(blocking=False):
                 sender.send(_failure("UNAVAILABLE", f"server at capacity: {self.settings.max_open_streams} "
                                                     f"streams open; retry later"), flags=FINAL)
+                self.requests.count("refused", "at_capacity")
                 continue
             self._pool.submit(self._serve, request, sender)
         return None
@@ -118,30 +124,36 @@ class TritonPythonModel:
         request_id = request.request_id()
         # Recorded before the drain is checked: a drain either refuses this stream or waits for it.
         token = uuid.uuid4().hex
-        self.state.begin(token, request_deadline(request))
+        counted = ("ok", "")
         try:
             with timed_stage(log, request_id, "stream") as fields:
                 try:
+                    self.state.begin(token, request_deadline(request))
                     refusal = self.state.refusal()
                     if refusal is not None:
                         raise ServiceInterrupted(refusal)
                     answer = self._edit(request, sender, request_id, fields, token)
                 except ServiceInterrupted as error:  # shutting down, or a model process died: send it again
-                    fields.update(outcome="refused" if refusal else "interrupted", error=str(error))
+                    counted = ("refused", "shutting_down") if refusal else ("interrupted", "model_process_died")
+                    fields.update(outcome=counted[0], error=str(error))
                     answer = _failure("UNAVAILABLE", str(error))
                 except StreamClosed as error:  # the client's doing, not a fault
+                    counted = ("cancelled", "client_cancelled")
                     fields.update(outcome="cancelled", error=str(error))
                     answer = _failure("CANCELLED", str(error))
                 except EngineError as error:  # refused, past its deadline, or failed: the engine logged which
-                    status = _GRPC_STATUS.get(error.code, "INTERNAL")
-                    fields.update(outcome=_OUTCOMES.get(error.code, "failed"), error=str(error))
-                    answer = _failure(status, str(error))
+                    counted = (outcome_of(error.code, error.reason), error.reason)
+                    fields.update(outcome=counted[0], error=str(error))
+                    answer = _failure(_GRPC_STATUS.get(error.code, "INTERNAL"), str(error))
         except RequestError as error:  # logged by the stage, as the client's error
+            counted = ("invalid", error.field)
             answer = _failure("INVALID_ARGUMENT", str(error))
         except Exception as error:  # logged by the stage, with its traceback
+            counted = ("failed", "stream")
             answer = _failure("INTERNAL", f"the streamed edit failed: {error}")
         finally:
             self._open.release()
+        self.requests.count(*counted)
         try:
             sender.send(answer, flags=FINAL)
         finally:
@@ -158,7 +170,7 @@ class TritonPythonModel:
         refusal = admission_call(self.settings.engine_model, steps.RESERVE, reservation, request_id,
                                  places=params.num_images, callees=self.callees)
         if refusal is not None:
-            raise EngineError(refusal)
+            raise EngineError(refusal.error, refusal.reason)
         try:
             tensors, log_fields = prepare_request(read, self.tokenizer, self.info, self.settings.preprocess,
                                                   deadline=request_deadline(request), reservation=reservation,
@@ -202,13 +214,14 @@ class TritonPythonModel:
         engine_request = pb_utils.InferenceRequest(
             model_name=self.settings.engine_model, inputs=inputs, request_id=request_id,
             requested_output_names=[t.name for t in steps.ENGINE_OUTPUTS])
-        outcome = {"latents": None, "error": None, "closed": False}
+        outcome = {"latents": None, "error": None, "reason": "", "closed": False}
 
         def exchange():
             # Read to the end even once the client has gone: the engine answers a cancellation within a
             # step, and the token must outlive the edit.
             for response in engine_request.exec(decoupled=True):
                 outcome["error"] = error_of_response(response) or outcome["error"]
+                outcome["reason"] = reason_of_response(response) or outcome["reason"]
                 found = pb_utils.get_output_tensor_by_name(response, steps.LATENTS.name)
                 if found is not None:
                     outcome["latents"] = found.as_numpy()
@@ -236,7 +249,7 @@ class TritonPythonModel:
         if closed:
             raise StreamClosed("the client closed the stream")
         if error is not None:
-            raise EngineError(error)
+            raise EngineError(error, outcome["reason"])
         if latents is None:
             raise RuntimeError("the denoising engine ended the edit without latents")
         return latents

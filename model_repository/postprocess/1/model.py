@@ -11,6 +11,7 @@ from smartedit.ops.server_state import ServerState
 from smartedit.parameters import EditParameters
 from smartedit.postprocessing import finish_edit
 from smartedit.provenance import PROVENANCE_FILENAME, Provenance
+from smartedit.request_metrics import RequestCounter
 from smartedit.structured_log import model_logger, timed_stage
 from smartedit.triton_io import array, optional_scalar
 from smartedit_client import _contract as wire
@@ -22,11 +23,16 @@ class TritonPythonModel:
     def initialize(self, args):
         self.provenance = Provenance.load(Path(args["model_repository"]) / args["model_version"] / PROVENANCE_FILENAME)
         self.state = ServerState.of_this_server()
+        self.requests = RequestCounter("inpaint")
+
+    def finalize(self):
+        self.requests.close()
 
     def execute(self, requests):
         responses = []
         for request in requests:
             token = optional_scalar(request, steps.RESERVATION.name)
+            outcome = ("failed", "postprocess")
             try:
                 with timed_stage(log, request.request_id(), "postprocess") as fields:
                     encoded = finish_edit(
@@ -38,8 +44,10 @@ class TritonPythonModel:
                         self.provenance,
                     )
                     fields.update(png_bytes=sum(len(png) for png in encoded), images=len(encoded))
+                outcome = ("ok", "")
             finally:  # answered either way: a drain need not wait for it any more
                 self.state.end(token.decode() if token else "")
+                self.requests.count(*outcome)
             pngs = pb_utils.Tensor(steps.EDITED_IMAGE.name, np.array(encoded, dtype=np.object_))
             responses.append(pb_utils.InferenceResponse(output_tensors=[pngs]))
         return responses

@@ -26,17 +26,25 @@ from smartedit import steps
 from smartedit.denoise import EditInputs, decoder_input, run_to_end, start_denoising
 from smartedit.errors import ServiceInterrupted
 from smartedit.ops.model_processes import Callees
-from smartedit.ops.server_state import ServerState
+from smartedit.ops.server_state import BETWEEN_STEPS_S, UNBOUNDED_REQUEST_S, ServerState
 from smartedit.parameters import EditParameters
+from smartedit.request_metrics import RequestCounter, outcome_of
 from smartedit.scheduler_metrics import SchedulerMetrics
 from smartedit.settings import BATCHED, SchedulerSettings, parameters_of
 from smartedit.spec import UNET, VAE_ENCODER, PipelineInfo
 from smartedit.structured_log import model_logger, timed_stage
 from smartedit.triton_io import (
-    array, call_model, cancelled, error_of_response, internal_error, optional_scalar, unavailable,
+    array, call_model, cancelled, code_name, error_of_response, internal_error, optional_scalar, reason_of_response,
+    unavailable,
 )
 
 log = model_logger("scheduler")
+
+
+def _token(request) -> str:
+    """The edit's token: its entry in the in-flight ledger ("" for a caller that sent none)."""
+    token = optional_scalar(request, steps.RESERVATION.name)
+    return token.decode() if token else ""
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 MAX_FORWARDED_EDITS = 1024
 
@@ -46,8 +54,9 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.settings = SchedulerSettings.parse(parameters_of(json.loads(args["model_config"])))
         self.state = ServerState.of_this_server()
+        self.requests = RequestCounter("inpaint")  # the ensemble's requests that end in this step
+        self.callees = Callees(self.state)
         if self.settings.engine == BATCHED:
-            self.callees = Callees(self.state)
             # One thread per edit in flight, each blocked in its BLS call while the engine works. (The
             # Python backend's async_exec runs the same blocking call on asyncio's default executor,
             # which has min(32, cores + 4) threads: 6 edits at a time on a 2-core machine.) Threads
@@ -65,8 +74,13 @@ class TritonPythonModel:
             self._forwarders.shutdown(wait=True)
         else:
             del self.metrics  # the Python backend wants each Metric released before its MetricFamily
+        self.requests.close()
 
     def execute(self, requests):
+        for request in requests:
+            # In flight here until its deadline: the denoising is the long part.
+            deadline = float(array(request, steps.DEADLINE.name).reshape(-1)[0])
+            self.state.extend(_token(request), deadline or time.time() + UNBOUNDED_REQUEST_S)
         if self.settings.engine == BATCHED:
             for request in requests:
                 self._forwarders.submit(self._forward, request, request.get_response_sender())
@@ -75,31 +89,46 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._denoise(request))
+            except ServiceInterrupted as error:  # the UNet's process died: send the edit again
+                responses.append(unavailable(str(error)))
+                self._end(request, "interrupted", "model_process_died")
+                continue
             except Exception as error:  # logged by the stage; one failed edit must not fail the others
                 responses.append(internal_error(f"denoising failed: {error}"))
             if responses[-1].has_error():
-                self._end(request)
+                stopped = code_name(responses[-1].error()) == "CANCELLED"  # its deadline passed, or the drain's
+                self._end(request, *(("cancelled", "deadline") if stopped else ("failed", "denoise")))
+            else:
+                self._to_postprocess(request)
         return responses
 
-    def _end(self, request):
-        """The edit failed here, so no postprocess will end its ledger entry."""
-        token = optional_scalar(request, steps.RESERVATION.name)
-        self.state.end(token.decode() if token else "")
+    def _to_postprocess(self, request):
+        """Denoised: postprocess ends the entry, unless the decoder step fails first (then it lapses soon)."""
+        self.state.extend(_token(request), time.time() + BETWEEN_STEPS_S)
+
+    def _end(self, request, outcome: str, reason: str):
+        """The edit failed here, so no postprocess will end its ledger entry, nor count it."""
+        self.state.end(_token(request))
+        self.requests.count(outcome, reason)
 
     # --- batched: forward to the engine -------------------------------------------------------------
 
     def _forward(self, request, sender):
         answer = None
+        ended = {"outcome": "failed", "reason": "denoise"}  # how an error answer is counted
         try:
             engine_request = pb_utils.InferenceRequest(
                 model_name=self.settings.engine_model, inputs=request.inputs(), request_id=request.request_id(),
-                requested_output_names=[steps.LATENTS.name, steps.ERROR_CODE.name, steps.ERROR_MESSAGE.name])
+                requested_output_names=[steps.LATENTS.name, steps.ERROR_CODE.name, steps.ERROR_MESSAGE.name,
+                                        steps.ERROR_REASON.name])
 
             def exchange():
                 final = None
                 for response in engine_request.exec(decoupled=True):
                     error = error_of_response(response)
                     if error is not None:
+                        reason = reason_of_response(response) or "denoise"
+                        ended.update(outcome=outcome_of(code_name(error), reason), reason=reason)
                         final = pb_utils.InferenceResponse(output_tensors=[], error=error)
                         continue
                     latents = pb_utils.get_output_tensor_by_name(response, steps.LATENTS.name)
@@ -114,12 +143,16 @@ class TritonPythonModel:
             answer = answer or internal_error("the denoising engine ended the edit without an answer")
         except ServiceInterrupted as error:
             answer = unavailable(str(error))
+            ended = {"outcome": "interrupted", "reason": "model_process_died"}
         except Exception as error:
             log.exception("forwarding to the engine failed")
             answer = internal_error(f"forwarding to the denoising engine failed: {error}")
+            ended = {"outcome": "failed", "reason": "denoise"}
         finally:
             if answer is None or answer.has_error():
-                self._end(request)
+                self._end(request, ended["outcome"], ended["reason"])
+            else:
+                self._to_postprocess(request)
             sender.send(answer, flags=FINAL)
 
     # --- per request: the loop runs here -------------------------------------------------------------
@@ -127,9 +160,13 @@ class TritonPythonModel:
     def _unet(self, record, sample, timestep, encoder_hidden_states):
         # A scalar-per-row tensor travels as [rows, 1]; the unet config reshapes it to [rows].
         values = (sample.numpy(), timestep.numpy().reshape(-1, 1), encoder_hidden_states.numpy())
+        model = self.settings.unet_model
+        pids = self.callees.pids(model)
         with self.metrics.unet_call(record, rows=sample.shape[0]):
-            (noise_pred,) = call_model(self.settings.unet_model, dict(zip(UNET.input_names, values)),
-                                       UNET.output_names)
+            try:
+                (noise_pred,) = call_model(model, dict(zip(UNET.input_names, values)), UNET.output_names)
+            except Exception as error:  # a dead UNet process: answered UNAVAILABLE, "send again"
+                raise self.callees.explain(model, pids, error) from error
         return torch.from_numpy(noise_pred)
 
     def _encode_init_image(self, init_image):
@@ -158,7 +195,8 @@ class TritonPythonModel:
         )
         # Inside an ensemble is_cancelled() stays false (Triton 2.51), so the deadline is what stops it;
         # a caller of this step alone would be seen.
-        caller_gone = lambda: request.is_cancelled() or (bool(deadline) and time.time() >= deadline)  # noqa: E731
+        caller_gone = lambda: (request.is_cancelled() or (bool(deadline) and time.time() >= deadline)  # noqa: E731
+                               or self.state.cancel_reason() is not None)  # the drain's timeout
         latents, encoded = [], []
 
         def encode_init_image():  # once for all variations

@@ -24,6 +24,7 @@ from transformers import SamProcessor
 
 from smartedit.errors import RequestError
 from smartedit.ops.server_state import ServerState
+from smartedit.request_metrics import RequestCounter
 from smartedit.photos import decode_image
 from smartedit.sam import PROCESSOR_FOLDER, SAM_DECODER, SAM_ENCODER, SAM_INFO_FILENAME, SamInfo, prompt_arrays
 from smartedit.settings import SegmentSettings, parameters_of
@@ -49,26 +50,35 @@ class TritonPythonModel:
         self._cache = OrderedDict()  # content hash -> (embeddings, original size, resized size), LRU
         self._lock = threading.Lock()
         self.state = ServerState.of_this_server()
+        self.requests = RequestCounter("segment")
+
+    def finalize(self):
+        self.requests.close()
 
     def execute(self, requests):
         responses = []
         for request in requests:
             token = uuid.uuid4().hex
-            self.state.begin(token, request_deadline(request))  # before the drain is checked
+            counted = ("ok", "")
             try:
                 with timed_stage(log, request.request_id(), "segment") as fields:
+                    self.state.begin(token, request_deadline(request))  # before the drain is checked
                     refusal = self.state.refusal()
                     if refusal is not None:
+                        counted = ("refused", "shutting_down")
                         fields.update(outcome="refused", error=refusal)
                         responses.append(unavailable(refusal))
                     else:
                         responses.append(self._segment(request, fields))
             except RequestError as error:
+                counted = ("invalid", error.field)
                 responses.append(invalid_argument(error))
             except Exception as error:  # logged by the stage; this request fails alone
+                counted = ("failed", "segment")
                 responses.append(internal_error(f"segmentation failed: {error}"))
             finally:
                 self.state.end(token)
+                self.requests.count(*counted)
         return responses
 
     def _segment(self, request, fields):
