@@ -37,7 +37,9 @@ def tiny_pipeline(tiny_model_dir):
 def model_repository(tiny_pipeline, tmp_path_factory) -> Path:
     from smartedit.export.repository import build_repository
 
-    return build_repository(tiny_pipeline, tmp_path_factory.mktemp("repo") / "model_repository")
+    # Named as `smartedit export` names the embedded model (what /info and the editor show).
+    return build_repository(tiny_pipeline, tmp_path_factory.mktemp("repo") / "model_repository",
+                            model_name="smartedit-tiny (embedded default)")
 
 
 @pytest.fixture(scope="session")
