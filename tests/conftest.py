@@ -50,21 +50,41 @@ def server(model_repository, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _shared_server_survives(request):
-    """Fail the test after which the shared server is found dead, with the end of its log: otherwise
-    the cause shows only as "connection refused" in every later test."""
+    """Fail the test after which the shared server is found dead, with the end of its log, and start it
+    again: otherwise the cause shows only as "connection refused" in every later test."""
     yield
     if "server" not in request.fixturenames:
         return
     running = request.getfixturevalue("server")
     code = running.process.poll()
     if code is not None:
-        pytest.fail(f"the shared tritonserver exited with code {code} during this test; its log ends:\n"
-                    f"{log_tail(running)}", pytrace=False)
+        tail = log_tail(running)
+        # Replaced on the same ports, so that one crash fails the test it happened in, not every later one.
+        running.stop()
+        running.start()
+        running.wait_until_ready()
+        pytest.fail(f"the shared tritonserver exited with code {code} during this test (restarted for the "
+                    f"next tests); its log ends:\n{tail}", pytrace=False)
 
 
 def log_tail(running, chars: int = 6000) -> str:
     """The end of a ``TritonServer``'s log, to say why it stopped."""
     return Path(running.log_file).read_text(errors="replace")[-chars:] if running.log_file else ""
+
+
+WHEELHOUSE = Path(__file__).resolve().parent.parent / ".tools" / "wheels"
+
+
+def pip_install_offline(python: Path, *requirements: str) -> None:
+    """``pip install`` into the virtual environment of ``python`` from the wheelhouse the test set-up
+    fetched (scripts/install-test-tools.sh), never from an index: the tests run offline."""
+    import subprocess
+
+    if not WHEELHOUSE.is_dir():
+        pytest.fail(f"no wheelhouse at {WHEELHOUSE}: run `bash scripts/install-test-tools.sh`", pytrace=False)
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--find-links",
+                                str(WHEELHOUSE), *requirements], capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
 
 
 def configure_copy(model_repository: Path, destination: Path, parameters: dict[str, dict[str, str]]) -> Path:
@@ -127,14 +147,26 @@ def exif_sideways(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def read_until_serving(process) -> list[str]:
-    """The lines ``smartedit serve`` (started with stdout piped, text) prints up to "SmartEdit is serving"."""
+def read_until_serving(process, timeout_s: float = 300) -> list[str]:
+    """The lines ``smartedit serve`` (started with stdout piped, text) prints up to "SmartEdit is serving".
+
+    A server that never says so would block the read forever: past ``timeout_s`` it is killed, which
+    ends the read, and the test fails with what it printed."""
+    import threading
+
+    watchdog = threading.Timer(timeout_s, process.kill)
+    watchdog.daemon = True
+    watchdog.start()
     lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if "SmartEdit is serving" in line:
-            break
-    return lines
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if "SmartEdit is serving" in line:
+                return lines
+    finally:
+        watchdog.cancel()
+    raise AssertionError(f"smartedit serve stopped (code {process.wait()}) without serving, within {timeout_s:.0f} s; "
+                         f"it printed:\n{''.join(lines)[-4000:]}")
 
 
 def stop_serve(process) -> None:

@@ -182,7 +182,8 @@ def test_a_stop_finishes_every_edit_in_flight_refuses_new_ones_and_exits_0(serve
 
     error, took_s = refused_at_once(served.address)
     assert "server is shutting down" in str(error)
-    assert took_s < 2.0, f"refused only after {took_s:.1f} s"
+    # At once, not queued behind the drain: refused while every edit admitted before the signal still runs.
+    assert not edits.outcomes, f"refused only after {len(edits.outcomes)} edits in flight ended ({took_s:.1f} s)"
 
     edits.join()
     last_edit_ended = max(edits.ended.values())
@@ -192,7 +193,8 @@ def test_a_stop_finishes_every_edit_in_flight_refuses_new_ones_and_exits_0(serve
     edits.assert_all_edited()
     assert len(edits.outcomes) == 4
     assert code == 0, served.log()
-    assert exited_after_s < 10, f"exited {exited_after_s:.1f} s after the last edit"
+    # Not after Triton's own exit timeout (it waits out open connections): stopped as soon as drained.
+    assert "killed once drained" in served.log(), served.log()
     # At once: from the first poll after the signal was handled (a fraction of a second) to the exit.
     during = [status for at, status in readiness if at >= 0.2]
     assert during and 200 not in during, readiness
@@ -209,14 +211,12 @@ def test_a_second_signal_stops_the_edits_in_flight_at_once(serve_factory):
     time.sleep(1.0)
     assert not edits.outcomes  # the first signal lets them run
     served.process.send_signal(signal.SIGTERM)
-    stopped_at = time.monotonic()
-    edits.join(60)
+    edits.join(60)  # minutes of steps left: both answered within it only if stopped, as the message says
     code = served.wait(timeout_s=60)
     assert len(edits.outcomes) == 2
     for name, outcome in edits.outcomes.items():
         assert isinstance(outcome, RequestCancelledError), f"{name}: {outcome!r}"
         assert "the server was told to stop now" in str(outcome), str(outcome)
-    assert max(edits.ended.values()) - stopped_at < 5
     assert code == 0, served.log()
 
 
@@ -231,7 +231,8 @@ def test_the_drain_timeout_stops_edits_that_outlast_it(serve_factory):
     (outcome,) = edits.outcomes.values()
     assert isinstance(outcome, RequestCancelledError), repr(outcome)
     assert "the server shut down before the edit finished" in str(outcome), str(outcome)
-    assert 1.5 < max(edits.ended.values()) - signalled < 8
+    # Stopped by the timeout, not at the signal (its message above says it was not left to finish).
+    assert max(edits.ended.values()) - signalled > 1.5
 
 
 def test_smartedit_drain_finishes_the_edits_then_the_server_waits_to_be_stopped(serve_factory):
@@ -263,7 +264,6 @@ def test_smartedit_drain_finishes_the_edits_then_the_server_waits_to_be_stopped(
     error, _ = refused_at_once(served.address)
     assert "server is shutting down" in str(error)
     served.process.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
     assert served.wait(timeout_s=60) == 0, served.log()
-    assert time.monotonic() - signalled < 10
+    assert "killed once drained" in served.log(), served.log()
     print(f"smartedit drain took {drain_took_s:.1f} s")
