@@ -123,7 +123,10 @@ def test_the_engine_is_decoupled_but_no_step_of_the_ensemble_is(model_repository
     settings = EngineSettings.parse(_parameters(engine))
     unet = config("unet")
     assert settings.max_unet_rows == unet.max_batch_size  # the engine never sends more rows than the UNet takes
-    assert unet.dynamic_batching.max_queue_delay_microseconds == 0  # the engine batches; waiting adds latency
+    # Triton's batcher queues the engine's calls (max_queue_delay_microseconds reads 0 without one, so
+    # its presence is checked first), and sends each at once: the engine batches, waiting adds latency.
+    assert unet.HasField("dynamic_batching")
+    assert unet.dynamic_batching.max_queue_delay_microseconds == 0
     assert SchedulerSettings.parse(_parameters(config("scheduler"))).engine == "batched"
 
 

@@ -18,7 +18,9 @@ import torch
 from conftest import png_bytes, scene
 from smartedit.denoise import EditInputs, run_to_end, start_denoising
 from smartedit.parameters import EditParameters
-from smartedit.engine import AtCapacity, DenoiseEngine, EditRequest, EngineLimits, TooManyImages, plan_unet_calls
+from smartedit.engine import (
+    AtCapacity, DenoiseEngine, EditRequest, EngineLimits, EngineMetrics, TooManyImages, plan_unet_calls,
+)
 from smartedit.preprocessing import prepare_images, tokenize
 from smartedit.settings import PreprocessSettings
 from smartedit.spec import PipelineInfo
@@ -135,12 +137,40 @@ MIXED = [
 ]
 
 
+class AllPrepared:
+    """Holds every UNet call until each of the edits has been prepared, so that they all join while the
+    first is still at its first step, however slowly the prepare threads run: which edits share a step
+    then follows from the engine's rules, not from the machine's speed."""
+
+    def __init__(self, prepares):
+        self._left, self._lock, self.done = len(prepares), threading.Lock(), threading.Event()
+        self.prepares = [self._counted(prepare) for prepare in prepares]
+
+    def _counted(self, prepare):
+        def counted():
+            state = prepare()
+            with self._lock:
+                self._left -= 1
+                if not self._left:
+                    self.done.set()
+            return state
+        return counted
+
+    def gate(self, unet):
+        def gated(sample, timestep, hidden):
+            assert self.done.wait(60), "the edits were never all prepared"  # a guard against a hang only
+            return unet(sample, timestep, hidden)
+        return gated
+
+
 def test_edits_batched_together_equal_the_same_edits_alone(make_edit, onnx_unet):
     prepares = [make_edit(**params) for params in MIXED]
     alone = [run_alone(prepare, onnx_unet) for prepare in prepares]
-    engine = DenoiseEngine(onnx_unet, EngineLimits(max_active_edits=8, max_queued_edits=0, max_unet_rows=6))
+    prepared = AllPrepared(prepares)
+    engine = DenoiseEngine(prepared.gate(onnx_unet), EngineLimits(max_active_edits=8, max_queued_edits=0,
+                                                                  max_unet_rows=6))
     onnx_unet.calls.clear()
-    sinks = run_all(engine, prepares)
+    sinks = run_all(engine, prepared.prepares)
     for params, sink, reference in zip(MIXED, sinks, alone):
         assert sink.outcome == "finished", (params, sink.events)
         assert torch.equal(sink.state.latents, reference), params  # bit for bit, whatever shared the calls
@@ -148,50 +178,67 @@ def test_edits_batched_together_equal_the_same_edits_alone(make_edit, onnx_unet)
     assert max(onnx_unet.calls) <= 6  # ... never more than the UNet's max rows
 
 
-class InFlightCounter:
-    """A UNet that takes 10 ms a call and counts how many of its calls were ever in flight at once."""
+class LaneWatch(EngineMetrics):
+    """What the engine's worker did, in its own order: each edit's rows going out (``model_input``), its
+    answer coming back (``advance``), and each lane's step ending (``stepped``). Two lanes were in flight
+    together when, as one lane's step ended, rows of another were still out. That is an order of events
+    the engine makes, whatever the machine's speed; a UNet that sleeps and counts the calls on it at
+    once measures the machine as much as the engine (on a loaded one the other lane's call may not have
+    arrived before the first returned)."""
 
-    def __init__(self, unet):
-        self._unet, self._lock, self._now, self.most = unet, threading.Lock(), 0, 0
+    def __init__(self):
+        self._out: set[int] = set()  # ids of the states whose rows are out
+        self.overlaps = 0  # lane steps that ended while another lane's rows were out
 
-    def __call__(self, sample, timestep, hidden):
-        with self._lock:
-            self._now += 1
-            self.most = max(self.most, self._now)
-        try:
-            time.sleep(0.01)  # long enough for the other lane's call to be sent meanwhile
-            return self._unet(sample, timestep, hidden)
-        finally:
-            with self._lock:
-                self._now -= 1
+    def watched(self, prepare):
+        def watched_prepare():
+            state = prepare()
+            model_input, advance = state.model_input, state.advance
+
+            def sent():
+                self._out.add(id(state))
+                return model_input()
+
+            def received(noise_pred):
+                self._out.discard(id(state))
+                advance(noise_pred)
+
+            state.model_input, state.advance = sent, received
+            return state
+        return watched_prepare
+
+    def stepped(self, edits):
+        if self._out:
+            self.overlaps += 1
 
 
 def test_two_lanes_split_the_edits_into_calls_in_flight_together_and_change_no_result(make_edit, onnx_unet):
     prepares = [make_edit(**params) for params in MIXED]
     alone = [run_alone(prepare, onnx_unet) for prepare in prepares]
-    counter = InFlightCounter(onnx_unet)
+    watch = LaneWatch()
+    # One prepare thread: the edits become ready, and so are given their lanes, in MIXED's order.
+    prepared = AllPrepared([watch.watched(prepare) for prepare in prepares])
     limits = EngineLimits(max_active_edits=8, max_queued_edits=0, max_unet_rows=64, unet_lanes=2, lane_min_rows=1)
-    engine = DenoiseEngine(counter, limits)
+    engine = DenoiseEngine(prepared.gate(onnx_unet), limits, metrics=watch, prepare_workers=1)
     onnx_unet.calls.clear()
-    sinks = run_all(engine, prepares)
+    sinks = run_all(engine, prepared.prepares)
     for params, sink, reference in zip(MIXED, sinks, alone):
         assert sink.outcome == "finished", (params, sink.events)
         assert torch.equal(sink.state.latents, reference), params
-    assert counter.most >= 2  # one lane's calls were on the "device" while the other's were sent
+    assert watch.overlaps > 0  # one lane's step ended while the other lane's call was out
     rows_of_all = sum(2 if params.get("guidance", 7.5) > 1 else 1 for params in MIXED[:3])
     assert max(onnx_unet.calls) < rows_of_all  # the 40x24 edits were split between the lanes
 
 
-@pytest.mark.parametrize("lane_min_rows, most_in_flight", [(100, 1), (2, 2)])
-def test_a_second_lane_opens_only_once_each_lane_has_lane_min_rows(make_edit, onnx_unet, lane_min_rows,
-                                                                   most_in_flight):
-    prepares = [make_edit(steps=8, seed=seed) for seed in (1, 2, 3)]  # one latent size: one call per lane
-    counter = InFlightCounter(onnx_unet)
+@pytest.mark.parametrize("lane_min_rows, two_lanes", [(100, False), (2, True)])
+def test_a_second_lane_opens_only_once_each_lane_has_lane_min_rows(make_edit, onnx_unet, lane_min_rows, two_lanes):
+    watch = LaneWatch()
+    prepared = AllPrepared([watch.watched(make_edit(steps=8, seed=seed)) for seed in (1, 2, 3)])  # 2 rows each
     limits = EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=16, unet_lanes=2,
                           lane_min_rows=lane_min_rows)
-    sinks = run_all(DenoiseEngine(counter, limits), prepares, timeout_s=30)
+    sinks = run_all(DenoiseEngine(prepared.gate(onnx_unet), limits, metrics=watch), prepared.prepares, timeout_s=60)
     assert all(sink.outcome == "finished" for sink in sinks)
-    assert counter.most == most_in_flight
+    assert (watch.overlaps > 0) == two_lanes, watch.overlaps
 
 
 def test_unet_calls_group_by_latent_size_and_never_split_an_edit():
@@ -204,13 +251,29 @@ def test_unet_calls_group_by_latent_size_and_never_split_an_edit():
 
 
 def test_a_new_edit_joins_at_the_next_step_without_waiting(make_edit, onnx_unet):
-    slow = lambda s, t, e: (time.sleep(0.02), onnx_unet(s, t, e))[1]  # noqa: E731
-    engine = DenoiseEngine(slow, EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=8))
+    # The long edit waits at its 4th step until the short one is prepared: however slow the machine,
+    # the short edit is ready to join with 37 of the long one's steps still to run.
+    short_ready, calls = threading.Event(), []
+
+    def unet(sample, timestep, hidden):
+        calls.append(sample.shape[0])
+        if len(calls) > 3:
+            assert short_ready.wait(60), "the short edit was never prepared"  # a guard against a hang only
+        return onnx_unet(sample, timestep, hidden)
+
+    prepare_short = make_edit(steps=2, seed=3)
+
+    def short_prepare():
+        state = prepare_short()
+        short_ready.set()
+        return state
+
+    engine = DenoiseEngine(unet, EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=8))
     try:
         long = submit(engine, make_edit(steps=40), preview_every=0)
         while len(long.events) < 3:
             time.sleep(0.01)
-        short = submit(engine, make_edit(steps=2, seed=3))
+        short = submit(engine, short_prepare)
         assert short.ended.wait(30) and short.outcome == "finished"
         assert not long.ended.is_set()  # the short edit finished while the long one was still running
         assert long.ended.wait(60) and long.outcome == "finished"
@@ -222,23 +285,25 @@ def test_admission_refuses_past_active_plus_queued_at_once(make_edit):
     release = threading.Event()
 
     def blocked_unet(sample, timestep, hidden):
-        release.wait(30)
+        release.wait(120)  # set below; the timeout is only a guard against a hang
         return np.zeros((sample.shape[0], 4) + sample.shape[2:], dtype=np.float32)
 
     engine = DenoiseEngine(blocked_unet, EngineLimits(max_active_edits=1, max_queued_edits=1, max_unet_rows=4))
     try:
         admitted = [submit(engine, make_edit(steps=2)), submit(engine, make_edit(steps=2, seed=8))]
-        started = time.perf_counter()
+        refused, later = make_edit(steps=2, seed=9), make_edit(steps=1)
         with pytest.raises(AtCapacity, match="server at capacity: .*limits 1 \\+ 1"):
-            submit(engine, make_edit(steps=2, seed=9))
-        # Refused without waiting for a slot: the UNet holds the admitted edits for 30 s. (Not a speed
-        # bound: a loaded 2-core machine once took 1 s to build the edit that is refused.)
-        assert time.perf_counter() - started < 10.0
+            submit(engine, refused)
+        # Refused without waiting for a slot: none could free before `release`, and none did. (Events, not a
+        # time bound: a loaded 2-core machine once took 1 s to build an edit.)
+        assert not any(sink.ended.is_set() for sink in admitted)
         release.set()
         for sink in admitted:
             assert sink.ended.wait(30) and sink.outcome == "finished"
         assert engine.load() == (0, 0)
-        submit(engine, make_edit(steps=1)).ended.wait(30)  # capacity came back
+        again = submit(engine, later)
+        assert again.ended.wait(30) and again.outcome == "finished", again.events  # capacity came back
+        assert engine.load() == (0, 0)
     finally:
         release.set()
         engine.close()

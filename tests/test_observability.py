@@ -12,10 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import png_bytes, scene
+from conftest import png_bytes, scene, serving
 from smartedit.structured_log import JsonLineFormatter, timed_stage
 
 STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def server(model_repository, tmp_path_factory):
+    """A tritonserver of this module's own (``client`` connects to it too): the tests below assert exact
+    changes of its counters, which hold only where no other test's requests run on the server."""
+    with serving(model_repository, tmp_path_factory.mktemp("observability") / "tritonserver.log") as running:
+        yield running
 
 
 def scrape(server) -> str:
@@ -38,10 +46,37 @@ def metric_value(text: str, name: str, **labels) -> float:
 
 def counted(text: str, **labels) -> float:
     """``smartedit_requests_total`` for exactly these labels (0 before the first such request)."""
+    return metric_or_zero(text, "smartedit_requests_total", **labels)
+
+
+def metric_or_zero(text: str, name: str, **labels) -> float:
+    """``metric_value``, or 0 where the series is not there yet."""
     try:
-        return metric_value(text, "smartedit_requests_total", **labels)
+        return metric_value(text, name, **labels)
     except AssertionError:
         return 0.0
+
+
+def scheduler_counts(text: str) -> dict[str, float]:
+    """The loop's counters that one edit moves by a known amount."""
+    return {"ok edits": metric_or_zero(text, "smartedit_scheduler_requests_total", outcome="ok"),
+            "steps": metric_or_zero(text, "smartedit_scheduler_denoise_steps_total"),
+            "edit durations": metric_or_zero(text, "smartedit_scheduler_denoise_duration_seconds_count"),
+            "UNet calls": metric_or_zero(text, "smartedit_scheduler_unet_batch_rows_count"),
+            "queue waits": metric_or_zero(text, "smartedit_scheduler_queue_wait_seconds_count")}
+
+
+def changes(server, counts, before: str, expected: dict, wait_s: float = 30.0) -> tuple[dict, str]:
+    """How ``counts`` moved since the scrape ``before``, and the last scrape: read until the changes are
+    ``expected`` or ``wait_s`` has passed (the engine counts an edit's end just after answering it, and the
+    counters travel from the model processes to the server; the wait is only a guard against a hang)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        after = scrape(server)
+        grown = {key: counts(after)[key] - counts(before)[key] for key in expected}
+        if grown == expected or time.monotonic() > deadline:
+            return grown, after
+        time.sleep(0.2)
 
 
 def json_lines_of(log_file, request_id: str, wait_s: float = 10.0) -> list[dict]:
@@ -61,19 +96,15 @@ def json_lines_of(log_file, request_id: str, wait_s: float = 10.0) -> list[dict]
 def test_metrics_show_the_scheduler_counters_after_an_edit(server, client):
     image, mask = scene(64, 64, seed=7)
     before = scrape(server)
-    ok_before = metric_value(before, "smartedit_scheduler_requests_total", outcome="ok")
-    steps_before = metric_value(before, "smartedit_scheduler_denoise_steps_total")
 
     client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="metrics", seed=3,
                    num_inference_steps=STEPS)
 
-    after = scrape(server)
-    assert metric_value(after, "smartedit_scheduler_requests_total", outcome="ok") >= ok_before + 1
-    assert metric_value(after, "smartedit_scheduler_denoise_steps_total") >= steps_before + STEPS
-    assert metric_value(after, "smartedit_scheduler_denoise_duration_seconds_count") >= 1
-    assert metric_value(after, "smartedit_scheduler_unet_batch_rows_count") >= STEPS
-    assert metric_value(after, "smartedit_scheduler_queue_wait_seconds_count") >= 1
-    # Gauges exist per loop instance; with no edit in flight (the suite is sequential) they are 0.
+    # One edit alone on the server: one UNet call per step, one wait for a slot, one end.
+    expected = {"ok edits": 1, "steps": STEPS, "edit durations": 1, "UNet calls": STEPS, "queue waits": 1}
+    grown, after = changes(server, scheduler_counts, before, expected)
+    assert grown == expected
+    # Gauges exist per loop instance; with no edit in flight (the module is sequential) they are 0.
     assert metric_value(after, "smartedit_scheduler_active_requests") == 0
     assert metric_value(after, "smartedit_scheduler_queued_requests") == 0
     assert metric_value(after, "smartedit_scheduler_steps_per_second") == 0
@@ -82,7 +113,7 @@ def test_metrics_show_the_scheduler_counters_after_an_edit(server, client):
 @pytest.mark.functional
 def test_step_counter_and_gauges_move_while_an_edit_denoises(server, client):
     image, mask = scene(256, 256, seed=7)  # 32x32 latents: slow enough to read the metrics mid-way
-    steps_before = metric_value(scrape(server), "smartedit_scheduler_denoise_steps_total")
+    steps_before = metric_or_zero(scrape(server), "smartedit_scheduler_denoise_steps_total")
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(client.inpaint, image=png_bytes(image), mask_image=png_bytes(mask), prompt="live",
                               seed=3, num_inference_steps=150)
@@ -181,14 +212,9 @@ def test_every_request_is_counted_by_how_it_ended_and_why(server, client):
         list(stream)
     with pytest.raises(InvalidRequestError):
         client.segment(image=image, points=[(500, 500)])
-    deadline = time.monotonic() + 10
-    while True:  # the counters travel from the model processes to the server
-        after = scrape(server)
-        grown = {key: counted(after, entry=key[0], outcome=key[1], reason=key[2])
-                 - counted(before, entry=key[0], outcome=key[1], reason=key[2]) for key in expected}
-        if grown == expected or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    by_entry = lambda text: {key: counted(text, entry=key[0], outcome=key[1], reason=key[2])  # noqa: E731
+                             for key in expected}
+    grown, after = changes(server, by_entry, before, expected)
     assert grown == expected
     # Each counted once: nothing else grew.
     total = lambda text: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()  # noqa: E731

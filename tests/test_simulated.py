@@ -43,7 +43,8 @@ def test_the_repository_serves_sleeping_components_with_the_tables_batches(simul
     unet = parse_pbtxt((simulated_repository / "unet" / "config.pbtxt").read_text())
     assert unet.backend == "python" and unet.max_batch_size == 64
     assert unet.parameters["latency_a_ms"].string_value == "5.6"
-    assert unet.dynamic_batching.max_queue_delay_microseconds == 0  # the batched engine batches itself
+    # A batcher (the delay reads 0 without one) that sends each call at once: the batched engine batches itself.
+    assert unet.HasField("dynamic_batching") and unet.dynamic_batching.max_queue_delay_microseconds == 0
     engine = parse_pbtxt((simulated_repository / "denoise_engine" / "config.pbtxt").read_text())
     assert engine.parameters["max_active_edits"].string_value == "32"
     assert engine.parameters["max_unet_rows"].string_value == "64"

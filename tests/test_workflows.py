@@ -215,6 +215,7 @@ def test_eta_is_ddims_eta_as_diffusers_applies_it(client, tiny_pipeline):
     inside = np.asarray(mask) >= 128
     assert psnr(served[inside], reference[inside]) >= 40
     assert psnr(served[inside], without[inside]) < 40  # eta changes the result
+    assert np.array_equal(served[~inside], np.asarray(image)[~inside])  # outside the mask: as sent
 
 
 def test_server_info_says_what_the_server_applies(client, server, tiny_pipeline):
@@ -227,11 +228,16 @@ def test_server_info_says_what_the_server_applies(client, server, tiny_pipeline)
     assert info.parameters["scheduler"].choices == info.samplers
     assert (info.parameters["num_images"].minimum, info.parameters["num_images"].maximum) == (1, 8)
     assert info.parameters["prompt"].required and info.task_defaults["remove"]["mask_grow"] == 8
-    # The defaults it names are the ones an edit gets.
+    # The defaults it names, and the ones an edit gets, are those the README's contract table documents
+    # (written out here: the answer and the edit both come from default_values(), so comparing them with
+    # each other would pass with any defaults). Steps: the test repository's config, the README's 50.
+    documented = {"num_inference_steps": 50, "guidance_scale": 7.5, "strength": 1.0, "scheduler": "ddim",
+                  "crop_padding": 32, "task": "inpaint", "eta": 0.0, "mask_grow": 0, "mask_blur": 0,
+                  "invert_mask": False, "num_images": 1, "negative_prompt": ""}
+    assert {name: info.parameters[name].default for name in documented} == documented
     image, mask = scene(48, 32, seed=14)
     carried = client.inpaint(image=image, mask_image=mask, prompt="x", num_inference_steps=2).parameters["parameters"]
-    for name in ("guidance_scale", "scheduler", "crop_padding", "eta", "mask_blur", "num_images", "task"):
-        assert carried[name] == info.parameters[name].default, name
+    assert {name: carried[name] for name in documented} == dict(documented, num_inference_steps=2)
     printed = subprocess.run([sys.executable, "-m", "smartedit_client.cli", "--url", server.address.grpc, "--info"],
                              capture_output=True, text=True, timeout=60)
     assert printed.returncode == 0, printed.stderr
