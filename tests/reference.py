@@ -6,15 +6,29 @@ import math
 
 import numpy as np
 import torch
+from diffusers import (
+    DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+    HeunDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler,
+)
 from PIL import Image
 
-from smartedit.samplers import make_scheduler
+# The diffusers class each sampler name stands for, written here rather than taken from the project's
+# own map (smartedit.samplers.SAMPLERS): a wrong entry there must show as a mismatch, not on both sides.
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler_ancestral": EulerAncestralDiscreteScheduler,
+    "dpmpp_2m": DPMSolverMultistepScheduler,
+    "pndm": PNDMScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "heun": HeunDiscreteScheduler,
+}
 
 
 def diffusers_inpaint(pipeline, image: Image.Image, mask: Image.Image, *, prompt: str, negative_prompt: str,
                       num_inference_steps: int, guidance_scale: float, seed: int, scheduler: str,
                       strength: float = 1.0, eta: float = 0.0) -> np.ndarray:
-    components = dict(pipeline.components, scheduler=make_scheduler(scheduler, pipeline.scheduler.config))
+    components = dict(pipeline.components, scheduler=SCHEDULERS[scheduler].from_config(pipeline.scheduler.config))
     reference = type(pipeline)(**components)
     reference.set_progress_bar_config(disable=True)
     result = reference(

@@ -8,35 +8,66 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from conftest import free_port, read_until_serving, scene
+from conftest import free_port, pip_install_offline, read_until_serving, scene
 from smartedit_client import _errors
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def triton_error(status, message):
-    """What tritonclient raises for a failed call: its own exception, with the gRPC status as it writes it."""
-    from tritonclient.utils import InferenceServerException
+@pytest.fixture(scope="module")
+def triton_error():
+    """What tritonclient raises for a call a server refused with gRPC ``status`` (a ``grpc.StatusCode``
+    name) and ``message``: a gRPC server in this process aborts Triton's ModelInfer so, and tritonclient's
+    own client turns the ``RpcError`` into its ``InferenceServerException``, as it does for SmartEdit's
+    server. ``status`` None: tritonclient's own client-side error, which carries no status."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    return InferenceServerException(msg=message, status=status)
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException, raise_error
+
+    answer = {}
+
+    def model_infer(request, context):
+        context.abort(getattr(grpc.StatusCode, answer["status"]), answer["message"])
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    def refused(status, message) -> InferenceServerException:
+        with pytest.raises(InferenceServerException) as caught:
+            if status is None:
+                raise_error(message)
+            answer.update(status=status, message=message)
+            with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+                client.infer("inpaint", [grpcclient.InferInput("prompt", [1], "BYTES").set_data_from_numpy(
+                    np.array([b"x"], dtype=np.object_))], client_timeout=30)
+        return caught.value
+
+    yield refused
+    server.stop(grace=None)
 
 
 @pytest.mark.parametrize("status,expected", [
-    ("StatusCode.INVALID_ARGUMENT", _errors.InvalidRequestError),
-    ("StatusCode.DEADLINE_EXCEEDED", _errors.RequestTimeoutError),
-    ("StatusCode.UNAVAILABLE", _errors.ServerUnavailableError),
-    ("StatusCode.RESOURCE_EXHAUSTED", _errors.ServerOverloadedError),
-    ("StatusCode.CANCELLED", _errors.RequestCancelledError),
-    ("StatusCode.NOT_FOUND", _errors.ModelNotFoundError),
-    ("StatusCode.INTERNAL", _errors.ServerError),
+    ("INVALID_ARGUMENT", _errors.InvalidRequestError),
+    ("DEADLINE_EXCEEDED", _errors.RequestTimeoutError),
+    ("UNAVAILABLE", _errors.ServerUnavailableError),
+    ("RESOURCE_EXHAUSTED", _errors.ServerOverloadedError),
+    ("CANCELLED", _errors.RequestCancelledError),
+    ("NOT_FOUND", _errors.ModelNotFoundError),
+    ("INTERNAL", _errors.ServerError),
     (None, _errors.ServerError),
 ])
-def test_errors_map_on_status_codes(status, expected):
+def test_errors_map_on_status_codes(triton_error, status, expected):
     error = _errors.from_triton(triton_error(status, "boom"))
     assert type(error) is expected and str(error) == "boom"
-    assert isinstance(error, _errors.SmartEditError)
+    assert isinstance(error, _errors.SmartEditError) and error.status == status
 
 
 @pytest.mark.parametrize("message,expected", [
@@ -45,19 +76,19 @@ def test_errors_map_on_status_codes(status, expected):
     ("Server is not ready", _errors.ServerUnavailableError),
     ("failed to connect to all addresses", _errors.ServerUnavailableError),
 ])
-def test_unavailable_is_overloaded_only_when_the_server_refused_for_capacity(message, expected):
-    error = _errors.from_triton(triton_error("StatusCode.UNAVAILABLE", message))
+def test_unavailable_is_overloaded_only_when_the_server_refused_for_capacity(triton_error, message, expected):
+    error = _errors.from_triton(triton_error("UNAVAILABLE", message))
     assert type(error) is expected and error.status == "UNAVAILABLE"
 
 
-def test_errors_carry_the_servers_words_and_the_field_they_name():
+def test_errors_carry_the_servers_words_and_the_field_they_name(triton_error):
     refused = _errors.from_triton(triton_error(
-        "StatusCode.INVALID_ARGUMENT", "in ensemble 'inpaint', num_inference_steps: must be >= 1, got 0"))
+        "INVALID_ARGUMENT", "in ensemble 'inpaint', num_inference_steps: must be >= 1, got 0"))
     assert str(refused) == "num_inference_steps: must be >= 1, got 0" and refused.field == "num_inference_steps"
     # Only a field of the contract is a field: a message that merely has a colon names none.
-    vague = _errors.from_triton(triton_error("StatusCode.INVALID_ARGUMENT", "denoising failed: boom"))
+    vague = _errors.from_triton(triton_error("INVALID_ARGUMENT", "denoising failed: boom"))
     assert vague.field is None
-    failed = _errors.from_triton(triton_error("StatusCode.INTERNAL", "in ensemble 'inpaint', preprocess failed: x"))
+    failed = _errors.from_triton(triton_error("INTERNAL", "in ensemble 'inpaint', preprocess failed: x"))
     assert str(failed) == "preprocess failed: x" and failed.field is None
 
 
@@ -159,7 +190,7 @@ def test_client_installs_alone_and_works(server, tmp_path):
     venv = tmp_path / "client-venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT / "client")], check=True)
+    pip_install_offline(python, str(ROOT / "client"))
     installed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], check=True,
                                capture_output=True, text=True).stdout.lower()
     for heavy in ("torch", "diffusers", "onnx", "onnxruntime", "transformers"):

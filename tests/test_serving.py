@@ -7,6 +7,7 @@ tiny model folder.
 from __future__ import annotations
 
 import ipaddress
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 from conftest import exif_sideways, png_bytes, scene
 from reference import diffusers_inpaint, psnr
 from smartedit_client import InvalidRequestError
+from test_engine_serving import log_entries
 
 pytestmark = pytest.mark.functional
 
@@ -44,6 +46,7 @@ def test_strength_below_one_matches_diffusers(client, tiny_pipeline):
     reference = diffusers_inpaint(tiny_pipeline, image, mask, scheduler="ddim", **edit)
     inside = np.asarray(mask) >= 128
     assert psnr(served[inside], reference[inside]) >= 40
+    assert np.array_equal(served[~inside], np.asarray(image)[~inside])  # outside the mask: as sent
 
 
 def test_image_off_the_size_grid_comes_back_at_its_size_with_outside_pixels_intact(client):
@@ -65,29 +68,68 @@ def _photo(width: int, height: int, mask_box: tuple[int, int, int, int]) -> tupl
     return Image.fromarray(rgb.astype(np.uint8)), Image.fromarray(mask)
 
 
+def _documented_region(inside: np.ndarray, padding: int, resolution: int, factor: int):
+    """The box (left, top, right, bottom) and processing size (width, height) that the rules in
+    ``smartedit/regions.py``'s docstring give, worked out here on their own: the reference must not
+    share the planner it checks. Only the cases the photos below reach: a box grown to the processing
+    size's aspect inside the photo, or the whole photo."""
+    height, width = inside.shape
+    rows, columns = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    left, top = max(0, columns[0] - padding), max(0, rows[0] - padding)
+    right, bottom = min(width, columns[-1] + 1 + padding), min(height, rows[-1] + 1 + padding)
+
+    def working_area(aspect, quantum):  # the largest sides in steps of `quantum` within resolution²
+        return (int(resolution * math.sqrt(aspect) // quantum * quantum),
+                int(resolution / math.sqrt(aspect) // quantum * quantum))
+
+    if (right - left) * (bottom - top) >= width * height / 2:  # half the photo or more: all of it
+        return (0, 0, width, height), working_area(width / height, factor)
+    size = working_area(min(max((right - left) / (bottom - top), 0.5), 2.0), resolution // 8)
+    # Grown about its centre to the size's aspect, and to at least half the size (enlarged 2x at most).
+    want = max(right - left, (bottom - top) * size[0] / size[1], size[0] / 2)
+    grown_w, grown_h = math.ceil(want), math.ceil(want * size[1] / size[0])
+    box_left, box_top = round((left + right - grown_w) / 2), round((top + bottom - grown_h) / 2)
+    box = (box_left, box_top, box_left + grown_w, box_top + grown_h)
+    assert 0 <= box[0] and 0 <= box[1] and box[2] <= width and box[3] <= height  # no photo edge in the way
+    assert grown_w * grown_h < width * height / 2
+    return box, size
+
+
+def _edited_in_place(generated: np.ndarray, original: np.ndarray, inside: np.ndarray, box) -> np.ndarray:
+    """``generated`` scaled back to ``box`` and pasted into ``original`` where the mask repaints."""
+    left, top, right, bottom = box
+    scaled = np.asarray(Image.fromarray(generated).resize((right - left, bottom - top), resample=Image.LANCZOS))
+    pasted = original.copy()
+    window = pasted[top:bottom, left:right]
+    window[inside[top:bottom, left:right]] = scaled[inside[top:bottom, left:right]]
+    return pasted
+
+
 @pytest.mark.parametrize("size,mask_box", [
     ((2400, 1600), (1100, 700, 1220, 790)),  # a small mask on a large photo: edited as a crop around it
     ((1000, 800), (50, 40, 950, 760)),  # a mask covering 80%: the whole photo, downscaled
 ], ids=["crop", "whole-photo"])
-def test_a_photo_larger_than_the_working_area_is_edited_there_and_pasted_back(client, tiny_pipeline, size, mask_box):
-    from smartedit.postprocessing import compose
-    from smartedit.regions import plan_edit_region
-    from smartedit.spec import PipelineInfo
-
+def test_a_photo_larger_than_the_working_area_is_edited_there_and_pasted_back(server, client, tiny_pipeline, size,
+                                                                              mask_box):
     image, mask = _photo(*size, mask_box)
-    result = client.inpaint(image=image, mask_image=mask, scheduler="ddim", crop_padding=32, **EDIT)
+    request_id = f"large-photo-{size[0]}x{size[1]}"
+    result = client.inpaint(image=image, mask_image=mask, scheduler="ddim", crop_padding=32, request_id=request_id,
+                            **EDIT)
     served, original = np.asarray(result.image), np.asarray(image)
     inside = np.asarray(mask) >= 128
     assert result.image.size == size
     assert np.array_equal(served[~inside], original[~inside])  # byte-exact outside the mask, at any size
-    # The reference: diffusers' pipeline on the same region at the same size, pasted back the same way.
-    region = plan_edit_region(inside, PipelineInfo.from_pipeline(tiny_pipeline), 32)
-    assert max(region.width, region.height) <= 2 * 256  # the tiny model's working resolution, not the photo's
-    crop = [part.crop(region.box).resize((region.width, region.height), resample=Image.LANCZOS)
-            for part in (image, mask)]
+    # The reference: diffusers' pipeline on the region the documented rules give, at the size they give,
+    # pasted back with the few lines above; the model's working resolution is read from diffusers.
+    factor = tiny_pipeline.vae_scale_factor
+    box, (width, height) = _documented_region(inside, 32, tiny_pipeline.unet.config.sample_size * factor, factor)
+    assert max(width, height) <= 2 * 256  # the tiny model's working resolution, not the photo's
+    # The server's own log names the box and size it planned: a planner off the rules shows here first.
+    (logged,) = log_entries(server.log_file, request_id, "preprocess")
+    assert (tuple(logged["edit_box"]), logged["edit_width"], logged["edit_height"]) == (box, width, height)
+    crop = [part.crop(box).resize((width, height), resample=Image.LANCZOS) for part in (image, mask)]
     generated = diffusers_inpaint(tiny_pipeline, *crop, scheduler="ddim", **EDIT)
-    box_mask = inside[region.top:region.bottom, region.left:region.right]
-    reference = compose(generated, original, box_mask, region.box)
+    reference = _edited_in_place(generated, original, inside, box)
     assert psnr(served[inside], reference[inside]) >= 40
 
 
