@@ -64,3 +64,23 @@ def test_cancellation_stops_between_steps(tiny_pipeline):
     finished = run_to_end(state, lambda s, t, e: torch.zeros(s.shape[0], 4, 4, 4),
                           should_stop=lambda: calls.append(1) or len(calls) > 3)
     assert not finished and state.step_index == 3
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "euler_ancestral", "dpmpp_2m", "pndm", "unipc", "heun"])
+def test_every_sampler_runs_the_most_steps_the_server_accepts(tiny_pipeline, sampler):
+    """SD's scheduler config (1000 training timesteps, "leading" spacing, steps_offset 1) at 999 or 1000
+    steps makes DDIM and PNDM index past their tables and DPM++ 2M and UniPC return NaN: the server's
+    bound stays below that edge."""
+    from smartedit.samplers import make_scheduler
+
+    config = dict(tiny_pipeline.scheduler.config)
+    assert (config["num_train_timesteps"], config["steps_offset"], config["timestep_spacing"]) == (1000, 1, "leading")
+    scheduler = make_scheduler(sampler, config)
+    scheduler.set_timesteps(PreprocessSettings().max_num_inference_steps)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 8, 8, generator=generator) * scheduler.init_noise_sigma
+    for timestep in scheduler.timesteps[:2]:  # the first steps index the tables at the largest timesteps
+        noise_prediction = torch.randn(sample.shape, generator=generator)
+        sample = scheduler.step(noise_prediction, timestep, scheduler.scale_model_input(sample, timestep),
+                                **({"generator": generator} if sampler == "euler_ancestral" else {})).prev_sample
+    assert torch.isfinite(sample).all()

@@ -80,7 +80,7 @@ def test_the_record_travels_as_one_tensor_and_names_its_variations():
     (dict(num_images=9), "num_images", "got 9"),
     (dict(seed=2**63 - 2, num_images=4), "seed", "past the INT64 range"),
     (dict(invert_mask=True, task=b"replace_background"), "invert_mask", "contradicts task replace_background"),
-    (dict(num_inference_steps=1001), "num_inference_steps", "must be between 1 and 1000, got 1001"),
+    (dict(num_inference_steps=991), "num_inference_steps", "must be between 1 and 990, got 991"),
 ])
 def test_bad_parameters_name_the_field_and_value(overrides, field, fragment):
     with pytest.raises(RequestError) as caught:
