@@ -305,8 +305,8 @@ def test_cost_budget_refuses_more_steps_than_the_working_resolution_allows():
     with pytest.raises(RequestError, match=r"num_inference_steps: 501 x strength 1 = 501 denoising steps at "
                                            r"512x512 exceed the budget of this server: at most 500 denoising steps"):
         check_cost(_params(num_inference_steps=501), region, INFO, SETTINGS)
-    check_cost(_params(num_inference_steps=1000, strength=0.5), region, INFO, SETTINGS)  # 500 steps run
-    check_cost(_params(num_inference_steps=1000), EditRegion(0, 0, 256, 256, 256, 256), INFO, SETTINGS)
+    check_cost(_params(num_inference_steps=990, strength=0.5), region, INFO, SETTINGS)  # 495 steps run
+    check_cost(_params(num_inference_steps=990), EditRegion(0, 0, 256, 256, 256, 256), INFO, SETTINGS)
 
 
 def test_the_samplers_said_to_take_eta_are_those_whose_step_takes_it():
