@@ -56,6 +56,15 @@ def log_entries(log_file, request_id: str, stage: str, wait_s: float = 30.0, cou
         time.sleep(0.1)
 
 
+def wait_idle(server, timeout_s: float = 60.0) -> None:
+    """Until the engine holds no edit; ``timeout_s`` only guards against a hang (a test's claim is in
+    the steps counted, not in how long this takes on a busy machine)."""
+    deadline = time.monotonic() + timeout_s
+    while metric_value(scrape(server), "smartedit_scheduler_active_requests") != 0:
+        assert time.monotonic() < deadline, "an edit is still denoising"
+        time.sleep(0.1)
+
+
 ROWS = "smartedit_scheduler_unet_batch_rows"
 
 
@@ -133,6 +142,7 @@ def step_counter_samples(server):
 
 
 def test_an_abandoned_edit_stops_at_its_deadline_and_the_server_is_idle_again(server, client):
+    wait_idle(server)  # exact counts below: nothing of an earlier test's may still be denoising
     before = scrape(server)
     cancelled_before = metric_value(before, "smartedit_scheduler_requests_total", outcome="cancelled")
     # 8 variations of 32x32 latents step together, ~0.1 s a step: 60 steps take well over the 2 s timeout

@@ -9,14 +9,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from conftest import png_bytes, scene
 from smartedit_client import InvalidRequestError, PreviewEvent, ProgressEvent
 from smartedit_client import InpaintResult
-from test_engine_serving import log_entries
+from test_engine_serving import log_entries, wait_idle
 from test_observability import metric_value, scrape
 
 pytestmark = pytest.mark.functional
@@ -73,15 +72,6 @@ def _stopped_early(server, request_id: str, total: int) -> dict:
     return entry
 
 
-def _wait_idle(server, timeout_s: float = 60.0) -> None:
-    """Until the engine holds no edit; ``timeout_s`` only guards against a hang (the test's claim is
-    in the steps counted, not in how long this takes on a busy machine)."""
-    deadline = time.monotonic() + timeout_s
-    while metric_value(scrape(server), "smartedit_scheduler_active_requests") != 0:
-        assert time.monotonic() < deadline, "the cancelled edit is still denoising"
-        time.sleep(0.1)
-
-
 # A step long next to the way a progress event and a cancel travel between the engine and the client:
 # 8 variations step together (16 UNet rows of 32x32 latents, ~0.1 s a step), so that the step the client
 # has seen is the step the server is at, even on a busy machine. 8 x 60 steps: within the server's budget.
@@ -91,7 +81,7 @@ HEAVY = dict(num_images=8, num_inference_steps=60)
 def _stopped_within_a_step(server, request_id: str, seen: int, seed: int = EDIT["seed"]) -> list[dict]:
     """The ``denoise`` lines of a ``HEAVY`` edit (of ``seed``) whose client left after seeing step ``seen``,
     checked: every variation cancelled, the first no more than 2 steps past ``seen``."""
-    _wait_idle(server)
+    wait_idle(server)
     entries = log_entries(server.log_file, request_id, "denoise", count=HEAVY["num_images"])
     assert len(entries) == HEAVY["num_images"] and all(e["outcome"] == "cancelled" for e in entries), entries
     # Progress follows the first variation (the request's own seed): its next step may have been under way
@@ -104,6 +94,7 @@ def _stopped_within_a_step(server, request_id: str, seen: int, seed: int = EDIT[
 
 
 def test_cancel_stops_the_edit_within_a_step(server, client):
+    wait_idle(server)  # exact counts below: nothing of an earlier test's may still be denoising
     cancelled_before = metric_value(scrape(server), "smartedit_scheduler_requests_total", outcome="cancelled")
     stream = client.inpaint_stream(**inputs(LONG), **dict(EDIT, **HEAVY), preview_every=0,
                                    request_id="stream-cancel-0001")
@@ -125,7 +116,7 @@ def test_leaving_the_stream_half_way_closes_it_and_cancels_the_edit(server, clie
             if event.step == 2:
                 break  # the with-block closes the stream
     _stopped_early(server, "stream-dropped-0001", 300)
-    _wait_idle(server)
+    wait_idle(server)
 
 
 CLIENT_THAT_DIES = textwrap.dedent("""
@@ -149,7 +140,7 @@ def test_a_client_that_dies_mid_stream_has_its_edit_stopped(server, tmp_path):
                                 str(tmp_path / "image.png"), str(tmp_path / "mask.png")], timeout=120)
     assert completed.returncode == -9
     _stopped_early(server, "stream-killed-0001", 300)
-    _wait_idle(server)
+    wait_idle(server)
 
 
 def test_cli_writes_previews_and_the_edit(server, tmp_path):
