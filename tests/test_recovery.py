@@ -265,8 +265,9 @@ def test_a_model_process_killed_under_load_is_replaced_and_readiness_never_lies(
         assert isinstance(error, ServerUnavailableError), repr(error)
         assert f"the {model} model's process died" in str(error) or (
             aborted and "cannot reach the SmartEdit server" in str(error)), str(error)
-    # Never "ready" from the moment serve noticed the death (its census runs every 0.5 s) until an edit
-    # sent after the death succeeds. Events, not a grace period: the noticing takes longer on a busy machine.
+    # Never "ready" from the moment serve logged the death (its census runs every 0.5 s; it logs once
+    # readiness is held down) until an edit sent after the death succeeds. Events, not a grace period:
+    # the noticing takes longer on a busy machine. (A sample's time is taken before its request.)
     noticed_at = logged_at(log, f"model process died: {model} (pid")
     first_success_sent = min(started for started, _, error in edits.records if error is None and started > killed_at)
     lies = [round(at - killed_at, 1) for at, status in readiness

@@ -223,11 +223,13 @@ class Supervisor:
         """
         started = time.monotonic()
         reason = f"model process died: {', '.join(described)}"
-        log.error("%s; replacing it (Triton does not recover by itself)", reason)
         state = self.state
         for model in models:
             state.mark_recovering(model)
         self.gate.close(f"replacing the process of {', '.join(models)}")
+        # Logged once readiness is held down: from this line on, nothing may report the server ready
+        # until the new process has proven itself (tests/test_recovery.py reads it so).
+        log.error("%s; readiness held down, replacing it (Triton does not recover by itself)", reason)
         control = self.server.model_control()
         try:
             for model in models:
