@@ -11,6 +11,6 @@ fi
 # by diffusers would fetch the newest CUDA build (several GB) instead.
 .venv/bin/python -m pip install -q "torch==${SMARTEDIT_TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q -e "./client[loadtest]" -e ./gateway -e ".[local-server,test]"
-# No helm here: the demo does not use it. The chart tests install it on first need
-# (scripts/install-helm.sh, which needs npm).
+# No helm, Chromium or wheelhouse here: the demo needs none of them. The tests' tools come from
+# scripts/install-test-tools.sh (scripts/test.sh runs it).
 echo "SmartEdit is installed in .venv"
