@@ -92,7 +92,31 @@ def _post_edit(url: str, image: bytes, mask: bytes, seed: int, stream: bool = Fa
         return error.code
 
 
+# What serve prints when a model process or tritonserver itself dies under it (smartedit.ops.supervisor).
+_PROCESS_DEATHS = ("model process died:", "tritonserver exited with code")
+
+
 def test_the_gateway_spreads_edits_over_both_servers_and_leaves_one_that_stops(model_repository, tmp_path):
+    """Run once more if a server's process died on its own meanwhile: Triton 2.51's Python backend now and
+    then crashes under this load (a stub's SIGSEGV, then tritonserver's boost::interprocess::lock_exception
+    abort), and the server that is left then restarts for a few seconds with nowhere else to send edits.
+    That is the recovery's business (test_recovery), not the balancing's; any other failure fails."""
+    for attempt in (1, 2):
+        printed: dict[str, str] = {}
+        try:
+            _spread_then_stop_one(model_repository, tmp_path / f"attempt-{attempt}", printed)
+            return
+        except AssertionError:
+            deaths = [line for text in printed.values() for line in text.splitlines()
+                      if any(death in line for death in _PROCESS_DEATHS)]
+            if attempt == 2 or not deaths:
+                raise
+            print(f"attempt {attempt}: a server's process died on its own ({deaths[0].strip()}); once more")
+
+
+def _spread_then_stop_one(model_repository, tmp_path, printed: dict[str, str]) -> None:
+    """The scenario; ``printed`` gets what each serve printed once it has stopped."""
+    tmp_path.mkdir()
     port = free_port()
     servers = {host: _serve(model_repository, tmp_path, host, port) for host in ("127.0.0.1", "127.0.0.2")}
     try:
@@ -138,8 +162,9 @@ def test_the_gateway_spreads_edits_over_both_servers_and_leaves_one_that_stops(m
         for process, _ in servers.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process, _ in servers.values():
+        for host, (process, _) in servers.items():
             try:
                 process.wait(60)
             except subprocess.TimeoutExpired:
                 process.kill()
+            printed[host] = process.stdout.read()
