@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from smartedit.server import ServerAddress, TritonServer, free_port
+from smartedit.ops.server import ServerAddress, TritonServer, free_port
 from smartedit_client import InpaintClient, ServerOverloadedError
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from smartedit.server import ServerAddress, TritonServer, free_port
+from smartedit.ops.server import ServerAddress, TritonServer, free_port
 from smartedit_client import InpaintClient
 
 

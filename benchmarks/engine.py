@@ -9,7 +9,7 @@ edit when the last one returns), on two targets:
 
   (a) tiny   the embedded tiny model on onnx-cpu, this machine's CPU doing the arithmetic;
   (b) sim    a simulated device at SD 1.5 shapes (512x512, 64x64 latents, 77x768 text embeddings):
-             every component sleeps per a latency table (benchmarks/latency/sd15-512-h100.json, assumed
+             every component sleeps per a latency table (smartedit/engine/latency/sd15-512-h100.json, assumed
              H100-class figures) while the loop, BLS, batching and data movement are real.
 
 Both engines' servers run at once and the measurements alternate between them, one concurrency at a
@@ -39,7 +39,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from PIL import Image, ImageDraw
 
-from smartedit.server import ServerAddress, TritonServer, free_port
+from smartedit.engine.latency_table import SHIPPED_LATENCY_TABLE
+from smartedit.ops.server import ServerAddress, TritonServer, free_port
 from smartedit_client import InpaintClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,10 +106,10 @@ def export(target: str, out: Path, max_concurrency: int) -> Path:
     if target == "sim":
         from smartedit.export.simulated import build_simulated_repository
 
-        return build_simulated_repository(ROOT / "benchmarks" / "latency" / "sd15-512-h100.json", repository, options)
+        return build_simulated_repository(SHIPPED_LATENCY_TABLE, repository, options)
     from smartedit.export.pipeline_loader import load_pipeline
     from smartedit.export.repository import build_repository
-    from smartedit.tiny_model import write_tiny_pipeline
+    from smartedit.export.tiny_model import write_tiny_pipeline
 
     model = write_tiny_pipeline(out / target / "tiny-model")
     return build_repository(load_pipeline(model), repository, options, onnx_dir=out / target / "onnx")
@@ -193,7 +194,7 @@ def tiny_unet_compute_limit(repository: Path, side: int, steps: int) -> tuple[fl
     ONNX Runtime with the served model's settings, divided by the rows an edit needs (steps x 2)."""
     import onnxruntime as ort
 
-    from smartedit.spec import PipelineInfo
+    from smartedit.diffusion.spec import PipelineInfo
 
     info = PipelineInfo.load(repository / "scheduler" / "1" / "pipeline.json")
     session = ort.InferenceSession(str(repository / "unet" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -284,10 +285,10 @@ def main() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise SystemExit("benchmarks/engine.py draws its plot with matplotlib: pip install -e '.[benchmark]'")
-    from smartedit.latency_table import LatencyTable
+    from smartedit.engine.latency_table import LatencyTable
 
     args.out.mkdir(parents=True, exist_ok=True)
-    table = LatencyTable.load(ROOT / "benchmarks" / "latency" / "sd15-512-h100.json")
+    table = LatencyTable.load(SHIPPED_LATENCY_TABLE)
     notes = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
     points: list[Point] = []
     for target in args.targets:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from smartedit.health import stubs_of
-from smartedit.server import ServerAddress, TritonServer, free_port
+from smartedit.ops.health import stubs_of
+from smartedit.ops.server import ServerAddress, TritonServer, free_port
 from smartedit_client import InpaintClient, SmartEditError
 
 

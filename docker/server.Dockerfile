@@ -21,13 +21,11 @@ WORKDIR /opt/smartedit
 COPY pyproject.toml README.md ./
 COPY client ./client
 COPY smartedit ./smartedit
-COPY export ./export
-COPY ensembles ./ensembles
-COPY model_repository ./model_repository
 COPY loadtests ./loadtests
 COPY docker/server-entrypoint.sh ./docker/server-entrypoint.sh
 
-# Editable: `smartedit export` copies the Python models from model_repository/ in this folder.
+# Editable so that `smartedit loadtest` finds loadtests/ beside the package (export and serve need only the
+# package: the Python models' sources are its data).
 RUN python3 -m pip install --no-cache-dir "torch==${TORCH_VERSION}" "tensorrt-cu12==${TENSORRT_VERSION}" \
  && python3 -m pip install --no-cache-dir -e ./client -e . \
  && mkdir -p /models && chown 1000:1000 /models
@@ -42,7 +40,7 @@ RUN command -v tritonserver \
 # The NGC image's triton-server user; the chart runs as this uid with a read-only root filesystem.
 USER 1000
 ENV HOME=/tmp
-# Large buffers in their own mappings, given back when freed (why: smartedit/server.py, server_environment).
+# Large buffers in their own mappings, given back when freed (why: smartedit/ops/server.py, server_environment).
 ENV MALLOC_MMAP_THRESHOLD_=1048576
 EXPOSE 8000 8001 8002
 ENTRYPOINT ["/opt/smartedit/docker/server-entrypoint.sh"]

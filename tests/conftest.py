@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from smartedit.server import free_port  # noqa: F401  (re-exported for the tests)
+from smartedit.ops.server import free_port  # noqa: F401  (re-exported for the tests)
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from smartedit.tiny_model import write_tiny_pipeline
+    from smartedit.export.tiny_model import write_tiny_pipeline
 
     return write_tiny_pipeline(tmp_path_factory.mktemp("tiny-model"), seed=0)
 
@@ -92,7 +92,7 @@ def configure_copy(model_repository: Path, destination: Path, parameters: dict[s
     (``{model: {key: value}}``): a server with other settings, without exporting again."""
     import shutil
 
-    from smartedit.triton_config import parse_pbtxt, to_pbtxt
+    from smartedit.serving.triton_config import parse_pbtxt, to_pbtxt
 
     shutil.copytree(model_repository, destination)
     for model, changes in parameters.items():
@@ -106,7 +106,7 @@ def configure_copy(model_repository: Path, destination: Path, parameters: dict[s
 
 @contextmanager
 def serving(repository: Path, log_file: Path):
-    from smartedit.server import ServerAddress, TritonServer
+    from smartedit.ops.server import ServerAddress, TritonServer
 
     address = ServerAddress(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     with TritonServer(repository, address, log_file=log_file) as running:

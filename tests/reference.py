@@ -13,7 +13,7 @@ from diffusers import (
 from PIL import Image
 
 # The diffusers class each sampler name stands for, written here rather than taken from the project's
-# own map (smartedit.samplers.SAMPLERS): a wrong entry there must show as a mismatch, not on both sides.
+# own map (smartedit.diffusion.samplers.SAMPLERS): a wrong entry there must show as a mismatch, not on both sides.
 SCHEDULERS = {
     "ddim": DDIMScheduler,
     "euler": EulerDiscreteScheduler,

@@ -1,9 +1,9 @@
-"""The cancel board (smartedit.cancellation): marks shared by one server's model processes."""
+"""The cancel board (smartedit.engine.cancellation): marks shared by one server's model processes."""
 
 import subprocess
 
-from smartedit import cancellation
-from smartedit.cancellation import CancelBoard
+from smartedit.engine import cancellation
+from smartedit.engine.cancellation import CancelBoard
 
 
 def test_a_mark_is_seen_and_forgotten(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 
 
 def _subcommand(name: str) -> argparse.ArgumentParser:
-    from smartedit.__main__ import parser
+    from smartedit.cli.main import parser
 
     (subparsers,) = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
     return subparsers.choices[name]

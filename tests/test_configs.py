@@ -3,11 +3,15 @@
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from smartedit import steps
-from smartedit.ensembles.inpaint import ensemble_steps, inpaint_ensemble_config
-from smartedit.settings import EngineSettings, OnnxHostSettings, PreprocessSettings, SchedulerSettings, parse_bool
-from smartedit.spec import COMPONENTS, PipelineInfo
-from smartedit.triton_config import ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, TENSORRT, component_config, parse_pbtxt, to_pbtxt
+from smartedit.serving import steps
+from smartedit.serving.ensembles import ensemble_steps, inpaint_ensemble_config
+from smartedit.serving.settings import (
+    EngineSettings, OnnxHostSettings, PreprocessSettings, SchedulerSettings, parse_bool,
+)
+from smartedit.diffusion.spec import COMPONENTS, PipelineInfo
+from smartedit.serving.triton_config import (
+    ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, TENSORRT, component_config, parse_pbtxt, to_pbtxt,
+)
 from smartedit_client import _contract as wire
 
 INFO = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,

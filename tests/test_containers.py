@@ -58,7 +58,7 @@ def dockerignored(path: str) -> bool:
 
 
 def tritonserver_help() -> str:
-    from smartedit.server import pytriton_dir, server_environment
+    from smartedit.ops.server import pytriton_dir, server_environment
 
     completed = subprocess.run([str(pytriton_dir() / "bin" / "tritonserver"), "--help"], capture_output=True,
                                text=True, env=server_environment(), timeout=60)
@@ -80,7 +80,7 @@ def run_py_parser():
 
 
 def smartedit_parser():
-    from smartedit.__main__ import parser
+    from smartedit.cli.main import parser
 
     return parser()
 
@@ -153,7 +153,7 @@ def test_server_entrypoint_is_valid_sh_and_its_commands_are_accepted():
     serve = smartedit_parser().parse_args(["serve", *(f"{name}={samples[name]}" for name in names), "--no-restrict"])
     assert serve.func.__name__ == "cmd_serve"
     assert "--host=0.0.0.0" in exec_line and '--drain-timeout="${SMARTEDIT_EXIT_TIMEOUT_SECONDS:-300}"' in exec_line
-    from smartedit.__main__ import ADMIN_KEY_ENV
+    from smartedit.cli.main import ADMIN_KEY_ENV
 
     assert f"export {ADMIN_KEY_ENV}" in text and 'RESTRICT="--no-restrict"' in text
 
@@ -172,7 +172,7 @@ def test_chart_commands_are_accepted_by_the_programs_they_run(value_set):
 
 
 def test_every_tritonserver_option_smartedit_serve_passes_is_accepted():
-    from smartedit.server import ServerAddress, restriction_args, server_command
+    from smartedit.ops.server import ServerAddress, restriction_args, server_command
 
     command = server_command(["/models/model_repository", "s3://bucket/repository"], ServerAddress(),
                              Path("/tmp/backends"), extra_args=restriction_args("key") + [

@@ -1,4 +1,4 @@
-"""The loop (smartedit.denoise) against diffusers, with the PyTorch modules: no server involved.
+"""The loop (smartedit.diffusion.denoise) against diffusers, with the PyTorch modules: no server involved.
 
 This pins the loop's arithmetic and random-number order; the functional tests pin the same through
 Triton and ONNX.
@@ -10,12 +10,12 @@ import torch
 
 from conftest import png_bytes, scene
 from reference import diffusers_inpaint, psnr
-from smartedit.denoise import EditInputs, decoder_input, run_to_end, start_denoising
-from smartedit.parameters import EditParameters
-from smartedit.postprocessing import compose, to_pixels
-from smartedit.preprocessing import prepare_images, tokenize
-from smartedit.settings import PreprocessSettings
-from smartedit.spec import PipelineInfo
+from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end, start_denoising
+from smartedit.edit.parameters import EditParameters
+from smartedit.edit.postprocessing import compose, to_pixels
+from smartedit.edit.preprocessing import prepare_images, tokenize
+from smartedit.serving.settings import PreprocessSettings
+from smartedit.diffusion.spec import PipelineInfo
 
 
 def _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=4, seed=7):
@@ -71,7 +71,7 @@ def test_every_sampler_runs_the_most_steps_the_server_accepts(tiny_pipeline, sam
     """SD's scheduler config (1000 training timesteps, "leading" spacing, steps_offset 1) at 999 or 1000
     steps makes DDIM and PNDM index past their tables and DPM++ 2M and UniPC return NaN: the server's
     bound stays below that edge."""
-    from smartedit.samplers import make_scheduler
+    from smartedit.diffusion.samplers import make_scheduler
 
     config = dict(tiny_pipeline.scheduler.config)
     assert (config["num_train_timesteps"], config["steps_offset"], config["timestep_spacing"]) == (1000, 1, "leading")

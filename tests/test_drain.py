@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from conftest import read_until_serving, scene
-from smartedit.health import http_status
-from smartedit.server import free_port
+from smartedit.ops.health import http_status
+from smartedit.ops.server import free_port
 from smartedit_client import (InpaintClient, ProgressEvent, RequestCancelledError, ServerUnavailableError,
                               SmartEditError)
 

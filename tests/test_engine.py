@@ -1,4 +1,4 @@
-"""The batched engine (smartedit.engine) on the tiny model's exported UNet, run by ONNX Runtime.
+"""The batched engine (smartedit.engine.core) on the tiny model's exported UNet, run by ONNX Runtime.
 
 No server: these pin the engine's own promises. An edit's result does not depend on what else shares
 its UNet calls; new edits join between steps; admission refuses past its bounds; an edit whose
@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from conftest import png_bytes, scene
-from smartedit.denoise import EditInputs, run_to_end, start_denoising
-from smartedit.parameters import EditParameters
-from smartedit.engine import (
+from smartedit.diffusion.denoise import EditInputs, run_to_end, start_denoising
+from smartedit.edit.parameters import EditParameters
+from smartedit.engine.core import (
     AtCapacity, DenoiseEngine, EditRequest, EngineLimits, EngineMetrics, TooManyImages, plan_unet_calls,
 )
-from smartedit.preprocessing import prepare_images, tokenize
-from smartedit.settings import PreprocessSettings
-from smartedit.spec import PipelineInfo
+from smartedit.edit.preprocessing import prepare_images, tokenize
+from smartedit.serving.settings import PreprocessSettings
+from smartedit.diffusion.spec import PipelineInfo
 
 
 class RecordingSink:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import pip_install_offline, png_bytes, scene, serving
-from smartedit.server import free_port
+from smartedit.ops.server import free_port
 
 pytestmark = pytest.mark.functional
 

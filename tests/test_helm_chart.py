@@ -139,12 +139,12 @@ def test_cpu_profile_asks_for_no_gpu_anywhere():
 
 
 def test_probes_use_triton_health_endpoints_and_check_every_model_process():
-    from smartedit.health import main as health_main
+    from smartedit.ops.health import main as health_main
 
     container = server_container(render())
     assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     readiness = container["readinessProbe"]["exec"]["command"]
-    assert readiness == ["python3", "-m", "smartedit.health", "--ready", "--http-port", "8000"]
+    assert readiness == ["python3", "-m", "smartedit.ops.health", "--ready", "--http-port", "8000"]
     # A dead model process is smartedit serve's to replace: liveness asks only whether Triton answers.
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     with pytest.raises(SystemExit) as shown:  # the module's own parser takes these arguments
@@ -173,7 +173,7 @@ def test_pods_run_non_root_with_a_read_only_root_filesystem(value_set):
 
 
 def test_the_pod_drains_before_it_stops_and_the_grace_period_covers_the_drain():
-    from smartedit.__main__ import parser
+    from smartedit.cli.main import parser
 
     objects = render()
     spec, container = pod_spec(objects), server_container(objects)
@@ -248,9 +248,9 @@ def test_build_source_exports_in_an_init_container_into_the_served_volume():
 # --- services, ingress, monitoring, scaling, policies --------------------------------------------
 
 def test_admin_apis_are_restricted_by_default_with_a_key_from_a_generated_secret():
-    from smartedit.server import ADMIN_KEY_HEADER, RESTRICTED_APIS
+    from smartedit.ops.server import ADMIN_KEY_HEADER, RESTRICTED_APIS
 
-    from smartedit.__main__ import ADMIN_KEY_ENV, _admin_key, parser
+    from smartedit.cli.main import ADMIN_KEY_ENV, _admin_key, parser
 
     objects = render()
     container = server_container(objects)
@@ -269,7 +269,7 @@ def test_admin_apis_are_restricted_by_default_with_a_key_from_a_generated_secret
         assert _admin_key(serve, Path("/nonexistent")) == key  # read, not written anywhere
     finally:
         del os.environ[ADMIN_KEY_ENV]
-    from smartedit.server import restriction_args
+    from smartedit.ops.server import restriction_args
 
     assert restriction_args(key) == [f"--grpc-restricted-protocol={','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={key}",
                                      f"--http-restricted-api={','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={key}"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import log_tail, serving
-from smartedit.server import free_port
+from smartedit.ops.server import free_port
 
 RUNNER = Path(__file__).resolve().parent.parent / "loadtests" / "run.py"
 

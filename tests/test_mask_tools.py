@@ -5,13 +5,13 @@ import pytest
 from PIL import Image
 
 from conftest import png_bytes
-from smartedit.masks import feather, grow, shape_mask
-from smartedit.parameters import EditParameters
-from smartedit.postprocessing import compose
-from smartedit.preprocessing import prepare_images
-from smartedit.settings import PreprocessSettings
-from smartedit.spec import PipelineInfo
-from smartedit.tasks import prefill_hole
+from smartedit.edit.masks import feather, grow, shape_mask
+from smartedit.edit.parameters import EditParameters
+from smartedit.edit.postprocessing import compose
+from smartedit.edit.preprocessing import prepare_images
+from smartedit.serving.settings import PreprocessSettings
+from smartedit.diffusion.spec import PipelineInfo
+from smartedit.edit.tasks import prefill_hole
 
 INFO = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,
                     text_hidden_size=32, vae_scaling_factor=0.18215, unet_sample_size=64,

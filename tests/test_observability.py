@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import png_bytes, scene, serving
-from smartedit.structured_log import JsonLineFormatter, timed_stage
+from smartedit.serving.structured_log import JsonLineFormatter, timed_stage
 
 STEPS = 4
 

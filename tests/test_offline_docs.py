@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import png_bytes, scene
-from smartedit.server import free_port
+from smartedit.ops.server import free_port
 from test_editor import _at, _paint, _photo, browser, offline_page  # noqa: F401 (browser: a fixture)
 from test_gateway import gateway
 

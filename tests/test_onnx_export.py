@@ -3,7 +3,7 @@
 import pytest
 
 from smartedit.export import onnx_export, verify
-from smartedit.spec import COMPONENTS, PipelineInfo
+from smartedit.diffusion.spec import COMPONENTS, PipelineInfo
 
 
 @pytest.mark.parametrize("spec", COMPONENTS, ids=lambda s: s.name)
@@ -34,7 +34,7 @@ def test_graph_names_and_dynamic_axes_follow_the_spec(model_repository):
 
 
 def test_mismatching_graph_is_rejected_with_a_clear_message(tiny_pipeline, model_repository, tmp_path):
-    from smartedit.tiny_model import build_tiny_pipeline
+    from smartedit.export.tiny_model import build_tiny_pipeline
 
     other_unet = build_tiny_pipeline(seed=1)[0].eval()
     info = PipelineInfo.from_pipeline(tiny_pipeline)

@@ -10,12 +10,12 @@ from PIL import Image, ImageOps
 
 from conftest import exif_sideways, png_bytes, scene
 from smartedit.errors import RequestError
-from smartedit.postprocessing import compose, encode_png
-from smartedit.parameters import EditParameters, resolve_parameters
-from smartedit.preprocessing import prepare_images
-from smartedit.settings import PreprocessSettings
-from smartedit.spec import PipelineInfo
-from smartedit.tasks import REMOVAL_NEGATIVE_PROMPT, REMOVAL_PROMPT
+from smartedit.edit.postprocessing import compose, encode_png
+from smartedit.edit.parameters import EditParameters, resolve_parameters
+from smartedit.edit.preprocessing import prepare_images
+from smartedit.serving.settings import PreprocessSettings
+from smartedit.diffusion.spec import PipelineInfo
+from smartedit.edit.tasks import REMOVAL_NEGATIVE_PROMPT, REMOVAL_PROMPT
 
 INFO = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,
                     text_hidden_size=32, vae_scaling_factor=0.18215, unet_sample_size=64,
@@ -267,7 +267,7 @@ def test_a_box_the_photo_edge_stops_keeps_its_aspect_and_is_enlarged_at_most_two
 
 
 def test_every_planned_size_stays_within_the_working_area():
-    from smartedit.regions import plan_edit_region
+    from smartedit.edit.regions import plan_edit_region
 
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -297,8 +297,8 @@ def test_a_photo_within_the_working_area_is_edited_whole_at_its_own_size():
 
 
 def test_cost_budget_refuses_more_steps_than_the_working_resolution_allows():
-    from smartedit.preprocessing import check_cost
-    from smartedit.regions import EditRegion
+    from smartedit.edit.preprocessing import check_cost
+    from smartedit.edit.regions import EditRegion
 
     region = EditRegion(0, 0, 512, 512, 512, 512)
     check_cost(_params(num_inference_steps=500), region, INFO, SETTINGS)
@@ -314,7 +314,7 @@ def test_the_samplers_said_to_take_eta_are_those_whose_step_takes_it():
 
     import diffusers
 
-    from smartedit.samplers import SAMPLERS, SAMPLERS_WITH_ETA
+    from smartedit.diffusion.samplers import SAMPLERS, SAMPLERS_WITH_ETA
 
     takes_eta = {name for name, cls in SAMPLERS.items()
                  if "eta" in inspect.signature(getattr(diffusers, cls).step).parameters}

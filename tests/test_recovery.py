@@ -1,7 +1,7 @@
 """A model process that dies: Triton 2.51 neither notices nor repairs it; SmartEdit does both.
 
 Without help, a killed stub leaves its model "ready" and every edit failing. ``python -m
-smartedit.health`` (the chart's readiness probe) names the dead model; ``smartedit serve`` replaces
+smartedit.ops.health`` (the chart's readiness probe) names the dead model; ``smartedit serve`` replaces
 it -- readiness held down, the one model reloaded, a proving edit -- and edits caught by the death
 fail with UNAVAILABLE, "send again". The tests marked ``restart`` (``pytest -m restart``) restart a
 whole tritonserver, the fallback.
@@ -22,8 +22,8 @@ import urllib.request
 import pytest
 
 from conftest import scene, serving, stop_serve
-from smartedit.health import StubCensus, http_status, is_alive, stubs_of
-from smartedit.server import free_port
+from smartedit.ops.health import StubCensus, http_status, is_alive, stubs_of
+from smartedit.ops.server import free_port
 from smartedit_client import InpaintClient, ServerUnavailableError, SmartEditError
 
 pytestmark = pytest.mark.functional
@@ -38,7 +38,7 @@ def ready_status(http_port: int) -> int | None:
 
 
 def health(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "smartedit.health", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "smartedit.ops.health", *args], capture_output=True, text=True,
                           timeout=60)
 
 
@@ -58,7 +58,7 @@ def test_a_dead_stub_leaves_triton_ready_and_the_health_check_names_it(model_rep
 
 
 def test_a_killed_tritonserver_leaves_neither_model_processes_nor_shared_memory_behind(model_repository, tmp_path):
-    from smartedit.server import shared_memory_regions
+    from smartedit.ops.server import shared_memory_regions
 
     with serving(model_repository, tmp_path / "triton.log") as server:
         pid = server.process.pid

@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from conftest import png_bytes
-from smartedit.sam import SAM_DECODER, SAM_ENCODER, build_tiny_sam, export_sam, prompt_arrays
+from smartedit.segmentation.sam import SAM_DECODER, SAM_ENCODER, build_tiny_sam, export_sam, prompt_arrays
 from smartedit_client import AsyncInpaintClient, InvalidRequestError
 
 PROMPTS = [

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from conftest import read_until_serving, stop_serve
-from smartedit.ports import port_holder, port_in_use
-from smartedit.server import ServerAddress, ServerFailed, free_port
+from smartedit.ops.ports import port_holder, port_in_use
+from smartedit.ops.server import ServerAddress, ServerFailed, free_port
 
 
 def serve_command(model_repository, tmp_path, grpc_port=None, http_port=None, metrics_port=None):
@@ -143,7 +143,7 @@ def test_admin_apis_are_refused_without_the_key_and_served_with_it(locked_down_s
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from smartedit.server import ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER
+    from smartedit.ops.server import ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER
 
     def shared_memory_api(action, headers, body=""):
         connection = http.client.HTTPConnection("127.0.0.1", locked_down_server["http_port"], timeout=30)
@@ -179,8 +179,8 @@ def test_admin_apis_are_refused_without_the_key_and_served_with_it(locked_down_s
 
 
 def test_two_servers_on_one_repository_keep_their_own_admin_keys(tmp_path, monkeypatch):
-    from smartedit.__main__ import ADMIN_KEY_ENV, _admin_key, parser
-    from smartedit.server import server_dir
+    from smartedit.cli.main import ADMIN_KEY_ENV, _admin_key, parser
+    from smartedit.ops.server import server_dir
 
     monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
     args = parser().parse_args(["serve"])

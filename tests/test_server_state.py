@@ -62,7 +62,7 @@ def test_a_folder_is_its_servers_only_while_that_very_process_runs(tmp_path, mon
     namespace, likely the same pid, but not the same start time -- it inherits no drain or repair."""
     import os
 
-    from smartedit.health import start_time
+    from smartedit.ops.health import start_time
     from smartedit.ops import server_state
 
     monkeypatch.setattr(server_state, "shared_root", lambda: tmp_path)

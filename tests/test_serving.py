@@ -70,7 +70,7 @@ def _photo(width: int, height: int, mask_box: tuple[int, int, int, int]) -> tupl
 
 def _documented_region(inside: np.ndarray, padding: int, resolution: int, factor: int):
     """The box (left, top, right, bottom) and processing size (width, height) that the rules in
-    ``smartedit/regions.py``'s docstring give, worked out here on their own: the reference must not
+    ``smartedit/edit/regions.py``'s docstring give, worked out here on their own: the reference must not
     share the planner it checks. Only the cases the photos below reach: a box grown to the processing
     size's aspect inside the photo, or the whole photo."""
     height, width = inside.shape

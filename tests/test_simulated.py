@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-from smartedit.latency_table import LatencyTable
-from smartedit.triton_config import parse_pbtxt
+from smartedit.engine.latency_table import SHIPPED_LATENCY_TABLE, LatencyTable
+from smartedit.serving.triton_config import parse_pbtxt
 
-TABLE = Path(__file__).resolve().parent.parent / "benchmarks" / "latency" / "sd15-512-h100.json"
+TABLE = SHIPPED_LATENCY_TABLE
 
 
 def test_the_shipped_table_is_sd15_at_512_and_its_limits_follow_the_formula():

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import png_bytes, read_until_serving, scene
-from smartedit.server import free_port
+from smartedit.ops.server import free_port
 from smartedit_client._channel import channel, resolves_to_several
 from test_gateway import gateway
 

@@ -3,7 +3,7 @@
 import pytest
 
 from smartedit.export import tensorrt
-from smartedit.spec import COMPONENTS, PipelineInfo
+from smartedit.diffusion.spec import COMPONENTS, PipelineInfo
 
 INFO = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,
                     text_hidden_size=768, vae_scaling_factor=0.18215, unet_sample_size=64,

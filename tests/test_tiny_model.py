@@ -10,14 +10,14 @@ def _digests(folder: Path) -> dict[str, str]:
 
 
 def test_same_seed_gives_identical_files(tiny_model_dir, tmp_path):
-    from smartedit.tiny_model import write_tiny_pipeline
+    from smartedit.export.tiny_model import write_tiny_pipeline
 
     again = write_tiny_pipeline(tmp_path / "again", seed=0)
     assert _digests(again) == _digests(tiny_model_dir)
 
 
 def test_other_seed_gives_other_weights(tmp_path):
-    from smartedit.tiny_model import build_tiny_pipeline
+    from smartedit.export.tiny_model import build_tiny_pipeline
 
     unet_a = build_tiny_pipeline(0)[0]
     unet_b = build_tiny_pipeline(1)[0]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import png_bytes, scene
 from reference import diffusers_inpaint, psnr
-from smartedit.masks import feather, shape_mask
+from smartedit.edit.masks import feather, shape_mask
 from smartedit_client import InvalidRequestError, png_parameters
 from smartedit_client import _contract as wire
 
@@ -219,7 +219,7 @@ def test_eta_is_ddims_eta_as_diffusers_applies_it(client, tiny_pipeline):
 
 
 def test_server_info_says_what_the_server_applies(client, server, tiny_pipeline):
-    from smartedit.spec import PipelineInfo
+    from smartedit.diffusion.spec import PipelineInfo
 
     info = client.server_info()
     assert info.working_resolution == PipelineInfo.from_pipeline(tiny_pipeline).working_resolution

@@ -99,7 +99,7 @@ def request_drain(server_pid: int, wait_s: float, poll_s: float = 0.5) -> int:
     Returns:
         0 once drained (or once the server is gone), 1 if it is not drained within ``wait_s``.
     """
-    from smartedit.health import parent_of, start_time
+    from smartedit.ops.health import parent_of, start_time
 
     state = ServerState.of_server(server_pid)
     supervisor = parent_of(server_pid)

@@ -18,7 +18,7 @@ import threading
 
 import triton_python_backend_utils as pb_utils
 
-from smartedit.metrics_api import Serialized
+from smartedit.serving.metrics_api import Serialized
 from smartedit.ops.server_state import ServerState
 
 PUBLISH_EVERY_S = 2.0

@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from smartedit.health import http_status
+from smartedit.ops.health import ADMIN_KEY_HEADER, READINESS_GATE, http_status
 
-READINESS_GATE = "smartedit_readiness_gate"
 _GATE_FLAG = "closed"
 _GATE_CONFIG = """\
 # SmartEdit's readiness gate (smartedit.ops.model_control): not a model of the pipeline.
@@ -68,8 +67,6 @@ class ModelControl:
 
     def __init__(self, http_address: str, admin_key: str | None = None, timeout_s: float = 600.0,
                  alive: Callable[[], bool] = lambda: True):
-        from smartedit.server import ADMIN_KEY_HEADER  # the server module imports this one's constants
-
         self.http_address = http_address
         self._headers = {ADMIN_KEY_HEADER: admin_key} if admin_key else None
         self._timeout_s = timeout_s

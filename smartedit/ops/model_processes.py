@@ -20,7 +20,7 @@ import time
 from typing import Callable, TypeVar
 
 from smartedit.errors import ModelProcessDied
-from smartedit.health import is_alive, stubs_of
+from smartedit.ops.health import is_alive, stubs_of
 from smartedit.ops.server_state import ServerState
 
 T = TypeVar("T")

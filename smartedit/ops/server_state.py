@@ -3,7 +3,7 @@ replaced, and the requests in flight.
 
 ``smartedit serve`` (the supervisor) and the Python models run in different processes, and Triton
 offers no channel between them, so they meet in a folder, as the cancel board does
-(``smartedit.cancellation``), named by the tritonserver's pid and start time (every Python model is
+(``smartedit.engine.cancellation``), named by the tritonserver's pid and start time (every Python model is
 its child; the start time, because a container restarted in its pod gets /dev/shm back and, in a new
 pid namespace, most likely the same pid: its new server must not inherit a drain or a repair):
 
@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from smartedit.health import start_time
+from smartedit.ops.health import start_time
 
 _SHARED_MEMORY = Path("/dev/shm")
 PREFIX = "smartedit-state-"

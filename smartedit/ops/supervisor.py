@@ -4,7 +4,7 @@ What Triton 2.51 does not do for itself, done here:
 
 - **A model process that dies is replaced in seconds.** Triton never restarts a Python-backend stub
   and keeps answering "ready" while every request to its model fails. Every half second the
-  supervisor counts the stubs (``smartedit.health.StubCensus``); when one is gone it marks the model
+  supervisor counts the stubs (``smartedit.ops.health.StubCensus``); when one is gone it marks the model
   "recovering" in the server's shared state (edits that fail meanwhile are answered UNAVAILABLE:
   send again), closes the readiness gate (Triton's ready endpoint answers "not ready"), unloads and
   loads that model alone (explicit model control), proves the server edits again with one small
@@ -25,12 +25,13 @@ import signal
 import threading
 import time
 
-from smartedit.health import StubCensus
+from smartedit.ops.health import StubCensus
 from smartedit.ops.drain import DRAIN_SIGNAL, drained_marker, run_drain
-from smartedit.ops.model_control import READINESS_GATE, ModelControlError, ReadinessGate
+from smartedit.ops.health import READINESS_GATE
+from smartedit.ops.model_control import ModelControlError, ReadinessGate
 from smartedit.ops.server_state import ServerState
-from smartedit.server import ServerFailed, StartInterrupted, TlsFiles, TritonServer
-from smartedit.structured_log import JsonLineFormatter
+from smartedit.ops.server import ServerFailed, StartInterrupted, TlsFiles, TritonServer
+from smartedit.serving.structured_log import JsonLineFormatter
 
 log = logging.getLogger("smartedit.serve")
 

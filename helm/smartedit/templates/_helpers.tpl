@@ -79,7 +79,7 @@ sum(rate(smartedit_scheduler_queue_wait_seconds_sum{namespace="{{ .Release.Names
 {{- .Values.triton.adminKey.existingSecret | default (printf "%s-admin-key" (include "smartedit.fullname" .)) -}}
 {{- end }}
 
-{{/* Triton's APIs that need the admin key; smartedit/server.py RESTRICTED_APIS lists the same. */}}
+{{/* Triton's APIs that need the admin key; smartedit/ops/server.py RESTRICTED_APIS lists the same. */}}
 {{- define "smartedit.restrictedApis" -}}
 shared-memory,model-config,model-repository,statistics,trace,logging
 {{- end }}

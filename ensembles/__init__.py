@@ -1,1 +1,0 @@
-"""Ensemble definitions (``smartedit.ensembles``): the wiring of the served pipelines."""

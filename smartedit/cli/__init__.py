@@ -1,0 +1,1 @@
+"""The ``smartedit`` command: export, serve, demo, loadtest, drain."""

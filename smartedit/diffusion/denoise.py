@@ -1,0 +1,180 @@
+"""The denoising loop of one edit, as diffusers' ``StableDiffusionInpaintPipeline.__call__`` runs it.
+
+All per-request state (scheduler, latents, embeddings, mask, guidance, generator) lives in one
+``DenoiseState``, and the UNet is a function the caller supplies. The scheduler model passes a
+BLS call; tests pass the PyTorch UNet. Keeping the state in one object is what lets the batched
+engine (``smartedit.engine.core``) step many edits together: their ``unet_inputs`` concatenated into
+one UNet batch, each edit's rows of the output handed back to its own ``advance``.
+
+Stage numbers in comments are those of diffusers' ``__call__``, so the two read side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from smartedit.edit.parameters import EditParameters
+from smartedit.diffusion.samplers import make_scheduler, step_kwargs
+from smartedit.diffusion.spec import PipelineInfo
+
+# (sample, timestep, encoder_hidden_states) -> noise_pred
+UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# () -> (latent mean, latent std) of the init image, called only when strength < 1
+EncodeFn = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+
+
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator,
+                   scaling_factor: float) -> torch.Tensor:
+    """``vae.config.scaling_factor * latent_dist.sample(generator)``, as ``_encode_vae_image``."""
+    noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return scaling_factor * (mean + std * noise)
+
+
+def strength_timesteps(scheduler, num_inference_steps: int, strength: float) -> torch.Tensor:
+    """The timesteps left after skipping the first ``1 - strength`` of the schedule (``get_timesteps``)."""
+    init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+    t_start = max(num_inference_steps - init_timestep, 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+    return timesteps
+
+
+@dataclass
+class DenoiseState:
+    """Everything one edit carries between denoising steps."""
+
+    scheduler: Any
+    timesteps: torch.Tensor
+    latents: torch.Tensor  # [1, C, h, w]
+    # What the UNet sees besides the latents, already duplicated for guidance (fixed for the edit):
+    conditioning: torch.Tensor  # [rows, 1 + C, h, w]: latent mask, masked-image latents
+    encoder_hidden_states: torch.Tensor  # [rows, L, D]: (negative,) positive prompt embeddings
+    guidance_scale: float
+    generator: torch.Generator
+    extra_step_kwargs: dict = field(default_factory=dict)
+    step_index: int = 0
+    # The scheduler's estimate of the clean latents after the last step, where the sampler gives one
+    # (DDIM, Euler, Heun do; DPM-Solver, PNDM, UniPC do not): what a cheap preview shows.
+    pred_original: torch.Tensor | None = None
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    @property
+    def rows(self) -> int:
+        """UNet batch rows this edit needs per step."""
+        return self.conditioning.shape[0]
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.total_steps
+
+    def model_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scaled latents ``[1, C, h, w]``, timestep) of this step: what changes from step to step.
+
+        Every row of the edit sees the same scaled latents (the guidance rows differ only in their
+        prompt embeddings), so a batch builder may broadcast them instead of concatenating copies.
+        """
+        t = self.timesteps[self.step_index]
+        return self.scheduler.scale_model_input(self.latents, t), t
+
+    def unet_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sample, timestep, encoder_hidden_states) of this step: ``rows`` rows each."""
+        # 10. expand the latents for classifier-free guidance, scale, concat mask + masked latents
+        scaled, t = self.model_input()
+        latent_model_input = scaled.expand(self.rows, -1, -1, -1)
+        sample = torch.cat([latent_model_input, self.conditioning], dim=1)
+        timestep = t.to(torch.float32).reshape(1).expand(self.rows).contiguous()
+        return sample, timestep, self.encoder_hidden_states
+
+    def advance(self, noise_pred: torch.Tensor) -> None:
+        """Apply guidance to this step's UNet output and take the scheduler step."""
+        t = self.timesteps[self.step_index]
+        if self.do_classifier_free_guidance:
+            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+            noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
+        output = self.scheduler.step(noise_pred, t, self.latents, **self.extra_step_kwargs, return_dict=False)
+        self.latents = output[0]
+        self.pred_original = output[1] if len(output) > 1 else None
+        self.step_index += 1
+
+    def preview_latents(self) -> torch.Tensor:
+        """The latents a preview should show: the predicted clean latents, else the current ones."""
+        return self.latents if self.pred_original is None else self.pred_original
+
+
+@dataclass(frozen=True)
+class EditInputs:
+    """The tensors one edit's loop starts from, made by the ensemble's steps before it."""
+
+    prompt_embeds: torch.Tensor  # [2, L, D]: negative, positive
+    masked_image_mean: torch.Tensor  # [1, C, h, w]: the masked image's latent distribution
+    masked_image_std: torch.Tensor
+    latent_mask: torch.Tensor  # [1, 1, h, w], 1 = repaint
+
+
+def start_denoising(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters,
+                    inputs: EditInputs, encode_init_image: EncodeFn) -> DenoiseState:
+    """Stages 4-9 of diffusers' ``__call__`` for one image of the edit ``params`` describes (its
+    ``seed``: a variation's own), drawing random numbers in the same order."""
+    sampler, num_inference_steps, strength = params.scheduler, params.num_inference_steps, params.strength
+    guidance_scale, seed = params.guidance_scale, params.seed
+    prompt_embeds, latent_mask = inputs.prompt_embeds, inputs.latent_mask
+    masked_image_mean, masked_image_std = inputs.masked_image_mean, inputs.masked_image_std
+    generator = torch.Generator().manual_seed(seed)
+    scheduler = make_scheduler(sampler, scheduler_config)
+    # 4. set timesteps, then skip the part that strength leaves out
+    scheduler.set_timesteps(num_inference_steps)
+    timesteps = strength_timesteps(scheduler, num_inference_steps, strength)
+    if len(timesteps) == 0:
+        raise ValueError(f"strength {strength} with {num_inference_steps} steps leaves no step to run")
+    is_strength_max = strength == 1.0
+    # 6. prepare latents: pure noise at strength 1, else the init image noised to the first step
+    shape = masked_image_mean.shape
+    if not is_strength_max:
+        init_mean, init_std = encode_init_image()
+        image_latents = sample_latents(init_mean, init_std, generator, info.vae_scaling_factor)
+    noise = randn_tensor(shape, generator=generator, dtype=prompt_embeds.dtype)
+    if is_strength_max:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+    # 7. masked image latents, sampled from the same generator after the noise
+    masked_image_latents = sample_latents(masked_image_mean, masked_image_std, generator, info.vae_scaling_factor)
+    conditioning = torch.cat([latent_mask.to(latents.dtype), masked_image_latents], dim=1)
+    rows = 2 if guidance_scale > 1.0 else 1  # classifier-free guidance: negative and positive rows
+    # 9. extra step kwargs
+    return DenoiseState(
+        scheduler=scheduler,
+        timesteps=timesteps,
+        latents=latents,
+        conditioning=conditioning.repeat(rows, 1, 1, 1),
+        encoder_hidden_states=prompt_embeds[2 - rows:],
+        guidance_scale=guidance_scale,
+        generator=generator,
+        extra_step_kwargs=step_kwargs(scheduler, generator, params.eta),
+    )
+
+
+def run_to_end(state: DenoiseState, unet: UNetFn, should_stop: Callable[[], bool] = lambda: False) -> bool:
+    """Step ``state`` until done; returns False when ``should_stop`` interrupted it."""
+    while not state.done:
+        if should_stop():
+            return False
+        state.advance(unet(*state.unet_inputs()))
+    return True
+
+
+def decoder_input(state: DenoiseState, info: PipelineInfo) -> torch.Tensor:
+    """The latents the VAE decoder takes: unscaled by the VAE's scaling factor."""
+    return state.latents / info.vae_scaling_factor

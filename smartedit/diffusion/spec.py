@@ -1,0 +1,175 @@
+"""The one typed spec of every served component: tensor names, dtypes, dynamic axes, TRT profiles.
+
+Export (graph input/output names and dynamic axes), verification (random inputs), the TensorRT
+builder (optimization profiles) and the Triton config generator all read these declarations, so a
+tensor name is written here and nowhere else.
+
+Each dimension of a tensor (after the batch axis, which every component tensor has) is either a
+fixed integer or the name of a quantity: a property of the exported pipeline (``PipelineInfo``) or
+one of the dynamic spatial axes ``image_height``/``image_width``/``latent_height``/``latent_width``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+Dim = Union[int, str]
+
+# Axes that change with the request's resolution; everything else is fixed once a model is chosen.
+SPATIAL_AXES = ("image_height", "image_width", "latent_height", "latent_width")
+# Every axis that varies per call: the spatial ones, and the number of prompt points of a SAM call.
+DYNAMIC_AXES = SPATIAL_AXES + ("num_points",)
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """Facts about one diffusers inpainting pipeline that shapes and the loop depend on.
+
+    Written into the model repository as ``pipeline.json`` by the export, read by the Python
+    models, so that nothing at serving time needs diffusers' model classes or the weights.
+    """
+
+    vae_scale_factor: int
+    latent_channels: int
+    unet_in_channels: int
+    text_length: int
+    text_hidden_size: int
+    vae_scaling_factor: float
+    unet_sample_size: int
+    # The side, in pixels, of the area the model edits at (smartedit.edit.regions): 512 for SD 1.x.
+    working_resolution: int
+
+    @classmethod
+    def from_pipeline(cls, pipeline) -> "PipelineInfo":
+        vae_config = pipeline.vae.config
+        # Derived, never hard-coded: 8 for real SD models.
+        vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
+        return cls(
+            vae_scale_factor=vae_scale_factor,
+            latent_channels=int(vae_config.latent_channels),
+            unet_in_channels=int(pipeline.unet.config.in_channels),
+            text_length=int(pipeline.tokenizer.model_max_length),
+            text_hidden_size=int(pipeline.text_encoder.config.hidden_size),
+            vae_scaling_factor=float(vae_config.scaling_factor),
+            unet_sample_size=int(pipeline.unet.config.sample_size),
+            # The resolution the UNet was trained at: its sample size in latent pixels.
+            working_resolution=int(pipeline.unet.config.sample_size) * vae_scale_factor,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: Path) -> "PipelineInfo":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "PipelineInfo":
+        # Written before the working resolution was declared: derive it as the export does.
+        fields = {"working_resolution": fields["unet_sample_size"] * fields["vae_scale_factor"], **fields}
+        return cls(**fields)
+
+    def resolve(self, dim: Dim, height: int, width: int) -> int:
+        """The concrete size of ``dim`` for an image of ``height`` x ``width`` pixels."""
+        if isinstance(dim, int):
+            return dim
+        spatial = {
+            "image_height": height,
+            "image_width": width,
+            "latent_height": height // self.vae_scale_factor,
+            "latent_width": width // self.vae_scale_factor,
+        }
+        if dim in spatial:
+            return spatial[dim]
+        return int(getattr(self, dim))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a component, without its batch axis."""
+
+    name: str
+    dtype: str  # a numpy dtype name: "float32", "int64"
+    dims: tuple[Dim, ...]
+
+    def shape(self, info: PipelineInfo, batch: int, height: int, width: int) -> tuple[int, ...]:
+        """The full shape, batch axis included, for ``batch`` items of ``height`` x ``width``."""
+        return (batch,) + tuple(info.resolve(d, height, width) for d in self.dims)
+
+    def dynamic_axes(self) -> dict[int, str]:
+        """ONNX dynamic axes: the batch axis and every spatial axis, by their names."""
+        axes = {0: "batch"}
+        axes.update({i + 1: d for i, d in enumerate(self.dims) if d in DYNAMIC_AXES})
+        return axes
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One model that Triton serves whatever the runtime profile: its name and its tensors."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def image_size(self, info: PipelineInfo, input_shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
+        """(height, width) in image pixels of a call whose inputs have these shapes (batch axis first);
+        (0, 0) for a component with no spatial axis."""
+        for tensor in self.inputs:
+            shape = input_shapes[tensor.name][1:]
+            for axis, dim in enumerate(tensor.dims):
+                if dim == "image_height":
+                    return shape[axis], shape[axis + 1]
+                if dim == "latent_height":
+                    return shape[axis] * info.vae_scale_factor, shape[axis + 1] * info.vae_scale_factor
+        return 0, 0
+
+
+TEXT_ENCODER = ComponentSpec(
+    name="text_encoder",
+    inputs=(TensorSpec("input_ids", "int64", ("text_length",)),),
+    outputs=(TensorSpec("last_hidden_state", "float32", ("text_length", "text_hidden_size")),),
+)
+
+# The encoder returns the latent distribution's mean and std rather than a sample, so that the loop
+# can draw the sample from the request's own generator exactly as diffusers does.
+VAE_ENCODER = ComponentSpec(
+    name="vae_encoder",
+    inputs=(TensorSpec("image", "float32", (3, "image_height", "image_width")),),
+    outputs=(
+        TensorSpec("latent_mean", "float32", ("latent_channels", "latent_height", "latent_width")),
+        TensorSpec("latent_std", "float32", ("latent_channels", "latent_height", "latent_width")),
+    ),
+)
+
+UNET = ComponentSpec(
+    name="unet",
+    inputs=(
+        TensorSpec("sample", "float32", ("unet_in_channels", "latent_height", "latent_width")),
+        # One timestep per batch row (a scalar per item), so rows of different requests at
+        # different steps can share one UNet call.
+        TensorSpec("timestep", "float32", ()),
+        TensorSpec("encoder_hidden_states", "float32", ("text_length", "text_hidden_size")),
+    ),
+    outputs=(TensorSpec("noise_pred", "float32", ("latent_channels", "latent_height", "latent_width")),),
+)
+
+VAE_DECODER = ComponentSpec(
+    name="vae_decoder",
+    inputs=(TensorSpec("latents", "float32", ("latent_channels", "latent_height", "latent_width")),),
+    outputs=(TensorSpec("image", "float32", (3, "image_height", "image_width")),),
+)
+
+COMPONENTS: tuple[ComponentSpec, ...] = (TEXT_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)
+

@@ -1,0 +1,195 @@
+"""The record of one edit: its parameters resolved once, in preprocess, and read by every later step.
+
+Preprocess checks the request's scalar inputs against their declarations in the wire contract
+(``smartedit_client._contract.PARAMETERS``: type, range, choices), applies the defaults (this record's
+own, the server's configuration, the task's), draws the seed, and sends the result on as one tensor (``steps.EDIT_PARAMETERS``,
+JSON). The loop and postprocess read the same record back. Adding a scalar parameter is: declare it
+in the contract, add its field here, use it where it matters, test it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from smartedit.errors import RequestError
+from smartedit.diffusion.samplers import SAMPLERS, SAMPLERS_WITH_ETA
+from smartedit.serving.settings import PreprocessSettings
+from smartedit.edit.tasks import INPAINT, REPLACE_BACKGROUND, TASK_DEFAULTS
+from smartedit_client import _contract as wire
+
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class EditParameters:
+    """One edit's parameters with every default applied: what the edit is, reproducibly.
+
+    Field names are the wire contract's input names.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    task: str = INPAINT
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    strength: float = 1.0
+    eta: float = 0.0
+    seed: int = 0
+    scheduler: str = "ddim"
+    crop_padding: int = wire.DEFAULT_CROP_PADDING
+    mask_grow: int = 0
+    mask_blur: int = 0
+    invert_mask: bool = False
+    num_images: int = 1
+
+    @property
+    def inverts_mask(self) -> bool:
+        """Whether the mask marks what to keep: ``invert_mask``, or a background replacement."""
+        return self.invert_mask or self.task == REPLACE_BACKGROUND
+
+    @property
+    def shapes_mask(self) -> bool:
+        """Whether the models repaint anything other than the mask as sent."""
+        return self.inverts_mask or self.mask_grow != 0
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each variation: ``seed + i``."""
+        return [self.seed + i for i in range(self.num_images)]
+
+    def variation(self, index: int) -> "EditParameters":
+        """Variation ``index`` as a request of its own: one image, its own seed."""
+        return dataclasses.replace(self, seed=self.seed + index, num_images=1)
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps the loop runs: ``num_inference_steps`` less the part ``strength`` skips."""
+        return int(self.num_inference_steps * self.strength)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "EditParameters":
+        return cls(**json.loads(text))
+
+    def as_tensor(self) -> np.ndarray:
+        """The record as the step models pass it on: one BYTES element."""
+        return np.array([self.to_json().encode("utf-8")], dtype=np.object_)
+
+    @classmethod
+    def from_tensor(cls, value: np.ndarray) -> "EditParameters":
+        return cls.from_json(value.reshape(-1)[0])
+
+
+# Longest value of a text parameter other than the prompts (a task or sampler name), in bytes.
+MAX_NAME_BYTES = 64
+
+
+def bounds(spec: wire.WireTensor, settings: PreprocessSettings) -> tuple[float | None, float | None]:
+    """(minimum, maximum) of a numeric parameter: the contract's, or the server's where it sets one."""
+    maximum = settings.max_num_inference_steps if spec is wire.NUM_INFERENCE_STEPS else spec.maximum
+    return spec.minimum, maximum
+
+
+def _decoded(spec: wire.WireTensor, raw: Any, settings: PreprocessSettings) -> Any:
+    """The request's value of ``spec`` as a Python value of the declared type, range-checked."""
+    name = spec.name
+    if spec.datatype == "BYTES":
+        raw = bytes(raw)
+        prompt = name in (wire.PROMPT.name, wire.NEGATIVE_PROMPT.name)
+        limit = settings.max_prompt_bytes if prompt else MAX_NAME_BYTES
+        if len(raw) > limit:
+            detail = " (the text encoder reads only its first 77 tokens)" if prompt else ""
+            raise RequestError(name, f"is {len(raw)} bytes; the limit is {limit}{detail}")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise RequestError(name, f"is not valid UTF-8 ({error})") from None
+        if spec.choices:
+            value = value.strip().lower()
+            if value not in spec.choices:
+                raise RequestError(name, f"unknown {name} {value!r}; known: {', '.join(spec.choices)}")
+        return value
+    if spec.datatype == "BOOL":
+        return bool(raw)
+    value = float(raw) if spec.datatype.startswith("FP") else int(raw)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(name, f"must be a finite number, got {value}")
+    minimum, maximum = bounds(spec, settings)
+    if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+        raise RequestError(name, f"must be between {minimum:g} and {maximum:g}, got {value}")
+    if minimum is not None and value < minimum:
+        raise RequestError(name, f"must be >= {minimum:g}, got {value}")
+    if maximum is not None and value > maximum:
+        raise RequestError(name, f"must be <= {maximum:g}, got {value}")
+    return value
+
+
+def default_values(settings: PreprocessSettings) -> dict[str, Any]:
+    """What a parameter left out becomes, before the task's defaults: the record's own defaults, over
+    which the server's configuration sets the steps, guidance, sampler and crop padding."""
+    defaults = {f.name: f.default for f in dataclasses.fields(EditParameters) if f.default is not dataclasses.MISSING}
+    defaults.update({
+        wire.NUM_INFERENCE_STEPS.name: settings.default_num_inference_steps,
+        wire.GUIDANCE_SCALE.name: settings.default_guidance_scale,
+        wire.SCHEDULER.name: settings.default_scheduler,
+        wire.CROP_PADDING.name: settings.default_crop_padding,
+    })
+    return defaults
+
+
+def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings) -> EditParameters:
+    """The request's record: every scalar input checked, defaults applied, the seed drawn.
+
+    Args:
+        read: the one element of a wire input by name, or None when the request left it out.
+
+    Raises:
+        RequestError: naming the first bad field and its value.
+    """
+    sent = {}
+    for spec in wire.PARAMETERS:
+        raw = read(spec.name)
+        if raw is None:
+            if spec.required:
+                raise RequestError(spec.name, "is required")
+            continue
+        sent[spec.name] = _decoded(spec, raw, settings)
+    task = sent.get(wire.TASK.name, INPAINT)
+    # Left out: the task's default, else the server's, else the record's.
+    values = {**default_values(settings), **TASK_DEFAULTS[task], **sent}
+    if not values[wire.PROMPT.name] and task != INPAINT:
+        values[wire.PROMPT.name] = TASK_DEFAULTS[task].get("prompt", "")
+    if wire.SEED.name not in sent:
+        values[wire.SEED.name] = secrets.randbelow(INT64_MAX - wire.MAX_NUM_IMAGES)
+    params = EditParameters(**values)
+    _check_combinations(params)
+    return params
+
+
+def _check_combinations(params: EditParameters) -> None:
+    """What each value allows alone but not together."""
+    if not params.strength > 0.0:
+        raise RequestError("strength", f"must be in (0, 1], got {params.strength}")
+    if params.denoising_steps < 1:
+        raise RequestError("strength", f"{params.strength} with num_inference_steps {params.num_inference_steps} "
+                                       f"leaves no step to run; raise either so that steps x strength >= 1")
+    if params.scheduler not in SAMPLERS:
+        raise RequestError("scheduler", f"unknown scheduler {params.scheduler!r}; known: {', '.join(sorted(SAMPLERS))}")
+    if params.eta and params.scheduler not in SAMPLERS_WITH_ETA:
+        raise RequestError("eta", f"{params.eta} has no effect with scheduler {params.scheduler}: only "
+                                  f"{', '.join(sorted(SAMPLERS_WITH_ETA))} takes it")
+    if params.seed + params.num_images - 1 > INT64_MAX:
+        raise RequestError("seed", f"{params.seed} + num_images {params.num_images} - 1 is past the INT64 range "
+                                   f"(variation i uses seed + i)")
+    if params.invert_mask and params.task == REPLACE_BACKGROUND:
+        raise RequestError("invert_mask", "true contradicts task replace_background, whose mask already marks the "
+                                          "subject to keep (the part repainted is its inverse)")

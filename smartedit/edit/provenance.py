@@ -1,0 +1,50 @@
+"""Where a result comes from: the model, a digest of its weights, and the server's version.
+
+The export writes ``provenance.json`` next to the models that write PNGs; each output PNG carries it
+with the edit's parameters (``smartedit.edit.postprocessing``), so that a result can be traced and replayed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+PROVENANCE_FILENAME = "provenance.json"
+
+
+def smartedit_version() -> str:
+    try:
+        return metadata.version("smartedit")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing it
+        return "unknown"
+
+
+def weights_digest(pipeline) -> str:
+    """SHA-256 over the exported components' weights (text encoder, UNet, VAE), in a fixed order: the
+    same weights give the same digest whatever folder or hub id they were loaded from."""
+    digest = hashlib.sha256()
+    for name in ("text_encoder", "unet", "vae"):
+        for key, tensor in sorted(getattr(pipeline, name).state_dict().items()):
+            digest.update(f"{name}.{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Provenance:
+    model: str  # what the export was given: a folder's name, a hub id, or the embedded tiny model's name
+    weights_sha256: str
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: Path) -> "Provenance":
+        path = Path(path)
+        if not path.exists():  # a repository exported before results carried their provenance
+            return cls(model="unknown", weights_sha256="unknown")
+        return cls(**json.loads(path.read_text()))

@@ -1,0 +1,40 @@
+"""The tasks a request may name, and what each changes about an edit.
+
+- ``inpaint``: the mask is repainted as the prompt describes (diffusers' inpainting, unchanged).
+- ``remove``: the masked object is erased and the background continued through the hole. A plain
+  inpaint with an empty prompt tends to paint a new object there, so the hole is first filled by a
+  classical inpainting (OpenCV's Telea method, which propagates the surrounding colours inward), and
+  the model then denoises from that fill (strength 0.75, not from pure noise) with a neutral prompt
+  and a negative prompt against objects; the mask is grown 8 px so the object's fringe goes too.
+- ``replace_background``: the mask marks the subject to keep; everything else is repainted from the
+  prompt, and the edit is pasted back with an 8 px feathered edge so the subject does not look cut out.
+
+Each task only sets defaults (a request's own values win) and, for ``remove``, the image the loop
+starts from.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+INPAINT, REMOVE, REPLACE_BACKGROUND = "inpaint", "remove", "replace_background"
+
+REMOVAL_PROMPT = "empty background, seamless continuation of the surroundings"
+REMOVAL_NEGATIVE_PROMPT = "object, person, animal, text, watermark, logo, frame, duplicate, blurry"
+
+# Fields of the edit's record each task sets when the request leaves them out (smartedit.edit.parameters).
+TASK_DEFAULTS: dict[str, dict] = {
+    INPAINT: {},
+    REMOVE: {"prompt": REMOVAL_PROMPT, "negative_prompt": REMOVAL_NEGATIVE_PROMPT, "strength": 0.75,
+             "mask_grow": 8},
+    REPLACE_BACKGROUND: {"mask_blur": 8},
+}
+
+
+def prefill_hole(pixels: np.ndarray, repaint: np.ndarray) -> np.ndarray:
+    """``pixels`` ([h, w, 3] uint8) with the ``repaint`` ([h, w] bool) area filled from its surroundings
+    (Telea's fast-marching inpainting, radius 5 px): where ``remove`` starts denoising from."""
+    if not repaint.any() or repaint.all():
+        return pixels
+    return cv2.inpaint(np.ascontiguousarray(pixels), repaint.astype(np.uint8) * 255, 5, cv2.INPAINT_TELEA)

@@ -1,0 +1,168 @@
+"""Export the four served components of a diffusers inpainting pipeline to ONNX.
+
+Each component is wrapped in a small ``nn.Module`` whose positional inputs and outputs are exactly
+those of its ``ComponentSpec``, then exported with the TorchScript-based exporter
+(``dynamo=False``), dynamic in batch, height and width.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from smartedit.diffusion.spec import COMPONENTS, PipelineInfo, ComponentSpec
+
+log = logging.getLogger(__name__)
+
+ONNX_OPSET = 17  # the first opset with LayerNormalization, which the CLIP and attention blocks use
+ONNX_FILENAME = "model.onnx"
+FP16_PRECISION, FP32_PRECISION = "fp16", "fp32"
+
+
+class TextEncoderGraph(torch.nn.Module):
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids):
+        return self.text_encoder(input_ids, return_dict=False)[0]
+
+
+class VaeEncoderGraph(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image):
+        latent_dist = self.vae.encode(image).latent_dist
+        return latent_dist.mean, latent_dist.std
+
+
+class UNetGraph(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+class VaeDecoderGraph(torch.nn.Module):
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents):
+        return self.vae.decode(latents, return_dict=False)[0]
+
+
+def component_module(pipeline, name: str) -> torch.nn.Module:
+    """The PyTorch module whose signature is the component's spec, in eval mode, FP32."""
+    graphs = {
+        "text_encoder": lambda: TextEncoderGraph(pipeline.text_encoder),
+        "vae_encoder": lambda: VaeEncoderGraph(pipeline.vae),
+        "unet": lambda: UNetGraph(pipeline.unet),
+        "vae_decoder": lambda: VaeDecoderGraph(pipeline.vae),
+    }
+    return graphs[name]().eval().float()
+
+
+def unet_up_factor(pipeline) -> int:
+    """How much the UNet downsamples: latent sizes it handles without its upsample-size path."""
+    return 2 ** (len(pipeline.unet.config.block_out_channels) - 1)
+
+
+def trace_resolution(pipeline, info: PipelineInfo) -> tuple[int, int]:
+    """The image size to trace at.
+
+    The UNet takes a different code path when the latent size is not a multiple of its
+    downsampling factor (it passes explicit upsample sizes). Tracing takes one path for good, so
+    trace on a size that is *not* a multiple: the general path is then in the graph, and it gives
+    identical results on sizes that are multiples. Height and width differ so that no axis is
+    swapped unnoticed.
+    """
+    factor = unet_up_factor(pipeline)
+    latent_h, latent_w = 2 * factor + 1, 3 * factor + 1
+    return latent_h * info.vae_scale_factor, latent_w * info.vae_scale_factor
+
+
+def example_inputs(spec: ComponentSpec, info: PipelineInfo, batch: int, height: int, width: int,
+                   generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random inputs for ``spec`` in the value ranges the loop sends."""
+    tensors = []
+    for tensor in spec.inputs:
+        shape = tensor.shape(info, batch, height, width)
+        if tensor.dtype == "int64":
+            # Token ids: any id below the smallest real vocabulary is valid.
+            tensors.append(torch.randint(0, 256, shape, generator=generator, dtype=torch.int64))
+        elif not tensor.dims:  # the UNet's timestep: one scalar per row
+            tensors.append(torch.randint(0, 1000, shape, generator=generator).float())
+        else:
+            tensors.append(torch.randn(shape, generator=generator, dtype=torch.float32))
+    return tuple(tensors)
+
+
+def export_component(pipeline, spec: ComponentSpec, info: PipelineInfo, folder: Path) -> Path:
+    """Export one component to ``folder/model.onnx`` (FP32) and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ONNX_FILENAME
+    module = component_module(pipeline, spec.name)
+    height, width = trace_resolution(pipeline, info)
+    inputs = example_inputs(spec, info, 2, height, width, torch.Generator().manual_seed(0))
+    dynamic_axes = {t.name: t.dynamic_axes() for t in spec.inputs + spec.outputs}
+    with torch.inference_mode():
+        torch.onnx.export(
+            module,
+            inputs,
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=ONNX_OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    log.info("exported %s to %s", spec.name, path)
+    return path
+
+
+def convert_to_fp16(path: Path) -> None:
+    """Rewrite the graph at ``path`` with FP16 weights and compute, keeping FP32 inputs/outputs.
+
+    Keeping the I/O in FP32 keeps one wire format for every runtime profile; the casts at the
+    edges cost nothing next to the UNet. Graphs over 2 GiB are saved with external data.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path))
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    try:
+        too_big_for_protobuf = model.ByteSize() > 2**31 - 1
+    except ValueError:  # protobuf refuses to even measure past 2 GiB
+        too_big_for_protobuf = True
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=too_big_for_protobuf,
+        all_tensors_to_one_file=True,
+        location=path.name + ".data",
+    )
+
+
+def export_pipeline(pipeline, out_dir: Path, precision: str = FP32_PRECISION,
+                    names: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Export every component (or the named ones) under ``out_dir/<component>/model.onnx``."""
+    if precision not in (FP32_PRECISION, FP16_PRECISION):
+        raise ValueError(f"precision must be {FP32_PRECISION!r} or {FP16_PRECISION!r}, got {precision!r}")
+    info = PipelineInfo.from_pipeline(pipeline)
+    paths = {}
+    for spec in COMPONENTS:
+        if names and spec.name not in names:
+            continue
+        paths[spec.name] = export_component(pipeline, spec, info, out_dir / spec.name)
+        if precision == FP16_PRECISION:
+            convert_to_fp16(paths[spec.name])
+    return paths

@@ -1,0 +1,267 @@
+"""Write a complete Triton model repository for one runtime profile.
+
+    <out>/text_encoder|unet|vae_encoder|vae_decoder/   config.pbtxt, 1/model.onnx (+ 1/model.py on onnx-cpu)
+                                                       or 1/model.plan (tensorrt)
+    <out>/preprocess/   config.pbtxt, 1/model.py, 1/pipeline.json, 1/tokenizer/
+    <out>/scheduler/    config.pbtxt, 1/model.py, 1/pipeline.json, 1/scheduler_config.json
+    <out>/denoise_engine/  config.pbtxt, 1/model.py, 1/pipeline.json, 1/scheduler_config.json, 1/preview.json
+    <out>/postprocess/  config.pbtxt, 1/model.py
+    <out>/inpaint/      config.pbtxt, 1/            (the ensemble)
+    <out>/inpaint_stream/  config.pbtxt, 1/model.py, 1/pipeline.json, 1/tokenizer/   (the streaming entry)
+
+The repository is built in a sibling folder and moved into place at the end, so a failed export
+never leaves a half-written repository where a server would load it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from smartedit.serving import steps
+from smartedit.serving.ensembles import inpaint_ensemble_config
+from smartedit.diffusion.preview import PREVIEW_FILENAME, LatentPreview, fit_latent_preview
+from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance, weights_digest
+from smartedit.serving.settings import BATCHED, ENGINES, PER_REQUEST, EngineSettings, PreprocessSettings
+from smartedit.diffusion.spec import COMPONENTS, UNET, PipelineInfo
+from smartedit.serving.triton_config import (
+    ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, SIMULATED, TENSORRT, BatchingSettings, component_config, parse_pbtxt,
+    step_config, to_pbtxt,
+)
+from smartedit.export import onnx_export, tensorrt, verify
+from smartedit.export.segmentation import write_segmentation
+from smartedit_client import _contract as wire
+
+log = logging.getLogger(__name__)
+
+# The Python models' sources, shipped in the package (smartedit/serving/model_repository).
+SOURCES = Path(__file__).resolve().parent.parent / "serving" / "model_repository"
+ONNX_CPU_HOST = SOURCES / "onnx_cpu_component" / "model.py"
+VERSION = "1"
+
+
+# Per profile: (UNet rows per call, edits denoising at once, edits waiting) of the batched engine.
+# On a CPU a UNet row costs nearly as much batched as alone, so a small batch keeps latency sane;
+# on a GPU one call costs little more for 32 rows than for 2, which is where the engine pays off.
+ENGINE_DEFAULTS = {
+    ONNX_CPU: (16, 8, 16),
+    ONNX_GPU: (32, 16, 64),
+    TENSORRT: (32, 16, 64),
+    SIMULATED: (64, 32, 64),  # the shipped latency table's; a table sets its own
+}
+
+
+# How long the UNet's batcher waits for company. The batched engine is its only caller and batches
+# itself: waiting would only add latency to every step. Separate per-request loops meet there.
+UNET_QUEUE_DELAY_US = {BATCHED: 0, PER_REQUEST: 2000}
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    profile: str = ONNX_CPU
+    precision: str = onnx_export.FP32_PRECISION
+    # Batching of the components; None: the profile's defaults (see ``batching_for``).
+    batching: dict[str, BatchingSettings] | None = None
+    # The ensemble's loop: "batched" (the denoise_engine) or "per_request" (one edit per scheduler instance).
+    engine: str = BATCHED
+    # Batched engine admission; None: the profile's default (ENGINE_DEFAULTS).
+    max_active_edits: int | None = None
+    max_queued_edits: int | None = None
+    # Per-request loop instances: each runs one edit at a time, so this many edits denoise concurrently
+    # and their UNet calls can meet in the UNet's dynamic batcher. (The batched engine needs one.)
+    scheduler_instances: int = 2
+    preprocess: PreprocessSettings = PreprocessSettings()
+    tensorrt_accelerator: bool = False  # onnx-gpu: let ONNX Runtime use its TensorRT EP
+    engine_sides: tuple[int, int, int] = (256, 512, 1024)  # tensorrt: min / opt / max image side
+    verify: bool = True
+    # Click-to-mask (smartedit.segmentation.sam): serve SAM behind the `segment` model; its checkpoint (a folder or hub
+    # id), or None for the embedded tiny one.
+    segmentation: bool = True
+    sam_model: str | None = None
+
+    def __post_init__(self):
+        if self.profile not in RUNTIME_PROFILES + (SIMULATED,):
+            raise ValueError(f"unknown runtime profile {self.profile!r}; choose one of {', '.join(RUNTIME_PROFILES)}")
+        if self.profile == ONNX_CPU and self.precision == onnx_export.FP16_PRECISION:
+            raise ValueError("fp16 is for the GPU profiles (onnx-gpu, tensorrt); ONNX Runtime on CPU runs fp32")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.scheduler_instances < 1:
+            raise ValueError(f"scheduler_instances must be >= 1, got {self.scheduler_instances}")
+        self.engine_settings()  # range-checks the admission bounds now, not at model load
+
+    def batching_for(self, component: str) -> BatchingSettings:
+        if self.batching and component in self.batching:
+            return self.batching[component]
+        if component == "unet":
+            return BatchingSettings(max_batch_size=ENGINE_DEFAULTS[self.profile][0],
+                                    max_queue_delay_microseconds=UNET_QUEUE_DELAY_US[self.engine])
+        if component == "vae_decoder":
+            # A request's variations (num_images) reach the decoder as one batch.
+            return BatchingSettings(max_batch_size=wire.MAX_NUM_IMAGES)
+        return BatchingSettings(max_batch_size=8 if component == "text_encoder" else 4)
+
+    def engine_settings(self) -> EngineSettings:
+        _, active, queued = ENGINE_DEFAULTS[self.profile]
+        return EngineSettings.parse({
+            "max_active_edits": str(active if self.max_active_edits is None else self.max_active_edits),
+            "max_queued_edits": str(queued if self.max_queued_edits is None else self.max_queued_edits),
+            "max_unet_rows": str(self.batching_for("unet").max_batch_size),
+        })
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _write_components(pipeline, info: PipelineInfo, out: Path, options: RepositoryOptions, onnx_dir: Path) -> None:
+    # TensorRT engines are built in FP16 from FP32 graphs; the ONNX profiles serve the graph itself.
+    precision = onnx_export.FP32_PRECISION if options.profile == TENSORRT else options.precision
+    graphs_dir = onnx_dir if options.profile == TENSORRT else out
+    for spec in COMPONENTS:
+        version_dir = graphs_dir / spec.name / VERSION
+        onnx_path = onnx_export.export_component(pipeline, spec, info, version_dir)
+        if precision == onnx_export.FP16_PRECISION:
+            onnx_export.convert_to_fp16(onnx_path)
+        if options.verify:
+            for result in verify.verify(pipeline, spec, onnx_path, info, precision):
+                log.info("%s matches PyTorch at batch %d, %dx%d: max error %.2g", spec.name, *result.shape,
+                         result.max_abs_error)
+        batching = options.batching_for(spec.name)
+        if options.profile == TENSORRT:
+            sides = tensorrt.Range(*options.engine_sides)
+            # Kernels are tuned for the opt batch: half the max, about what the batched engine sends.
+            opt_batch = min(batching.max_batch_size, max(2, batching.max_batch_size // 2))
+            profile = tensorrt.EngineProfile(batch=tensorrt.Range(1, opt_batch, batching.max_batch_size),
+                                             height=sides, width=sides)
+            tensorrt.build_engine(onnx_path, out / spec.name / VERSION / tensorrt.PLAN_FILENAME, spec, info, profile)
+        parameters = {}
+        if options.profile == ONNX_CPU:
+            shutil.copy(ONNX_CPU_HOST, out / spec.name / VERSION / "model.py")
+            # The UNet runs every step: giving its arena back after each call costs a quarter of an edit's
+            # time (256x256, 20 steps: 0.96 against 0.76 s); the encoders and decoder run once per edit.
+            parameters["shrink_arena"] = "false" if spec.name == UNET.name else "true"
+        config = component_config(spec, info, options.profile, batching, parameters=parameters,
+                                  tensorrt_accelerator=options.tensorrt_accelerator)
+        _write(out / spec.name / "config.pbtxt", to_pbtxt(config))
+
+
+def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview: LatentPreview, out: Path,
+                 options: RepositoryOptions, provenance: Provenance) -> None:
+    batched = options.engine == BATCHED
+    preprocess = dataclasses.replace(options.preprocess, admission_model=admission_model(options.engine))
+    preprocess_settings = {k: str(v) for k, v in vars(preprocess).items()}
+    engine_settings = {k: str(v) for k, v in vars(options.engine_settings()).items()}
+    configs = {
+        steps.PREPROCESS: step_config(steps.PREPROCESS, steps.PREPROCESS_INPUTS, steps.PREPROCESS_OUTPUTS,
+                                      parameters=preprocess_settings),
+        # Batched, the step only forwards to the engine and answers asynchronously: one instance suffices.
+        steps.SCHEDULER: step_config(steps.SCHEDULER, steps.SCHEDULER_INPUTS, steps.SCHEDULER_OUTPUTS,
+                                     instance_count=1 if batched else options.scheduler_instances,
+                                     parameters={"engine": options.engine}),
+        steps.DENOISE_ENGINE: step_config(steps.DENOISE_ENGINE, steps.ENGINE_INPUTS, steps.ENGINE_OUTPUTS,
+                                          parameters=engine_settings, decoupled=True),
+        steps.POSTPROCESS: step_config(steps.POSTPROCESS, steps.POSTPROCESS_INPUTS, steps.POSTPROCESS_OUTPUTS),
+        # It validates requests itself, with preprocess's settings (StreamSettings reads the same keys).
+        steps.INPAINT_STREAM: step_config(steps.INPAINT_STREAM, steps.STREAM_INPUTS, steps.STREAM_OUTPUTS,
+                                          parameters=preprocess_settings, decoupled=True),
+        # It describes the limits and defaults preprocess applies, from the same settings.
+        steps.SERVER_INFO_MODEL: step_config(steps.SERVER_INFO_MODEL, (), (steps.SERVER_INFO,),
+                                             parameters=preprocess_settings),
+    }
+    for name, config in configs.items():
+        version_dir = out / name / VERSION
+        version_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SOURCES / name / VERSION / "model.py", version_dir / "model.py")
+        _write(out / name / "config.pbtxt", to_pbtxt(config))
+    loop_models = (steps.SCHEDULER, steps.DENOISE_ENGINE)
+    request_models = (steps.PREPROCESS, steps.INPAINT_STREAM)
+    for name in request_models + loop_models + (steps.SERVER_INFO_MODEL,):
+        _write(out / name / VERSION / "pipeline.json", info.to_json())
+    for name in request_models:
+        tokenizer.save_pretrained(out / name / VERSION / "tokenizer")
+    for name in loop_models:
+        _write(out / name / VERSION / "scheduler_config.json",
+               json.dumps(scheduler_config, indent=2, sort_keys=True, default=list))
+    _write(out / steps.DENOISE_ENGINE / VERSION / PREVIEW_FILENAME, preview.to_json())
+    for name in (steps.POSTPROCESS, steps.INPAINT_STREAM, steps.SERVER_INFO_MODEL):  # the PNGs carry it
+        _write(out / name / VERSION / PROVENANCE_FILENAME, provenance.to_json())
+    ensemble = inpaint_ensemble_config()
+    (out / ensemble.name / VERSION).mkdir(parents=True, exist_ok=True)
+    _write(out / ensemble.name / "config.pbtxt", to_pbtxt(ensemble))
+
+
+def build_repository(pipeline, out: Path, options: RepositoryOptions = RepositoryOptions(),
+                     onnx_dir: Path | None = None, model_name: str = "unknown") -> Path:
+    """Export ``pipeline`` and write the model repository for ``options.profile`` at ``out``.
+
+    ``model_name``: what the results' provenance names the model (a hub id, a folder's name).
+    """
+    info = PipelineInfo.from_pipeline(pipeline)
+    provenance = Provenance(model=model_name, weights_sha256=weights_digest(pipeline))
+
+    def write(staging: Path) -> None:
+        _write_components(pipeline, info, staging, options, Path(onnx_dir or out.with_name(out.name + "-onnx")))
+        preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)
+        _write_steps(info, pipeline.tokenizer, dict(pipeline.scheduler.config), preview, staging, options,
+                     provenance)
+        if options.segmentation:
+            segment_parameters = {"max_image_pixels": str(options.preprocess.max_image_pixels),
+                                  "min_image_side": str(options.preprocess.min_image_side)}
+            write_segmentation(staging, options.profile, options.sam_model, segment_parameters, SOURCES, ONNX_CPU_HOST)
+
+    out = Path(out)
+    write_atomically(out, write)
+    log.info("wrote the %s model repository to %s", options.profile, out)
+    return out
+
+
+def write_atomically(out: Path, write) -> None:
+    """``write(staging)`` into a sibling folder, then move it to ``out``: a failed export never leaves
+    a half-written repository where a server would load it."""
+    if not ONNX_CPU_HOST.exists():
+        raise FileNotFoundError(f"the Python models' sources are not at {SOURCES}: the installed package is "
+                                f"incomplete: install it again (`pip install .`)")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+
+
+def admission_model(engine: str) -> str:
+    """Where preprocess reserves an edit's place before any work: the batched engine; with the
+    per-request loop, nowhere (edits wait in Triton's queue for a scheduler instance)."""
+    return steps.DENOISE_ENGINE if engine == BATCHED else ""
+
+
+def switch_engine(repository: Path, engine: str, scheduler_instances: int = 2) -> None:
+    """Make an exported repository's ``inpaint`` ensemble use ``engine``, without exporting again.
+
+    Rewrites what ``RepositoryOptions.engine`` decides: the scheduler step's ``engine`` parameter and
+    instance count, where preprocess reserves places, and how long the UNet's batcher waits for company.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    preprocess_path = Path(repository) / steps.PREPROCESS / "config.pbtxt"
+    preprocess = parse_pbtxt(preprocess_path.read_text())
+    preprocess.parameters["admission_model"].string_value = admission_model(engine)
+    preprocess_path.write_text(to_pbtxt(preprocess))
+    scheduler_path = Path(repository) / steps.SCHEDULER / "config.pbtxt"
+    scheduler = parse_pbtxt(scheduler_path.read_text())
+    scheduler.parameters["engine"].string_value = engine
+    scheduler.instance_group[0].count = 1 if engine == BATCHED else scheduler_instances
+    scheduler_path.write_text(to_pbtxt(scheduler))
+    unet_path = Path(repository) / "unet" / "config.pbtxt"
+    unet = parse_pbtxt(unet_path.read_text())
+    unet.dynamic_batching.max_queue_delay_microseconds = UNET_QUEUE_DELAY_US[engine]
+    unet_path.write_text(to_pbtxt(unet))

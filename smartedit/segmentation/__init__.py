@@ -1,0 +1,1 @@
+"""Segment Anything: click-to-mask, its prompts and its pre/postprocessing."""

@@ -1,0 +1,60 @@
+"""The ``inpaint`` ensemble: DESIGN §2's wire API, wired through the steps of one edit.
+
+    preprocess ─┬─ input_ids ──────► text_encoder ─ prompt_embeds ──────────┐
+                ├─ masked_image ───► vae_encoder ── masked_image_latent_* ──┤
+                └─ latent_mask, init_image, resolved parameters ────────────┴► scheduler (loop, BLS → unet)
+    scheduler ─ latents ─► vae_decoder ─ decoded_image ─► postprocess ─ edited_image
+    preprocess ─ seed_used ─────────────────────────────────────────────────► (output)
+
+The denoising loop is not in the graph (ensembles are acyclic): the scheduler model runs it and
+calls ``unet`` through BLS.
+"""
+
+from __future__ import annotations
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from smartedit.serving import steps
+from smartedit.diffusion.spec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
+from smartedit.serving.triton_config import data_type
+from smartedit_client import _contract as wire
+
+
+def _identity(tensors) -> dict[str, str]:
+    return {t.name: t.name for t in tensors}
+
+
+def ensemble_steps() -> list[tuple[str, dict[str, str], dict[str, str]]]:
+    """(model name, input_map, output_map) per step; maps go model tensor → ensemble tensor."""
+    return [
+        (steps.PREPROCESS, _identity(steps.PREPROCESS_INPUTS), _identity(steps.PREPROCESS_OUTPUTS)),
+        (TEXT_ENCODER.name,
+         {TEXT_ENCODER.inputs[0].name: steps.INPUT_IDS.name},
+         {TEXT_ENCODER.outputs[0].name: steps.PROMPT_EMBEDS.name}),
+        (VAE_ENCODER.name,
+         {VAE_ENCODER.inputs[0].name: steps.MASKED_IMAGE.name},
+         {VAE_ENCODER.outputs[0].name: steps.MASKED_IMAGE_MEAN.name,
+          VAE_ENCODER.outputs[1].name: steps.MASKED_IMAGE_STD.name}),
+        (steps.SCHEDULER, _identity(steps.SCHEDULER_INPUTS), _identity(steps.SCHEDULER_OUTPUTS)),
+        (VAE_DECODER.name,
+         {VAE_DECODER.inputs[0].name: steps.LATENTS.name},
+         {VAE_DECODER.outputs[0].name: steps.DECODED_IMAGE.name}),
+        (steps.POSTPROCESS, _identity(steps.POSTPROCESS_INPUTS), _identity(steps.POSTPROCESS_OUTPUTS)),
+    ]
+
+
+def inpaint_ensemble_config() -> mc.ModelConfig:
+    config = mc.ModelConfig(name=wire.MODEL_NAME, platform="ensemble", max_batch_size=0)
+    for tensor in wire.INPUTS:
+        # Every input is optional to Triton: its ensemble scheduler does not reject a request that
+        # lacks a required input, it stalls ("unexpected deadlock"). Preprocess rejects it instead,
+        # with INVALID_ARG naming the missing field, which is what the contract promises.
+        entry = config.input.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(wire.TENSOR_SHAPE))
+        entry.optional = True
+    for tensor in wire.OUTPUTS:
+        config.output.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(wire.OUTPUT_SHAPE))
+    for model_name, input_map, output_map in ensemble_steps():
+        step = config.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
+        step.input_map.update(input_map)
+        step.output_map.update(output_map)
+    return config

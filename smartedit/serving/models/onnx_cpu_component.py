@@ -1,0 +1,66 @@
+"""A component (text_encoder, unet, vae_encoder, vae_decoder) served by ONNX Runtime on CPU.
+
+This is the ``onnx-cpu`` runtime profile: the export copies this file next to each component's
+``model.onnx``. Triton's dynamic batcher hands ``execute`` several requests at once; requests whose
+tensors agree in every axis but the batch axis run as one ONNX Runtime call, which is the batching
+the native backends do.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+from smartedit.serving.settings import OnnxHostSettings, parameters_of
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        settings = OnnxHostSettings.parse(parameters_of(config))
+        path = Path(args["model_repository"]) / args["model_version"] / settings.model_filename
+        options = ort.SessionOptions()
+        if settings.intra_op_num_threads:
+            options.intra_op_num_threads = settings.intra_op_num_threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.run_options = ort.RunOptions()
+        if settings.shrink_arena:
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        # Inputs declared with `reshape { shape: [] }` are one scalar per batch row: [batch].
+        self.input_shapes = {
+            tensor["name"]: tuple(tensor["reshape"]["shape"]) if "reshape" in tensor else None
+            for tensor in config["input"]
+        }
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        groups = {}
+        for index, request in enumerate(requests):
+            inputs = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_shapes}
+            key = tuple((name, value.shape[1:], value.dtype.str) for name, value in inputs.items())
+            groups.setdefault(key, []).append((index, inputs))
+        for members in groups.values():
+            self._run_group(members, responses)
+        return responses
+
+    def _run_group(self, members, responses):
+        feeds = {}
+        for name, reshape in self.input_shapes.items():
+            batch = np.concatenate([inputs[name] for _, inputs in members], axis=0)
+            feeds[name] = batch.reshape((batch.shape[0],) + reshape) if reshape is not None else batch
+        try:
+            outputs = self.session.run(self.output_names, feeds, self.run_options)
+        except Exception as error:
+            for index, _ in members:
+                responses[index] = pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"ONNX Runtime failed: {error}"))
+            return
+        sizes = [next(iter(inputs.values())).shape[0] for _, inputs in members]
+        offsets = np.cumsum([0] + sizes)
+        for (index, _), start, stop in zip(members, offsets[:-1], offsets[1:]):
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value[start:stop]))
+                       for name, value in zip(self.output_names, outputs)]
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)

@@ -1,0 +1,37 @@
+"""``server_info``: what this server offers (model, working resolution, samplers, tasks, every parameter's
+range and default), as JSON in one BYTES output. Served on the inference API, which the restricted admin
+APIs (model config among them) leave open to every client.
+
+Being the lightest model, it also publishes what ``smartedit serve`` counts (model processes replaced,
+restarts, drains) and the drain's state as metrics (smartedit.ops.event_metrics)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from smartedit.serving import steps
+from smartedit.ops.event_metrics import EventMetrics
+from smartedit.ops.server_state import ServerState
+from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance
+from smartedit.serving.server_info import describe_json
+from smartedit.serving.settings import PreprocessSettings, parameters_of
+from smartedit.diffusion.spec import PipelineInfo
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        settings = PreprocessSettings.parse(parameters_of(json.loads(args["model_config"])))
+        text = describe_json(PipelineInfo.load(version_dir / "pipeline.json"), settings,
+                             Provenance.load(version_dir / PROVENANCE_FILENAME))
+        self.answer = np.array([text.encode("utf-8")], dtype=np.object_)
+        self.events = EventMetrics(ServerState.of_this_server())
+
+    def finalize(self):
+        self.events.close()
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(steps.SERVER_INFO.name, self.answer)])
+                for _ in requests]
