@@ -63,4 +63,6 @@ def test_export_of_a_text_to_image_model_says_it_is_not_an_inpainting_one(tiny_m
     shutil.rmtree(folder / "unet")
     UNet2DConditionModel.from_config(config).save_pretrained(folder / "unet")
     line = export_errors("--model", str(folder), "--out", str(tmp_path / "out"))
-    assert line.startswith(f"smartedit: --model {folder}: the UNet takes 4 input channels; an inpainting UNet takes 9")
+    assert line.startswith(f"smartedit: --model {folder}: it is a text-to-image Stable Diffusion pipeline "
+                           f"(StableDiffusionInpaintPipeline, a UNet of 4 input channels), of no family this server "
+                           f"knows. Known: sd-inpaint"), line

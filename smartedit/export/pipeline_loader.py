@@ -1,12 +1,14 @@
-"""Load the diffusers inpainting pipeline to export: a local folder or a hub id."""
+"""Load the diffusers pipeline to export (a local folder or a hub id), once its family is known."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from smartedit.diffusion.recognize import Found, UnknownFamily, identify, read_found
+
 
 class UnsupportedModel(ValueError):
-    """The model cannot be loaded, or is not a 9-channel Stable Diffusion inpainting pipeline."""
+    """The model cannot be loaded, or is of no family this server knows."""
 
 
 def _looks_like_a_path(source: str) -> bool:
@@ -22,6 +24,41 @@ def _check_local(source: str) -> None:
         raise UnsupportedModel(f"{source}: not a diffusers pipeline folder (it has no model_index.json)")
 
 
+def _config(source: str, subfolder: str | None) -> dict:
+    """A folder's (or hub id's) ``model_index.json``, or a component's ``config.json``.
+
+    Raises:
+        OSError, ValueError: it cannot be read (no such file, hub unreachable, not JSON).
+    """
+    from diffusers import ConfigMixin
+
+    class _Config(ConfigMixin):
+        config_name = "config.json" if subfolder else "model_index.json"
+
+    return dict(_Config.load_config(source, subfolder=subfolder))
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def found_in(source: str) -> Found:
+    """What ``source`` declares (its pipeline class, components, UNet channels), read before any weights.
+
+    Raises:
+        UnsupportedModel: its configs cannot be read.
+    """
+    try:
+        index = _config(source, None)
+        has = lambda name: isinstance(index.get(name), list) and index[name][0] is not None  # noqa: E731
+        return read_found(index, _config(source, "unet") if has("unet") else None,
+                          _config(source, "vae") if has("vae") else None)
+    except (OSError, ValueError) as error:
+        hint = "" if _looks_like_a_path(source) else " (a hub id needs the Hub reachable, or the model in its cache)"
+        raise UnsupportedModel(f"{source}: could not read it as a diffusers pipeline: {_first_line(error)}{hint}") \
+            from None
+
+
 def load_pipeline(source: str | Path):
     """``StableDiffusionInpaintPipeline`` in FP32 on CPU, without the safety checker.
 
@@ -35,16 +72,14 @@ def load_pipeline(source: str | Path):
     if _looks_like_a_path(source):
         _check_local(source)
     try:
+        identify(found_in(source))  # before the weights: a family this server does not know is refused by name
+    except UnknownFamily as error:
+        raise UnsupportedModel(f"{source}: {error}") from None
+    try:
         pipeline = StableDiffusionInpaintPipeline.from_pretrained(
             source, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError, TypeError) as error:  # hub errors are OSErrors or ValueErrors; bad configs TypeErrors
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UnsupportedModel(f"{source}: could not load it as a diffusers inpainting pipeline: {reason}") from None
+        raise UnsupportedModel(f"{source}: could not load it as a diffusers inpainting pipeline: "
+                               f"{_first_line(error)}") from None
     pipeline.set_progress_bar_config(disable=True)
-    unet_channels = pipeline.unet.config.in_channels
-    expected = 2 * pipeline.vae.config.latent_channels + 1
-    if unet_channels != expected:
-        raise UnsupportedModel(
-            f"{source}: the UNet takes {unet_channels} input channels; an inpainting UNet takes {expected} "
-            f"(latents + mask + masked-image latents). Use an inpainting checkpoint.")
     return pipeline

@@ -1,0 +1,92 @@
+"""The diffusion families SmartEdit knows, and which one a diffusers pipeline folder belongs to.
+
+A family is told apart by what its folder declares, before any weights are loaded: the pipeline
+class in ``model_index.json``, the components it lists, and the denoiser's config (the UNet's input
+channels). ``identify`` names the family or says what it found and which families this server knows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a pipeline folder declares: its ``model_index.json`` and its denoiser's config."""
+
+    pipeline_class: str
+    components: frozenset[str]
+    unet_in_channels: int | None  # None: no UNet (a transformer denoiser)
+    latent_channels: int
+
+    def describe(self) -> str:
+        """What it is, in words a person recognizes (SDXL, InstructPix2Pix, ...)."""
+        denoiser = (f"a UNet of {self.unet_in_channels} input channels" if self.unet_in_channels is not None
+                    else "no UNet (" + ", ".join(sorted(self.components & _DENOISERS)) + ")")
+        kind = next((words for test, words in _KINDS if test(self)), "a pipeline")
+        return f"{kind} ({self.pipeline_class}, {denoiser})"
+
+
+_DENOISERS = frozenset({"unet", "transformer", "prior", "decoder"})
+# What a refused folder is called, first match wins: the families people will try first.
+_KINDS: tuple[tuple[Callable[[Found], bool], str], ...] = (
+    (lambda f: "Flux" in f.pipeline_class, "a FLUX pipeline"),
+    (lambda f: "transformer" in f.components, "a transformer-denoiser pipeline"),
+    (lambda f: "text_encoder_2" in f.components or "XL" in f.pipeline_class, "an SDXL pipeline (two text encoders)"),
+    (lambda f: "InstructPix2Pix" in f.pipeline_class or f.unet_in_channels == 2 * f.latent_channels,
+     "an InstructPix2Pix pipeline (image-conditioned UNet)"),
+    (lambda f: "ControlNet" in f.pipeline_class, "a ControlNet pipeline"),
+    (lambda f: f.unet_in_channels == f.latent_channels, "a text-to-image Stable Diffusion pipeline"),
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family: its name (as ``pipeline.json`` and ``server_info`` say it), a line about it, and the test
+    that claims a folder for it."""
+
+    name: str
+    summary: str
+    claims: Callable[[Found], bool]
+
+
+SD_INPAINT = Family(
+    name="sd-inpaint",
+    summary="Stable Diffusion 1.x/2.x inpainting: one CLIP text encoder, a UNet of latents + mask + "
+            "masked-image latents (9 channels)",
+    claims=lambda f: (f.unet_in_channels == 2 * f.latent_channels + 1 and "text_encoder" in f.components
+                      and "text_encoder_2" not in f.components and "XL" not in f.pipeline_class
+                      and "ControlNet" not in f.pipeline_class),
+)
+
+KNOWN: tuple[Family, ...] = (SD_INPAINT,)
+
+
+class UnknownFamily(ValueError):
+    """A pipeline of no family this server knows."""
+
+
+def read_found(model_index: Mapping, unet_config: Mapping | None, vae_config: Mapping | None) -> Found:
+    """``Found`` from a folder's ``model_index.json`` and its ``unet``/``vae`` configs (None where absent)."""
+    components = frozenset(key for key, value in model_index.items()
+                           if not key.startswith("_") and isinstance(value, (list, tuple)) and value[0] is not None)
+    return Found(
+        pipeline_class=str(model_index.get("_class_name", "an unnamed pipeline")),
+        components=components,
+        unet_in_channels=int(unet_config["in_channels"]) if unet_config and "in_channels" in unet_config else None,
+        latent_channels=int((vae_config or {}).get("latent_channels", 4)),
+    )
+
+
+def identify(found: Found) -> Family:
+    """The family ``found`` belongs to.
+
+    Raises:
+        UnknownFamily: none claims it; the message names what was found and the families known.
+    """
+    for family in KNOWN:
+        if family.claims(found):
+            return family
+    known = "; ".join(f"{family.name} ({family.summary})" for family in KNOWN)
+    raise UnknownFamily(f"it is {found.describe()}, of no family this server knows. Known: {known}")
