@@ -10,7 +10,8 @@ import torch
 
 from conftest import png_bytes, scene
 from reference import diffusers_inpaint, psnr
-from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end, start_denoising
+from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
+from smartedit.diffusion.families import start_denoising
 from smartedit.edit.parameters import EditParameters
 from smartedit.edit.postprocessing import compose, to_pixels
 from smartedit.edit.preprocessing import prepare_images, tokenize

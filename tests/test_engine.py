@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from conftest import png_bytes, scene
-from smartedit.diffusion.denoise import EditInputs, run_to_end, start_denoising
+from smartedit.diffusion.denoise import EditInputs, run_to_end
+from smartedit.diffusion.families import start_denoising
 from smartedit.edit.parameters import EditParameters
 from smartedit.engine.core import (
     AtCapacity, DenoiseEngine, EditRequest, EngineLimits, EngineMetrics, TooManyImages, plan_unet_calls,

@@ -223,7 +223,7 @@ def test_server_info_says_what_the_server_applies(client, server, tiny_pipeline)
 
     info = client.server_info()
     assert info.working_resolution == PipelineInfo.from_pipeline(tiny_pipeline).working_resolution
-    assert info.family == "custom" and info.model and len(info.weights_sha256) == 64
+    assert info.family == "sd-inpaint" and info.model and len(info.weights_sha256) == 64
     assert set(info.tasks) == {"inpaint", "remove", "replace_background"} and "euler" in info.samplers
     assert info.parameters["scheduler"].choices == info.samplers
     assert (info.parameters["num_images"].minimum, info.parameters["num_images"].maximum) == (1, 8)

@@ -18,13 +18,16 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from smartedit.edit.parameters import EditParameters
-from smartedit.diffusion.samplers import make_scheduler, step_kwargs
+from smartedit.diffusion.samplers import make_scheduler
 from smartedit.diffusion.spec import PipelineInfo
 
 # (sample, timestep, encoder_hidden_states) -> noise_pred
 UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-# () -> (latent mean, latent std) of the init image, called only when strength < 1
+# () -> (latent mean, latent std) of the init image, called when the family needs the image's latents
 EncodeFn = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+# (state, latents after the scheduler's step) -> the latents kept: how a family keeps what must not change
+# (latent blending puts the photo back outside the mask after every step). None: kept as they are.
+KeepFn = Callable[["DenoiseState", torch.Tensor], torch.Tensor]
 
 
 def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator,
@@ -51,8 +54,10 @@ class DenoiseState:
     scheduler: Any
     timesteps: torch.Tensor
     latents: torch.Tensor  # [1, C, h, w]
-    # What the UNet sees besides the latents, already duplicated for guidance (fixed for the edit):
-    conditioning: torch.Tensor  # [rows, 1 + C, h, w]: latent mask, masked-image latents
+    # What the UNet sees besides the latents, already duplicated for guidance (fixed for the edit), by the
+    # family: [rows, 1 + C, h, w] latent mask and masked-image latents for a 9-channel inpainting UNet;
+    # [rows, 0, h, w] for a UNet that takes the latents alone.
+    conditioning: torch.Tensor
     encoder_hidden_states: torch.Tensor  # [rows, L, D]: (negative,) positive prompt embeddings
     guidance_scale: float
     generator: torch.Generator
@@ -61,6 +66,7 @@ class DenoiseState:
     # The scheduler's estimate of the clean latents after the last step, where the sampler gives one
     # (DDIM, Euler, Heun do; DPM-Solver, PNDM, UniPC do not): what a cheap preview shows.
     pred_original: torch.Tensor | None = None
+    keep: KeepFn | None = None
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -104,7 +110,7 @@ class DenoiseState:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
             noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
         output = self.scheduler.step(noise_pred, t, self.latents, **self.extra_step_kwargs, return_dict=False)
-        self.latents = output[0]
+        self.latents = output[0] if self.keep is None else self.keep(self, output[0])
         self.pred_original = output[1] if len(output) > 1 else None
         self.step_index += 1
 
@@ -123,47 +129,24 @@ class EditInputs:
     latent_mask: torch.Tensor  # [1, 1, h, w], 1 = repaint
 
 
-def start_denoising(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters,
-                    inputs: EditInputs, encode_init_image: EncodeFn) -> DenoiseState:
-    """Stages 4-9 of diffusers' ``__call__`` for one image of the edit ``params`` describes (its
-    ``seed``: a variation's own), drawing random numbers in the same order."""
-    sampler, num_inference_steps, strength = params.scheduler, params.num_inference_steps, params.strength
-    guidance_scale, seed = params.guidance_scale, params.seed
-    prompt_embeds, latent_mask = inputs.prompt_embeds, inputs.latent_mask
-    masked_image_mean, masked_image_std = inputs.masked_image_mean, inputs.masked_image_std
-    generator = torch.Generator().manual_seed(seed)
-    scheduler = make_scheduler(sampler, scheduler_config)
-    # 4. set timesteps, then skip the part that strength leaves out
-    scheduler.set_timesteps(num_inference_steps)
-    timesteps = strength_timesteps(scheduler, num_inference_steps, strength)
+def schedule(params: EditParameters, scheduler_config: Mapping[str, Any]) -> tuple[Any, torch.Tensor]:
+    """Stage 4 of diffusers' ``__call__``: the edit's sampler with its timesteps set, less the part that
+    ``strength`` leaves out (the same for every family).
+
+    Raises:
+        ValueError: ``strength`` leaves no step to run.
+    """
+    scheduler = make_scheduler(params.scheduler, scheduler_config)
+    scheduler.set_timesteps(params.num_inference_steps)
+    timesteps = strength_timesteps(scheduler, params.num_inference_steps, params.strength)
     if len(timesteps) == 0:
-        raise ValueError(f"strength {strength} with {num_inference_steps} steps leaves no step to run")
-    is_strength_max = strength == 1.0
-    # 6. prepare latents: pure noise at strength 1, else the init image noised to the first step
-    shape = masked_image_mean.shape
-    if not is_strength_max:
-        init_mean, init_std = encode_init_image()
-        image_latents = sample_latents(init_mean, init_std, generator, info.vae_scaling_factor)
-    noise = randn_tensor(shape, generator=generator, dtype=prompt_embeds.dtype)
-    if is_strength_max:
-        latents = noise * scheduler.init_noise_sigma
-    else:
-        latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
-    # 7. masked image latents, sampled from the same generator after the noise
-    masked_image_latents = sample_latents(masked_image_mean, masked_image_std, generator, info.vae_scaling_factor)
-    conditioning = torch.cat([latent_mask.to(latents.dtype), masked_image_latents], dim=1)
-    rows = 2 if guidance_scale > 1.0 else 1  # classifier-free guidance: negative and positive rows
-    # 9. extra step kwargs
-    return DenoiseState(
-        scheduler=scheduler,
-        timesteps=timesteps,
-        latents=latents,
-        conditioning=conditioning.repeat(rows, 1, 1, 1),
-        encoder_hidden_states=prompt_embeds[2 - rows:],
-        guidance_scale=guidance_scale,
-        generator=generator,
-        extra_step_kwargs=step_kwargs(scheduler, generator, params.eta),
-    )
+        raise ValueError(f"strength {params.strength} with {params.num_inference_steps} steps leaves no step to run")
+    return scheduler, timesteps
+
+
+def guidance_rows(params: EditParameters) -> int:
+    """UNet rows of one image per step: negative and positive prompt under classifier-free guidance."""
+    return 2 if params.guidance_scale > 1.0 else 1
 
 
 def run_to_end(state: DenoiseState, unet: UNetFn, should_stop: Callable[[], bool] = lambda: False) -> bool:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from smartedit.diffusion.recognize import SD_INPAINT, identify, read_found
+
 Dim = Union[int, str]
 
 # Axes that change with the request's resolution; everything else is fixed once a model is chosen.
@@ -42,6 +44,9 @@ class PipelineInfo:
     unet_sample_size: int
     # The side, in pixels, of the area the model edits at (smartedit.edit.regions): 512 for SD 1.x.
     working_resolution: int
+    # Its family (smartedit.diffusion.families): how its loop starts and keeps its latents. Repositories
+    # exported before families were named hold SD inpainting pipelines.
+    family: str = SD_INPAINT.name
 
     @classmethod
     def from_pipeline(cls, pipeline) -> "PipelineInfo":
@@ -58,6 +63,7 @@ class PipelineInfo:
             unet_sample_size=int(pipeline.unet.config.sample_size),
             # The resolution the UNet was trained at: its sample size in latent pixels.
             working_resolution=int(pipeline.unet.config.sample_size) * vae_scale_factor,
+            family=identify(read_found(dict(pipeline.config), dict(pipeline.unet.config), dict(vae_config))).name,
         )
 
     def to_json(self) -> str:

@@ -16,11 +16,6 @@ from smartedit.edit.tasks import TASK_DEFAULTS
 from smartedit_client import _contract as wire
 
 
-def model_family(info: PipelineInfo) -> str:
-    """The Stable Diffusion generation the shapes say (the text encoder's width); else "custom"."""
-    return {768: "stable-diffusion-1.x", 1024: "stable-diffusion-2.x"}.get(info.text_hidden_size, "custom")
-
-
 def describe(info: PipelineInfo, settings: PreprocessSettings, provenance: Provenance) -> dict[str, Any]:
     defaults = default_values(settings)
     parameters = {}
@@ -39,7 +34,7 @@ def describe(info: PipelineInfo, settings: PreprocessSettings, provenance: Prove
         parameters[spec.name] = entry
     return {
         "model": provenance.model,
-        "family": model_family(info),
+        "family": info.family,  # the family whose loop serves it (smartedit.diffusion.families)
         "weights_sha256": provenance.weights_sha256,
         "smartedit_version": smartedit_version(),
         "working_resolution": info.working_resolution,

@@ -26,7 +26,8 @@ class ParameterInfo:
 class ServerInfo:
     """Attributes:
         model: the model the server was exported from (a hub id, a folder's name).
-        family: "stable-diffusion-1.x", "stable-diffusion-2.x" or "custom".
+        family: the model family that serves it, by the name smartedit.diffusion.families gives it
+            ("sd-inpaint": an SD 1.x/2.x inpainting checkpoint).
         weights_sha256: digest of the exported weights (results' PNGs carry it too).
         smartedit_version: the server's SmartEdit version.
         working_resolution: the side, in pixels, of the area edits run at (larger photos are cropped

@@ -20,7 +20,8 @@ import triton_python_backend_utils as pb_utils
 
 from smartedit.serving import steps
 from smartedit.engine.cancellation import CancelBoard
-from smartedit.diffusion.denoise import EditInputs, decoder_input, start_denoising
+from smartedit.diffusion.denoise import EditInputs, decoder_input
+from smartedit.diffusion.families import family_of, start_denoising
 from smartedit.engine.core import AtCapacity, DenoiseEngine, EditRequest, EngineLimits, TooManyImages
 from smartedit.ops.model_processes import Callees
 from smartedit.ops.server_state import ServerState
@@ -221,8 +222,8 @@ class TritonPythonModel:
                             masked_image_mean=torch.from_numpy(_input(request, steps.MASKED_IMAGE_MEAN)),
                             masked_image_std=torch.from_numpy(_input(request, steps.MASKED_IMAGE_STD)),
                             latent_mask=torch.from_numpy(_input(request, steps.LATENT_MASK)))
-        # The init image is only encoded when strength < 1; keep the request's copy out of memory otherwise.
-        init_image = _input(request, steps.INIT_IMAGE) if params.strength < 1.0 else None
+        # Only encoded when the family needs the photo's latents; the request's copy stays out of memory otherwise.
+        init_image = _input(request, steps.INIT_IMAGE) if family_of(self.info).encodes_init_image(params) else None
         request_id = request.request_id()
         encoded, encode_lock = [], threading.Lock()  # the init image is encoded once for all variations
 

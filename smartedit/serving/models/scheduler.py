@@ -23,7 +23,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from smartedit.serving import steps
-from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end, start_denoising
+from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
+from smartedit.diffusion.families import start_denoising
 from smartedit.errors import ServiceInterrupted
 from smartedit.ops.model_processes import Callees
 from smartedit.ops.server_state import BETWEEN_STEPS_S, UNBOUNDED_REQUEST_S, ServerState

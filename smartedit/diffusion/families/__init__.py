@@ -1,0 +1,48 @@
+"""The model families: the seam through which the loop, the engine and the serving models reach a
+family's own ways (diffusers has a pipeline class per family; SmartEdit has a module per family).
+
+Each family module declares ``FAMILY`` (its name and how an exported folder is recognized:
+smartedit.diffusion.recognize) and answers:
+
+- ``encodes_init_image(params)``: whether an edit needs the photo's own latents (the serving models
+  keep the photo for the VAE encoder only then);
+- ``start(info, scheduler_config, params, inputs, encode_init_image)``: the edit's ``DenoiseState`` --
+  how its latents start, what the UNet sees besides them (``conditioning``, rows for guidance) and how
+  its latents are kept after each step (``keep``). The engine batches whatever rows a state asks for.
+
+``pipeline.json`` names the family (``PipelineInfo.family``); nothing else tests which family it is.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Mapping
+
+from smartedit.diffusion.denoise import DenoiseState, EditInputs, EncodeFn
+from smartedit.diffusion.families import sd_inpaint
+from smartedit.diffusion.recognize import KNOWN
+from smartedit.diffusion.spec import PipelineInfo
+from smartedit.edit.parameters import EditParameters
+
+FAMILIES: dict[str, ModuleType] = {module.FAMILY.name: module for module in (sd_inpaint,)}
+assert set(FAMILIES) == {family.name for family in KNOWN}, "every family recognized has its module, and only those"
+
+
+def family_of(info: PipelineInfo) -> ModuleType:
+    """The module of the family ``info`` names.
+
+    Raises:
+        ValueError: a family this SmartEdit does not know (a repository exported by a newer one).
+    """
+    try:
+        return FAMILIES[info.family]
+    except KeyError:
+        raise ValueError(f"pipeline.json names the family {info.family!r}; this SmartEdit knows "
+                         f"{', '.join(sorted(FAMILIES))}: export the model again with this version") from None
+
+
+def start_denoising(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters,
+                    inputs: EditInputs, encode_init_image: EncodeFn) -> DenoiseState:
+    """The loop's state of one image of the edit ``params`` describes (its ``seed``: a variation's own),
+    started as its family starts it."""
+    return family_of(info).start(info, scheduler_config, params, inputs, encode_init_image)

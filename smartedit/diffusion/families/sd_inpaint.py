@@ -1,0 +1,58 @@
+"""Stable Diffusion 1.x/2.x inpainting checkpoints: a UNet of 9 input channels (latents, the latent mask
+and the masked image's latents), as diffusers' ``StableDiffusionInpaintPipeline`` runs it."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from smartedit.diffusion.denoise import (
+    DenoiseState, EditInputs, EncodeFn, guidance_rows, sample_latents, schedule,
+)
+from smartedit.diffusion.recognize import SD_INPAINT
+from smartedit.diffusion.samplers import step_kwargs
+from smartedit.diffusion.spec import PipelineInfo
+from smartedit.edit.parameters import EditParameters
+
+FAMILY = SD_INPAINT
+
+
+def encodes_init_image(params: EditParameters) -> bool:
+    """The photo's latents start the loop only when it does not start from pure noise."""
+    return params.strength < 1.0
+
+
+def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters, inputs: EditInputs,
+          encode_init_image: EncodeFn) -> DenoiseState:
+    """Stages 4-9 of diffusers' ``__call__``, drawing random numbers in the same order."""
+    generator = torch.Generator().manual_seed(params.seed)
+    scheduler, timesteps = schedule(params, scheduler_config)
+    is_strength_max = params.strength == 1.0
+    # 6. prepare latents: pure noise at strength 1, else the init image noised to the first step
+    shape = inputs.masked_image_mean.shape
+    if not is_strength_max:
+        init_mean, init_std = encode_init_image()
+        image_latents = sample_latents(init_mean, init_std, generator, info.vae_scaling_factor)
+    noise = randn_tensor(shape, generator=generator, dtype=inputs.prompt_embeds.dtype)
+    if is_strength_max:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+    # 7. masked image latents, sampled from the same generator after the noise
+    masked_image_latents = sample_latents(inputs.masked_image_mean, inputs.masked_image_std, generator,
+                                          info.vae_scaling_factor)
+    conditioning = torch.cat([inputs.latent_mask.to(latents.dtype), masked_image_latents], dim=1)
+    rows = guidance_rows(params)
+    # 9. extra step kwargs
+    return DenoiseState(
+        scheduler=scheduler,
+        timesteps=timesteps,
+        latents=latents,
+        conditioning=conditioning.repeat(rows, 1, 1, 1),
+        encoder_hidden_states=inputs.prompt_embeds[2 - rows:],
+        guidance_scale=params.guidance_scale,
+        generator=generator,
+        extra_step_kwargs=step_kwargs(scheduler, generator, params.eta),
+    )
