@@ -27,6 +27,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_text_to_image_dir(tmp_path_factory) -> Path:
+    """The tiny model's weights with a 4-channel UNet, as a text-to-image SD folder (sd-latent-blend)."""
+    from smartedit.export.tiny_model import write_tiny_pipeline
+
+    return write_tiny_pipeline(tmp_path_factory.mktemp("tiny-text-to-image"), seed=0, text_to_image=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_to_image_pipeline(tiny_text_to_image_dir):
+    from smartedit.export.pipeline_loader import load_pipeline
+
+    return load_pipeline(tiny_text_to_image_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_pipeline(tiny_model_dir):
     from smartedit.export.pipeline_loader import load_pipeline
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from smartedit.diffusion.recognize import KNOWN, SD_INPAINT, UnknownFamily, identify, read_found
+from smartedit.diffusion.recognize import KNOWN, SD_INPAINT, SD_LATENT_BLEND, UnknownFamily, identify, read_found
 from smartedit.export.pipeline_loader import found_in
 from smartedit.export.tiny_model import build_tiny_pipeline, stable_diffusion_scheduler, write_tokenizer
 
@@ -61,8 +61,10 @@ def _export_error(model: Path, out: Path) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
-def test_the_tiny_default_is_sd_inpaint(tiny_model_dir):
+def test_the_tiny_default_is_sd_inpaint_and_its_text_to_image_twin_sd_latent_blend(tiny_model_dir,
+                                                                                  tiny_text_to_image_dir):
     assert identify(found_in(str(tiny_model_dir))) is SD_INPAINT
+    assert identify(found_in(str(tiny_text_to_image_dir))) is SD_LATENT_BLEND
 
 
 @pytest.mark.parametrize("build, found", [
@@ -89,6 +91,5 @@ def test_what_a_folder_declares_decides_without_its_weights():
     text_to_image = read_found({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
                                 "text_encoder": ["transformers", "CLIPTextModel"]}, {"in_channels": 4},
                                {"latent_channels": 4})
-    with pytest.raises(UnknownFamily, match="a text-to-image Stable Diffusion pipeline"):
-        identify(text_to_image)
-    assert [family.name for family in KNOWN] == ["sd-inpaint"]
+    assert identify(text_to_image) is SD_LATENT_BLEND  # served by latent blending
+    assert [family.name for family in KNOWN] == ["sd-inpaint", "sd-latent-blend"]

@@ -52,17 +52,17 @@ def test_export_of_a_missing_or_non_pipeline_folder_says_so_in_one_line(tmp_path
         f"smartedit: --model {tmp_path}: not a diffusers pipeline folder (it has no model_index.json)")
 
 
-def test_export_of_a_text_to_image_model_says_it_is_not_an_inpainting_one(tiny_model_dir, tmp_path):
+def test_export_of_a_unet_of_no_known_layout_says_what_it_found(tiny_model_dir, tmp_path):
     import shutil
 
     from diffusers import UNet2DConditionModel
 
-    folder = tmp_path / "txt2img"
+    folder = tmp_path / "five-channels"
     shutil.copytree(tiny_model_dir, folder)
-    config = dict(UNet2DConditionModel.load_config(folder / "unet"), in_channels=4)
+    config = dict(UNet2DConditionModel.load_config(folder / "unet"), in_channels=5)
     shutil.rmtree(folder / "unet")
     UNet2DConditionModel.from_config(config).save_pretrained(folder / "unet")
     line = export_errors("--model", str(folder), "--out", str(tmp_path / "out"))
-    assert line.startswith(f"smartedit: --model {folder}: it is a text-to-image Stable Diffusion pipeline "
-                           f"(StableDiffusionInpaintPipeline, a UNet of 4 input channels), of no family this server "
+    assert line.startswith(f"smartedit: --model {folder}: it is a pipeline (StableDiffusionInpaintPipeline, "
+                           f"a UNet of 5 input channels), of no family this server "
                            f"knows. Known: sd-inpaint"), line

@@ -60,7 +60,16 @@ SD_INPAINT = Family(
                       and "ControlNet" not in f.pipeline_class),
 )
 
-KNOWN: tuple[Family, ...] = (SD_INPAINT,)
+SD_LATENT_BLEND = Family(
+    name="sd-latent-blend",
+    summary="any Stable Diffusion 1.x/2.x checkpoint with a 4-channel UNet (text-to-image ones too), inpainting by "
+            "latent blending as diffusers does",
+    claims=lambda f: (f.unet_in_channels == f.latent_channels and "text_encoder" in f.components
+                      and "text_encoder_2" not in f.components and "XL" not in f.pipeline_class
+                      and "ControlNet" not in f.pipeline_class and "Flux" not in f.pipeline_class),
+)
+
+KNOWN: tuple[Family, ...] = (SD_INPAINT, SD_LATENT_BLEND)
 
 
 class UnknownFamily(ValueError):

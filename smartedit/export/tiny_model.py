@@ -52,8 +52,9 @@ def write_tokenizer(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def build_tiny_pipeline(seed: int = 0):
-    """Build the tiny inpainting pipeline in memory; the same seed gives identical weights."""
+def build_tiny_pipeline(seed: int = 0, text_to_image: bool = False):
+    """Build the tiny pipeline in memory; the same seed gives identical weights. ``text_to_image``: its UNet
+    takes the 4 latent channels alone, as a text-to-image SD checkpoint's does (the sd-latent-blend family)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -63,7 +64,8 @@ def build_tiny_pipeline(seed: int = 0):
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=32,
-        in_channels=9,  # latents 4 + mask 1 + masked-image latents 4: the SD inpainting layout
+        # latents 4 + mask 1 + masked-image latents 4: the SD inpainting layout; or the latents alone
+        in_channels=4 if text_to_image else 9,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -122,21 +124,23 @@ _STAMP = "smartedit-tiny-model.json"
 def is_current_tiny_pipeline(folder: Path) -> bool:
     """Whether ``folder`` holds the tiny pipeline this version of SmartEdit builds."""
     try:
-        return json.loads((Path(folder) / _STAMP).read_text()).get("version") == TINY_MODEL_VERSION
+        stamp = json.loads((Path(folder) / _STAMP).read_text())
+        return stamp.get("version") == TINY_MODEL_VERSION and not stamp.get("text_to_image", False)
     except (OSError, ValueError):
         return False
 
 
-def write_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
-    """Write the tiny pipeline as a diffusers folder and return the folder."""
-    from diffusers import StableDiffusionInpaintPipeline
+def write_tiny_pipeline(folder: Path, seed: int = 0, text_to_image: bool = False) -> Path:
+    """Write the tiny pipeline as a diffusers folder and return the folder; ``text_to_image``: a 4-channel
+    UNet in a ``StableDiffusionPipeline`` folder, as text-to-image checkpoints are published."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
     tokenizer_dir = folder / "tokenizer"
     write_tokenizer(tokenizer_dir)
-    unet, vae, text_encoder, scheduler = build_tiny_pipeline(seed)
-    pipeline = StableDiffusionInpaintPipeline(
+    unet, vae, text_encoder, scheduler = build_tiny_pipeline(seed, text_to_image)
+    pipeline = (StableDiffusionPipeline if text_to_image else StableDiffusionInpaintPipeline)(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
@@ -147,5 +151,6 @@ def write_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(folder)
-    (folder / _STAMP).write_text(json.dumps({"version": TINY_MODEL_VERSION, "seed": seed}))
+    (folder / _STAMP).write_text(json.dumps({"version": TINY_MODEL_VERSION, "seed": seed,
+                                             "text_to_image": text_to_image}))
     return folder

@@ -19,12 +19,12 @@ from types import ModuleType
 from typing import Any, Mapping
 
 from smartedit.diffusion.denoise import DenoiseState, EditInputs, EncodeFn
-from smartedit.diffusion.families import sd_inpaint
+from smartedit.diffusion.families import sd_inpaint, sd_latent_blend
 from smartedit.diffusion.recognize import KNOWN
 from smartedit.diffusion.spec import PipelineInfo
 from smartedit.edit.parameters import EditParameters
 
-FAMILIES: dict[str, ModuleType] = {module.FAMILY.name: module for module in (sd_inpaint,)}
+FAMILIES: dict[str, ModuleType] = {module.FAMILY.name: module for module in (sd_inpaint, sd_latent_blend)}
 assert set(FAMILIES) == {family.name for family in KNOWN}, "every family recognized has its module, and only those"
 
 

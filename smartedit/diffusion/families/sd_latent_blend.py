@@ -1,0 +1,74 @@
+"""Any Stable Diffusion 1.x/2.x checkpoint with a 4-channel UNet (the text-to-image ones most people
+have), inpainting by latent blending exactly as diffusers' ``StableDiffusionInpaintPipeline`` does with
+such a UNet: the UNet sees the latents alone, and after every step the photo's own latents, noised to
+the next timestep, are put back outside the mask (the last step puts them back un-noised)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from smartedit.diffusion.denoise import (
+    DenoiseState, EditInputs, EncodeFn, guidance_rows, sample_latents, schedule,
+)
+from smartedit.diffusion.recognize import SD_LATENT_BLEND
+from smartedit.diffusion.samplers import step_kwargs
+from smartedit.diffusion.spec import PipelineInfo
+from smartedit.edit.parameters import EditParameters
+
+FAMILY = SD_LATENT_BLEND
+
+
+def encodes_init_image(params: EditParameters) -> bool:
+    """Always: the photo's latents are what every step keeps outside the mask."""
+    return True
+
+
+@dataclass(frozen=True)
+class BlendOutsideMask:
+    """The ``keep`` of a latent-blending edit: the photo's latents outside the mask, at the next step's noise."""
+
+    image_latents: torch.Tensor  # [1, C, h, w]
+    noise: torch.Tensor  # the noise the latents started from
+    mask: torch.Tensor  # [1, 1, h, w], 1 = repaint
+
+    def __call__(self, state: DenoiseState, latents: torch.Tensor) -> torch.Tensor:
+        kept = self.image_latents
+        index = state.step_index  # the step just taken
+        if index < state.total_steps - 1:
+            kept = state.scheduler.add_noise(kept, self.noise, torch.tensor([state.timesteps[index + 1]]))
+        return (1 - self.mask) * kept + self.mask * latents
+
+
+def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters, inputs: EditInputs,
+          encode_init_image: EncodeFn) -> DenoiseState:
+    """Stages 4-9 of diffusers' ``__call__`` with a 4-channel UNet, drawing random numbers in the same order."""
+    generator = torch.Generator().manual_seed(params.seed)
+    scheduler, timesteps = schedule(params, scheduler_config)
+    # 6. prepare latents: the photo's latents first (drawn whatever the strength), then the noise
+    init_mean, init_std = encode_init_image()
+    image_latents = sample_latents(init_mean, init_std, generator, info.vae_scaling_factor)
+    noise = randn_tensor(inputs.masked_image_mean.shape, generator=generator, dtype=inputs.prompt_embeds.dtype)
+    if params.strength == 1.0:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+    # 7. diffusers draws the masked image's latents here too, though this UNet never sees them: drawn so
+    # that the generator stands where diffusers' does for samplers that draw noise at every step.
+    sample_latents(inputs.masked_image_mean, inputs.masked_image_std, generator, info.vae_scaling_factor)
+    rows = guidance_rows(params)
+    mask = inputs.latent_mask.to(latents.dtype)
+    return DenoiseState(
+        scheduler=scheduler,
+        timesteps=timesteps,
+        latents=latents,
+        conditioning=latents.new_zeros((rows, 0) + tuple(latents.shape[2:])),
+        encoder_hidden_states=inputs.prompt_embeds[2 - rows:],
+        guidance_scale=params.guidance_scale,
+        generator=generator,
+        extra_step_kwargs=step_kwargs(scheduler, generator, params.eta),
+        keep=BlendOutsideMask(image_latents, noise, mask),
+    )
