@@ -1,6 +1,6 @@
 """``smartedit``: build the default model, export, serve, and run the end-to-end demo.
 
-    smartedit tiny-model  [--out build/tiny-model]
+    smartedit tiny-model  [--out build/tiny-model] [--text-to-image]
     smartedit export      [--model <folder|hub id>] [--out build/model_repository] [--profile onnx-cpu]
     smartedit serve       [--model-repository build/model_repository] [--host 127.0.0.1] [--grpc-port 8001]
     smartedit demo        [--model <folder|hub id>] [--out out/demo.png]
@@ -26,7 +26,7 @@ log = logging.getLogger("smartedit")
 def cmd_tiny_model(args) -> int:
     from smartedit.export.tiny_model import write_tiny_pipeline
 
-    print(write_tiny_pipeline(Path(args.out), seed=args.seed))
+    print(write_tiny_pipeline(Path(args.out), seed=args.seed, text_to_image=args.text_to_image))
     return 0
 
 
@@ -201,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="write the embedded tiny inpainting pipeline (diffusers folder)")
     tiny.add_argument("--out", default=str(DEFAULT_TINY_MODEL))
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--text-to-image", action="store_true",
+                      help="a text-to-image SD folder (4-channel UNet) instead: the sd-latent-blend family")
     tiny.set_defaults(func=cmd_tiny_model)
 
     export = sub.add_parser("export", help="export a pipeline into a Triton model repository")
