@@ -2,7 +2,7 @@
 # Start SmartEdit on one machine (docker-compose.yml): export the model repository on first start,
 # then run `smartedit serve` (tritonserver, supervised) in the foreground on all interfaces.
 #
-#   SMARTEDIT_MODEL    diffusers inpainting folder or hub id (default: the embedded tiny model)
+#   SMARTEDIT_MODEL    diffusers SD folder or hub id (inpainting or text-to-image) (default: the embedded tiny model)
 #   SMARTEDIT_PROFILE  tensorrt | onnx-gpu | onnx-cpu (default onnx-gpu)
 #   SMARTEDIT_EXIT_TIMEOUT_SECONDS  how long edits in flight may take to finish on stop (default 300)
 #   SMARTEDIT_ADMIN_KEY  the key of Triton's admin APIs (default: a random one kept beside the repository)

@@ -92,4 +92,10 @@ def test_what_a_folder_declares_decides_without_its_weights():
                                 "text_encoder": ["transformers", "CLIPTextModel"]}, {"in_channels": 4},
                                {"latent_channels": 4})
     assert identify(text_to_image) is SD_LATENT_BLEND  # served by latent blending
+    # A UNet with inputs beyond latents, timestep and text (unCLIP's image embeddings) is neither family.
+    unclip = read_found({"_class_name": "StableUnCLIPPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+                         "text_encoder": ["transformers", "CLIPTextModel"]},
+                        {"in_channels": 4, "class_embed_type": "projection"}, {"latent_channels": 4})
+    with pytest.raises(UnknownFamily, match=r"it is a pipeline \(StableUnCLIPPipeline, a UNet of 4 input channels\)"):
+        identify(unclip)
     assert [family.name for family in KNOWN] == ["sd-inpaint", "sd-latent-blend"]

@@ -56,6 +56,23 @@ def test_serve_on_a_busy_port_fails_at_once_naming_the_port_and_its_holder(model
     print(f"refused in {took_s:.2f} s")
 
 
+def test_serve_refuses_a_repository_exported_by_another_version_naming_its_models(model_repository, tmp_path):
+    import shutil
+
+    repository = tmp_path / "older"
+    shutil.copytree(model_repository, repository, ignore=shutil.ignore_patterns("*.onnx"))  # enough to be checked
+    # What an export before the package layout wrote: its modules are gone.
+    (repository / "preprocess" / "1" / "model.py").write_text("from smartedit.steps import INPUT_IDS\n")
+    (repository / "custom" / "1").mkdir(parents=True)
+    (repository / "custom" / "1" / "model.py").write_text("class TritonPythonModel: ...\n")  # not SmartEdit's
+    result = subprocess.run(serve_command(repository, tmp_path), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"smartedit: {repository} was exported by another SmartEdit version: the code of preprocess is not this "
+        f"version's. Export it again (smartedit export --out {repository}, with the --model it was exported from)")
+    assert not (tmp_path / "triton.log").exists()  # refused before tritonserver was launched
+
+
 @pytest.mark.functional
 def test_serve_reports_each_model_as_it_loads_and_stops_on_sigterm_while_loading(model_repository, tmp_path):
     grpc_port = free_port()

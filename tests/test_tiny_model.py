@@ -46,7 +46,7 @@ def export_errors(*argv) -> str:
 
 def test_export_of_a_missing_or_non_pipeline_folder_says_so_in_one_line(tmp_path):
     assert export_errors("--model", str(tmp_path / "nope"), "--out", str(tmp_path / "out")) == (
-        f"smartedit: --model {tmp_path / 'nope'}: no such folder (give a diffusers inpainting pipeline folder or a "
+        f"smartedit: --model {tmp_path / 'nope'}: no such folder (give a diffusers pipeline folder or a "
         f"hub id such as runwayml/stable-diffusion-inpainting)")
     assert export_errors("--model", str(tmp_path), "--out", str(tmp_path / "out")) == (
         f"smartedit: --model {tmp_path}: not a diffusers pipeline folder (it has no model_index.json)")

@@ -16,7 +16,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from smartedit.cli.exporting import (DEFAULT_LATENCY_TABLE, DEFAULT_REPOSITORY, DEFAULT_TINY_MODEL, export_repository,
+from smartedit.cli.exporting import (DEFAULT_LATENCY_TABLE, DEFAULT_REPOSITORY, DEFAULT_TINY_MODEL,
+                                     DEFAULT_TINY_TEXT_TO_IMAGE, export_repository,
                                      server_address)
 from smartedit.ops.server import (ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER, LOOPBACK, ServerFailed, TlsFiles,
                                   TritonServer, default_work_dir, is_remote, restriction_args, server_dir)
@@ -26,7 +27,8 @@ log = logging.getLogger("smartedit")
 def cmd_tiny_model(args) -> int:
     from smartedit.export.tiny_model import write_tiny_pipeline
 
-    print(write_tiny_pipeline(Path(args.out), seed=args.seed, text_to_image=args.text_to_image))
+    out = args.out or (DEFAULT_TINY_TEXT_TO_IMAGE if args.text_to_image else DEFAULT_TINY_MODEL)
+    print(write_tiny_pipeline(Path(out), seed=args.seed, text_to_image=args.text_to_image))
     return 0
 
 
@@ -89,6 +91,14 @@ def cmd_serve(args) -> int:
     from smartedit.ops.supervisor import TRITON_EXIT_TIMEOUT_S, Supervisor
 
     repository = args.model_repository if is_remote(args.model_repository) else Path(args.model_repository)
+    if not is_remote(repository):
+        from smartedit.export.repository import outdated_models
+
+        outdated = outdated_models(repository)
+        if outdated:
+            raise ServerFailed(f"{repository} was exported by another SmartEdit version: the code of "
+                               f"{', '.join(outdated)} is not this version's. Export it again (smartedit export "
+                               f"--out {repository}, with the --model it was exported from)")
     tls = _tls(args)
     address = server_address(args)
     if tls is not None and address.host != LOOPBACK:
@@ -166,7 +176,7 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
     from smartedit.serving.triton_config import RUNTIME_PROFILES, SIMULATED
 
     p.add_argument("--model", default=None,
-                   help="diffusers inpainting folder or hub id (default: the embedded tiny model)")
+                   help="diffusers SD folder or hub id, inpainting or text-to-image (default: the embedded tiny model)")
     p.add_argument("--sam-model", default=None,
                    help="Segment Anything checkpoint for click-to-mask, a folder or hub id such as "
                         "facebook/sam-vit-base (default: an embedded tiny SAM)")
@@ -199,7 +209,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     tiny = sub.add_parser("tiny-model", help="write the embedded tiny inpainting pipeline (diffusers folder)")
-    tiny.add_argument("--out", default=str(DEFAULT_TINY_MODEL))
+    tiny.add_argument("--out", help=f"default {DEFAULT_TINY_MODEL}; with --text-to-image {DEFAULT_TINY_TEXT_TO_IMAGE} "
+                                    "(the embedded default's folder is rebuilt when it holds anything else)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--text-to-image", action="store_true",
                       help="a text-to-image SD folder (4-channel UNet) instead: the sd-latent-blend family")

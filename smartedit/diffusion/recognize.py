@@ -19,6 +19,9 @@ class Found:
     components: frozenset[str]
     unet_in_channels: int | None  # None: no UNet (a transformer denoiser)
     latent_channels: int
+    # The UNet takes only the timestep and the text besides its channels: no class or added embeddings
+    # (SDXL's text_time, unCLIP's image embeddings), no image projection.
+    plain_unet: bool = True
 
     def describe(self) -> str:
         """What it is, in words a person recognizes (SDXL, InstructPix2Pix, ...)."""
@@ -37,7 +40,7 @@ _KINDS: tuple[tuple[Callable[[Found], bool], str], ...] = (
     (lambda f: "InstructPix2Pix" in f.pipeline_class or f.unet_in_channels == 2 * f.latent_channels,
      "an InstructPix2Pix pipeline (image-conditioned UNet)"),
     (lambda f: "ControlNet" in f.pipeline_class, "a ControlNet pipeline"),
-    (lambda f: f.unet_in_channels == f.latent_channels, "a text-to-image Stable Diffusion pipeline"),
+    (lambda f: f.unet_in_channels == f.latent_channels and f.plain_unet, "a text-to-image Stable Diffusion pipeline"),
 )
 
 
@@ -55,21 +58,25 @@ SD_INPAINT = Family(
     name="sd-inpaint",
     summary="Stable Diffusion 1.x/2.x inpainting: one CLIP text encoder, a UNet of latents + mask + "
             "masked-image latents (9 channels)",
-    claims=lambda f: (f.unet_in_channels == 2 * f.latent_channels + 1 and "text_encoder" in f.components
-                      and "text_encoder_2" not in f.components and "XL" not in f.pipeline_class
-                      and "ControlNet" not in f.pipeline_class),
+    claims=lambda f: (f.unet_in_channels == 2 * f.latent_channels + 1 and f.plain_unet
+                      and "text_encoder" in f.components and "text_encoder_2" not in f.components
+                      and "XL" not in f.pipeline_class and "ControlNet" not in f.pipeline_class),
 )
 
 SD_LATENT_BLEND = Family(
     name="sd-latent-blend",
     summary="any Stable Diffusion 1.x/2.x checkpoint with a 4-channel UNet (text-to-image ones too), inpainting by "
             "latent blending as diffusers does",
-    claims=lambda f: (f.unet_in_channels == f.latent_channels and "text_encoder" in f.components
+    claims=lambda f: (f.unet_in_channels == f.latent_channels and f.plain_unet and "text_encoder" in f.components
                       and "text_encoder_2" not in f.components and "XL" not in f.pipeline_class
                       and "ControlNet" not in f.pipeline_class and "Flux" not in f.pipeline_class),
 )
 
 KNOWN: tuple[Family, ...] = (SD_INPAINT, SD_LATENT_BLEND)
+
+
+# UNet config entries that give it inputs beyond latents, timestep and text (diffusers' UNet2DConditionModel).
+_UNET_EXTRAS = ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type", "num_class_embeds")
 
 
 class UnknownFamily(ValueError):
@@ -85,6 +92,7 @@ def read_found(model_index: Mapping, unet_config: Mapping | None, vae_config: Ma
         components=components,
         unet_in_channels=int(unet_config["in_channels"]) if unet_config and "in_channels" in unet_config else None,
         latent_channels=int((vae_config or {}).get("latent_channels", 4)),
+        plain_unet=not any((unet_config or {}).get(key) for key in _UNET_EXTRAS),
     )
 
 

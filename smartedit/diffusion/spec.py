@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from smartedit.diffusion.recognize import SD_INPAINT, identify, read_found
+from smartedit.diffusion.recognize import KNOWN, SD_INPAINT, SD_LATENT_BLEND, identify, read_found
 
 Dim = Union[int, str]
 
@@ -44,8 +44,7 @@ class PipelineInfo:
     unet_sample_size: int
     # The side, in pixels, of the area the model edits at (smartedit.edit.regions): 512 for SD 1.x.
     working_resolution: int
-    # Its family (smartedit.diffusion.families): how its loop starts and keeps its latents. Repositories
-    # exported before families were named hold SD inpainting pipelines.
+    # Its family (smartedit.diffusion.families): how its loop starts and keeps its latents.
     family: str = SD_INPAINT.name
 
     @classmethod
@@ -77,6 +76,14 @@ class PipelineInfo:
     def from_dict(cls, fields: dict) -> "PipelineInfo":
         # Written before the working resolution was declared: derive it as the export does.
         fields = {"working_resolution": fields["unet_sample_size"] * fields["vae_scale_factor"], **fields}
+        # Written before families were named: only SD inpainting pipelines were exported then (a latency
+        # table may describe either layout: its channels say which).
+        latent_blend = fields["unet_in_channels"] == fields["latent_channels"]
+        fields.setdefault("family", SD_LATENT_BLEND.name if latent_blend else SD_INPAINT.name)
+        known = [family.name for family in KNOWN]
+        if fields["family"] not in known:
+            raise ValueError(f"pipeline.json names the family {fields['family']!r}; this SmartEdit knows "
+                             f"{', '.join(known)}: export the model again with this version")
         return cls(**fields)
 
     def resolve(self, dim: Dim, height: int, width: int) -> int:

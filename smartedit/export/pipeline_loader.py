@@ -18,7 +18,7 @@ def _looks_like_a_path(source: str) -> bool:
 def _check_local(source: str) -> None:
     folder = Path(source).expanduser()
     if not folder.exists():
-        raise UnsupportedModel(f"{source}: no such folder (give a diffusers inpainting pipeline folder or a "
+        raise UnsupportedModel(f"{source}: no such folder (give a diffusers pipeline folder or a "
                                f"hub id such as runwayml/stable-diffusion-inpainting)")
     if not (folder / "model_index.json").is_file():
         raise UnsupportedModel(f"{source}: not a diffusers pipeline folder (it has no model_index.json)")
@@ -79,7 +79,7 @@ def load_pipeline(source: str | Path):
         pipeline = StableDiffusionInpaintPipeline.from_pretrained(
             source, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
     except (OSError, ValueError, TypeError) as error:  # hub errors are OSErrors or ValueErrors; bad configs TypeErrors
-        raise UnsupportedModel(f"{source}: could not load it as a diffusers inpainting pipeline: "
+        raise UnsupportedModel(f"{source}: could not load it as a diffusers pipeline: "
                                f"{_first_line(error)}") from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline

@@ -221,6 +221,19 @@ def build_repository(pipeline, out: Path, options: RepositoryOptions = Repositor
     return out
 
 
+def outdated_models(repository: Path) -> list[str]:
+    """The models of ``repository`` whose ``model.py`` is SmartEdit's but not this version's (an export by
+    another version, whose code may import modules that no longer exist); models of other authors are not
+    SmartEdit's business."""
+    shipped = {path.read_bytes() for path in SOURCES.rglob("model.py")}
+    found = []
+    for source in sorted(Path(repository).glob(f"*/{VERSION}/model.py")):
+        code = source.read_bytes()
+        if b"smartedit" in code and code not in shipped:
+            found.append(source.parent.parent.name)
+    return found
+
+
 def write_atomically(out: Path, write) -> None:
     """``write(staging)`` into a sibling folder, then move it to ``out``: a failed export never leaves
     a half-written repository where a server would load it."""

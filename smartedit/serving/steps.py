@@ -38,7 +38,7 @@ def wire_input(tensor: wire.WireTensor) -> StepTensor:
 # one record, EDIT_PARAMETERS, which the loop and postprocess read: a new parameter needs no new tensor.
 INPUT_IDS = StepTensor("input_ids", "INT64", (2, -1))  # row 0: negative prompt, row 1: prompt
 MASKED_IMAGE = StepTensor("masked_image", "FP32", (1, 3, -1, -1))  # in [-1, 1], 0 where repainted
-INIT_IMAGE = StepTensor("init_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]; encoded when strength < 1
+INIT_IMAGE = StepTensor("init_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]; encoded when the family needs it
 LATENT_MASK = StepTensor("latent_mask", "FP32", (1, 1, -1, -1))  # 1 = repaint, at latent resolution
 # The box of the original that the models edit (left, top, right, bottom; smartedit.edit.regions). Postprocess
 # pastes the edit back into the request's own image and mask, which it decodes again: cheaper than

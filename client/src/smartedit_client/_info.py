@@ -27,7 +27,8 @@ class ServerInfo:
     """Attributes:
         model: the model the server was exported from (a hub id, a folder's name).
         family: the model family that serves it, by the name smartedit.diffusion.families gives it
-            ("sd-inpaint": an SD 1.x/2.x inpainting checkpoint).
+            ("sd-inpaint": an SD 1.x/2.x inpainting checkpoint; "sd-latent-blend": any SD 1.x/2.x checkpoint
+            with a 4-channel UNet, inpainting by latent blending).
         weights_sha256: digest of the exported weights (results' PNGs carry it too).
         smartedit_version: the server's SmartEdit version.
         working_resolution: the side, in pixels, of the area edits run at (larger photos are cropped
