@@ -59,6 +59,9 @@ def test_a_plain_install_exports_serves_and_edits_from_another_folder(tmp_path):
     where = _run([python, "-c", "import smartedit, smartedit_client; print(smartedit.__file__, "
                                 "smartedit_client.__file__)"], tmp_path, env).stdout
     assert all(str(site) in path for path in where.split()), where
+    shipped = _run([python, "-c", "from smartedit.engine.latency_table import SHIPPED_LATENCY_TABLE as t; "
+                                  "print(t.is_file(), t)"], tmp_path, env).stdout  # --profile simulated reads it
+    assert shipped.startswith(f"True {site}"), shipped
 
     # From a folder that is not the checkout: export the embedded default, serve it, edit once.
     work = tmp_path / "elsewhere"
