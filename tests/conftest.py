@@ -65,21 +65,38 @@ def server(model_repository, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _shared_server_survives(request):
-    """Fail the test after which the shared server is found dead, with the end of its log, and start it
-    again: otherwise the cause shows only as "connection refused" in every later test."""
+    """Fail the test after which the shared server is found dead, or one of its model processes crashed
+    (faulthandler's "Fatal Python error" in its log: smartedit.serving.models), with the end of its log,
+    and start it again: otherwise the cause shows only as "connection refused" or "Stub process is not
+    healthy" in every later test."""
     yield
     if "server" not in request.fixturenames:
         return
     running = request.getfixturevalue("server")
     code = running.process.poll()
-    if code is not None:
-        tail = log_tail(running)
+    crash = _new_model_process_crash(running)
+    if code is not None or crash:
+        tail = crash or log_tail(running)
         # Replaced on the same ports, so that one crash fails the test it happened in, not every later one.
         running.stop()
         running.start()
         running.wait_until_ready()
-        pytest.fail(f"the shared tritonserver exited with code {code} during this test (restarted for the "
-                    f"next tests); its log ends:\n{tail}", pytrace=False)
+        _new_model_process_crash(running)  # what the restart logged is not this test's
+        what = f"the shared tritonserver exited with code {code}" if code is not None else "a model process crashed"
+        pytest.fail(f"{what} during this test (restarted for the next tests); its log:\n{tail}", pytrace=False)
+
+
+MODEL_PROCESS_CRASH = "Fatal Python error"
+
+
+def _new_model_process_crash(running) -> str:
+    """The log from the first model process crash since the last look ("" for none)."""
+    if not running.log_file:
+        return ""
+    text = Path(running.log_file).read_text(errors="replace")
+    start, running.checked_log_chars = getattr(running, "checked_log_chars", 0), len(text)
+    found = text.find(MODEL_PROCESS_CRASH, start)
+    return "" if found < 0 else text[found: found + 6000]
 
 
 def log_tail(running, chars: int = 6000) -> str:

@@ -97,10 +97,11 @@ _PROCESS_DEATHS = ("model process died:", "tritonserver exited with code")
 
 
 def test_the_gateway_spreads_edits_over_both_servers_and_leaves_one_that_stops(model_repository, tmp_path):
-    """Run once more if a server's process died on its own meanwhile: Triton 2.51's Python backend now and
-    then crashes under this load (a stub's SIGSEGV, then tritonserver's boost::interprocess::lock_exception
-    abort), and the server that is left then restarts for a few seconds with nowhere else to send edits.
-    That is the recovery's business (test_recovery), not the balancing's; any other failure fails."""
+    """Run once more if a server's process died on its own meanwhile (Triton 2.51 can still crash when a
+    gRPC call is cancelled as it completes, server #7368): the server that is left then restarts for a few
+    seconds with nowhere else to send edits. That is the recovery's business (test_recovery), not the
+    balancing's; any other failure fails. (The stub crash this was first seen with was SmartEdit's use of
+    decoupled BLS, fixed in smartedit.serving.decoupled_calls.)"""
     for attempt in (1, 2):
         printed: dict[str, str] = {}
         try:

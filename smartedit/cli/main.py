@@ -88,7 +88,11 @@ def _tls(args) -> TlsFiles | None:
 
 
 def cmd_serve(args) -> int:
+    import faulthandler
+
     from smartedit.ops.supervisor import TRITON_EXIT_TIMEOUT_S, Supervisor
+
+    faulthandler.enable(all_threads=True)  # should this long-lived process crash, its stacks go to stderr
 
     repository = args.model_repository if is_remote(args.model_repository) else Path(args.model_repository)
     if not is_remote(repository):

@@ -76,6 +76,14 @@ class SchedulerMetrics:
         self.outcomes = {outcome: Serialized(edits.Metric(labels={**model_labels, "outcome": outcome}))
                          for outcome in OUTCOMES}
 
+    def release(self) -> None:
+        """At unload, while this model process can still reach Triton: every Metric, then the families.
+        Left to the interpreter's exit, a family's release runs after the stub has let go of its shared
+        memory and segfaults the exiting process (Triton 2.51). Nothing may record after this."""
+        families = self._families
+        self.__dict__.clear()
+        families.clear()
+
     # --- the per-request loop ----------------------------------------------------------------------
 
     @contextmanager

@@ -63,6 +63,9 @@ class EventMetrics:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        # The Python backend wants each Metric released before its MetricFamily.
+        # The Python backend wants each Metric released before its MetricFamily; both now, while this
+        # model process can still reach Triton (left to its exit, they segfault it: Triton 2.51).
         self._counters.clear()
         del self._draining, self._in_flight
+        self._families.clear()
+        self._events = None

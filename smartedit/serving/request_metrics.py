@@ -66,6 +66,9 @@ class RequestCounter:
         metric.increment(1)
 
     def close(self) -> None:
-        """At unload: the Python backend wants each Metric released before its MetricFamily."""
+        """At unload, while this model process can still reach Triton: each Metric, then the family (the
+        Python backend wants them in that order; a family left to the interpreter's exit segfaults the
+        exiting process in Triton 2.51). Nothing may count after this."""
         with self._lock:
             self._metrics.clear()
+            self._family = None

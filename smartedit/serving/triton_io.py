@@ -12,6 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from smartedit.serving import steps
+from smartedit.serving.decoupled_calls import decoupled_responses
 from smartedit.errors import ModelProcessDied, RequestError
 
 
@@ -149,7 +150,7 @@ def _admission_exchange(engine_model, action, token, request_id, places, callees
 
     def exchange():
         error, reason = None, ""
-        for response in request.exec(decoupled=True):
+        for response in decoupled_responses(request):
             error, reason = error_of_response(response) or error, reason_of_response(response) or reason
         return error, reason
 

@@ -167,7 +167,7 @@ class TritonPythonModel:
         if stopped:
             # The Python backend wants each Metric released before its MetricFamily; a worker still
             # running would update released metrics, so they are kept if it did not stop.
-            del self.metrics
+            self.metrics.release()
 
     def execute(self, requests):
         for request in requests:

@@ -31,6 +31,7 @@ import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
 from smartedit.serving import steps
+from smartedit.serving.decoupled_calls import decoupled_responses, release_finished_calls
 from smartedit.engine.cancellation import CancelBoard
 from smartedit.errors import RequestError, ServiceInterrupted
 from smartedit.ops.model_processes import Callees
@@ -106,6 +107,7 @@ class TritonPythonModel:
     def finalize(self):
         self._stopping.set()
         self._pool.shutdown(wait=True)
+        release_finished_calls()
         self.cancel_board.remove_if_empty()
         self.requests.close()
 
@@ -219,7 +221,7 @@ class TritonPythonModel:
         def exchange():
             # Read to the end even once the client has gone: the engine answers a cancellation within a
             # step, and the token must outlive the edit.
-            for response in engine_request.exec(decoupled=True):
+            for response in decoupled_responses(engine_request):
                 outcome["error"] = error_of_response(response) or outcome["error"]
                 outcome["reason"] = reason_of_response(response) or outcome["reason"]
                 found = pb_utils.get_output_tensor_by_name(response, steps.LATENTS.name)

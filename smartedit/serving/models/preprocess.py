@@ -10,6 +10,7 @@ import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
 from smartedit.serving import steps
+from smartedit.serving.decoupled_calls import release_finished_calls
 from smartedit.errors import RequestError
 from smartedit.ops.model_processes import Callees
 from smartedit.ops.server_state import BETWEEN_STEPS_S, ServerState
@@ -38,6 +39,7 @@ class TritonPythonModel:
         self.requests = RequestCounter("inpaint")
 
     def finalize(self):
+        release_finished_calls()  # its admission calls to the engine
         self.requests.close()
 
     def execute(self, requests):

@@ -23,6 +23,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from smartedit.serving import steps
+from smartedit.serving.decoupled_calls import decoupled_responses, release_finished_calls
 from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
 from smartedit.diffusion.families import start_denoising
 from smartedit.errors import ServiceInterrupted
@@ -74,7 +75,8 @@ class TritonPythonModel:
         if self.settings.engine == BATCHED:
             self._forwarders.shutdown(wait=True)
         else:
-            del self.metrics  # the Python backend wants each Metric released before its MetricFamily
+            self.metrics.release()
+        release_finished_calls()
         self.requests.close()
 
     def execute(self, requests):
@@ -125,7 +127,7 @@ class TritonPythonModel:
 
             def exchange():
                 final = None
-                for response in engine_request.exec(decoupled=True):
+                for response in decoupled_responses(engine_request):
                     error = error_of_response(response)
                     if error is not None:
                         reason = reason_of_response(response) or "denoise"
