@@ -4,6 +4,7 @@ shim that imports its ``TritonPythonModel`` from here, so the code is a module l
 
 import atexit
 import faulthandler
+import signal
 
 # A model process that crashes while serving (SIGSEGV, SIGABRT) writes every thread's Python stack to
 # its stderr, which is tritonserver's log: without it a stub's death leaves only "Stub process is not
@@ -11,3 +12,6 @@ import faulthandler
 # unloaded, harms no request (each model releases what would fault there in its finalize).
 faulthandler.enable(all_threads=True)
 atexit.register(faulthandler.disable)
+# `kill -USR1 <pid>` writes a model process's Python stacks to the log too, and it goes on: what a
+# stuck edit waits on, without stopping the server.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
