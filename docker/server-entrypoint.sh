@@ -2,7 +2,9 @@
 # Start SmartEdit on one machine (docker-compose.yml): export the model repository on first start,
 # then run `smartedit serve` (tritonserver, supervised) in the foreground on all interfaces.
 #
-#   SMARTEDIT_MODEL    diffusers SD folder or hub id (inpainting or text-to-image) (default: the embedded tiny model)
+#   SMARTEDIT_MODEL    diffusers SD folder or hub id (inpainting or text-to-image) (default: the embedded tiny model);
+#                      several, separated by spaces, each [NAME=]PATH, serve several pipelines (the first also
+#                      as the plain `inpaint`)
 #   SMARTEDIT_PROFILE  tensorrt | onnx-gpu | onnx-cpu (default onnx-gpu)
 #   SMARTEDIT_EXIT_TIMEOUT_SECONDS  how long edits in flight may take to finish on stop (default 300)
 #   SMARTEDIT_ADMIN_KEY  the key of Triton's admin APIs (default: a random one kept beside the repository)
@@ -13,7 +15,10 @@ REPOSITORY=${SMARTEDIT_MODEL_REPOSITORY:-/models/model_repository}
 if [ ! -d "$REPOSITORY/inpaint" ]; then
   echo "server-entrypoint: exporting ${SMARTEDIT_MODEL:-the embedded tiny model} to $REPOSITORY (${SMARTEDIT_PROFILE:-onnx-gpu})"
   cd "$(dirname "$REPOSITORY")"
-  smartedit export --profile "${SMARTEDIT_PROFILE:-onnx-gpu}" ${SMARTEDIT_MODEL:+--model "$SMARTEDIT_MODEL"} --out "$REPOSITORY"
+  MODELS=""
+  for model in ${SMARTEDIT_MODEL:-}; do MODELS="$MODELS --model=$model"; done
+  # shellcheck disable=SC2086  # one word per --model=[NAME=]PATH, as SMARTEDIT_MODEL lists them
+  smartedit export --profile "${SMARTEDIT_PROFILE:-onnx-gpu}" $MODELS --out "$REPOSITORY"
 fi
 # Admin APIs (shared memory, model repository/config, statistics, trace, logging) behind a key, as the
 # chart does: HTTP header smartedit-admin-key, gRPC triton-grpc-protocol-smartedit-admin-key.

@@ -145,6 +145,24 @@ def serving(repository: Path, log_file: Path):
         yield running
 
 
+def export_two_pipelines(tiny_pipeline, tiny_text_to_image_pipeline, out: Path) -> Path:
+    """One repository serving the tiny model as pipeline ``tiny`` (the first) and the tiny 4-channel one
+    as ``blend`` (README "Several pipelines in one server")."""
+    from smartedit.export.repository import PipelineSource, build_pipelines_repository
+
+    return build_pipelines_repository([PipelineSource("tiny", tiny_pipeline, "smartedit-tiny (embedded default)"),
+                                       PipelineSource("blend", tiny_text_to_image_pipeline, "tiny text-to-image")],
+                                      out)
+
+
+@pytest.fixture(scope="module")
+def two_pipelines_server(tiny_pipeline, tiny_text_to_image_pipeline, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two-pipelines") / "model_repository"
+    with serving(export_two_pipelines(tiny_pipeline, tiny_text_to_image_pipeline, out),
+                 out.parent / "tritonserver.log") as running:
+        yield running
+
+
 @pytest.fixture
 def client(server):
     from smartedit_client import InpaintClient
@@ -211,3 +229,18 @@ def stop_serve(process) -> None:
         process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (the distribution's, driven by Playwright), for the editor's tests."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "no Chromium: run scripts/install-browser.sh"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -45,7 +45,8 @@ def test_written_repository_configs_parse(model_repository):
         names.add(config.name)
     assert names == {"preprocess", "text_encoder", "vae_encoder", "scheduler", "denoise_engine", "unet",
                      "vae_decoder", "postprocess", "inpaint", "inpaint_stream", "server_info", "segment",
-                     "sam_image_encoder", "sam_mask_decoder"}
+                     "sam_image_encoder", "sam_mask_decoder",
+                     "inpaint_default", "inpaint_stream_default"}  # the pipeline under its name too
 
 
 def test_unet_timestep_is_one_scalar_per_row():

@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import re
-import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -57,18 +56,6 @@ def files(tmp_path_factory):
 def editor_url(server, tmp_path_factory):
     with gateway(server.address.grpc, tmp_path_factory.mktemp("gateway") / "gateway.log") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "no Chromium: run scripts/install-browser.sh"
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from playwright.sync_api import expect
 
 from conftest import png_bytes, scene
 from smartedit.ops.server import free_port
-from test_editor import _at, _paint, _photo, browser, offline_page  # noqa: F401 (browser: a fixture)
+from test_editor import _at, _paint, _photo, offline_page
 from test_gateway import gateway
 
 pytestmark = pytest.mark.browser

@@ -38,7 +38,10 @@ def photo_folder(tmp_path_factory):
 
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)), ids=lambda index: f"snippet-{index + 1}")
-def test_a_readme_snippet_runs_as_written(server, photo_folder, index):
+def test_a_readme_snippet_runs_as_written(request, photo_folder, index):
+    # The snippet of "Several pipelines in one server" edits with the README's two pipelines, tiny and blend.
+    several = "pipeline=" in SNIPPETS[index]
+    server = request.getfixturevalue("two_pipelines_server" if several else "server")
     code = SNIPPETS[index].replace(DOCUMENTED_ADDRESS, server.address.grpc)
     completed = subprocess.run([sys.executable, "-c", code], cwd=photo_folder, capture_output=True, text=True,
                                timeout=600)

@@ -18,10 +18,11 @@ DEFAULT_REPOSITORY = BUILD / "model_repository"
 DEFAULT_LATENCY_TABLE = SHIPPED_LATENCY_TABLE  # --profile simulated
 
 
-def _model_source(model: str | None) -> str:
-    """The model to export: the one given, or the embedded tiny model (built on first use)."""
-    if model:
-        return model
+TINY_PIPELINE_NAME = "tiny"  # the embedded default's pipeline name
+
+
+def _tiny_model_source() -> str:
+    """The embedded tiny model (built on first use)."""
     from smartedit.export.tiny_model import is_current_tiny_pipeline, write_tiny_pipeline
 
     if not is_current_tiny_pipeline(DEFAULT_TINY_MODEL):
@@ -30,10 +31,37 @@ def _model_source(model: str | None) -> str:
     return str(DEFAULT_TINY_MODEL)
 
 
+def pipeline_arguments(models: list[str] | None) -> list[tuple[str, str, str]]:
+    """(pipeline name, model source, provenance name) per ``--model [NAME=]PATH``; without any, the
+    embedded tiny model as pipeline ``tiny``.
+
+    Raises:
+        ValueError: a name that cannot be a pipeline's, or a name given twice (naming the argument).
+    """
+    from smartedit.serving.pipelines import pipeline_names
+    from smartedit_client._contract import PIPELINE_NAME
+
+    models = [model for model in models or () if model]  # the chart passes `--model=` for the default
+    if not models:
+        return [(TINY_PIPELINE_NAME, _tiny_model_source(), "smartedit-tiny (embedded default)")]
+    found = []
+    for argument in models:
+        name, separator, source = argument.partition("=")
+        if not separator or not PIPELINE_NAME.fullmatch(name):  # a bare PATH (which may itself hold a '=')
+            source = argument
+            name = Path(source.rstrip("/")).name
+            if not PIPELINE_NAME.fullmatch(name):
+                raise ValueError(f"--model {argument!r}: its folder's name {name!r} cannot name a pipeline (letters, "
+                                 f"digits, '_', '-'): give one, --model NAME={argument}")
+        found.append((name, source, _model_name(source)))
+    pipeline_names([name for name, _, _ in found])  # refuses a name given twice, and clashing names
+    return found
+
+
 def export_repository(args, out: Path) -> Path:
-    """Export ``args.model`` (or the embedded default) into a model repository at ``out``."""
-    from smartedit.export.pipeline_loader import load_pipeline
-    from smartedit.export.repository import build_repository
+    """Export every ``args.model`` (or the embedded default) into a model repository at ``out``."""
+    from smartedit.export.pipeline_loader import UnsupportedModel, load_pipeline
+    from smartedit.export.repository import PipelineSource, build_pipelines_repository
     from smartedit.serving.triton_config import SIMULATED
 
     try:
@@ -45,24 +73,22 @@ def export_repository(args, out: Path) -> Path:
                 raise ValueError("--profile simulated takes no --model: its shapes and timings come from "
                                  "--latency-table")
             return build_simulated_repository(Path(args.latency_table), out, options)
+        wanted = pipeline_arguments(args.model)
     except ValueError as error:
         raise SystemExit(f"smartedit: {error}") from None
-    from smartedit.export.pipeline_loader import UnsupportedModel
+    sources = []
+    for name, source, model_name in wanted:
+        log.info("loading %s (pipeline %r)", source, name)
+        try:
+            sources.append(PipelineSource(name, load_pipeline(source), model_name))
+        except UnsupportedModel as error:
+            raise SystemExit(f"smartedit: --model {error}") from None
+    return build_pipelines_repository(sources, out, options,
+                                      onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
 
-    source = _model_source(args.model)
-    log.info("loading %s", source)
-    try:
-        pipeline = load_pipeline(source)
-    except UnsupportedModel as error:
-        raise SystemExit(f"smartedit: --model {error}") from None
-    return build_repository(pipeline, out, options, onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
-                            model_name=_model_name(args.model))
 
-
-def _model_name(model: str | None) -> str:
+def _model_name(model: str) -> str:
     """How results name the model: a hub id as given, a local folder by its name."""
-    if not model:
-        return "smartedit-tiny (embedded default)"
     return Path(model).name if Path(model).exists() else model
 
 

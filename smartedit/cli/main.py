@@ -1,7 +1,7 @@
 """``smartedit``: build the default model, export, serve, and run the end-to-end demo.
 
     smartedit tiny-model  [--out build/tiny-model] [--text-to-image]
-    smartedit export      [--model <folder|hub id>] [--out build/model_repository] [--profile onnx-cpu]
+    smartedit export      [--model [NAME=]<folder|hub id> ...] [--out build/model_repository] [--profile onnx-cpu]
     smartedit serve       [--model-repository build/model_repository] [--host 127.0.0.1] [--grpc-port 8001]
     smartedit demo        [--model <folder|hub id>] [--out out/demo.png]
     smartedit loadtest    [--run-time 30] [--users 4] [--out out/loadtest]
@@ -179,8 +179,10 @@ def _add_server_arguments(p: argparse.ArgumentParser, grpc: int, http: int, metr
 def _add_export_arguments(p: argparse.ArgumentParser) -> None:
     from smartedit.serving.triton_config import RUNTIME_PROFILES, SIMULATED
 
-    p.add_argument("--model", default=None,
-                   help="diffusers SD folder or hub id, inpainting or text-to-image (default: the embedded tiny model)")
+    p.add_argument("--model", action="append", default=None, metavar="[NAME=]PATH",
+                   help="diffusers SD folder or hub id, inpainting or text-to-image, served as pipeline NAME (a bare "
+                        "PATH: named after its folder); repeat it to serve several pipelines, the first also as the "
+                        "plain `inpaint` (default: the embedded tiny model, pipeline `tiny`)")
     p.add_argument("--sam-model", default=None,
                    help="Segment Anything checkpoint for click-to-mask, a folder or hub id such as "
                         "facebook/sam-vit-base (default: an embedded tiny SAM)")

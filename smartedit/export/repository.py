@@ -1,13 +1,18 @@
-"""Write a complete Triton model repository for one runtime profile.
+"""Write a complete Triton model repository for one runtime profile, serving one or more pipelines.
 
+Per pipeline (its models' names: smartedit.serving.pipelines; the first pipeline's are the plain ones):
     <out>/text_encoder|unet|vae_encoder|vae_decoder/   config.pbtxt, 1/model.onnx (+ 1/model.py on onnx-cpu)
                                                        or 1/model.plan (tensorrt)
     <out>/preprocess/   config.pbtxt, 1/model.py, 1/pipeline.json, 1/tokenizer/
     <out>/scheduler/    config.pbtxt, 1/model.py, 1/pipeline.json, 1/scheduler_config.json
     <out>/denoise_engine/  config.pbtxt, 1/model.py, 1/pipeline.json, 1/scheduler_config.json, 1/preview.json
     <out>/postprocess/  config.pbtxt, 1/model.py
-    <out>/inpaint/      config.pbtxt, 1/            (the ensemble)
-    <out>/inpaint_stream/  config.pbtxt, 1/model.py, 1/pipeline.json, 1/tokenizer/   (the streaming entry)
+    <out>/inpaint/      config.pbtxt, 1/            (the ensemble; also inpaint_NAME)
+    <out>/inpaint_stream/  config.pbtxt, 1/model.py, 1/pipeline.json, 1/tokenizer/   (the streaming entry;
+                                                                                     also inpaint_stream_NAME)
+Once:
+    <out>/server_info/  config.pbtxt, 1/model.py, 1/pipelines.json, 1/pipelines/NAME/{pipeline,provenance}.json
+    <out>/segment/, sam_*/  (click-to-mask)
 
 The repository is built in a sibling folder and moved into place at the end, so a failed export
 never leaves a half-written repository where a server would load it.
@@ -21,12 +26,16 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from smartedit.serving import steps
-from smartedit.serving.ensembles import inpaint_ensemble_config
+from smartedit.serving.ensembles import ONLY_PIPELINE, inpaint_ensemble_config
+from smartedit.serving.pipelines import PipelineNames, pipeline_names, read_pipeline_list, write_pipeline_list
 from smartedit.diffusion.preview import PREVIEW_FILENAME, LatentPreview, fit_latent_preview
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance, weights_digest
-from smartedit.serving.settings import BATCHED, ENGINES, PER_REQUEST, EngineSettings, PreprocessSettings
+from smartedit.serving.settings import (
+    BATCHED, ENGINES, PER_REQUEST, PIPELINE_PARAMETER, EngineSettings, PreprocessSettings,
+)
 from smartedit.diffusion.spec import COMPONENTS, UNET, PipelineInfo
 from smartedit.serving.triton_config import (
     ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, SIMULATED, TENSORRT, BatchingSettings, component_config, parse_pbtxt,
@@ -119,12 +128,14 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def _write_components(pipeline, info: PipelineInfo, out: Path, options: RepositoryOptions, onnx_dir: Path) -> None:
+def _write_components(pipeline, info: PipelineInfo, out: Path, options: RepositoryOptions, onnx_dir: Path,
+                      names: PipelineNames) -> None:
     # TensorRT engines are built in FP16 from FP32 graphs; the ONNX profiles serve the graph itself.
     precision = onnx_export.FP32_PRECISION if options.profile == TENSORRT else options.precision
     graphs_dir = onnx_dir if options.profile == TENSORRT else out
     for spec in COMPONENTS:
-        version_dir = graphs_dir / spec.name / VERSION
+        served = names.model(spec.name)
+        version_dir = graphs_dir / served / VERSION
         onnx_path = onnx_export.export_component(pipeline, spec, info, version_dir)
         if precision == onnx_export.FP16_PRECISION:
             onnx_export.convert_to_fp16(onnx_path)
@@ -139,85 +150,140 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
             opt_batch = min(batching.max_batch_size, max(2, batching.max_batch_size // 2))
             profile = tensorrt.EngineProfile(batch=tensorrt.Range(1, opt_batch, batching.max_batch_size),
                                              height=sides, width=sides)
-            tensorrt.build_engine(onnx_path, out / spec.name / VERSION / tensorrt.PLAN_FILENAME, spec, info, profile)
+            tensorrt.build_engine(onnx_path, out / served / VERSION / tensorrt.PLAN_FILENAME, spec, info, profile)
         parameters = {}
         if options.profile == ONNX_CPU:
-            shutil.copy(ONNX_CPU_HOST, out / spec.name / VERSION / "model.py")
+            shutil.copy(ONNX_CPU_HOST, out / served / VERSION / "model.py")
             # The UNet runs every step: giving its arena back after each call costs a quarter of an edit's
             # time (256x256, 20 steps: 0.96 against 0.76 s); the encoders and decoder run once per edit.
             parameters["shrink_arena"] = "false" if spec.name == UNET.name else "true"
         config = component_config(spec, info, options.profile, batching, parameters=parameters,
                                   tensorrt_accelerator=options.tensorrt_accelerator)
-        _write(out / spec.name / "config.pbtxt", to_pbtxt(config))
+        config.name = served
+        _write(out / served / "config.pbtxt", to_pbtxt(config))
 
 
 def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview: LatentPreview, out: Path,
-                 options: RepositoryOptions, provenance: Provenance) -> None:
+                 options: RepositoryOptions, provenance: Provenance, names: PipelineNames = ONLY_PIPELINE) -> None:
+    """Pipeline ``names``' Python steps, its ensembles and its streams."""
     batched = options.engine == BATCHED
-    preprocess = dataclasses.replace(options.preprocess, admission_model=admission_model(options.engine))
+    model = names.model
+    preprocess = dataclasses.replace(options.preprocess, admission_model=admission_model(options.engine, names))
     preprocess_settings = {k: str(v) for k, v in vars(preprocess).items()}
     engine_settings = {k: str(v) for k, v in vars(options.engine_settings()).items()}
+    engine_settings.update(unet_model=model("unet"), vae_encoder_model=model("vae_encoder"))
+    callees = {"engine_model": model(steps.DENOISE_ENGINE), "unet_model": model("unet"),
+               "vae_encoder_model": model("vae_encoder")}
+    stream_settings = dict(preprocess_settings, engine_model=model(steps.DENOISE_ENGINE),
+                           text_encoder_model=model("text_encoder"), vae_encoder_model=model("vae_encoder"),
+                           vae_decoder_model=model("vae_decoder"))
     configs = {
-        steps.PREPROCESS: step_config(steps.PREPROCESS, steps.PREPROCESS_INPUTS, steps.PREPROCESS_OUTPUTS,
+        steps.PREPROCESS: step_config(model(steps.PREPROCESS), steps.PREPROCESS_INPUTS, steps.PREPROCESS_OUTPUTS,
                                       parameters=preprocess_settings),
         # Batched, the step only forwards to the engine and answers asynchronously: one instance suffices.
-        steps.SCHEDULER: step_config(steps.SCHEDULER, steps.SCHEDULER_INPUTS, steps.SCHEDULER_OUTPUTS,
+        steps.SCHEDULER: step_config(model(steps.SCHEDULER), steps.SCHEDULER_INPUTS, steps.SCHEDULER_OUTPUTS,
                                      instance_count=1 if batched else options.scheduler_instances,
-                                     parameters={"engine": options.engine}),
-        steps.DENOISE_ENGINE: step_config(steps.DENOISE_ENGINE, steps.ENGINE_INPUTS, steps.ENGINE_OUTPUTS,
+                                     parameters=dict(callees, engine=options.engine)),
+        steps.DENOISE_ENGINE: step_config(model(steps.DENOISE_ENGINE), steps.ENGINE_INPUTS, steps.ENGINE_OUTPUTS,
                                           parameters=engine_settings, decoupled=True),
-        steps.POSTPROCESS: step_config(steps.POSTPROCESS, steps.POSTPROCESS_INPUTS, steps.POSTPROCESS_OUTPUTS),
-        # It validates requests itself, with preprocess's settings (StreamSettings reads the same keys).
-        steps.INPAINT_STREAM: step_config(steps.INPAINT_STREAM, steps.STREAM_INPUTS, steps.STREAM_OUTPUTS,
-                                          parameters=preprocess_settings, decoupled=True),
-        # It describes the limits and defaults preprocess applies, from the same settings.
-        steps.SERVER_INFO_MODEL: step_config(steps.SERVER_INFO_MODEL, (), (steps.SERVER_INFO,),
-                                             parameters=preprocess_settings),
+        steps.POSTPROCESS: step_config(model(steps.POSTPROCESS), steps.POSTPROCESS_INPUTS,
+                                       steps.POSTPROCESS_OUTPUTS),
     }
-    for name, config in configs.items():
-        version_dir = out / name / VERSION
+    # The streaming entries validate requests themselves, with preprocess's settings (StreamSettings reads
+    # the same keys); the first pipeline's is served under two names, each a model of its own.
+    for _, stream in names.entries:
+        configs[stream] = step_config(stream, steps.STREAM_INPUTS, steps.STREAM_OUTPUTS,
+                                      parameters=stream_settings, decoupled=True)
+    streams = [stream for _, stream in names.entries]
+    for source, config in configs.items():
+        config.parameters[PIPELINE_PARAMETER].string_value = names.pipeline
+        version_dir = out / config.name / VERSION
         version_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(SOURCES / name / VERSION / "model.py", version_dir / "model.py")
-        _write(out / name / "config.pbtxt", to_pbtxt(config))
-    loop_models = (steps.SCHEDULER, steps.DENOISE_ENGINE)
-    request_models = (steps.PREPROCESS, steps.INPAINT_STREAM)
-    for name in request_models + loop_models + (steps.SERVER_INFO_MODEL,):
+        source = steps.INPAINT_STREAM if source in streams else source
+        shutil.copy(SOURCES / source / VERSION / "model.py", version_dir / "model.py")
+        _write(out / config.name / "config.pbtxt", to_pbtxt(config))
+    loop_models = [model(steps.SCHEDULER), model(steps.DENOISE_ENGINE)]
+    request_models = [model(steps.PREPROCESS)] + streams
+    for name in request_models + loop_models:
         _write(out / name / VERSION / "pipeline.json", info.to_json())
     for name in request_models:
         tokenizer.save_pretrained(out / name / VERSION / "tokenizer")
     for name in loop_models:
         _write(out / name / VERSION / "scheduler_config.json",
                json.dumps(scheduler_config, indent=2, sort_keys=True, default=list))
-    _write(out / steps.DENOISE_ENGINE / VERSION / PREVIEW_FILENAME, preview.to_json())
-    for name in (steps.POSTPROCESS, steps.INPAINT_STREAM, steps.SERVER_INFO_MODEL):  # the PNGs carry it
+    _write(out / model(steps.DENOISE_ENGINE) / VERSION / PREVIEW_FILENAME, preview.to_json())
+    for name in [model(steps.POSTPROCESS)] + streams:  # the PNGs carry it
         _write(out / name / VERSION / PROVENANCE_FILENAME, provenance.to_json())
-    ensemble = inpaint_ensemble_config()
-    (out / ensemble.name / VERSION).mkdir(parents=True, exist_ok=True)
-    _write(out / ensemble.name / "config.pbtxt", to_pbtxt(ensemble))
+    for ensemble_name, _ in names.entries:
+        (out / ensemble_name / VERSION).mkdir(parents=True, exist_ok=True)
+        _write(out / ensemble_name / "config.pbtxt", to_pbtxt(inpaint_ensemble_config(ensemble_name, names)))
+
+
+def _write_server_info(out: Path, options: RepositoryOptions,
+                       served: list[tuple[PipelineNames, PipelineInfo, Provenance]]) -> None:
+    """The ``server_info`` model: it describes every pipeline, with the limits and defaults preprocess
+    applies (the same settings)."""
+    settings = {k: str(v) for k, v in vars(options.preprocess).items()}
+    config = step_config(steps.SERVER_INFO_MODEL, (), (steps.SERVER_INFO,), parameters=settings)
+    version_dir = out / steps.SERVER_INFO_MODEL / VERSION
+    version_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SOURCES / steps.SERVER_INFO_MODEL / VERSION / "model.py", version_dir / "model.py")
+    _write(out / steps.SERVER_INFO_MODEL / "config.pbtxt", to_pbtxt(config))
+    write_pipeline_list(version_dir, [names for names, _, _ in served])
+    for names, info, provenance in served:
+        _write(version_dir / "pipelines" / names.pipeline / "pipeline.json", info.to_json())
+        _write(version_dir / "pipelines" / names.pipeline / PROVENANCE_FILENAME, provenance.to_json())
+
+
+@dataclass(frozen=True)
+class PipelineSource:
+    """One pipeline to serve: its name (``smartedit export --model NAME=PATH``), the loaded diffusers
+    pipeline, and what the results' provenance names the model (a hub id, a folder's name)."""
+
+    name: str
+    pipeline: Any
+    model_name: str = "unknown"
 
 
 def build_repository(pipeline, out: Path, options: RepositoryOptions = RepositoryOptions(),
-                     onnx_dir: Path | None = None, model_name: str = "unknown") -> Path:
-    """Export ``pipeline`` and write the model repository for ``options.profile`` at ``out``.
+                     onnx_dir: Path | None = None, model_name: str = "unknown", name: str = "default") -> Path:
+    """Export ``pipeline`` as the one pipeline ``name`` and write the model repository for
+    ``options.profile`` at ``out``.
 
     ``model_name``: what the results' provenance names the model (a hub id, a folder's name).
     """
-    info = PipelineInfo.from_pipeline(pipeline)
-    provenance = Provenance(model=model_name, weights_sha256=weights_digest(pipeline))
+    return build_pipelines_repository([PipelineSource(name, pipeline, model_name)], out, options, onnx_dir)
+
+
+def build_pipelines_repository(sources: list[PipelineSource], out: Path,
+                               options: RepositoryOptions = RepositoryOptions(), onnx_dir: Path | None = None) -> Path:
+    """Export every pipeline of ``sources`` into one model repository at ``out``, the first also served
+    under the plain names (smartedit.serving.pipelines)."""
+    pipelines = pipeline_names([source.name for source in sources])
+    out = Path(out)
+    onnx_dir = Path(onnx_dir or out.with_name(out.name + "-onnx"))
 
     def write(staging: Path) -> None:
-        _write_components(pipeline, info, staging, options, Path(onnx_dir or out.with_name(out.name + "-onnx")))
-        preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)
-        _write_steps(info, pipeline.tokenizer, dict(pipeline.scheduler.config), preview, staging, options,
-                     provenance)
+        served = []
+        for names, source in zip(pipelines, sources):
+            pipeline = source.pipeline
+            info = PipelineInfo.from_pipeline(pipeline)
+            provenance = Provenance(model=source.model_name, weights_sha256=weights_digest(pipeline))
+            log.info("exporting pipeline %r (%s, family %s)", names.pipeline, source.model_name, info.family)
+            _write_components(pipeline, info, staging, options, onnx_dir, names)
+            preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)
+            _write_steps(info, pipeline.tokenizer, dict(pipeline.scheduler.config), preview, staging, options,
+                         provenance, names)
+            served.append((names, info, provenance))
+        _write_server_info(staging, options, served)
         if options.segmentation:
             segment_parameters = {"max_image_pixels": str(options.preprocess.max_image_pixels),
                                   "min_image_side": str(options.preprocess.min_image_side)}
             write_segmentation(staging, options.profile, options.sam_model, segment_parameters, SOURCES, ONNX_CPU_HOST)
 
-    out = Path(out)
     write_atomically(out, write)
-    log.info("wrote the %s model repository to %s", options.profile, out)
+    log.info("wrote the %s model repository to %s (pipelines: %s)", options.profile, out,
+             ", ".join(p.pipeline for p in pipelines))
     return out
 
 
@@ -251,30 +317,33 @@ def write_atomically(out: Path, write) -> None:
     staging.rename(out)
 
 
-def admission_model(engine: str) -> str:
-    """Where preprocess reserves an edit's place before any work: the batched engine; with the
-    per-request loop, nowhere (edits wait in Triton's queue for a scheduler instance)."""
-    return steps.DENOISE_ENGINE if engine == BATCHED else ""
+def admission_model(engine: str, names: PipelineNames = ONLY_PIPELINE) -> str:
+    """Where preprocess reserves an edit's place before any work: the pipeline's batched engine; with
+    the per-request loop, nowhere (edits wait in Triton's queue for a scheduler instance)."""
+    return names.model(steps.DENOISE_ENGINE) if engine == BATCHED else ""
 
 
 def switch_engine(repository: Path, engine: str, scheduler_instances: int = 2) -> None:
-    """Make an exported repository's ``inpaint`` ensemble use ``engine``, without exporting again.
+    """Make an exported repository's ensembles use ``engine``, without exporting again.
 
-    Rewrites what ``RepositoryOptions.engine`` decides: the scheduler step's ``engine`` parameter and
-    instance count, where preprocess reserves places, and how long the UNet's batcher waits for company.
+    Rewrites, for every pipeline, what ``RepositoryOptions.engine`` decides: the scheduler step's
+    ``engine`` parameter and instance count, where preprocess reserves places, and how long the UNet's
+    batcher waits for company.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    preprocess_path = Path(repository) / steps.PREPROCESS / "config.pbtxt"
-    preprocess = parse_pbtxt(preprocess_path.read_text())
-    preprocess.parameters["admission_model"].string_value = admission_model(engine)
-    preprocess_path.write_text(to_pbtxt(preprocess))
-    scheduler_path = Path(repository) / steps.SCHEDULER / "config.pbtxt"
-    scheduler = parse_pbtxt(scheduler_path.read_text())
-    scheduler.parameters["engine"].string_value = engine
-    scheduler.instance_group[0].count = 1 if engine == BATCHED else scheduler_instances
-    scheduler_path.write_text(to_pbtxt(scheduler))
-    unet_path = Path(repository) / "unet" / "config.pbtxt"
-    unet = parse_pbtxt(unet_path.read_text())
-    unet.dynamic_batching.max_queue_delay_microseconds = UNET_QUEUE_DELAY_US[engine]
-    unet_path.write_text(to_pbtxt(unet))
+    repository = Path(repository)
+    for names in read_pipeline_list(repository / steps.SERVER_INFO_MODEL / VERSION):
+        preprocess_path = repository / names.model(steps.PREPROCESS) / "config.pbtxt"
+        preprocess = parse_pbtxt(preprocess_path.read_text())
+        preprocess.parameters["admission_model"].string_value = admission_model(engine, names)
+        preprocess_path.write_text(to_pbtxt(preprocess))
+        scheduler_path = repository / names.model(steps.SCHEDULER) / "config.pbtxt"
+        scheduler = parse_pbtxt(scheduler_path.read_text())
+        scheduler.parameters["engine"].string_value = engine
+        scheduler.instance_group[0].count = 1 if engine == BATCHED else scheduler_instances
+        scheduler_path.write_text(to_pbtxt(scheduler))
+        unet_path = repository / names.model("unet") / "config.pbtxt"
+        unet = parse_pbtxt(unet_path.read_text())
+        unet.dynamic_batching.max_queue_delay_microseconds = UNET_QUEUE_DELAY_US[engine]
+        unet_path.write_text(to_pbtxt(unet))

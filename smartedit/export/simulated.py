@@ -22,8 +22,10 @@ from smartedit.diffusion.spec import COMPONENTS
 from smartedit.export.tiny_model import stable_diffusion_scheduler, write_tokenizer
 from smartedit.serving.triton_config import SIMULATED, BatchingSettings, component_config, to_pbtxt
 from smartedit.export.repository import (
-    SOURCES, UNET_QUEUE_DELAY_US, VERSION, RepositoryOptions, _write, _write_steps, write_atomically,
+    SOURCES, UNET_QUEUE_DELAY_US, VERSION, RepositoryOptions, _write, _write_server_info, _write_steps,
+    write_atomically,
 )
+from smartedit.serving.ensembles import ONLY_PIPELINE
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,8 @@ def build_simulated_repository(table_path: Path, out: Path,
         # No weights: the components only wait as long as the latency table says.
         provenance = Provenance(model=f"simulated device ({Path(table_path).name})", weights_sha256="none")
         _write_steps(info, tokenizer, dict(stable_diffusion_scheduler().config), preview, staging, options,
-                     provenance)
+                     provenance, ONLY_PIPELINE)
+        _write_server_info(staging, options, [(ONLY_PIPELINE, info, provenance)])
 
     out = Path(out)
     write_atomically(out, write)

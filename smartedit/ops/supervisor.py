@@ -59,8 +59,9 @@ def event_logger() -> logging.Logger:
 
 
 def warm_up(server: TritonServer, tls: TlsFiles | None) -> bool:
-    """One small edit: before saying "serving" (the first edit pays for every model's first-call set-up,
-    so that a client's need not), and to prove a repaired server edits. Whether it succeeded."""
+    """One small edit per pipeline: before saying "serving" (the first edit pays for every model's
+    first-call set-up, so that a client's need not), and to prove a repaired server edits. Whether they
+    succeeded."""
     from PIL import Image
 
     from smartedit_client import InpaintClient, SmartEditError
@@ -72,12 +73,13 @@ def warm_up(server: TritonServer, tls: TlsFiles | None) -> bool:
     try:
         with InpaintClient(server.address.local_grpc, timeout_s=WARM_UP_TIMEOUT_S,
                            root_certificates=tls.cert if tls else None) as client:
-            client.inpaint(image=image, mask_image=mask, prompt="warm-up", num_inference_steps=2, seed=0,
-                           request_id="smartedit-warm-up")
+            for pipeline in client.server_info().pipelines:
+                client.inpaint(image=image, mask_image=mask, prompt="warm-up", num_inference_steps=2, seed=0,
+                               pipeline=pipeline, request_id="smartedit-warm-up")
     except (SmartEditError, ValueError) as error:  # a server that cannot edit will say so to its clients too
         log.warning("warm-up edit failed: %s", error)
         return False
-    log.info("warmed up with one edit in %.2f s", time.perf_counter() - started)
+    log.info("warmed up with one edit per pipeline in %.2f s", time.perf_counter() - started)
     return True
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from tritonclient.grpc import model_config_pb2 as mc
 
 from smartedit.serving import steps
+from smartedit.serving.pipelines import PipelineNames
 from smartedit.diffusion.spec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from smartedit.serving.triton_config import data_type
 from smartedit_client import _contract as wire
@@ -24,9 +25,14 @@ def _identity(tensors) -> dict[str, str]:
     return {t.name: t.name for t in tensors}
 
 
-def ensemble_steps() -> list[tuple[str, dict[str, str], dict[str, str]]]:
-    """(model name, input_map, output_map) per step; maps go model tensor → ensemble tensor."""
-    return [
+# A one-pipeline server's pipeline (smartedit.serving.pipelines): its models have the plain names.
+ONLY_PIPELINE = PipelineNames("default", first=True)
+
+
+def ensemble_steps(names: PipelineNames = ONLY_PIPELINE) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+    """(model name, input_map, output_map) per step of pipeline ``names``' ensemble; maps go model
+    tensor → ensemble tensor."""
+    wiring = [
         (steps.PREPROCESS, _identity(steps.PREPROCESS_INPUTS), _identity(steps.PREPROCESS_OUTPUTS)),
         (TEXT_ENCODER.name,
          {TEXT_ENCODER.inputs[0].name: steps.INPUT_IDS.name},
@@ -41,10 +47,12 @@ def ensemble_steps() -> list[tuple[str, dict[str, str], dict[str, str]]]:
          {VAE_DECODER.outputs[0].name: steps.DECODED_IMAGE.name}),
         (steps.POSTPROCESS, _identity(steps.POSTPROCESS_INPUTS), _identity(steps.POSTPROCESS_OUTPUTS)),
     ]
+    return [(names.model(model), input_map, output_map) for model, input_map, output_map in wiring]
 
 
-def inpaint_ensemble_config() -> mc.ModelConfig:
-    config = mc.ModelConfig(name=wire.MODEL_NAME, platform="ensemble", max_batch_size=0)
+def inpaint_ensemble_config(name: str = wire.MODEL_NAME, names: PipelineNames = ONLY_PIPELINE) -> mc.ModelConfig:
+    """The unary ensemble ``name`` over pipeline ``names``' models."""
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=0)
     for tensor in wire.INPUTS:
         # Every input is optional to Triton: its ensemble scheduler does not reject a request that
         # lacks a required input, it stalls ("unexpected deadlock"). Preprocess rejects it instead,
@@ -53,7 +61,7 @@ def inpaint_ensemble_config() -> mc.ModelConfig:
         entry.optional = True
     for tensor in wire.OUTPUTS:
         config.output.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(wire.OUTPUT_SHAPE))
-    for model_name, input_map, output_map in ensemble_steps():
+    for model_name, input_map, output_map in ensemble_steps(names):
         step = config.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
         step.input_map.update(input_map)
         step.output_map.update(output_map)

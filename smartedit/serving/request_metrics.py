@@ -5,6 +5,7 @@ decoupled stream's not at all; this says what they were. Labels:
 
 - ``entry``: ``inpaint`` (the unary ensemble: its preprocess, denoising and postprocess steps count
   the requests that end there), ``inpaint_stream``, ``segment``;
+- ``pipeline``: the pipeline that served it (``smartedit export --model NAME=PATH``; empty for ``segment``);
 - ``outcome``: ``ok``; ``invalid`` (the request is wrong: a client error); ``refused`` (nothing was
   done: at capacity, shutting down); ``cancelled`` (its deadline passed, its client left, the drain
   timed out); ``interrupted`` (a model process died under it: sending it again may succeed);
@@ -46,8 +47,9 @@ def outcome_of(code: str, reason: str) -> str:
 class RequestCounter:
     """The counter of one entry point, in this model's process."""
 
-    def __init__(self, entry: str):
+    def __init__(self, entry: str, pipeline: str = ""):
         self._entry = entry
+        self._pipeline = pipeline
         self._family = pb_utils.MetricFamily(NAME, "Requests answered by SmartEdit's entry points, by outcome and "
                                                    "reason (smartedit.serving.request_metrics).",
                                              pb_utils.MetricFamily.COUNTER)
@@ -62,7 +64,7 @@ class RequestCounter:
             metric = self._metrics.get(key)
             if metric is None:
                 metric = self._metrics[key] = Serialized(self._family.Metric(labels={
-                    "entry": self._entry, "outcome": outcome, "reason": reason}))
+                    "entry": self._entry, "pipeline": self._pipeline, "outcome": outcome, "reason": reason}))
         metric.increment(1)
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
 """What the server offers, as the ``server_info`` model answers it: declared once, read from the same
 declarations the server validates with (the wire contract, the preprocess settings, the task defaults,
-the exported pipeline's facts and provenance)."""
+each exported pipeline's facts and provenance)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from typing import Any
 from smartedit.edit.parameters import bounds, default_values
 from smartedit.edit.provenance import Provenance, smartedit_version
 from smartedit.diffusion.samplers import SAMPLERS
+from smartedit.serving.pipelines import PipelineNames
 from smartedit.serving.settings import PreprocessSettings
 from smartedit.diffusion.spec import PipelineInfo
 from smartedit.edit.tasks import TASK_DEFAULTS
 from smartedit_client import _contract as wire
 
 
-def describe(info: PipelineInfo, settings: PreprocessSettings, provenance: Provenance) -> dict[str, Any]:
+def describe_pipeline(names: PipelineNames, info: PipelineInfo, settings: PreprocessSettings,
+                      provenance: Provenance) -> dict[str, Any]:
+    """One pipeline: its model and family, the names it is served as, and what its edits take."""
     defaults = default_values(settings)
     parameters = {}
     for spec in wire.PARAMETERS:
@@ -32,17 +35,33 @@ def describe(info: PipelineInfo, settings: PreprocessSettings, provenance: Prove
         if choices:
             entry["choices"] = list(choices)
         parameters[spec.name] = entry
+    unary, stream = wire.pipeline_model_names(names.pipeline)
     return {
+        "name": names.pipeline,
+        "models": {"unary": unary, "stream": stream},  # what the SDK's pipeline= calls
         "model": provenance.model,
         "family": info.family,  # the family whose loop serves it (smartedit.diffusion.families)
         "weights_sha256": provenance.weights_sha256,
-        "smartedit_version": smartedit_version(),
         "working_resolution": info.working_resolution,
         "vae_scale_factor": info.vae_scale_factor,
         "samplers": list(SAMPLERS),
         "tasks": list(wire.TASKS),
         "task_defaults": {task: dict(values) for task, values in TASK_DEFAULTS.items()},
         "parameters": parameters,
+    }
+
+
+def describe(served: list[tuple[PipelineNames, PipelineInfo, Provenance]],
+             settings: PreprocessSettings) -> dict[str, Any]:
+    """The server: every pipeline (``pipelines``, first first), the first one's facts at the top level as
+    well (what ``inpaint`` serves; a caller of a one-pipeline server reads them there), and the limits."""
+    pipelines = [describe_pipeline(names, info, settings, provenance) for names, info, provenance in served]
+    first = {key: value for key, value in pipelines[0].items() if key not in ("name", "models")}
+    return {
+        **first,
+        "pipeline": pipelines[0]["name"],
+        "pipelines": pipelines,
+        "smartedit_version": smartedit_version(),
         "limits": {
             "max_image_pixels": settings.max_image_pixels,
             "min_image_side": settings.min_image_side,
@@ -53,5 +72,5 @@ def describe(info: PipelineInfo, settings: PreprocessSettings, provenance: Prove
     }
 
 
-def describe_json(info: PipelineInfo, settings: PreprocessSettings, provenance: Provenance) -> str:
-    return json.dumps(describe(info, settings, provenance), sort_keys=True)
+def describe_json(served: list[tuple[PipelineNames, PipelineInfo, Provenance]], settings: PreprocessSettings) -> str:
+    return json.dumps(describe(served, settings), sort_keys=True)

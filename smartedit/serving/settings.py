@@ -17,12 +17,27 @@ from smartedit_client import _contract as wire
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
+# The config parameter naming the pipeline a model serves (smartedit.serving.pipelines), for its logs
+# and metrics: every model of a pipeline has it, and no settings class reads it.
+PIPELINE_PARAMETER = "pipeline"
+
+
 def parameters_of(model_config: Mapping[str, Any] | str) -> dict[str, str]:
-    """``{key: string_value}`` from a Triton model config (the dict or JSON the backend passes)."""
+    """``{key: string_value}`` from a Triton model config (the dict or JSON the backend passes), but
+    ``PIPELINE_PARAMETER`` (``pipeline_of``)."""
+    raw = _raw_parameters(model_config)
+    return {key: value["string_value"] for key, value in raw.items() if key != PIPELINE_PARAMETER}
+
+
+def pipeline_of(model_config: Mapping[str, Any] | str) -> str:
+    """The pipeline a model serves, for its logs and metrics ("" when its config names none)."""
+    return _raw_parameters(model_config).get(PIPELINE_PARAMETER, {}).get("string_value", "")
+
+
+def _raw_parameters(model_config: Mapping[str, Any] | str) -> Mapping[str, Any]:
     if isinstance(model_config, str):
         model_config = json.loads(model_config)
-    raw = model_config.get("parameters", {}) or {}
-    return {key: value["string_value"] for key, value in raw.items()}
+    return model_config.get("parameters", {}) or {}
 
 
 def parse_bool(name: str, text: str) -> bool:
@@ -63,7 +78,7 @@ def _check_range(name, value, minimum, maximum) -> None:
 
 def _reject_unknown(cls, params: Mapping[str, str]) -> None:
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(params) - known)
+    unknown = sorted(set(params) - known - {PIPELINE_PARAMETER})  # every model of a pipeline has that one
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
 
@@ -206,6 +221,9 @@ class StreamSettings:
 
     preprocess: PreprocessSettings = PreprocessSettings()
     engine_model: str = steps.DENOISE_ENGINE
+    text_encoder_model: str = "text_encoder"
+    vae_encoder_model: str = "vae_encoder"
+    vae_decoder_model: str = "vae_decoder"
     # Streams open at once; each holds a thread for the edit's life. Past it, streams are refused.
     max_open_streams: int = 128
     default_preview_every: int = wire.DEFAULT_PREVIEW_EVERY
@@ -218,6 +236,9 @@ class StreamSettings:
         return cls(
             preprocess=PreprocessSettings.parse({k: v for k, v in params.items() if k not in own}),
             engine_model=get("engine_model", d.engine_model).strip(),
+            text_encoder_model=get("text_encoder_model", d.text_encoder_model).strip(),
+            vae_encoder_model=get("vae_encoder_model", d.vae_encoder_model).strip(),
+            vae_decoder_model=get("vae_decoder_model", d.vae_decoder_model).strip(),
             max_open_streams=parse_int("max_open_streams", get("max_open_streams", str(d.max_open_streams)), 1, 65536),
             default_preview_every=parse_int("default_preview_every",
                                             get("default_preview_every", str(d.default_preview_every)), 0),

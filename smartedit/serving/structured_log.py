@@ -23,7 +23,10 @@ NO_REQUEST_ID = "-"
 
 
 class JsonLineFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "message", ...fields}``; fields come from ``extra={"fields": {...}}``."""
+    """``{"time", "level", "logger", "message", ["pipeline",] ...fields}``; fields come from
+    ``extra={"fields": {...}}``; ``pipeline`` is the process's (``log_pipeline``)."""
+
+    pipeline = ""  # a model process serves one pipeline (smartedit.serving.pipelines)
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -32,6 +35,8 @@ class JsonLineFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if JsonLineFormatter.pipeline:
+            entry["pipeline"] = JsonLineFormatter.pipeline
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -48,6 +53,11 @@ def model_logger(model: str, stream=None) -> logging.Logger:
         root.setLevel(logging.INFO)
         root.propagate = False  # Triton's stub has no root handler; do not print twice elsewhere
     return root.getChild(model)
+
+
+def log_pipeline(pipeline: str) -> None:
+    """Every later line of this process names ``pipeline`` (the one its model serves)."""
+    JsonLineFormatter.pipeline = pipeline
 
 
 def log_event(logger: logging.Logger, message: str, *, request_id: str | None, stage: str,

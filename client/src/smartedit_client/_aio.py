@@ -20,7 +20,7 @@ from smartedit_client import _contract as wire
 from smartedit_client._channel import RETRY_ATTEMPTS, channel, stream_backoff_s
 from smartedit_client._client import (
     DEFAULT_TIMEOUT_S, DEFAULT_URL, LIVENESS_PROBE_S, ImageLike, deadline_arguments, edit_failure, edit_inputs,
-    edit_result, encoded, grpc_target, replay_of, requested,
+    edit_result, encoded, entry_models, grpc_target, replay_of, requested, server_info_of,
 )
 from smartedit_client._errors import (
     RequestTimeoutError, ServerOverloadedError, ServerUnavailableError, SmartEditError, from_triton, unreachable,
@@ -41,15 +41,16 @@ class AsyncInpaintClient:
     Takes ``InpaintClient``'s arguments; one client may serve any number of concurrent calls.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S, pipeline: str | None = None,
                  model_name: str = wire.MODEL_NAME, stream_model_name: str = wire.STREAM_MODEL_NAME,
                  ssl: bool = False, root_certificates: str | os.PathLike | None = None, balance: bool | None = None):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.url = grpc_target(url)
         self.timeout_s = timeout_s
-        self.model_name = model_name
-        self.stream_model_name = stream_model_name
+        self.pipeline = pipeline
+        self.model_name, self.stream_model_name = (
+            (model_name, stream_model_name) if pipeline is None else entry_models(pipeline))
         if root_certificates is not None:
             if not os.path.isfile(root_certificates):
                 raise ValueError(f"root_certificates {os.fspath(root_certificates)!r}: no such file")
@@ -78,18 +79,22 @@ class AsyncInpaintClient:
         except InferenceServerException:
             return False
 
+    def _models(self, pipeline: str | None) -> tuple[str, str]:
+        """As ``InpaintClient._models``."""
+        return (self.model_name, self.stream_model_name) if pipeline is None else entry_models(pipeline)
+
     async def _failure(self, error: InferenceServerException) -> SmartEditError:
         """As ``InpaintClient._failure``."""
         return await failure_of(error, self._client, self.url)
 
-    async def server_info(self, *, timeout_s: float | None = None) -> ServerInfo:
+    async def server_info(self, *, pipeline: str | None = None, timeout_s: float | None = None) -> ServerInfo:
         """As ``InpaintClient.server_info``."""
         try:
             response = await self._client.infer(wire.INFO_MODEL_NAME, [], outputs=requested([wire.SERVER_INFO]),
                                                 client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
             raise await self._failure(error) from None
-        return ServerInfo.from_json(response.as_numpy(wire.SERVER_INFO.name).reshape(-1)[0])
+        return server_info_of(response, pipeline or self.pipeline)
 
     async def segment(self, *, image: ImageLike, points: Sequence[Point] | None = None,
                       box: Sequence[float] | None = None, timeout_s: float | None = None,
@@ -105,8 +110,9 @@ class AsyncInpaintClient:
             raise in_sdk_terms(await self._failure(error)) from None
         return SegmentResult.from_response(response, request_id, time.perf_counter() - started)
 
-    async def inpaint(self, *, image: ImageLike, mask_image: ImageLike, prompt: str, timeout_s: float | None = None,
-                      request_id: str | None = None, **options: Unpack[EditOptions]) -> InpaintResult:
+    async def inpaint(self, *, image: ImageLike, mask_image: ImageLike, prompt: str, pipeline: str | None = None,
+                      timeout_s: float | None = None, request_id: str | None = None,
+                      **options: Unpack[EditOptions]) -> InpaintResult:
         """As ``InpaintClient.inpaint``: the same arguments, result and errors. Cancelling the awaiting
         task cancels the call (the server stops the edit at its deadline, as for the blocking client)."""
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint", options), prompt=prompt))
@@ -114,10 +120,10 @@ class AsyncInpaintClient:
         timeout_s = timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
-            response = await self._client.infer(self.model_name, inputs, outputs=requested(wire.OUTPUTS),
+            response = await self._client.infer(self._models(pipeline)[0], inputs, outputs=requested(wire.OUTPUTS),
                                                 request_id=request_id, **deadline_arguments(timeout_s))
         except InferenceServerException as error:
-            raise edit_failure(await self._failure(error), started, timeout_s) from None
+            raise edit_failure(await self._failure(error), started, timeout_s, pipeline or self.pipeline) from None
         return edit_result(response, request_id, started)
 
     async def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike, **overrides) -> InpaintResult:
@@ -125,7 +131,7 @@ class AsyncInpaintClient:
         return await self.inpaint(image=image, mask_image=mask_image, **{**replay_of(png), **overrides})
 
     def inpaint_stream(self, *, image: ImageLike, mask_image: ImageLike, prompt: str, preview_every: int | None = None,
-                       timeout_s: float | None = None, request_id: str | None = None,
+                       pipeline: str | None = None, timeout_s: float | None = None, request_id: str | None = None,
                        **options: Unpack[EditOptions]) -> "AsyncInpaintStream":
         """As ``InpaintClient.inpaint_stream``; iterate the stream with ``async for`` (and use it as
         ``async with``). Leaving it early cancels the edit.
@@ -135,7 +141,7 @@ class AsyncInpaintClient:
         """
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
                                                      preview_every=preview_every))
-        return AsyncInpaintStream(self._client, self.url, model_name=self.stream_model_name, inputs=inputs,
+        return AsyncInpaintStream(self._client, self.url, model_name=self._models(pipeline)[1], inputs=inputs,
                                   request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
                                   resends=RETRY_ATTEMPTS - 1 if self._balanced else 0)
 

@@ -17,7 +17,8 @@ from tritonclient.utils import InferenceServerException
 from smartedit_client import _contract as wire
 from smartedit_client._channel import channel
 from smartedit_client._errors import (
-    InvalidRequestError, RequestCancelledError, RequestTimeoutError, SmartEditError, from_triton, reachability,
+    InvalidRequestError, ModelNotFoundError, RequestCancelledError, RequestTimeoutError, SmartEditError, from_triton,
+    reachability,
 )
 from smartedit_client._info import ServerInfo
 from smartedit_client._options import EditOptions, checked_options
@@ -95,8 +96,10 @@ class InpaintClient:
     Args:
         url: the server's gRPC address, ``host:port`` (or ``grpc://host:port``).
         timeout_s: default per-call timeout in seconds; each call may override it.
-        model_name: the served ensemble's name.
-        stream_model_name: the served streaming entry's name (``inpaint_stream``).
+        pipeline: the pipeline to edit with, by the name the server lists (``server_info().pipelines``;
+            ``smartedit export --model NAME=PATH``); None: the server's first. Each call may choose another.
+        model_name: the served ensemble's name (``pipeline`` sets it).
+        stream_model_name: the served streaming entry's name (``inpaint_stream``; ``pipeline`` sets it).
         ssl: use TLS (for an Ingress that terminates gRPC over TLS, or ``smartedit serve --tls-cert``).
         root_certificates: PEM file of the CA(s) to trust (a self-signed server's own certificate);
             implies ``ssl``. Default: the system's trust store.
@@ -105,15 +108,16 @@ class InpaintClient:
             (default): when the name has several addresses now (a Kubernetes headless Service's name).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+    def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S, pipeline: str | None = None,
                  model_name: str = wire.MODEL_NAME, stream_model_name: str = wire.STREAM_MODEL_NAME,
                  ssl: bool = False, root_certificates: str | os.PathLike | None = None, balance: bool | None = None):
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.url = url = grpc_target(url)
         self.timeout_s = timeout_s
-        self.model_name = model_name
-        self.stream_model_name = stream_model_name
+        self.pipeline = pipeline
+        self.model_name, self.stream_model_name = (
+            (model_name, stream_model_name) if pipeline is None else entry_models(pipeline))
         if root_certificates is not None:
             if not os.path.isfile(root_certificates):
                 raise ValueError(f"root_certificates {os.fspath(root_certificates)!r}: no such file")
@@ -143,6 +147,10 @@ class InpaintClient:
         except InferenceServerException:
             return False
 
+    def _models(self, pipeline: str | None) -> tuple[str, str]:
+        """The (unary, stream) models a call with ``pipeline`` goes to."""
+        return (self.model_name, self.stream_model_name) if pipeline is None else entry_models(pipeline)
+
     def _live(self) -> bool:
         try:
             return bool(self._client.is_server_live(client_timeout=LIVENESS_PROBE_S))
@@ -154,11 +162,13 @@ class InpaintClient:
         says so)."""
         return reachability(from_triton(error), self.url, self._live)
 
-    def server_info(self, *, timeout_s: float | None = None) -> ServerInfo:
+    def server_info(self, *, pipeline: str | None = None, timeout_s: float | None = None) -> ServerInfo:
         """What the server offers: model and family, working resolution, samplers, tasks, each
-        parameter's range and default, limits.
+        parameter's range and default, limits; of ``pipeline`` (default: the client's), and every
+        pipeline's in ``pipelines``.
 
         Raises:
+            InvalidRequestError: the server serves no pipeline ``pipeline``.
             ModelNotFoundError: the server has no ``server_info`` model (an older SmartEdit).
             ServerUnavailableError: the server is unreachable.
             SmartEditError: any other failure.
@@ -168,7 +178,7 @@ class InpaintClient:
                                           client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as error:
             raise self._failure(error) from None
-        return ServerInfo.from_json(response.as_numpy(wire.SERVER_INFO.name).reshape(-1)[0])
+        return server_info_of(response, pipeline or self.pipeline)
 
     def segment(self, *, image: ImageLike, points: Sequence[Point] | None = None, box: Sequence[float] | None = None,
                 timeout_s: float | None = None, request_id: str | None = None) -> SegmentResult:
@@ -201,6 +211,7 @@ class InpaintClient:
         image: ImageLike,
         mask_image: ImageLike,
         prompt: str,
+        pipeline: str | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
         **options: Unpack[EditOptions],
@@ -215,6 +226,7 @@ class InpaintClient:
             image: the image to edit: encoded bytes (PNG, JPEG, WebP), a file path or a PIL image.
             mask_image: same size as ``image``; white (>= 128) is repainted, black is kept.
             prompt: what to paint in the masked region (may be empty: ``remove`` then uses a neutral one).
+            pipeline: the pipeline to edit with (``server_info().pipelines``), overriding the client's.
             timeout_s: this call's timeout, overriding the client's.
             request_id: the id the server's logs carry for this edit; a random one when None.
             options: the edit's other parameters, ``EditOptions`` (task, seed, num_inference_steps,
@@ -236,10 +248,10 @@ class InpaintClient:
         timeout_s = timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
-            response = self._client.infer(self.model_name, inputs, outputs=requested(wire.OUTPUTS),
+            response = self._client.infer(self._models(pipeline)[0], inputs, outputs=requested(wire.OUTPUTS),
                                           request_id=request_id, **deadline_arguments(timeout_s))
         except InferenceServerException as error:
-            raise edit_failure(self._failure(error), started, timeout_s) from None
+            raise edit_failure(self._failure(error), started, timeout_s, pipeline or self.pipeline) from None
         return edit_result(response, request_id, started)
 
     def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike, **overrides) -> InpaintResult:
@@ -262,13 +274,14 @@ class InpaintClient:
         mask_image: ImageLike,
         prompt: str,
         preview_every: int | None = None,
+        pipeline: str | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
         **options: Unpack[EditOptions],
     ) -> InpaintStream:
         """The same edit as ``inpaint``, streamed: progress after every step, previews, then the result.
 
-        Takes ``inpaint``'s arguments, plus ``preview_every``. The result is the same PNG bytes
+        Takes ``inpaint``'s arguments (``pipeline`` among them), plus ``preview_every``. The result is the same PNG bytes
         ``inpaint`` returns for the same arguments and seed.
 
         Args:
@@ -287,7 +300,7 @@ class InpaintClient:
         """
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
                                                      preview_every=preview_every))
-        return InpaintStream(self.url, tls=self._tls, model_name=self.stream_model_name, inputs=inputs,
+        return InpaintStream(self.url, tls=self._tls, model_name=self._models(pipeline)[1], inputs=inputs,
                              request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
                              channel=(self._target, self._channel_args))
 
@@ -302,12 +315,37 @@ def deadline_arguments(timeout_s: float) -> dict:
     return dict(client_timeout=timeout_s + wire.DEADLINE_GRACE_S, timeout=wire.request_timeout_us(timeout_s))
 
 
-def edit_failure(failure: SmartEditError, started: float, timeout_s: float) -> SmartEditError:
-    """The SDK's error for a failed edit call; the server's "cancelled" at the deadline is a timeout."""
+def edit_failure(failure: SmartEditError, started: float, timeout_s: float,
+                 pipeline: str | None = None) -> SmartEditError:
+    """The SDK's error for a failed edit call; the server's "cancelled" at the deadline is a timeout, and
+    a pipeline's missing model a pipeline the server does not serve."""
     if isinstance(failure, RequestCancelledError) and time.perf_counter() - started >= timeout_s:
         return RequestTimeoutError(f"the edit took longer than its timeout of {timeout_s:g} s: {failure}",
                                    "DEADLINE_EXCEEDED")
+    if isinstance(failure, ModelNotFoundError) and pipeline is not None:
+        return InvalidRequestError(f"pipeline {pipeline!r}: this server serves no such pipeline (its server info "
+                                   f"lists the ones it serves)", failure.status, field="pipeline")
     return failure
+
+
+def entry_models(pipeline: str) -> tuple[str, str]:
+    """(unary, stream) model names of ``pipeline``.
+
+    Raises:
+        InvalidRequestError: ``pipeline`` cannot be a pipeline's name.
+    """
+    try:
+        return wire.pipeline_model_names(pipeline)
+    except ValueError as error:
+        raise InvalidRequestError(str(error), field="pipeline") from None
+
+
+def server_info_of(response, pipeline: str | None) -> ServerInfo:
+    """``server_info``'s answer, describing ``pipeline``."""
+    try:
+        return ServerInfo.from_json(response.as_numpy(wire.SERVER_INFO.name).reshape(-1)[0], pipeline)
+    except ValueError as error:
+        raise InvalidRequestError(str(error), field="pipeline") from None
 
 
 def edit_result(response, request_id: str, started: float) -> InpaintResult:

@@ -7,9 +7,12 @@ the ensemble has ``max_batch_size: 0`` and each tensor has shape ``[1]``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 MODEL_NAME = "inpaint"
+# A served pipeline's name (``smartedit export --model NAME=PATH``): part of its models' names.
+PIPELINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 DEFAULT_CROP_PADDING = 32
 MAX_NUM_IMAGES = 8
 TASKS = ("inpaint", "remove", "replace_background")
@@ -101,6 +104,19 @@ DEADLINE_GRACE_S = 5.0
 # when the edit fails, error_code and error_message: the KServe stream carries an error as a bare
 # message with no status, so the status travels as a tensor. Closing the stream cancels the edit.
 STREAM_MODEL_NAME = "inpaint_stream"
+
+
+def pipeline_model_names(pipeline: str | None) -> tuple[str, str]:
+    """The (unary ensemble, stream) a server serves pipeline ``pipeline`` as: ``inpaint_NAME`` and
+    ``inpaint_stream_NAME``; None: the server's first pipeline, ``inpaint`` and ``inpaint_stream``."""
+    if pipeline is None:
+        return MODEL_NAME, STREAM_MODEL_NAME
+    if not isinstance(pipeline, str) or not PIPELINE_NAME.fullmatch(pipeline):
+        raise ValueError(f"pipeline must be a name of letters, digits, '_' and '-' (as the server lists them in "
+                         f"server_info), got {pipeline!r}")
+    return f"{MODEL_NAME}_{pipeline}", f"{STREAM_MODEL_NAME}_{pipeline}"
+
+
 DEFAULT_PREVIEW_EVERY = 5
 PREVIEW_EVERY = WireTensor("preview_every", "INT32", False,
                            f"steps between previews; default {DEFAULT_PREVIEW_EVERY}, 0 = progress only")

@@ -3,6 +3,7 @@ parameter's type, range and default, as the server itself declares and applies t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,9 @@ class ServerInfo:
         parameters: each request parameter by name.
         task_defaults: what each task sets when the request leaves a parameter out.
         limits: the largest image (pixels), longest prompt (bytes), most variations, cost budget.
+        pipeline: the pipeline the attributes above describe (the client's, or the server's first).
+        pipelines: every pipeline the server serves, by name (``smartedit export --model NAME=PATH``),
+            each described as above; the first is the one ``inpaint`` serves.
     """
 
     model: str
@@ -49,23 +53,43 @@ class ServerInfo:
     parameters: dict[str, ParameterInfo]
     task_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
+    pipeline: str = ""
+    pipelines: dict[str, "ServerInfo"] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "ServerInfo":
+    def from_json(cls, text: str | bytes, pipeline: str | None = None) -> "ServerInfo":
+        """The server's answer; its attributes describe ``pipeline`` (None: the server's first).
+
+        Raises:
+            ValueError: the server has no pipeline ``pipeline``.
+        """
         raw = json.loads(text)
-        parameters = {name: ParameterInfo(name=name, type=entry["type"], meaning=entry.get("meaning", ""),
-                                          required=entry.get("required", False), default=entry.get("default"),
-                                          minimum=entry.get("minimum"), maximum=entry.get("maximum"),
-                                          choices=tuple(entry.get("choices", ())))
-                      for name, entry in raw["parameters"].items()}
-        return cls(model=raw["model"], family=raw["family"], weights_sha256=raw["weights_sha256"],
-                   smartedit_version=raw["smartedit_version"], working_resolution=raw["working_resolution"],
-                   samplers=tuple(raw["samplers"]), tasks=tuple(raw["tasks"]), parameters=parameters,
-                   task_defaults=raw.get("task_defaults", {}), limits=raw.get("limits", {}))
+        # A server from before several pipelines describes its one pipeline at the top level only.
+        listed = raw.get("pipelines") or [dict(raw, name=raw.get("pipeline", ""))]
+        pipelines = {entry["name"]: cls._one(entry, raw) for entry in listed}
+        name = listed[0]["name"] if pipeline is None else pipeline
+        if name not in pipelines:
+            raise ValueError(f"pipeline {pipeline!r}: the server has no such pipeline; it serves "
+                             f"{', '.join(map(repr, pipelines))}")
+        return dataclasses.replace(pipelines[name], pipelines=pipelines)
+
+    @classmethod
+    def _one(cls, entry: dict, server: dict) -> "ServerInfo":
+        parameters = {name: ParameterInfo(name=name, type=spec["type"], meaning=spec.get("meaning", ""),
+                                          required=spec.get("required", False), default=spec.get("default"),
+                                          minimum=spec.get("minimum"), maximum=spec.get("maximum"),
+                                          choices=tuple(spec.get("choices", ())))
+                      for name, spec in entry["parameters"].items()}
+        return cls(model=entry["model"], family=entry["family"], weights_sha256=entry["weights_sha256"],
+                   smartedit_version=server["smartedit_version"], working_resolution=entry["working_resolution"],
+                   samplers=tuple(entry["samplers"]), tasks=tuple(entry["tasks"]), parameters=parameters,
+                   task_defaults=entry.get("task_defaults", {}), limits=server.get("limits", {}),
+                   pipeline=entry["name"])
 
     def describe(self) -> str:
         """A readable summary, one fact per line (what ``smartedit-edit --info`` prints)."""
-        lines = [f"model: {self.model} ({self.family}), weights sha256 {self.weights_sha256[:16]}...",
+        lines = [f"pipeline: {self.pipeline}" + (f" (of {', '.join(self.pipelines)})" if len(self.pipelines) > 1 else ""),
+                 f"model: {self.model} ({self.family}), weights sha256 {self.weights_sha256[:16]}...",
                  f"server: SmartEdit {self.smartedit_version}; edits run at {self.working_resolution} px",
                  f"samplers: {', '.join(self.samplers)}",
                  f"tasks: {', '.join(self.tasks)}",

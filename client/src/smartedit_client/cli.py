@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--info", action="store_true",
                    help="print what the server offers (model, samplers, tasks, each parameter's range and default) "
                         "and exit")
+    p.add_argument("--pipeline", default=None,
+                   help="which of the server's pipelines edits, by name (--info lists them; default: the first)")
     p.add_argument("--image", help="image to edit (PNG, JPEG or WebP)")
     p.add_argument("--mask", help="mask, same size: white = repaint, black = keep")
     p.add_argument("--prompt", default=None, help="what to paint in the masked region (required unless --replay)")
@@ -91,8 +93,12 @@ def _replayed(cli: argparse.ArgumentParser, path: str) -> dict:
 
 
 def _connect(cli: argparse.ArgumentParser, args) -> InpaintClient:
+    if args.pipeline is not None and not wire.PIPELINE_NAME.fullmatch(args.pipeline):
+        cli.error(f"--pipeline {args.pipeline!r}: not a pipeline's name (letters, digits, '_', '-'; --info lists "
+                  f"the server's)")
     try:
-        return InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl, root_certificates=args.ca_bundle)
+        return InpaintClient(args.url, timeout_s=args.timeout_s, ssl=args.ssl, root_certificates=args.ca_bundle,
+                             pipeline=args.pipeline)
     except ValueError as error:
         cli.error(str(error))
 

@@ -5,7 +5,10 @@
     POST /edit/inpaint/stream   the same edit as Server-Sent Events: progress, previews, the result
     POST /segment               click-to-mask: image + points and/or box -> mask PNG (Segment Anything)
     GET  /health                200 only while Triton and the model are ready
-    GET  /info                  what the server offers (the SDK's ``server_info``)
+    GET  /info                  what the server offers (the SDK's ``server_info``; ?pipeline=NAME for one)
+
+Both edit endpoints take a ``pipeline`` field: which of the server's pipelines edits (``/info`` lists
+them; default: the first).
     GET  /docs, /redoc          the API's documentation (Swagger UI, ReDoc: files the gateway ships)
     GET  /openapi.json          the API's OpenAPI document
     GET  /                      the browser editor (static/)
@@ -36,7 +39,7 @@ from smartedit_client import (
 )
 from smartedit_gateway import logs
 from smartedit_gateway.errors import GatewayError, from_sdk
-from smartedit_gateway.forms import STREAM_FIELDS, openapi_schema, read_edit, read_segment, segment_openapi_schema
+from smartedit_gateway.forms import EDIT_FIELDS, STREAM_FIELDS, openapi_schema, read_edit, read_segment, segment_openapi_schema
 from smartedit_gateway.limits import RequestSizeLimit
 from smartedit_gateway.pages import add_pages
 
@@ -130,7 +133,7 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
     async def edit_inpaint(request: Request):
         """One edit: ``image`` and ``mask_image`` plus the wire contract's parameters. ``image/png`` back
         (the first image; ``X-Seed`` its seed), or with ``Accept: application/json`` every image as base64."""
-        form = await read_edit(request)
+        form = await read_edit(request, extra=EDIT_FIELDS)
         try:
             result = await request.app.state.client.inpaint(image=form.image, mask_image=form.mask_image,
                                                             request_id=logs.request_id.get(), **form.parameters)
@@ -203,11 +206,11 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
                              "message": f"the inference server at {settings.triton_url} is not ready"}, status_code=503)
 
     @app.get("/info")
-    async def info(request: Request):
+    async def info(request: Request, pipeline: str | None = None):
         """What the server offers: model, working resolution, samplers, tasks, each parameter's range
-        and default."""
+        and default; of ``pipeline`` (default: the server's first), and of every pipeline in ``pipelines``."""
         try:
-            return dataclasses.asdict(await request.app.state.client.server_info())
+            return dataclasses.asdict(await request.app.state.client.server_info(pipeline=pipeline))
         except SmartEditError as error:
             raise from_sdk(error) from None
 

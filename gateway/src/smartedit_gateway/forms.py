@@ -26,8 +26,12 @@ from smartedit_gateway.errors import GatewayError
 from smartedit_gateway.limits import BodyTooLarge, caused_by_body_too_large
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+# Which pipeline edits (the SDK's ``pipeline=``): a field of both edit endpoints, not a tensor.
+PIPELINE = wire.WireTensor("pipeline", "BYTES", False,
+                           "the pipeline to edit with, by the name /info lists; default: the server's first")
+EDIT_FIELDS = (PIPELINE,)
 # Extra fields of the stream endpoint.
-STREAM_FIELDS = (wire.PREVIEW_EVERY,)
+STREAM_FIELDS = EDIT_FIELDS + (wire.PREVIEW_EVERY,)
 
 
 @dataclass(frozen=True)
@@ -198,7 +202,7 @@ def openapi_schema(with_stream_fields: bool = False) -> dict:
              # a string of digits too: see _typed
              "INT64": {"type": ["integer", "string"], "pattern": "^-?[0-9]+$"}, "FP32": {"type": "number"}}
     properties = {}
-    for spec in wire.PARAMETERS + (STREAM_FIELDS if with_stream_fields else ()):
+    for spec in wire.PARAMETERS + (STREAM_FIELDS if with_stream_fields else EDIT_FIELDS):
         schema = dict(kinds[spec.datatype], description=spec.meaning)
         if spec.minimum is not None:
             schema["minimum"] = spec.minimum

@@ -28,9 +28,9 @@ from smartedit.ops.server_state import ServerState
 from smartedit.edit.parameters import EditParameters
 from smartedit.diffusion.preview import PREVIEW_FILENAME, LatentPreview
 from smartedit.engine.metrics import EngineReporter, SchedulerMetrics
-from smartedit.serving.settings import EngineSettings, parameters_of
+from smartedit.serving.settings import EngineSettings, parameters_of, pipeline_of
 from smartedit.diffusion.spec import UNET, VAE_ENCODER, PipelineInfo
-from smartedit.serving.structured_log import model_logger
+from smartedit.serving.structured_log import log_pipeline, model_logger
 from smartedit.serving.triton_io import call_model, error_as_tensors
 
 log = model_logger("denoise_engine")
@@ -141,6 +141,7 @@ class _VariationSink:
 
 class TritonPythonModel:
     def initialize(self, args):
+        log_pipeline(pipeline_of(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.settings = EngineSettings.parse(parameters_of(json.loads(args["model_config"])))
         self.info = PipelineInfo.load(version_dir / "pipeline.json")

@@ -41,9 +41,9 @@ from smartedit.edit.parameters import resolve_parameters
 from smartedit.edit.preprocessing import prepare_request
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance
 from smartedit.serving.request_metrics import RequestCounter, outcome_of
-from smartedit.serving.settings import StreamSettings, parameters_of
+from smartedit.serving.settings import StreamSettings, parameters_of, pipeline_of
 from smartedit.diffusion.spec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, PipelineInfo
-from smartedit.serving.structured_log import model_logger, timed_stage
+from smartedit.serving.structured_log import log_pipeline, model_logger, timed_stage
 from smartedit.serving.triton_io import (
     admission_call, call_model, code_name, error_as_tensors, error_of_response, optional_scalar, reason_of_response,
     request_deadline,
@@ -85,6 +85,7 @@ def _failure(status: str, message: str):
 
 class TritonPythonModel:
     def initialize(self, args):
+        log_pipeline(pipeline_of(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.settings = StreamSettings.parse(parameters_of(json.loads(args["model_config"])))
         self.info = PipelineInfo.load(version_dir / "pipeline.json")
@@ -93,7 +94,7 @@ class TritonPythonModel:
         self.cancel_board = CancelBoard.of_this_server()
         self.state = ServerState.of_this_server()
         self.callees = Callees(self.state)
-        self.requests = RequestCounter("inpaint_stream")
+        self.requests = RequestCounter("inpaint_stream", pipeline_of(args["model_config"]))
         self._open = threading.BoundedSemaphore(self.settings.max_open_streams)
         self._pool = ThreadPoolExecutor(self.settings.max_open_streams, thread_name_prefix="stream")
         # Streams whose edit is in the engine, by cancel token: a watcher marks those whose client has
@@ -181,15 +182,16 @@ class TritonPythonModel:
             admission_call(self.settings.engine_model, steps.RELEASE, reservation, request_id, callees=self.callees)
             raise
         fields.update(log_fields, preview_every=preview_every)
-        (prompt_embeds,) = self._call(TEXT_ENCODER.name, {TEXT_ENCODER.inputs[0].name: tensors[steps.INPUT_IDS]},
+        models = self.settings
+        (prompt_embeds,) = self._call(models.text_encoder_model, {TEXT_ENCODER.inputs[0].name: tensors[steps.INPUT_IDS]},
                                       TEXT_ENCODER.output_names, request_id)
-        mean, std = self._call(VAE_ENCODER.name, {VAE_ENCODER.inputs[0].name: tensors[steps.MASKED_IMAGE]},
+        mean, std = self._call(models.vae_encoder_model, {VAE_ENCODER.inputs[0].name: tensors[steps.MASKED_IMAGE]},
                                VAE_ENCODER.output_names, request_id)
         tensors.update({steps.PROMPT_EMBEDS: prompt_embeds, steps.MASKED_IMAGE_MEAN: mean,
                         steps.MASKED_IMAGE_STD: std, steps.PREVIEW_EVERY: np.array([preview_every], dtype=np.int32)})
         latents = self._denoise(request, sender, request_id, tensors)
-        (decoded,) = self._call(VAE_DECODER.name, {VAE_DECODER.inputs[0].name: latents}, VAE_DECODER.output_names,
-                                request_id)
+        (decoded,) = self._call(models.vae_decoder_model, {VAE_DECODER.inputs[0].name: latents},
+                                VAE_DECODER.output_names, request_id)
         pngs = finish_edit(decoded, read(wire.IMAGE.name), read(wire.MASK_IMAGE.name), tensors[steps.EDIT_BOX], params,
                            self.provenance)
         return pb_utils.InferenceResponse(output_tensors=[

@@ -12,7 +12,8 @@ from smartedit.edit.parameters import EditParameters
 from smartedit.edit.postprocessing import finish_edit
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance
 from smartedit.serving.request_metrics import RequestCounter
-from smartedit.serving.structured_log import model_logger, timed_stage
+from smartedit.serving.settings import pipeline_of
+from smartedit.serving.structured_log import log_pipeline, model_logger, timed_stage
 from smartedit.serving.triton_io import array, optional_scalar
 from smartedit_client import _contract as wire
 
@@ -21,9 +22,10 @@ log = model_logger("postprocess")
 
 class TritonPythonModel:
     def initialize(self, args):
+        log_pipeline(pipeline_of(args["model_config"]))
         self.provenance = Provenance.load(Path(args["model_repository"]) / args["model_version"] / PROVENANCE_FILENAME)
         self.state = ServerState.of_this_server()
-        self.requests = RequestCounter("inpaint")
+        self.requests = RequestCounter("inpaint", pipeline_of(args["model_config"]))
 
     def finalize(self):
         self.requests.close()

@@ -17,9 +17,9 @@ from smartedit.ops.server_state import BETWEEN_STEPS_S, ServerState
 from smartedit.edit.parameters import resolve_parameters
 from smartedit.edit.preprocessing import prepare_request
 from smartedit.serving.request_metrics import RequestCounter
-from smartedit.serving.settings import PreprocessSettings, parameters_of
+from smartedit.serving.settings import PreprocessSettings, parameters_of, pipeline_of
 from smartedit.diffusion.spec import PipelineInfo
-from smartedit.serving.structured_log import model_logger, timed_stage
+from smartedit.serving.structured_log import log_pipeline, model_logger, timed_stage
 from smartedit.serving.triton_io import (
     admission_call, internal_error, invalid_argument, optional_scalar, request_deadline, unavailable,
 )
@@ -29,6 +29,7 @@ log = model_logger("preprocess")
 
 class TritonPythonModel:
     def initialize(self, args):
+        log_pipeline(pipeline_of(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.settings = PreprocessSettings.parse(parameters_of(json.loads(args["model_config"])))
         self.info = PipelineInfo.load(version_dir / "pipeline.json")
@@ -36,7 +37,7 @@ class TritonPythonModel:
         self.state = ServerState.of_this_server()
         self.callees = Callees(self.state)
         # The inpaint ensemble's requests that end here (smartedit.serving.request_metrics); the others end later.
-        self.requests = RequestCounter("inpaint")
+        self.requests = RequestCounter("inpaint", pipeline_of(args["model_config"]))
 
     def finalize(self):
         release_finished_calls()  # its admission calls to the engine

@@ -32,9 +32,9 @@ from smartedit.ops.server_state import BETWEEN_STEPS_S, UNBOUNDED_REQUEST_S, Ser
 from smartedit.edit.parameters import EditParameters
 from smartedit.serving.request_metrics import RequestCounter, outcome_of
 from smartedit.engine.metrics import SchedulerMetrics
-from smartedit.serving.settings import BATCHED, SchedulerSettings, parameters_of
+from smartedit.serving.settings import BATCHED, SchedulerSettings, parameters_of, pipeline_of
 from smartedit.diffusion.spec import UNET, VAE_ENCODER, PipelineInfo
-from smartedit.serving.structured_log import model_logger, timed_stage
+from smartedit.serving.structured_log import log_pipeline, model_logger, timed_stage
 from smartedit.serving.triton_io import (
     array, call_model, cancelled, code_name, error_of_response, internal_error, optional_scalar, reason_of_response,
     unavailable,
@@ -53,10 +53,11 @@ MAX_FORWARDED_EDITS = 1024
 
 class TritonPythonModel:
     def initialize(self, args):
+        log_pipeline(pipeline_of(args["model_config"]))
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.settings = SchedulerSettings.parse(parameters_of(json.loads(args["model_config"])))
         self.state = ServerState.of_this_server()
-        self.requests = RequestCounter("inpaint")  # the ensemble's requests that end in this step
+        self.requests = RequestCounter("inpaint", pipeline_of(args["model_config"]))  # the ensemble's requests that end in this step
         self.callees = Callees(self.state)
         if self.settings.engine == BATCHED:
             # One thread per edit in flight, each blocked in its BLS call while the engine works. (The

@@ -1,5 +1,5 @@
-"""``server_info``: what this server offers (model, working resolution, samplers, tasks, every parameter's
-range and default), as JSON in one BYTES output. Served on the inference API, which the restricted admin
+"""``server_info``: what this server offers (every pipeline: model, family, working resolution, samplers,
+tasks, every parameter's range and default), as JSON in one BYTES output. Served on the inference API, which the restricted admin
 APIs (model config among them) leave open to every client.
 
 Being the lightest model, it also publishes what ``smartedit serve`` counts (model processes replaced,
@@ -15,6 +15,7 @@ from smartedit.serving import steps
 from smartedit.ops.event_metrics import EventMetrics
 from smartedit.ops.server_state import ServerState
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance
+from smartedit.serving.pipelines import read_pipeline_list
 from smartedit.serving.server_info import describe_json
 from smartedit.serving.settings import PreprocessSettings, parameters_of
 from smartedit.diffusion.spec import PipelineInfo
@@ -24,8 +25,10 @@ class TritonPythonModel:
     def initialize(self, args):
         version_dir = Path(args["model_repository"]) / args["model_version"]
         settings = PreprocessSettings.parse(parameters_of(json.loads(args["model_config"])))
-        text = describe_json(PipelineInfo.load(version_dir / "pipeline.json"), settings,
-                             Provenance.load(version_dir / PROVENANCE_FILENAME))
+        served = [(names, PipelineInfo.load(version_dir / "pipelines" / names.pipeline / "pipeline.json"),
+                   Provenance.load(version_dir / "pipelines" / names.pipeline / PROVENANCE_FILENAME))
+                  for names in read_pipeline_list(version_dir)]
+        text = describe_json(served, settings)
         self.answer = np.array([text.encode("utf-8")], dtype=np.object_)
         self.events = EventMetrics(ServerState.of_this_server())
 

@@ -23,7 +23,7 @@ const DISPLAY_SIDE = 1024; // the painting canvas's longest side, at most
 const UNDO_DEPTH = 30;
 const INT64_MAX = 9223372036854775807n; // the seed's wire type (a BigInt: no number holds a seed)
 const ACCEPTED = "a PNG, JPEG or WebP image";
-const EDIT_FIELDS = ["task", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength",
+const EDIT_FIELDS = ["pipeline", "task", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength",
                      "scheduler", "seed", "mask_grow", "mask_blur", "preview_every"];
 
 const TASKS = {
@@ -131,12 +131,29 @@ async function loadInfo() {
   try {
     const response = await fetch("info");
     if (!response.ok) throw await responseError(response);
-    state.info = await response.json();
-    $("server").textContent = `model ${state.info.model} · edits at ${state.info.working_resolution} px`;
-    for (const sampler of state.info.samplers) $("scheduler").append(new Option(sampler, sampler));
+    state.server = await response.json();
+    // Several pipelines (models) in one server: a selector; the defaults and ranges shown are the chosen one's.
+    const names = Object.keys(state.server.pipelines || {});
+    for (const name of names) {
+      const pipeline = state.server.pipelines[name];
+      $("pipeline").append(new Option(`${name} (${pipeline.family})`, name)); // its model: in the header
+    }
+    $("pipeline").value = state.server.pipeline || names[0] || "";
+    $("pipeline-choice").hidden = names.length < 2;
+    showPipeline();
   } catch (error) {
     $("server").textContent = `server not reachable: ${networkError(error).message}`;
   }
+}
+
+function showPipeline() {
+  const pipelines = state.server.pipelines || {};
+  state.info = pipelines[$("pipeline").value] || state.server;
+  $("server").textContent = `model ${state.info.model} · edits at ${state.info.working_resolution} px`;
+  const chosen = $("scheduler").value;
+  $("scheduler").replaceChildren(new Option("default", ""));
+  for (const sampler of state.info.samplers) $("scheduler").append(new Option(sampler, sampler));
+  if (state.info.samplers.includes(chosen)) $("scheduler").value = chosen;
 }
 
 // ---------------------------------------------------------------- opening a photo
@@ -726,7 +743,9 @@ async function editDone(data, fields, sent) {
   const blob = pngBlob(image.png_base64);
   const record = image.parameters && image.parameters.parameters;
   const entry = { photo: sent.photo, maskBlob: sent.maskBlob, requestId: data.request_id || sent.requestId, blob,
-                  url: URL.createObjectURL(blob), seed: image.seed, parameters: record || fields };
+                  url: URL.createObjectURL(blob), seed: image.seed,
+                  // the PNG records what the server resolved, not which of its pipelines edited
+                  parameters: record ? { ...record, pipeline: fields.pipeline } : fields };
   clearProgress();
   await showResult(entry);
   addHistory(entry);
@@ -797,7 +816,9 @@ async function continueFromResult() {
 function describeEdit(entry) {
   const p = entry.parameters;
   const prompt = p.prompt ? ` “${p.prompt}”` : "";
-  return `${p.task || "inpaint"}${prompt} · ${p.num_inference_steps || "default"} steps · seed ${entry.seed}`;
+  const several = state.server && Object.keys(state.server.pipelines || {}).length > 1;
+  const pipeline = several && p.pipeline ? `${p.pipeline}: ` : "";
+  return `${pipeline}${p.task || "inpaint"}${prompt} · ${p.num_inference_steps || "default"} steps · seed ${entry.seed}`;
 }
 
 function addHistory(entry) {
@@ -831,6 +852,7 @@ async function reloadEdit(entry) {
     if (value !== undefined && value !== null && name !== "preview_every") $(name).value = String(value);
   }
   showTaskHint();
+  if (state.server) showPipeline();
   maskChanged();
   entry.view = null; // the stage may have another size now
   await showResult(entry);
@@ -926,6 +948,7 @@ function setUp() {
     if (file) openFile(file);
   });
   $("task").addEventListener("change", showTaskHint);
+  $("pipeline").addEventListener("change", showPipeline);
   $("split").addEventListener("input", (event) => {
     state.split = Number(event.target.value) / 100;
     render();
