@@ -20,7 +20,7 @@ from smartedit.diffusion.denoise import EditInputs, run_to_end
 from smartedit.diffusion.families import start_denoising
 from smartedit.edit.parameters import EditParameters
 from smartedit.engine.core import (
-    AtCapacity, DenoiseEngine, EditRequest, EngineLimits, EngineMetrics, TooManyImages, plan_unet_calls,
+    AtCapacity, DenoiseEngine, EditRequest, EngineLimits, EngineMetrics, TooManyImages,
 )
 from smartedit.edit.preprocessing import prepare_images, tokenize
 from smartedit.serving.settings import PreprocessSettings
@@ -240,15 +240,6 @@ def test_a_second_lane_opens_only_once_each_lane_has_lane_min_rows(make_edit, on
     sinks = run_all(DenoiseEngine(prepared.gate(onnx_unet), limits, metrics=watch), prepared.prepares, timeout_s=60)
     assert all(sink.outcome == "finished" for sink in sinks)
     assert (watch.overlaps > 0) == two_lanes, watch.overlaps
-
-
-def test_unet_calls_group_by_latent_size_and_never_split_an_edit():
-    class Fake:
-        def __init__(self, size, rows):
-            self.latent_size, self.rows = size, rows
-
-    a, b, c, d, e = Fake((3, 5), 2), Fake((4, 4), 2), Fake((3, 5), 1), Fake((3, 5), 2), Fake((3, 5), 2)
-    assert plan_unet_calls([a, b, c, d, e], max_rows=4) == [[a, c], [d, e], [b]]
 
 
 def test_a_new_edit_joins_at_the_next_step_without_waiting(make_edit, onnx_unet):

@@ -25,7 +25,10 @@ shapes it is about a fifth of the step on the build VM.
 Rows of one edit never change with its company, so an edit gives the same result whatever else is
 in the batch (provided the UNet is batch-invariant; ONNX Runtime on CPU is bit-for-bit).
 
-Nothing here knows Triton: the UNet is a function, answers go to an ``EditSink``. The ``scheduler``
+The worker's two pure parts live apart, with tests of their own: the planner
+(``smartedit.engine.planner``: the step's UNet calls, a joining edit's lane) and the batch builder
+(``smartedit.engine.batch_builder``: the calls' row layout). Nothing here knows Triton: the UNet is a
+function, answers go to an ``EditSink``. The ``scheduler``
 Python models plug in BLS calls and response senders; the tests plug in ONNX Runtime directly.
 """
 
@@ -45,6 +48,8 @@ import numpy as np
 import torch
 
 from smartedit.diffusion.denoise import DenoiseState
+from smartedit.engine.batch_builder import UNetBatchBuilder
+from smartedit.engine.planner import choose_lane, plan_unet_calls
 from smartedit.errors import ServiceInterrupted
 from smartedit.serving.structured_log import log_event
 
@@ -191,92 +196,6 @@ class _Edit:
         return self.state.step_index % every == 0 or self.state.done
 
 
-def plan_unet_calls(edits: list, max_rows: int) -> list[list]:
-    """The UNet calls of one iteration: edits grouped by latent size, each group cut into chunks of at
-    most ``max_rows`` rows (an edit's rows are never split), keeping the edits' order."""
-    groups: dict[tuple[int, ...], list] = {}
-    for edit in edits:
-        groups.setdefault(edit.latent_size, []).append(edit)
-    calls = []
-    for members in groups.values():
-        chunk, rows = [], 0
-        for edit in members:
-            if chunk and rows + edit.rows > max_rows:
-                calls.append(chunk)
-                chunk, rows = [], 0
-            chunk.append(edit)
-            rows += edit.rows
-        calls.append(chunk)
-    return calls
-
-
-class _UNetBatches:
-    """The arrays each UNet call of an iteration is built in, kept from one iteration to the next.
-
-    Of a row's inputs only the scaled latents and the timestep change from step to step; the mask,
-    the masked-image latents and the prompt embeddings are the edit's own constants. A row whose
-    edit sat at the same place in the same call last iteration keeps them; only edits that moved
-    (joined, or took a leaver's place) have theirs copied. That saves most of the memory traffic of
-    a step: at SD 1.5 shapes the embeddings alone are 15 MB per 64 rows.
-    """
-
-    def __init__(self):
-        self._calls: dict = {}  # key -> _CallArrays
-
-    def inputs(self, key, chunk: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sample, timestep, encoder_hidden_states) of one call; ``chunk``: (edit, its ``model_input()``)."""
-        rows = sum(edit.rows for edit, _ in chunk)
-        arrays = self._calls.get(key)
-        if arrays is None or not arrays.fits(chunk[0][0].state, rows):
-            arrays = self._calls[key] = _CallArrays(chunk[0][0].state, rows)
-        offset = 0
-        for edit, (scaled, t) in chunk:
-            state = edit.state
-            if not arrays.holds(edit, offset):
-                arrays.place(edit, offset)
-            arrays.sample[offset:offset + edit.rows, :state.latents.shape[1]] = scaled.numpy()
-            arrays.timestep[offset:offset + edit.rows] = float(t)
-            offset += edit.rows
-        arrays.forget_from(offset)
-        return arrays.sample[:offset], arrays.timestep[:offset], arrays.hidden[:offset]
-
-    def keep_only(self, lane: int, keys) -> None:
-        """Free the arrays of ``lane``'s calls that its last step did not make (a latent size it no
-        longer has). Keys are ``(lane, latent size, chunk index)``."""
-        for key in [key for key in self._calls if key[0] == lane and key not in keys]:
-            del self._calls[key]
-
-
-class _CallArrays:
-    """One call's arrays, and which edit's row each row holds."""
-
-    def __init__(self, state: DenoiseState, rows: int):
-        # Room for twice the rows asked, so that a few joining edits do not force a new allocation.
-        capacity = 2 * rows
-        sample_shape = (state.latents.shape[1] + state.conditioning.shape[1],) + tuple(state.latents.shape[2:])
-        self.sample = np.empty((capacity,) + sample_shape, dtype=np.float32)
-        self.hidden = np.empty((capacity,) + tuple(state.encoder_hidden_states.shape[1:]), dtype=np.float32)
-        self.timestep = np.empty((capacity,), dtype=np.float32)
-        self._owners: list = [None] * capacity  # the edit whose constants row i holds
-
-    def fits(self, state: DenoiseState, rows: int) -> bool:
-        return (rows <= len(self._owners) and self.hidden.shape[1:] == state.encoder_hidden_states.shape[1:]
-                and self.sample.shape[1] == state.latents.shape[1] + state.conditioning.shape[1])
-
-    def holds(self, edit, offset: int) -> bool:
-        return all(self._owners[offset + row] is edit for row in range(edit.rows))
-
-    def place(self, edit, offset: int) -> None:
-        state, stop = edit.state, offset + edit.rows
-        self.sample[offset:stop, state.latents.shape[1]:] = state.conditioning.numpy()
-        self.hidden[offset:stop] = state.encoder_hidden_states.numpy()
-        self._owners[offset:stop] = [edit] * edit.rows
-
-    def forget_from(self, offset: int) -> None:
-        # Rows past this call's end hold no one: drop references to edits that have left.
-        self._owners[offset:] = [None] * (len(self._owners) - offset)
-
-
 class DenoiseEngine:
     """Runs admitted edits to the end, all active ones stepping in shared UNet calls.
 
@@ -305,10 +224,10 @@ class DenoiseEngine:
         self._ready: deque[_Edit] = deque()
         # Active edits per lane, by latent size. An edit keeps its place in its group until it leaves,
         # and the group's last edit takes the place of one that leaves: most rows of the next batch
-        # are where they were, so their constant parts need not be copied again (``_UNetBatches``).
+        # are where they were, so their constant parts need not be copied again (``UNetBatchBuilder``).
         self._lanes: list[dict[tuple[int, ...], list[_Edit]]] = [{} for _ in range(limits.unet_lanes)]
         self._active = 0
-        self._batches = _UNetBatches()
+        self._batches = UNetBatchBuilder()
         self._closing = False
         self._prepare_pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="engine-prepare")
         # UNet calls leave from these threads, so that the worker can step one lane while another's
@@ -488,11 +407,7 @@ class DenoiseEngine:
         rows = [self._rows_of(lane) for lane in range(len(self._lanes))]
         while self._ready and self._active < self.limits.max_active_edits:
             edit = self._ready.popleft()
-            # As many lanes as have lane_min_rows each; the edit goes into the one of those with the
-            # fewest rows, so that the lanes' calls stay about the same size. Lanes are not emptied
-            # when the load falls: their edits finish where they are.
-            open_lanes = max(1, min(len(rows), (sum(rows) + edit.rows) // self.limits.lane_min_rows))
-            edit.lane = min(range(open_lanes), key=lambda lane: rows[lane])
+            edit.lane = choose_lane(rows, edit.rows, self.limits.lane_min_rows)
             rows[edit.lane] += edit.rows
             self._lanes[edit.lane].setdefault(edit.latent_size, []).append(edit)
             self._active += 1
