@@ -402,3 +402,25 @@ def test_a_390px_wide_phone_has_no_sideways_scroll(editor_url, browser, files):
         _run_to_result(page, prompt="a bench", num_inference_steps=4, seed=BIG_SEED)
         assert _no_sideways_scroll(page)
         _screenshot(page, "editor-mobile.png")
+
+
+def test_parameters_the_form_does_not_lay_out_get_inputs_from_info_and_are_sent(editor_url, browser, files, tmp_path):
+    with urllib.request.urlopen(editor_url + "/info", timeout=30) as response:
+        declared = json.load(response)["parameters"]
+    with offline_page(browser, editor_url) as page:
+        _open(page, editor_url, files / "photo.png")
+        expect(page.locator("#more-settings")).to_be_visible()
+        generated = page.eval_on_selector_all("#more-fields [name]", "nodes => nodes.map(n => n.name)")
+        laid_out = page.eval_on_selector_all("#edit [name]:not(#more-fields [name])", "nodes => nodes.map(n => n.name)")
+        assert set(generated) == {name for name, p in declared.items() if not p["required"]} - set(laid_out)
+        assert {"eta", "invert_mask", "num_images", "crop_padding"} <= set(generated)
+        assert page.get_attribute("#param-eta", "max") == "1" and page.get_attribute("#param-eta", "title") == (
+            declared["eta"]["meaning"])
+        page.click("#more-settings summary")
+        page.fill("#param-eta", "0.5")
+        page.check("#param-invert_mask")
+        _paint(page, (0.2, 0.3), (0.6, 0.5))
+        _run_to_result(page, prompt="more", num_inference_steps=3, seed=5)
+        _, png = _download(page, tmp_path / "more.png")
+    recorded = json.loads(Image.open(io.BytesIO(png)).text["smartedit"])["parameters"]
+    assert recorded["eta"] == 0.5 and recorded["invert_mask"] is True and recorded["num_images"] == 1

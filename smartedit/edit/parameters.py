@@ -4,7 +4,8 @@ Preprocess checks the request's scalar inputs against their declarations in the 
 (``smartedit_client._contract.PARAMETERS``: type, range, choices), applies the defaults (this record's
 own, the server's configuration, the task's), draws the seed, and sends the result on as one tensor (``steps.EDIT_PARAMETERS``,
 JSON). The loop and postprocess read the same record back. Adding a scalar parameter is: declare it
-in the contract, add its field here, use it where it matters, test it.
+in the contract (with its default), use it where it matters, test it: the record's field, the SDK's
+option, the CLI's flag, the gateway's field, the editor's input and ``server_info`` follow.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import dataclasses
 import json
 import math
 import secrets
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -27,27 +27,8 @@ from smartedit_client import _contract as wire
 INT64_MAX = 2**63 - 1
 
 
-@dataclass(frozen=True)
-class EditParameters:
-    """One edit's parameters with every default applied: what the edit is, reproducibly.
-
-    Field names are the wire contract's input names.
-    """
-
-    prompt: str
-    negative_prompt: str = ""
-    task: str = INPAINT
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    strength: float = 1.0
-    eta: float = 0.0
-    seed: int = 0
-    scheduler: str = "ddim"
-    crop_padding: int = wire.DEFAULT_CROP_PADDING
-    mask_grow: int = 0
-    mask_blur: int = 0
-    invert_mask: bool = False
-    num_images: int = 1
+class _EditRecord:
+    """What every edit's record answers, besides its parameters (``EditParameters``)."""
 
     @property
     def inverts_mask(self) -> bool:
@@ -87,6 +68,22 @@ class EditParameters:
     @classmethod
     def from_tensor(cls, value: np.ndarray) -> "EditParameters":
         return cls.from_json(value.reshape(-1)[0])
+
+
+def _record_field(spec: wire.WireTensor) -> tuple:
+    if spec.required:
+        return spec.name, spec.python_type
+    return spec.name, spec.python_type, dataclasses.field(default=spec.default)
+
+
+# One edit's parameters with every default applied: what the edit is, reproducibly. Its fields are the
+# wire contract's parameters (``wire.PARAMETERS``: name, type, default), in the contract's order: a
+# parameter declared there is a field here, with no edit of this module.
+EditParameters = dataclasses.make_dataclass(
+    "EditParameters", [_record_field(spec) for spec in wire.PARAMETERS], bases=(_EditRecord,), frozen=True)
+EditParameters.__module__ = __name__  # make_dataclass's own argument for it is Python 3.12's
+EditParameters.__doc__ = ("One edit's parameters with every default applied (fields: the wire contract's "
+                          "parameters, smartedit_client._contract.PARAMETERS).")
 
 
 # Longest value of a text parameter other than the prompts (a task or sampler name), in bytes.
@@ -134,9 +131,9 @@ def _decoded(spec: wire.WireTensor, raw: Any, settings: PreprocessSettings) -> A
 
 
 def default_values(settings: PreprocessSettings) -> dict[str, Any]:
-    """What a parameter left out becomes, before the task's defaults: the record's own defaults, over
+    """What a parameter left out becomes, before the task's defaults: the contract's defaults, over
     which the server's configuration sets the steps, guidance, sampler and crop padding."""
-    defaults = {f.name: f.default for f in dataclasses.fields(EditParameters) if f.default is not dataclasses.MISSING}
+    defaults = {spec.name: spec.default for spec in wire.PARAMETERS if not spec.required}
     defaults.update({
         wire.NUM_INFERENCE_STEPS.name: settings.default_num_inference_steps,
         wire.GUIDANCE_SCALE.name: settings.default_guidance_scale,

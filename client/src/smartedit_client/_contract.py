@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 MODEL_NAME = "inpaint"
 # A served pipeline's name (``smartedit export --model NAME=PATH``): part of its models' names.
@@ -21,9 +22,14 @@ TASKS = ("inpaint", "remove", "replace_background")
 @dataclass(frozen=True)
 class WireTensor:
     """One tensor of the contract. For an input: its type, and, for the scalar parameters, the range
-    (inclusive) or the choices, which the server checks and the CLI, the gateway's OpenAPI document and
-    ``server_info`` show. The defaults are the server's (its record of an edit, its configuration, the
-    task's), listed by ``server_info``; ``meaning`` says them in words."""
+    (inclusive) or the choices, which the server checks and the CLI, the gateway's OpenAPI document, the
+    editor's panel and ``server_info`` show, and ``default``: what a request that leaves the parameter
+    out gets, unless the server's configuration or the task sets another (``server_info`` lists the
+    defaults in force). ``meaning`` says them in words.
+
+    A scalar parameter is declared here once: the server's record of an edit
+    (``smartedit.edit.parameters.EditParameters``), the SDK's options, the CLI's flags, the gateway's
+    fields, the editor's panel and ``server_info`` are made from the declaration."""
 
     name: str
     datatype: str  # the KServe v2 / Triton datatype name: "BYTES", "INT32", "INT64", "FP32", "BOOL"
@@ -32,6 +38,15 @@ class WireTensor:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    default: Any = None
+
+    @property
+    def python_type(self) -> type:
+        """The Python type of the parameter's value."""
+        return PYTHON_TYPES[self.datatype]
+
+
+PYTHON_TYPES = {"BYTES": str, "BOOL": bool, "INT32": int, "INT64": int, "FP32": float}
 
 
 IMAGE = WireTensor("image", "BYTES", True, "encoded PNG / JPEG / WebP")
@@ -39,32 +54,36 @@ MASK_IMAGE = WireTensor("mask_image", "BYTES", True, "encoded image; white (>=12
                                                     "transparency, a painted layer: transparent = keep, opaque white = "
                                                     "repaint (composited over black)")
 PROMPT = WireTensor("prompt", "BYTES", True, "UTF-8 text (may be empty)")
-NEGATIVE_PROMPT = WireTensor("negative_prompt", "BYTES", False, 'default ""')
+NEGATIVE_PROMPT = WireTensor("negative_prompt", "BYTES", False, 'default ""', default="")
 TASK = WireTensor("task", "BYTES", False,
                   "inpaint (default): repaint the mask as the prompt says; remove: erase the masked object, "
                   "continuing the background; replace_background: keep the masked subject, repaint the rest",
-                  choices=TASKS)
+                  choices=TASKS, default="inpaint")
 NUM_INFERENCE_STEPS = WireTensor("num_inference_steps", "INT32", False, "default from the model's config",
-                                 minimum=1)
-GUIDANCE_SCALE = WireTensor("guidance_scale", "FP32", False, "default 7.5; <= 1 turns guidance off", minimum=0.0)
-STRENGTH = WireTensor("strength", "FP32", False, "in (0, 1]; default 1.0 (0.75 for remove)", maximum=1.0)
+                                 minimum=1, default=50)
+GUIDANCE_SCALE = WireTensor("guidance_scale", "FP32", False, "default 7.5; <= 1 turns guidance off", minimum=0.0,
+                            default=7.5)
+STRENGTH = WireTensor("strength", "FP32", False, "in (0, 1]; default 1.0 (0.75 for remove)", maximum=1.0,
+                      default=1.0)
 ETA = WireTensor("eta", "FP32", False, "DDIM's eta: the noise each step adds back (ddim only); default 0",
-                 minimum=0.0, maximum=1.0)
-SEED = WireTensor("seed", "INT64", False, "random when absent")
-SCHEDULER = WireTensor("scheduler", "BYTES", False, "ddim (default), euler, ...")
+                 minimum=0.0, maximum=1.0, default=0.0)
+SEED = WireTensor("seed", "INT64", False, "random when absent", default=0)  # the server draws one: never 0 by default
+SCHEDULER = WireTensor("scheduler", "BYTES", False, "ddim (default), euler, ...", default="ddim")
 CROP_PADDING = WireTensor("crop_padding", "INT32", False,
                           "pixels of context around the mask's box when a large photo is edited as a crop; "
-                          f"default {DEFAULT_CROP_PADDING}", minimum=0, maximum=2048)
+                          f"default {DEFAULT_CROP_PADDING}", minimum=0, maximum=2048, default=DEFAULT_CROP_PADDING)
 MASK_GROW = WireTensor("mask_grow", "INT32", False,
                        "pixels to grow the mask by (negative: shrink); default 0 (8 for remove)",
-                       minimum=-256, maximum=256)
+                       minimum=-256, maximum=256, default=0)
 MASK_BLUR = WireTensor("mask_blur", "INT32", False,
                        "feather width in pixels when the edit is pasted back; pixels farther than this from "
-                       "the mask stay as sent; default 0 (8 for replace_background)", minimum=0, maximum=256)
-INVERT_MASK = WireTensor("invert_mask", "BOOL", False, "repaint the black part instead; default false")
+                       "the mask stay as sent; default 0 (8 for replace_background)", minimum=0, maximum=256,
+                       default=0)
+INVERT_MASK = WireTensor("invert_mask", "BOOL", False, "repaint the black part instead; default false",
+                         default=False)
 NUM_IMAGES = WireTensor("num_images", "INT32", False,
                         f"variations to make, 1-{MAX_NUM_IMAGES}; variation i uses seed + i; default 1",
-                        minimum=1, maximum=MAX_NUM_IMAGES)
+                        minimum=1, maximum=MAX_NUM_IMAGES, default=1)
 
 EDITED_IMAGE = WireTensor("edited_image", "BYTES", True,
                           "[num_images] PNGs, same size as image, each carrying its parameters (PNG_PARAMETERS_KEY)")

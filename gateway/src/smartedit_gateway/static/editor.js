@@ -23,6 +23,8 @@ const DISPLAY_SIDE = 1024; // the painting canvas's longest side, at most
 const UNDO_DEPTH = 30;
 const INT64_MAX = 9223372036854775807n; // the seed's wire type (a BigInt: no number holds a seed)
 const ACCEPTED = "a PNG, JPEG or WebP image";
+// The fields laid out by hand (index.html); every other parameter the server declares (GET info) gets an
+// input of its own under "More settings" (moreFields), so a parameter added to the contract shows here.
 const EDIT_FIELDS = ["pipeline", "task", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength",
                      "scheduler", "seed", "mask_grow", "mask_blur", "preview_every"];
 
@@ -146,6 +148,54 @@ async function loadInfo() {
   }
 }
 
+// The form's element of a field, by its name (generated inputs' ids are prefixed: no clash with the page's).
+function field(name) {
+  return $("edit").elements.namedItem(name);
+}
+
+function editFieldNames() {
+  return EDIT_FIELDS.concat(state.moreFields || []);
+}
+
+function labelOf(name) {
+  return name.charAt(0).toUpperCase() + name.slice(1).replaceAll("_", " ");
+}
+
+// An input for each parameter of GET info's that the form does not lay out: its type, range, choices and
+// meaning as the server declares them; empty (or unticked) sends nothing, so the server's default holds.
+function moreFields(parameters) {
+  const added = [];
+  for (const [name, parameter] of Object.entries(parameters)) {
+    if (field(name) || parameter.required) continue;
+    let input;
+    if (parameter.type === "BOOL") {
+      input = document.createElement("input");
+      input.type = "checkbox";
+    } else if (parameter.choices) {
+      input = document.createElement("select");
+      input.append(new Option("default", ""), ...parameter.choices.map((choice) => new Option(choice, choice)));
+    } else {
+      input = document.createElement("input");
+      const numeric = parameter.type !== "BYTES";
+      input.type = numeric ? "number" : "text";
+      if (numeric && parameter.type.startsWith("FP")) input.step = "any";
+      if (parameter.minimum !== undefined && parameter.minimum !== null) input.min = parameter.minimum;
+      if (parameter.maximum !== undefined && parameter.maximum !== null) input.max = parameter.maximum;
+      input.placeholder = parameter.default === undefined ? "default" : `default ${parameter.default}`;
+    }
+    input.id = `param-${name}`;
+    input.name = name;
+    input.title = parameter.meaning;
+    const label = document.createElement("label");
+    label.className = parameter.type === "BOOL" ? "check" : "";
+    label.append(`${labelOf(name)} `, input);
+    $("more-fields").append(label);
+    added.push(name);
+  }
+  $("more-settings").hidden = !added.length && !(state.moreFields || []).length;
+  state.moreFields = (state.moreFields || []).concat(added);
+}
+
 function showPipeline() {
   const pipelines = state.server.pipelines || {};
   state.info = pipelines[$("pipeline").value] || state.server;
@@ -154,6 +204,7 @@ function showPipeline() {
   $("scheduler").replaceChildren(new Option("default", ""));
   for (const sampler of state.info.samplers) $("scheduler").append(new Option(sampler, sampler));
   if (state.info.samplers.includes(chosen)) $("scheduler").value = chosen;
+  moreFields(state.info.parameters || {});
 }
 
 // ---------------------------------------------------------------- opening a photo
@@ -591,8 +642,14 @@ async function segment() {
 
 function editFields() {
   const fields = {};
-  for (const name of EDIT_FIELDS) {
-    const value = $(name).value.trim();
+  for (const name of editFieldNames()) {
+    const element = field(name);
+    if (name === "pipeline" && $("pipeline-choice").hidden) continue; // one pipeline: the plain entry points
+    if (element.type === "checkbox") {
+      if (element.checked) fields[name] = "true";
+      continue;
+    }
+    const value = element.value.trim();
     if (value !== "" || name === "prompt") fields[name] = value;
   }
   return fields;
@@ -847,9 +904,11 @@ async function reloadEdit(entry) {
   await usePhoto(entry.photo.blob, entry.photo.name, image);
   await useMaskImage(entry.maskBlob);
   state.exactMask = entry.maskBlob;
-  for (const name of EDIT_FIELDS) {
+  for (const name of editFieldNames()) {
     const value = entry.parameters[name];
-    if (value !== undefined && value !== null && name !== "preview_every") $(name).value = String(value);
+    const element = field(name);
+    if (element.type === "checkbox") element.checked = value === true || value === "true";
+    else if (value !== undefined && value !== null && name !== "preview_every") element.value = String(value);
   }
   showTaskHint();
   if (state.server) showPipeline();
