@@ -419,6 +419,7 @@ def test_parameters_the_form_does_not_lay_out_get_inputs_from_info_and_are_sent(
         page.click("#more-settings summary")
         page.fill("#param-eta", "0.5")
         page.check("#param-invert_mask")
+        _screenshot(page, "editor-more-settings.png")
         _paint(page, (0.2, 0.3), (0.6, 0.5))
         _run_to_result(page, prompt="more", num_inference_steps=3, seed=5)
         _, png = _download(page, tmp_path / "more.png")

@@ -72,7 +72,7 @@ function setStatus(text, isError = false) {
 }
 
 function labelOf(field) {
-  const input = $(field);
+  const input = formField(field);
   const label = input && input.closest("label");
   return label ? label.firstChild.textContent.trim() : field;
 }
@@ -81,8 +81,8 @@ function labelOf(field) {
 // the form does ("Steps: must be ...") and mark the input.
 function readable(error) {
   const field = error.field;
-  if (field && $(field)) {
-    $(field).setAttribute("aria-invalid", "true");
+  if (field && formField(field)) {
+    formField(field).setAttribute("aria-invalid", "true");
     if (error.message.startsWith(`${field}: `)) return `${labelOf(field)}: ${error.message.slice(field.length + 2)}`;
   }
   return error.message;
@@ -149,7 +149,7 @@ async function loadInfo() {
 }
 
 // The form's element of a field, by its name (generated inputs' ids are prefixed: no clash with the page's).
-function field(name) {
+function formField(name) {
   return $("edit").elements.namedItem(name);
 }
 
@@ -157,7 +157,7 @@ function editFieldNames() {
   return EDIT_FIELDS.concat(state.moreFields || []);
 }
 
-function labelOf(name) {
+function readableName(name) {
   return name.charAt(0).toUpperCase() + name.slice(1).replaceAll("_", " ");
 }
 
@@ -166,12 +166,12 @@ function labelOf(name) {
 function moreFields(parameters) {
   const added = [];
   for (const [name, parameter] of Object.entries(parameters)) {
-    if (field(name) || parameter.required) continue;
+    if (formField(name) || parameter.required) continue;
     let input;
     if (parameter.type === "BOOL") {
       input = document.createElement("input");
       input.type = "checkbox";
-    } else if (parameter.choices) {
+    } else if (parameter.choices && parameter.choices.length) {
       input = document.createElement("select");
       input.append(new Option("default", ""), ...parameter.choices.map((choice) => new Option(choice, choice)));
     } else {
@@ -188,7 +188,7 @@ function moreFields(parameters) {
     input.title = parameter.meaning;
     const label = document.createElement("label");
     label.className = parameter.type === "BOOL" ? "check" : "";
-    label.append(`${labelOf(name)} `, input);
+    label.append(`${readableName(name)} `, input);
     $("more-fields").append(label);
     added.push(name);
   }
@@ -643,7 +643,7 @@ async function segment() {
 function editFields() {
   const fields = {};
   for (const name of editFieldNames()) {
-    const element = field(name);
+    const element = formField(name);
     if (name === "pipeline" && $("pipeline-choice").hidden) continue; // one pipeline: the plain entry points
     if (element.type === "checkbox") {
       if (element.checked) fields[name] = "true";
@@ -906,7 +906,7 @@ async function reloadEdit(entry) {
   state.exactMask = entry.maskBlob;
   for (const name of editFieldNames()) {
     const value = entry.parameters[name];
-    const element = field(name);
+    const element = formField(name);
     if (element.type === "checkbox") element.checked = value === true || value === "true";
     else if (value !== undefined && value !== null && name !== "preview_every") element.value = String(value);
   }
