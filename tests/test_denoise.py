@@ -35,7 +35,7 @@ def _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=4, se
                                 num_inference_steps=steps, strength=strength, guidance_scale=guidance, seed=seed)
         inputs = EditInputs(embeds, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
         state = start_denoising(info, pipe.scheduler.config, params, inputs, encode_init)
-        assert run_to_end(state, lambda s, t, e: pipe.unet(s, t, encoder_hidden_states=e).sample)
+        assert run_to_end(state, lambda inputs: pipe.unet(**inputs).sample)
         decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
     return (compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box),
             prepared.repaint_mask)
@@ -78,9 +78,43 @@ def test_cancellation_stops_between_steps(tiny_pipeline):
     state = start_denoising(info, tiny_pipeline.scheduler.config, params,
                             EditInputs(torch.zeros(2, 77, 32), latent, latent, torch.ones(1, 1, 4, 4)), lambda: None)
     calls = []
-    finished = run_to_end(state, lambda s, t, e: torch.zeros(s.shape[0], 4, 4, 4),
+    finished = run_to_end(state, lambda inputs: torch.zeros(inputs["sample"].shape[0], 4, 4, 4),
                           should_stop=lambda: calls.append(1) or len(calls) > 3)
     assert not finished and state.step_index == 3
+
+
+def test_a_family_s_guide_combines_its_rows_in_place_of_classifier_free_guidance(tiny_pipeline):
+    """Three rows (as InstructPix2Pix has: text + image, image, neither) combined by the family's own rule:
+    the scheduler steps with what ``guide`` returns, not with a two-row guidance."""
+    info = PipelineInfo.from_pipeline(tiny_pipeline)
+    latent = torch.zeros(1, 4, 4, 4)
+    params = EditParameters(prompt="", num_inference_steps=4, seed=0, scheduler="euler")
+    inputs = EditInputs(torch.zeros(2, 77, 32), latent, latent, torch.ones(1, 1, 4, 4))
+
+    def started(rows=None, guide=None):
+        state = start_denoising(info, tiny_pipeline.scheduler.config, params, inputs, lambda: None)
+        if rows:
+            state.conditioning = state.conditioning[:1].repeat(rows, 1, 1, 1)
+            state.guide = guide
+        return state
+
+    seen = []
+
+    def three_rows(state, noise_pred):
+        seen.append(noise_pred.shape[0])
+        text_image, image, neither = noise_pred.chunk(3)
+        return neither + 2.0 * (text_image - image) + 1.5 * (image - neither)
+
+    fixed = [torch.full((1, 4, 4, 4), value) for value in (0.3, 0.1, -0.2)]
+    state = started(rows=3, guide=three_rows)
+    reference = started()
+    assert run_to_end(state, lambda inputs: torch.cat(fixed)[:inputs["sample"].shape[0]])
+    reference.guide = lambda state, noise_pred: three_rows(state, torch.cat(fixed))
+    assert run_to_end(reference, lambda inputs: torch.zeros(inputs["sample"].shape[0], 4, 4, 4))
+    assert seen == [3] * 4 + [3] * 4 and torch.equal(state.latents, reference.latents)
+    plain = started()  # the default: two-row classifier-free guidance gives another result
+    assert run_to_end(plain, lambda inputs: torch.cat(fixed)[:inputs["sample"].shape[0]])
+    assert not torch.equal(plain.latents, state.latents)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "euler_ancestral", "dpmpp_2m", "pndm", "unipc", "heun"])

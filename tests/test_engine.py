@@ -68,16 +68,16 @@ def onnx_unet(model_repository):
                                    providers=["CPUExecutionProvider"])
     calls = []
 
-    def unet(sample, timestep, hidden):
-        calls.append(sample.shape[0])
-        return session.run(None, {"sample": sample, "timestep": timestep, "encoder_hidden_states": hidden})[0]
+    def unet(inputs):
+        calls.append(inputs["sample"].shape[0])
+        return session.run(None, inputs)[0]
 
     unet.calls = calls
     return unet
 
 
 def torch_unet_of(onnx_unet):
-    return lambda s, t, e: torch.from_numpy(onnx_unet(s.numpy(), t.numpy(), e.numpy()))
+    return lambda inputs: torch.from_numpy(onnx_unet({name: value.numpy() for name, value in inputs.items()}))
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +158,9 @@ class AllPrepared:
         return counted
 
     def gate(self, unet):
-        def gated(sample, timestep, hidden):
+        def gated(inputs):
             assert self.done.wait(60), "the edits were never all prepared"  # a guard against a hang only
-            return unet(sample, timestep, hidden)
+            return unet(inputs)
         return gated
 
 
@@ -247,11 +247,11 @@ def test_a_new_edit_joins_at_the_next_step_without_waiting(make_edit, onnx_unet)
     # the short edit is ready to join with 37 of the long one's steps still to run.
     short_ready, calls = threading.Event(), []
 
-    def unet(sample, timestep, hidden):
-        calls.append(sample.shape[0])
+    def unet(inputs):
+        calls.append(inputs["sample"].shape[0])
         if len(calls) > 3:
             assert short_ready.wait(60), "the short edit was never prepared"  # a guard against a hang only
-        return onnx_unet(sample, timestep, hidden)
+        return onnx_unet(inputs)
 
     prepare_short = make_edit(steps=2, seed=3)
 
@@ -276,8 +276,9 @@ def test_a_new_edit_joins_at_the_next_step_without_waiting(make_edit, onnx_unet)
 def test_admission_refuses_past_active_plus_queued_at_once(make_edit):
     release = threading.Event()
 
-    def blocked_unet(sample, timestep, hidden):
+    def blocked_unet(inputs):
         release.wait(120)  # set below; the timeout is only a guard against a hang
+        sample = inputs["sample"]
         return np.zeros((sample.shape[0], 4) + sample.shape[2:], dtype=np.float32)
 
     engine = DenoiseEngine(blocked_unet, EngineLimits(max_active_edits=1, max_queued_edits=1, max_unet_rows=4))
@@ -342,7 +343,7 @@ def test_a_request_of_several_images_reserves_a_place_for_each_and_its_variation
 
 
 def test_an_edit_past_its_deadline_stops_within_a_step_and_frees_its_rows(make_edit, onnx_unet):
-    slow = lambda s, t, e: (time.sleep(0.02), onnx_unet(s, t, e))[1]  # noqa: E731
+    slow = lambda inputs: (time.sleep(0.02), onnx_unet(inputs))[1]  # noqa: E731
     engine = DenoiseEngine(slow, EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=8))
     try:
         abandoned = submit(engine, make_edit(steps=200), deadline=time.time() + 0.3, preview_every=0)
@@ -393,7 +394,7 @@ def test_one_failing_edit_fails_alone(make_edit, onnx_unet):
 
 def test_a_drain_timeout_stops_every_edit_within_a_step_and_says_why(make_edit, onnx_unet):
     shutdown = []
-    slow = lambda s, t, e: (time.sleep(0.02), onnx_unet(s, t, e))[1]  # noqa: E731  (400 steps: 8 s at least)
+    slow = lambda inputs: (time.sleep(0.02), onnx_unet(inputs))[1]  # noqa: E731  (400 steps: 8 s at least)
     engine = DenoiseEngine(slow, EngineLimits(max_active_edits=1, max_queued_edits=1, max_unet_rows=8),
                            shutdown_reason=lambda: shutdown[0] if shutdown else None)
     states = []
@@ -426,11 +427,11 @@ def test_a_unet_call_interrupted_by_a_dead_process_is_answered_as_retryable(make
 
     calls = []
 
-    def dies_on_third_call(sample, timestep, hidden):
-        calls.append(sample.shape[0])
+    def dies_on_third_call(inputs):
+        calls.append(inputs["sample"].shape[0])
         if len(calls) == 3:
             raise ModelProcessDied("unet")
-        return onnx_unet(sample, timestep, hidden)
+        return onnx_unet(inputs)
 
     engine = DenoiseEngine(dies_on_third_call, EngineLimits(max_active_edits=2, max_queued_edits=0, max_unet_rows=8))
     try:

@@ -60,7 +60,8 @@ def test_lanes_fill_evenly_as_edits_join():
 
 
 class _Edit:
-    """What the builder reads of an engine's edit: its rows and its state's tensors."""
+    """What the builder reads of an engine's edit: its rows and its state's tensors (named row inputs as
+    an SDXL-like family has them: prompt embeddings, pooled embeddings, time ids)."""
 
     def __init__(self, rows: int, seed: int, channels=(4, 5), hidden=(7, 6), size=(3, 2)):
         generator = torch.Generator().manual_seed(seed)
@@ -68,26 +69,36 @@ class _Edit:
         self.state = SimpleNamespace(
             latents=torch.randn((rows, channels[0]) + size, generator=generator),
             conditioning=torch.randn((rows, channels[1]) + size, generator=generator),
-            encoder_hidden_states=torch.randn((rows,) + hidden, generator=generator))
+            row_inputs={"encoder_hidden_states": torch.randn((rows,) + hidden, generator=generator),
+                        "text_embeds": torch.randn((rows, 3), generator=generator),
+                        "time_ids": torch.randn((rows, 6), generator=generator)})
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self.state.row_inputs["encoder_hidden_states"]
 
     def step_input(self, t: float):
         return self, (self.state.latents * 0.5, torch.tensor(t))
 
 
 def _expected(chunk):
-    sample = np.concatenate([np.concatenate([scaled.numpy(), edit.state.conditioning.numpy()], axis=1)
-                             for edit, (scaled, _) in chunk])
-    timestep = np.concatenate([np.full(edit.rows, float(t), dtype=np.float32) for edit, (_, t) in chunk])
-    hidden = np.concatenate([edit.state.encoder_hidden_states.numpy() for edit, _ in chunk])
-    return sample, timestep, hidden
+    expected = {
+        "sample": np.concatenate([np.concatenate([scaled.numpy(), edit.state.conditioning.numpy()], axis=1)
+                                  for edit, (scaled, _) in chunk]),
+        "timestep": np.concatenate([np.full(edit.rows, float(t), dtype=np.float32) for edit, (_, t) in chunk])}
+    for name in chunk[0][0].state.row_inputs:
+        expected[name] = np.concatenate([edit.state.row_inputs[name].numpy() for edit, _ in chunk])
+    return expected
 
 
-def test_rows_are_the_edits_rows_in_order_with_conditioning_after_the_latents():
+def test_rows_are_the_edits_rows_in_order_with_conditioning_after_the_latents_and_every_named_input():
     a, b, c = _Edit(2, 1), _Edit(3, 2), _Edit(2, 3)
     chunk = [a.step_input(981.0), b.step_input(500.0), c.step_input(1.0)]
     built = UNetBatchBuilder().inputs(("lane", 0), chunk)
-    for got, want in zip(built, _expected(chunk)):
-        assert got.dtype == np.float32 and np.array_equal(got, want)
+    expected = _expected(chunk)
+    assert list(built) == ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    for name, want in expected.items():
+        assert built[name].dtype == np.float32 and np.array_equal(built[name], want), name
 
 
 def test_an_edit_that_stays_in_place_is_not_copied_again_and_one_that_moves_is():
@@ -97,29 +108,33 @@ def test_an_edit_that_stays_in_place_is_not_copied_again_and_one_that_moves_is()
     marker = 12345.0
     for edit in (a, c):  # constants changed behind the builder's back: visible only where it copies them
         edit.state.conditioning.fill_(marker)
-        edit.state.encoder_hidden_states.fill_(marker)
+        for value in edit.state.row_inputs.values():
+            value.fill_(marker)
     # b leaves, c takes its place (as the engine's groups do), a stays where it was
-    sample, timestep, hidden = builder.inputs("key", [a.step_input(9.0), c.step_input(9.0)])
-    assert sample.shape[0] == hidden.shape[0] == timestep.shape[0] == 4 and set(timestep) == {9.0}
-    assert not (hidden[:2] == marker).any() and not (sample[:2, 4:] == marker).any()  # a: kept, not copied
-    assert (hidden[2:] == marker).all() and (sample[2:, 4:] == marker).all()  # c moved: copied
+    built = builder.inputs("key", [a.step_input(9.0), c.step_input(9.0)])
+    sample, timestep = built["sample"], built["timestep"]
+    assert all(value.shape[0] == 4 for value in built.values()) and set(timestep) == {9.0}
+    assert not (sample[:2, 4:] == marker).any()  # a: kept, not copied
+    assert (sample[2:, 4:] == marker).all()  # c moved: copied
+    for name in ("encoder_hidden_states", "text_embeds", "time_ids"):
+        assert not (built[name][:2] == marker).any() and (built[name][2:] == marker).all(), name
     assert np.array_equal(sample[:, :4], np.concatenate([a.state.latents * 0.5, c.state.latents * 0.5]))
     # b comes back at the end: copied, as every newcomer is
-    sample, _, hidden = builder.inputs("key", [a.step_input(8.0), c.step_input(8.0), b.step_input(8.0)])
-    assert np.array_equal(hidden[4:], b.state.encoder_hidden_states.numpy())
+    built = builder.inputs("key", [a.step_input(8.0), c.step_input(8.0), b.step_input(8.0)])
+    assert np.array_equal(built["encoder_hidden_states"][4:], b.hidden.numpy())
 
 
 def test_arrays_are_reused_while_they_fit_and_remade_when_they_do_not():
     builder = UNetBatchBuilder()
     edits = [_Edit(2, seed) for seed in range(6)]
-    first, _, _ = builder.inputs("key", [e.step_input(1.0) for e in edits[:2]])
-    again, _, _ = builder.inputs("key", [e.step_input(1.0) for e in edits[:4]])  # 8 rows: room for 2 x 4
+    first = builder.inputs("key", [e.step_input(1.0) for e in edits[:2]])["sample"]
+    again = builder.inputs("key", [e.step_input(1.0) for e in edits[:4]])["sample"]  # 8 rows: room for 2 x 4
     assert np.shares_memory(first, again)
-    grown, _, _ = builder.inputs("key", [e.step_input(1.0) for e in edits])  # 12 rows: past it
+    grown = builder.inputs("key", [e.step_input(1.0) for e in edits])["sample"]  # 12 rows: past it
     assert not np.shares_memory(first, grown)
     wider = _Edit(2, 9, hidden=(9, 6))  # another text length: other arrays
-    other, timestep, hidden = builder.inputs("key", [wider.step_input(3.0)])
-    assert hidden.shape == (2, 9, 6) and not np.shares_memory(other, grown)
+    built = builder.inputs("key", [wider.step_input(3.0)])
+    assert built["encoder_hidden_states"].shape == (2, 9, 6) and not np.shares_memory(built["sample"], grown)
 
 
 def test_keep_only_frees_a_lanes_calls_that_its_last_step_did_not_make():

@@ -4,7 +4,9 @@ All per-request state (scheduler, latents, embeddings, mask, guidance, generator
 ``DenoiseState``, and the UNet is a function the caller supplies. The scheduler model passes a
 BLS call; tests pass the PyTorch UNet. Keeping the state in one object is what lets the batched
 engine (``smartedit.engine.core``) step many edits together: their ``unet_inputs`` concatenated into
-one UNet batch, each edit's rows of the output handed back to its own ``advance``.
+one UNet batch, each edit's rows of the output handed back to its own ``advance``. The UNet's inputs
+travel by name (``sample``, ``timestep`` and the family's ``row_inputs``), so that a family whose UNet
+takes more (SDXL's ``text_embeds`` and ``time_ids``) needs no change here or in the engine.
 
 Stage numbers in comments are those of diffusers' ``__call__``, so the two read side by side.
 """
@@ -21,13 +23,18 @@ from smartedit.edit.parameters import EditParameters
 from smartedit.diffusion.samplers import make_scheduler
 from smartedit.diffusion.spec import PipelineInfo
 
-# (sample, timestep, encoder_hidden_states) -> noise_pred
-UNetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# The UNet's inputs by name ({"sample", "timestep", **row_inputs}) -> noise_pred
+UNetFn = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+SAMPLE, TIMESTEP = "sample", "timestep"  # the UNet inputs every family has: what changes at every step
 # () -> (latent mean, latent std) of the init image, called when the family needs the image's latents
 EncodeFn = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 # (state, latents after the scheduler's step) -> the latents kept: how a family keeps what must not change
 # (latent blending puts the photo back outside the mask after every step). None: kept as they are.
 KeepFn = Callable[["DenoiseState", torch.Tensor], torch.Tensor]
+# (state, the UNet's output for its rows) -> the one noise prediction the scheduler steps with: how a family
+# combines its rows. None: classifier-free guidance over (negative, positive) rows when guidance_scale > 1
+# (InstructPix2Pix, for one, combines three rows with two scales).
+GuideFn = Callable[["DenoiseState", torch.Tensor], torch.Tensor]
 
 
 def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator,
@@ -58,7 +65,10 @@ class DenoiseState:
     # family: [rows, 1 + C, h, w] latent mask and masked-image latents for a 9-channel inpainting UNet;
     # [rows, 0, h, w] for a UNet that takes the latents alone.
     conditioning: torch.Tensor
-    encoder_hidden_states: torch.Tensor  # [rows, L, D]: (negative,) positive prompt embeddings
+    # The UNet's other inputs, by the name it takes them: one row per UNet row, the same at every step, by
+    # the family: {"encoder_hidden_states": [rows, L, D]} (negative, positive prompt) for SD; SDXL's adds
+    # its pooled "text_embeds" and "time_ids".
+    row_inputs: dict[str, torch.Tensor]
     guidance_scale: float
     generator: torch.Generator
     extra_step_kwargs: dict = field(default_factory=dict)
@@ -67,6 +77,7 @@ class DenoiseState:
     # (DDIM, Euler, Heun do; DPM-Solver, PNDM, UniPC do not): what a cheap preview shows.
     pred_original: torch.Tensor | None = None
     keep: KeepFn | None = None
+    guide: GuideFn | None = None
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -94,19 +105,21 @@ class DenoiseState:
         t = self.timesteps[self.step_index]
         return self.scheduler.scale_model_input(self.latents, t), t
 
-    def unet_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(sample, timestep, encoder_hidden_states) of this step: ``rows`` rows each."""
+    def unet_inputs(self) -> dict[str, torch.Tensor]:
+        """The UNet's inputs of this step by name, ``rows`` rows each."""
         # 10. expand the latents for classifier-free guidance, scale, concat mask + masked latents
         scaled, t = self.model_input()
         latent_model_input = scaled.expand(self.rows, -1, -1, -1)
         sample = torch.cat([latent_model_input, self.conditioning], dim=1)
         timestep = t.to(torch.float32).reshape(1).expand(self.rows).contiguous()
-        return sample, timestep, self.encoder_hidden_states
+        return {SAMPLE: sample, TIMESTEP: timestep, **self.row_inputs}
 
     def advance(self, noise_pred: torch.Tensor) -> None:
         """Apply guidance to this step's UNet output and take the scheduler step."""
         t = self.timesteps[self.step_index]
-        if self.do_classifier_free_guidance:
+        if self.guide is not None:
+            noise_pred = self.guide(self, noise_pred)
+        elif self.do_classifier_free_guidance:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
             noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
         output = self.scheduler.step(noise_pred, t, self.latents, **self.extra_step_kwargs, return_dict=False)
@@ -154,7 +167,7 @@ def run_to_end(state: DenoiseState, unet: UNetFn, should_stop: Callable[[], bool
     while not state.done:
         if should_stop():
             return False
-        state.advance(unet(*state.unet_inputs()))
+        state.advance(unet(state.unet_inputs()))
     return True
 
 

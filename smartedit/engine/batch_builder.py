@@ -1,8 +1,8 @@
 """The engine's batch builder: the only owner of the UNet calls' row layout.
 
 Each call's rows are its edits' rows, in the planner's order (``smartedit.engine.planner``); a row holds
-the edit's latents with its conditioning channels after them (``sample``), its timestep and its prompt
-embeddings. Arrays are kept from one step to the next so that an edit's constants are copied only when
+the edit's latents with its conditioning channels after them (``sample``), its timestep, and its family's
+named row inputs (``DenoiseState.row_inputs``: the prompt embeddings for SD), each an array of its own. Arrays are kept from one step to the next so that an edit's constants are copied only when
 it joins or moves.
 """
 
@@ -10,24 +10,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from smartedit.diffusion.denoise import DenoiseState
+from smartedit.diffusion.denoise import SAMPLE, TIMESTEP, DenoiseState
 
 
 class UNetBatchBuilder:
     """The arrays each UNet call of an iteration is built in, kept from one iteration to the next.
 
-    Of a row's inputs only the scaled latents and the timestep change from step to step; the mask,
-    the masked-image latents and the prompt embeddings are the edit's own constants. A row whose
-    edit sat at the same place in the same call last iteration keeps them; only edits that moved
-    (joined, or took a leaver's place) have theirs copied. That saves most of the memory traffic of
-    a step: at SD 1.5 shapes the embeddings alone are 15 MB per 64 rows.
+    Of a row's inputs only the scaled latents and the timestep change from step to step; the
+    conditioning channels and the family's named row inputs (the prompt embeddings, ...) are the edit's
+    own constants. A row whose edit sat at the same place in the same call last iteration keeps them;
+    only edits that moved (joined, or took a leaver's place) have theirs copied. That saves most of the
+    memory traffic of a step: at SD 1.5 shapes the embeddings alone are 15 MB per 64 rows.
     """
 
     def __init__(self):
         self._calls: dict = {}  # key -> _CallArrays
 
-    def inputs(self, key, chunk: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(sample, timestep, encoder_hidden_states) of one call; ``chunk``: (edit, its ``model_input()``)."""
+    def inputs(self, key, chunk: list) -> dict[str, np.ndarray]:
+        """The UNet's inputs of one call by name (``sample``, ``timestep`` and the edits' row inputs);
+        ``chunk``: (edit, its ``model_input()``), every edit's state with the same named row inputs."""
         rows = sum(edit.rows for edit, _ in chunk)
         arrays = self._calls.get(key)
         if arrays is None or not arrays.fits(chunk[0][0].state, rows):
@@ -41,13 +42,18 @@ class UNetBatchBuilder:
             arrays.timestep[offset:offset + edit.rows] = float(t)
             offset += edit.rows
         arrays.forget_from(offset)
-        return arrays.sample[:offset], arrays.timestep[:offset], arrays.hidden[:offset]
+        return {SAMPLE: arrays.sample[:offset], TIMESTEP: arrays.timestep[:offset],
+                **{name: array[:offset] for name, array in arrays.row_inputs.items()}}
 
     def keep_only(self, lane: int, keys) -> None:
         """Free the arrays of ``lane``'s calls that its last step did not make (a latent size it no
         longer has). Keys are ``(lane, latent size, chunk index)``."""
         for key in [key for key in self._calls if key[0] == lane and key not in keys]:
             del self._calls[key]
+
+
+def _row_shapes(state: DenoiseState) -> dict[str, tuple]:
+    return {name: (tuple(value.shape[1:]), value.dtype) for name, value in state.row_inputs.items()}
 
 
 class _CallArrays:
@@ -58,12 +64,14 @@ class _CallArrays:
         capacity = 2 * rows
         sample_shape = (state.latents.shape[1] + state.conditioning.shape[1],) + tuple(state.latents.shape[2:])
         self.sample = np.empty((capacity,) + sample_shape, dtype=np.float32)
-        self.hidden = np.empty((capacity,) + tuple(state.encoder_hidden_states.shape[1:]), dtype=np.float32)
         self.timestep = np.empty((capacity,), dtype=np.float32)
+        self._row_shapes = _row_shapes(state)
+        self.row_inputs = {name: np.empty((capacity,) + shape, dtype=value.numpy().dtype)
+                           for (name, (shape, _)), value in zip(self._row_shapes.items(), state.row_inputs.values())}
         self._owners: list = [None] * capacity  # the edit whose constants row i holds
 
     def fits(self, state: DenoiseState, rows: int) -> bool:
-        return (rows <= len(self._owners) and self.hidden.shape[1:] == state.encoder_hidden_states.shape[1:]
+        return (rows <= len(self._owners) and _row_shapes(state) == self._row_shapes
                 and self.sample.shape[1] == state.latents.shape[1] + state.conditioning.shape[1])
 
     def holds(self, edit, offset: int) -> bool:
@@ -72,7 +80,8 @@ class _CallArrays:
     def place(self, edit, offset: int) -> None:
         state, stop = edit.state, offset + edit.rows
         self.sample[offset:stop, state.latents.shape[1]:] = state.conditioning.numpy()
-        self.hidden[offset:stop] = state.encoder_hidden_states.numpy()
+        for name, value in state.row_inputs.items():
+            self.row_inputs[name][offset:stop] = value.numpy()
         self._owners[offset:stop] = [edit] * edit.rows
 
     def forget_from(self, offset: int) -> None:

@@ -47,14 +47,15 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
-from smartedit.diffusion.denoise import DenoiseState
+from smartedit.diffusion.denoise import SAMPLE, DenoiseState
 from smartedit.engine.batch_builder import UNetBatchBuilder
 from smartedit.engine.planner import choose_lane, plan_unet_calls
 from smartedit.errors import ServiceInterrupted
 from smartedit.serving.structured_log import log_event
 
-# (sample [rows, C, h, w], timestep [rows], encoder_hidden_states [rows, L, D]) -> noise_pred [rows, c, h, w]
-BatchedUNet = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# The UNet's inputs by name (sample [rows, C, h, w], timestep [rows], the family's row inputs such as
+# encoder_hidden_states [rows, L, D]) -> noise_pred [rows, c, h, w]
+BatchedUNet = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 # INTERRUPTED: a fault outside the edit stopped it (a model process died); sending it again may succeed.
 OK, FAILED, CANCELLED, INTERRUPTED = "ok", "failed", "cancelled", "interrupted"
@@ -445,11 +446,11 @@ class DenoiseEngine:
                             reason="denoise")
         if not inputs:
             return
-        sample, timestep, hidden = self._batches.inputs(key, inputs)
-        self._metrics.unet_call(sample.shape[0])
+        named = self._batches.inputs(key, inputs)
+        self._metrics.unet_call(named[SAMPLE].shape[0])
         # The arrays stay untouched until this lane's answers are in: the lane's next step builds its
         # batches only after ``_receive``.
-        call = self._unet_pool.submit(self._unet, sample, timestep, hidden)
+        call = self._unet_pool.submit(self._unet, named)
         step.calls.append(([edit for edit, _ in inputs], call))
 
     def _receive(self, step: "_LaneStep") -> None:

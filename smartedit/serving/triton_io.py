@@ -63,6 +63,12 @@ def request_deadline(request) -> float:
     return time.time() + timeout_us / 1e6 if timeout_us else 0.0
 
 
+def unet_request(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The UNet's named inputs as a BLS call sends them: a scalar per row (``timestep``) travels as
+    ``[rows, 1]``, which the unet's config reshapes to ``[rows]``."""
+    return {name: value.reshape(-1, 1) if value.ndim == 1 else value for name, value in inputs.items()}
+
+
 def call_model(model_name: str, inputs: dict[str, np.ndarray], output_names: list[str],
                request_id: str = "") -> list[np.ndarray]:
     """One synchronous BLS call; a failed call raises with the callee's message."""

@@ -7,8 +7,11 @@ smartedit.diffusion.recognize) and answers:
 - ``encodes_init_image(params)``: whether an edit needs the photo's own latents (the serving models
   keep the photo for the VAE encoder only then);
 - ``start(info, scheduler_config, params, inputs, encode_init_image)``: the edit's ``DenoiseState`` --
-  how its latents start, what the UNet sees besides them (``conditioning``, rows for guidance) and how
-  its latents are kept after each step (``keep``). The engine batches whatever rows a state asks for.
+  how its latents start, what the UNet sees besides them (``conditioning`` channels after the latents,
+  and ``row_inputs``: the UNet's other inputs by name, one row per UNet row) and how its latents are
+  kept after each step (``keep``), and how its rows' outputs combine into one prediction (``guide``;
+  default: classifier-free guidance over two rows). The engine batches whatever rows and named inputs a
+  state asks for.
 
 ``pipeline.json`` names the family (``PipelineInfo.family``); nothing else tests which family it is.
 """

@@ -51,7 +51,7 @@ def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditP
         timesteps=timesteps,
         latents=latents,
         conditioning=conditioning.repeat(rows, 1, 1, 1),
-        encoder_hidden_states=inputs.prompt_embeds[2 - rows:],
+        row_inputs={"encoder_hidden_states": inputs.prompt_embeds[2 - rows:]},
         guidance_scale=params.guidance_scale,
         generator=generator,
         extra_step_kwargs=step_kwargs(scheduler, generator, params.eta),

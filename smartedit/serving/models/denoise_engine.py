@@ -31,7 +31,7 @@ from smartedit.engine.metrics import EngineReporter, SchedulerMetrics
 from smartedit.serving.settings import EngineSettings, parameters_of, pipeline_of
 from smartedit.diffusion.spec import UNET, VAE_ENCODER, PipelineInfo
 from smartedit.serving.structured_log import log_pipeline, model_logger
-from smartedit.serving.triton_io import call_model, error_as_tensors
+from smartedit.serving.triton_io import call_model, error_as_tensors, unet_request
 
 log = model_logger("denoise_engine")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -204,13 +204,11 @@ class TritonPythonModel:
         else:
             raise ValueError(f"admission must be {steps.RESERVE!r} or {steps.RELEASE!r}, got {action!r}")
 
-    def _unet(self, sample, timestep, hidden):
-        # A scalar-per-row tensor travels as [rows, 1]; the unet config reshapes it to [rows].
-        values = (sample, timestep.reshape(-1, 1), hidden)
+    def _unet(self, inputs):
         model = self.settings.unet_model
         pids = self.callees.pids(model)
         try:
-            (noise_pred,) = call_model(model, dict(zip(UNET.input_names, values)), UNET.output_names)
+            (noise_pred,) = call_model(model, unet_request(inputs), UNET.output_names)
         except Exception as error:  # a dead UNet process: the engine answers UNAVAILABLE, "send again"
             raise self.callees.explain(model, pids, error) from error
         return noise_pred

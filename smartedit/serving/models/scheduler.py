@@ -24,7 +24,7 @@ import triton_python_backend_utils as pb_utils
 
 from smartedit.serving import steps
 from smartedit.serving.decoupled_calls import decoupled_responses, release_finished_calls
-from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
+from smartedit.diffusion.denoise import SAMPLE, EditInputs, decoder_input, run_to_end
 from smartedit.diffusion.families import start_denoising
 from smartedit.errors import ServiceInterrupted
 from smartedit.ops.model_processes import Callees
@@ -37,7 +37,7 @@ from smartedit.diffusion.spec import UNET, VAE_ENCODER, PipelineInfo
 from smartedit.serving.structured_log import log_pipeline, model_logger, timed_stage
 from smartedit.serving.triton_io import (
     array, call_model, cancelled, code_name, error_of_response, internal_error, optional_scalar, reason_of_response,
-    unavailable,
+    unavailable, unet_request,
 )
 
 log = model_logger("scheduler")
@@ -161,14 +161,13 @@ class TritonPythonModel:
 
     # --- per request: the loop runs here -------------------------------------------------------------
 
-    def _unet(self, record, sample, timestep, encoder_hidden_states):
-        # A scalar-per-row tensor travels as [rows, 1]; the unet config reshapes it to [rows].
-        values = (sample.numpy(), timestep.numpy().reshape(-1, 1), encoder_hidden_states.numpy())
+    def _unet(self, record, inputs):
         model = self.settings.unet_model
         pids = self.callees.pids(model)
-        with self.metrics.unet_call(record, rows=sample.shape[0]):
+        with self.metrics.unet_call(record, rows=inputs[SAMPLE].shape[0]):
             try:
-                (noise_pred,) = call_model(model, dict(zip(UNET.input_names, values)), UNET.output_names)
+                (noise_pred,) = call_model(model, unet_request({name: value.numpy() for name, value in inputs.items()}),
+                                           UNET.output_names)
             except Exception as error:  # a dead UNet process: answered UNAVAILABLE, "send again"
                 raise self.callees.explain(model, pids, error) from error
         return torch.from_numpy(noise_pred)
@@ -211,7 +210,7 @@ class TritonPythonModel:
         for index in range(params.num_images):
             state = start_denoising(self.info, self.scheduler_config, params.variation(index), inputs,
                                     encode_init_image)
-            if not run_to_end(state, lambda *unet_inputs: self._unet(record, *unet_inputs), should_stop=caller_gone):
+            if not run_to_end(state, lambda unet_inputs: self._unet(record, unet_inputs), should_stop=caller_gone):
                 record.outcome = "cancelled"
                 return cancelled(f"cancelled after {state.step_index} of {state.total_steps} steps of image "
                                  f"{index + 1} of {params.num_images}: the caller's deadline passed or it cancelled")
