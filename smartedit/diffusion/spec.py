@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+import numpy as np
+from tritonclient.utils import triton_to_np_dtype
+
 from smartedit.diffusion.recognize import KNOWN, SD_INPAINT, SD_LATENT_BLEND, identify, read_found
 
 Dim = Union[int, str]
@@ -106,8 +109,12 @@ class TensorSpec:
     """One tensor of a component, without its batch axis."""
 
     name: str
-    dtype: str  # a numpy dtype name: "float32", "int64"
+    datatype: str  # the Triton datatype name, as every tensor declaration here has it: "FP32", "INT64"
     dims: tuple[Dim, ...]
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(triton_to_np_dtype(self.datatype))
 
     def shape(self, info: PipelineInfo, batch: int, height: int, width: int) -> tuple[int, ...]:
         """The full shape, batch axis included, for ``batch`` items of ``height`` x ``width``."""
@@ -151,37 +158,37 @@ class ComponentSpec:
 
 TEXT_ENCODER = ComponentSpec(
     name="text_encoder",
-    inputs=(TensorSpec("input_ids", "int64", ("text_length",)),),
-    outputs=(TensorSpec("last_hidden_state", "float32", ("text_length", "text_hidden_size")),),
+    inputs=(TensorSpec("input_ids", "INT64", ("text_length",)),),
+    outputs=(TensorSpec("last_hidden_state", "FP32", ("text_length", "text_hidden_size")),),
 )
 
 # The encoder returns the latent distribution's mean and std rather than a sample, so that the loop
 # can draw the sample from the request's own generator exactly as diffusers does.
 VAE_ENCODER = ComponentSpec(
     name="vae_encoder",
-    inputs=(TensorSpec("image", "float32", (3, "image_height", "image_width")),),
+    inputs=(TensorSpec("image", "FP32", (3, "image_height", "image_width")),),
     outputs=(
-        TensorSpec("latent_mean", "float32", ("latent_channels", "latent_height", "latent_width")),
-        TensorSpec("latent_std", "float32", ("latent_channels", "latent_height", "latent_width")),
+        TensorSpec("latent_mean", "FP32", ("latent_channels", "latent_height", "latent_width")),
+        TensorSpec("latent_std", "FP32", ("latent_channels", "latent_height", "latent_width")),
     ),
 )
 
 UNET = ComponentSpec(
     name="unet",
     inputs=(
-        TensorSpec("sample", "float32", ("unet_in_channels", "latent_height", "latent_width")),
+        TensorSpec("sample", "FP32", ("unet_in_channels", "latent_height", "latent_width")),
         # One timestep per batch row (a scalar per item), so rows of different requests at
         # different steps can share one UNet call.
-        TensorSpec("timestep", "float32", ()),
-        TensorSpec("encoder_hidden_states", "float32", ("text_length", "text_hidden_size")),
+        TensorSpec("timestep", "FP32", ()),
+        TensorSpec("encoder_hidden_states", "FP32", ("text_length", "text_hidden_size")),
     ),
-    outputs=(TensorSpec("noise_pred", "float32", ("latent_channels", "latent_height", "latent_width")),),
+    outputs=(TensorSpec("noise_pred", "FP32", ("latent_channels", "latent_height", "latent_width")),),
 )
 
 VAE_DECODER = ComponentSpec(
     name="vae_decoder",
-    inputs=(TensorSpec("latents", "float32", ("latent_channels", "latent_height", "latent_width")),),
-    outputs=(TensorSpec("image", "float32", (3, "image_height", "image_width")),),
+    inputs=(TensorSpec("latents", "FP32", ("latent_channels", "latent_height", "latent_width")),),
+    outputs=(TensorSpec("image", "FP32", (3, "image_height", "image_width")),),
 )
 
 COMPONENTS: tuple[ComponentSpec, ...] = (TEXT_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)

@@ -94,7 +94,7 @@ def example_inputs(spec: ComponentSpec, info: PipelineInfo, batch: int, height: 
     tensors = []
     for tensor in spec.inputs:
         shape = tensor.shape(info, batch, height, width)
-        if tensor.dtype == "int64":
+        if tensor.datatype == "INT64":
             # Token ids: any id below the smallest real vocabulary is valid.
             tensors.append(torch.randint(0, 256, shape, generator=generator, dtype=torch.int64))
         elif not tensor.dims:  # the UNet's timestep: one scalar per row

@@ -66,16 +66,16 @@ def sam_specs(info: SamInfo) -> tuple[ComponentSpec, ComponentSpec]:
     embedding = (info.embedding_channels, info.embedding_size, info.embedding_size)
     encoder = ComponentSpec(
         name=SAM_ENCODER,
-        inputs=(TensorSpec("pixel_values", "float32", (3, info.image_size, info.image_size)),),
-        outputs=(TensorSpec("image_embeddings", "float32", embedding),),
+        inputs=(TensorSpec("pixel_values", "FP32", (3, info.image_size, info.image_size)),),
+        outputs=(TensorSpec("image_embeddings", "FP32", embedding),),
     )
     decoder = ComponentSpec(
         name=SAM_DECODER,
-        inputs=(TensorSpec("image_embeddings", "float32", embedding),
-                TensorSpec("point_coords", "float32", ("num_points", 2)),
-                TensorSpec("point_labels", "int64", ("num_points",))),
-        outputs=(TensorSpec("low_res_masks", "float32", (1, info.mask_size, info.mask_size)),
-                 TensorSpec("iou_scores", "float32", (1,))),
+        inputs=(TensorSpec("image_embeddings", "FP32", embedding),
+                TensorSpec("point_coords", "FP32", ("num_points", 2)),
+                TensorSpec("point_labels", "INT64", ("num_points",))),
+        outputs=(TensorSpec("low_res_masks", "FP32", (1, info.mask_size, info.mask_size)),
+                 TensorSpec("iou_scores", "FP32", (1,))),
     )
     return encoder, decoder
 

@@ -27,15 +27,12 @@ RUNTIME_PROFILES = (ONNX_CPU, ONNX_GPU, TENSORRT)
 # Benchmarks only: Python-backend components that sleep per a latency table (smartedit.engine.latency_table).
 SIMULATED = "simulated"
 
-_NUMPY_TO_TRITON = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
-
-
 def data_type(datatype: str) -> int:
-    """``model_config_pb2.DataType`` for a Triton datatype name ("FP32") or numpy name ("float32")."""
-    name = _NUMPY_TO_TRITON.get(datatype, datatype)
-    if name == "BYTES":
+    """``model_config_pb2.DataType`` for a Triton datatype name ("FP32", "BYTES"): the one vocabulary of
+    every tensor declaration (components, steps, the wire contract)."""
+    if datatype == "BYTES":
         return mc.TYPE_STRING  # BYTES on the wire is TYPE_STRING in configs
-    return mc.DataType.Value(f"TYPE_{name}")
+    return mc.DataType.Value(f"TYPE_{datatype}")
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ def _component_dims(tensor, info: PipelineInfo | None) -> list[int]:
 
 
 def _add_component_tensor(target, tensor, info: PipelineInfo | None) -> None:
-    entry = target.add(name=tensor.name, data_type=data_type(tensor.dtype), dims=_component_dims(tensor, info))
+    entry = target.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=_component_dims(tensor, info))
     if not tensor.dims:
         entry.reshape.SetInParent()  # reshape { shape: [ ] }
 

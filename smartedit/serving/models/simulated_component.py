@@ -57,6 +57,6 @@ class TritonPythonModel:
     def _answer(self, members, responses, height, width):
         for index, shapes in members:
             batch = next(iter(shapes.values()))[0]
-            outputs = [pb_utils.Tensor(t.name, np.zeros(t.shape(self.info, batch, height, width), dtype=t.dtype))
+            outputs = [pb_utils.Tensor(t.name, np.zeros(t.shape(self.info, batch, height, width), dtype=t.numpy_dtype))
                        for t in self.spec.outputs]
             responses[index] = pb_utils.InferenceResponse(output_tensors=outputs)
