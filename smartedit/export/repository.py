@@ -174,9 +174,7 @@ def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview:
     engine_settings.update(unet_model=model("unet"), vae_encoder_model=model("vae_encoder"))
     callees = {"engine_model": model(steps.DENOISE_ENGINE), "unet_model": model("unet"),
                "vae_encoder_model": model("vae_encoder")}
-    stream_settings = dict(preprocess_settings, engine_model=model(steps.DENOISE_ENGINE),
-                           text_encoder_model=model("text_encoder"), vae_encoder_model=model("vae_encoder"),
-                           vae_decoder_model=model("vae_decoder"))
+    stream_settings = dict(preprocess_settings, model_suffix=names.suffix)
     configs = {
         steps.PREPROCESS: step_config(model(steps.PREPROCESS), steps.PREPROCESS_INPUTS, steps.PREPROCESS_OUTPUTS,
                                       parameters=preprocess_settings),

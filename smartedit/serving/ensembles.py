@@ -7,16 +7,18 @@
     preprocess ─ seed_used ─────────────────────────────────────────────────► (output)
 
 The denoising loop is not in the graph (ensembles are acyclic): the scheduler model runs it and
-calls ``unet`` through BLS.
+calls ``unet`` through BLS. The streaming entry (``inpaint_stream``) walks the same steps.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2 as mc
 
 from smartedit.serving import steps
 from smartedit.serving.pipelines import PipelineNames
-from smartedit.diffusion.spec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
+from smartedit.diffusion.spec import COMPONENTS, TEXT_ENCODER, VAE_DECODER, VAE_ENCODER
 from smartedit.serving.triton_config import data_type
 from smartedit_client import _contract as wire
 
@@ -29,25 +31,46 @@ def _identity(tensors) -> dict[str, str]:
 ONLY_PIPELINE = PipelineNames("default", first=True)
 
 
+@dataclass(frozen=True)
+class GraphStep:
+    """One step of an edit: a model (by its base name; a pipeline serves it as ``PipelineNames.model``),
+    and its tensors, mapped model tensor → edit tensor."""
+
+    model: str
+    input_map: dict[str, str]
+    output_map: dict[str, str]
+
+
+# The edit, described once: the unary ensemble is made of it (``ensemble_steps``), and the stream walks
+# the same steps itself (``component_steps``), around its own preprocessing, loop and postprocessing.
+EDIT_GRAPH: tuple[GraphStep, ...] = (
+    GraphStep(steps.PREPROCESS, _identity(steps.PREPROCESS_INPUTS), _identity(steps.PREPROCESS_OUTPUTS)),
+    GraphStep(TEXT_ENCODER.name,
+              {TEXT_ENCODER.inputs[0].name: steps.INPUT_IDS.name},
+              {TEXT_ENCODER.outputs[0].name: steps.PROMPT_EMBEDS.name}),
+    GraphStep(VAE_ENCODER.name,
+              {VAE_ENCODER.inputs[0].name: steps.MASKED_IMAGE.name},
+              {VAE_ENCODER.outputs[0].name: steps.MASKED_IMAGE_MEAN.name,
+               VAE_ENCODER.outputs[1].name: steps.MASKED_IMAGE_STD.name}),
+    GraphStep(steps.SCHEDULER, _identity(steps.SCHEDULER_INPUTS), _identity(steps.SCHEDULER_OUTPUTS)),
+    GraphStep(VAE_DECODER.name,
+              {VAE_DECODER.inputs[0].name: steps.LATENTS.name},
+              {VAE_DECODER.outputs[0].name: steps.DECODED_IMAGE.name}),
+    GraphStep(steps.POSTPROCESS, _identity(steps.POSTPROCESS_INPUTS), _identity(steps.POSTPROCESS_OUTPUTS)),
+)
+
+
 def ensemble_steps(names: PipelineNames = ONLY_PIPELINE) -> list[tuple[str, dict[str, str], dict[str, str]]]:
     """(model name, input_map, output_map) per step of pipeline ``names``' ensemble; maps go model
     tensor → ensemble tensor."""
-    wiring = [
-        (steps.PREPROCESS, _identity(steps.PREPROCESS_INPUTS), _identity(steps.PREPROCESS_OUTPUTS)),
-        (TEXT_ENCODER.name,
-         {TEXT_ENCODER.inputs[0].name: steps.INPUT_IDS.name},
-         {TEXT_ENCODER.outputs[0].name: steps.PROMPT_EMBEDS.name}),
-        (VAE_ENCODER.name,
-         {VAE_ENCODER.inputs[0].name: steps.MASKED_IMAGE.name},
-         {VAE_ENCODER.outputs[0].name: steps.MASKED_IMAGE_MEAN.name,
-          VAE_ENCODER.outputs[1].name: steps.MASKED_IMAGE_STD.name}),
-        (steps.SCHEDULER, _identity(steps.SCHEDULER_INPUTS), _identity(steps.SCHEDULER_OUTPUTS)),
-        (VAE_DECODER.name,
-         {VAE_DECODER.inputs[0].name: steps.LATENTS.name},
-         {VAE_DECODER.outputs[0].name: steps.DECODED_IMAGE.name}),
-        (steps.POSTPROCESS, _identity(steps.POSTPROCESS_INPUTS), _identity(steps.POSTPROCESS_OUTPUTS)),
-    ]
-    return [(names.model(model), input_map, output_map) for model, input_map, output_map in wiring]
+    return [(names.model(step.model), step.input_map, step.output_map) for step in EDIT_GRAPH]
+
+
+def component_steps(before_loop: bool) -> list[GraphStep]:
+    """The component steps (the encoders, the decoder) before or after the denoising loop."""
+    loop = next(index for index, step in enumerate(EDIT_GRAPH) if step.model == steps.SCHEDULER)
+    part = EDIT_GRAPH[:loop] if before_loop else EDIT_GRAPH[loop + 1:]
+    return [step for step in part if step.model in {spec.name for spec in COMPONENTS}]
 
 
 def inpaint_ensemble_config(name: str = wire.MODEL_NAME, names: PipelineNames = ONLY_PIPELINE) -> mc.ModelConfig:

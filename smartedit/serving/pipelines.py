@@ -32,9 +32,14 @@ class PipelineNames:
             raise ValueError(f"pipeline name {self.pipeline!r}: use letters, digits, '_' and '-' (at most 64, "
                              f"starting with a letter or digit); it becomes part of its models' names")
 
+    @property
+    def suffix(self) -> str:
+        """What this pipeline's models' names end in."""
+        return "" if self.first else f"_{self.pipeline}"
+
     def model(self, base: str) -> str:
         """The name this pipeline's model ``base`` (``unet``, ``preprocess``, ...) is served as."""
-        return base if self.first else f"{base}_{self.pipeline}"
+        return base + self.suffix
 
     @property
     def entries(self) -> tuple[tuple[str, str], ...]:

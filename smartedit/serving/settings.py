@@ -220,10 +220,8 @@ class StreamSettings:
     itself (same keys and meaning as in preprocess's config, so both validate requests alike)."""
 
     preprocess: PreprocessSettings = PreprocessSettings()
-    engine_model: str = steps.DENOISE_ENGINE
-    text_encoder_model: str = "text_encoder"
-    vae_encoder_model: str = "vae_encoder"
-    vae_decoder_model: str = "vae_decoder"
+    # What its pipeline's models' names end in (smartedit.serving.pipelines): "" for the first pipeline's.
+    model_suffix: str = ""
     # Streams open at once; each holds a thread for the edit's life. Past it, streams are refused.
     max_open_streams: int = 128
     default_preview_every: int = wire.DEFAULT_PREVIEW_EVERY
@@ -235,14 +233,19 @@ class StreamSettings:
         get = params.get
         return cls(
             preprocess=PreprocessSettings.parse({k: v for k, v in params.items() if k not in own}),
-            engine_model=get("engine_model", d.engine_model).strip(),
-            text_encoder_model=get("text_encoder_model", d.text_encoder_model).strip(),
-            vae_encoder_model=get("vae_encoder_model", d.vae_encoder_model).strip(),
-            vae_decoder_model=get("vae_decoder_model", d.vae_decoder_model).strip(),
+            model_suffix=get("model_suffix", d.model_suffix).strip(),
             max_open_streams=parse_int("max_open_streams", get("max_open_streams", str(d.max_open_streams)), 1, 65536),
             default_preview_every=parse_int("default_preview_every",
                                             get("default_preview_every", str(d.default_preview_every)), 0),
         )
+
+    def model(self, base: str) -> str:
+        """The name its pipeline serves model ``base`` as (``PipelineNames.model``)."""
+        return base + self.model_suffix
+
+    @property
+    def engine_model(self) -> str:
+        return self.model(steps.DENOISE_ENGINE)
 
 
 @dataclass(frozen=True)

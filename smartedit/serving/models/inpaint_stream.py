@@ -5,9 +5,13 @@ stream runs on a thread of its own through the same stages as the ``inpaint`` en
 same code, so the final image is the same bytes:
 
     reserve a place in denoise_engine → prepare_request (preprocess's own function)
-      → text_encoder, vae_encoder (BLS)
+      → the graph's components before the loop: text_encoder, vae_encoder (BLS)
       → denoise_engine (BLS, decoupled: a progress response per step, preview pixels every N steps)
-      → vae_decoder (BLS) → finish_edit (postprocess's own function) → final response
+      → the graph's components after it: vae_decoder (BLS) → finish_edit (postprocess's own function)
+      → final response
+
+The components and their tensors are the ensemble's own graph (``smartedit.serving.ensembles.EDIT_GRAPH``),
+walked here: the two entry points cannot drift apart.
 
 Preprocess and postprocess run here, not through BLS, because an error's code does not survive
 BLS in Triton 2.51: a bad field must reach the client as INVALID_ARGUMENT. When the client closes
@@ -42,7 +46,8 @@ from smartedit.edit.preprocessing import prepare_request
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance
 from smartedit.serving.request_metrics import RequestCounter, outcome_of
 from smartedit.serving.settings import StreamSettings, parameters_of, pipeline_of
-from smartedit.diffusion.spec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, PipelineInfo
+from smartedit.diffusion.spec import PipelineInfo
+from smartedit.serving.ensembles import component_steps
 from smartedit.serving.structured_log import log_pipeline, model_logger, timed_stage
 from smartedit.serving.triton_io import (
     admission_call, call_model, code_name, error_as_tensors, error_of_response, optional_scalar, reason_of_response,
@@ -182,22 +187,27 @@ class TritonPythonModel:
             admission_call(self.settings.engine_model, steps.RELEASE, reservation, request_id, callees=self.callees)
             raise
         fields.update(log_fields, preview_every=preview_every)
-        models = self.settings
-        (prompt_embeds,) = self._call(models.text_encoder_model, {TEXT_ENCODER.inputs[0].name: tensors[steps.INPUT_IDS]},
-                                      TEXT_ENCODER.output_names, request_id)
-        mean, std = self._call(models.vae_encoder_model, {VAE_ENCODER.inputs[0].name: tensors[steps.MASKED_IMAGE]},
-                               VAE_ENCODER.output_names, request_id)
-        tensors.update({steps.PROMPT_EMBEDS: prompt_embeds, steps.MASKED_IMAGE_MEAN: mean,
-                        steps.MASKED_IMAGE_STD: std, steps.PREVIEW_EVERY: np.array([preview_every], dtype=np.int32)})
-        latents = self._denoise(request, sender, request_id, tensors)
-        (decoded,) = self._call(models.vae_decoder_model, {VAE_DECODER.inputs[0].name: latents},
-                                VAE_DECODER.output_names, request_id)
-        pngs = finish_edit(decoded, read(wire.IMAGE.name), read(wire.MASK_IMAGE.name), tensors[steps.EDIT_BOX], params,
-                           self.provenance)
+        # The edit's tensors by name, as the ensemble's graph names them (smartedit.serving.ensembles).
+        edit = {spec.name: value for spec, value in tensors.items()}
+        edit[steps.PREVIEW_EVERY.name] = np.array([preview_every], dtype=np.int32)
+        self._run_components(component_steps(before_loop=True), edit, request_id)
+        edit[steps.LATENTS.name] = self._denoise(request, sender, request_id, edit)
+        self._run_components(component_steps(before_loop=False), edit, request_id)
+        pngs = finish_edit(edit[steps.DECODED_IMAGE.name], read(wire.IMAGE.name), read(wire.MASK_IMAGE.name),
+                           edit[steps.EDIT_BOX.name], params, self.provenance)
         return pb_utils.InferenceResponse(output_tensors=[
             _tensor(wire.EDITED_IMAGE, np.array(pngs, dtype=np.object_)),
-            _tensor(wire.SEED_USED, tensors[steps.SEED_USED]),
+            _tensor(wire.SEED_USED, edit[steps.SEED_USED.name]),
         ])
+
+    def _run_components(self, graph_steps, edit: dict, request_id: str) -> None:
+        """The graph's component steps, each a BLS call to this pipeline's model, their outputs added to
+        ``edit`` under the graph's names."""
+        for step in graph_steps:
+            outputs = self._call(self.settings.model(step.model),
+                                 {tensor: edit[name] for tensor, name in step.input_map.items()},
+                                 list(step.output_map), request_id)
+            edit.update({step.output_map[tensor]: value for tensor, value in zip(step.output_map, outputs)})
 
     def _call(self, model, inputs, output_names, request_id):
         """A component's BLS call; its failure is ``ModelProcessDied`` when the component lost its process."""
@@ -207,13 +217,13 @@ class TritonPythonModel:
         except Exception as error:
             raise self.callees.explain(model, pids, error) from error
 
-    def _denoise(self, request, sender, request_id, tensors) -> np.ndarray:
+    def _denoise(self, request, sender, request_id, edit) -> np.ndarray:
         """The engine's part, relaying its progress to the client; the latents when it is done."""
         if request.is_cancelled():
             raise StreamClosed("the client closed the stream before denoising began")
         token = self.cancel_board.new_token()
-        inputs = [pb_utils.Tensor(spec.name, tensors[spec]) for spec in steps.SCHEDULER_INPUTS]
-        inputs += [pb_utils.Tensor(steps.PREVIEW_EVERY.name, tensors[steps.PREVIEW_EVERY]),
+        inputs = [pb_utils.Tensor(spec.name, edit[spec.name]) for spec in steps.SCHEDULER_INPUTS]
+        inputs += [pb_utils.Tensor(steps.PREVIEW_EVERY.name, edit[steps.PREVIEW_EVERY.name]),
                    pb_utils.Tensor(steps.CANCEL_TOKEN.name, np.array([token.encode()], dtype=np.object_))]
         engine_request = pb_utils.InferenceRequest(
             model_name=self.settings.engine_model, inputs=inputs, request_id=request_id,
