@@ -12,12 +12,12 @@ the ``inpaint_stream`` entry, both through BLS.
 import functools
 import json
 import threading
-from pathlib import Path
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
 from smartedit.engine.cancellation import CancelBoard
 from smartedit.diffusion.denoise import EditInputs, decoder_input
@@ -28,9 +28,9 @@ from smartedit.ops.server_state import ServerState
 from smartedit.edit.parameters import EditParameters
 from smartedit.diffusion.preview import PREVIEW_FILENAME, LatentPreview
 from smartedit.engine.metrics import EngineReporter, SchedulerMetrics
-from smartedit.serving.settings import EngineSettings, parameters_of, pipeline_of
+from smartedit.serving.settings import EngineSettings
 from smartedit.diffusion.spec import UNET, VAE_ENCODER, PipelineInfo
-from smartedit.serving.structured_log import log_pipeline, model_logger
+from smartedit.serving.structured_log import model_logger
 from smartedit.serving.triton_io import call_model, error_as_tensors, unet_request
 
 log = model_logger("denoise_engine")
@@ -141,18 +141,17 @@ class _VariationSink:
 
 class TritonPythonModel:
     def initialize(self, args):
-        log_pipeline(pipeline_of(args["model_config"]))
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.settings = EngineSettings.parse(parameters_of(json.loads(args["model_config"])))
-        self.info = PipelineInfo.load(version_dir / "pipeline.json")
-        self.scheduler_config = json.loads((version_dir / "scheduler_config.json").read_text())
-        self.preview = LatentPreview.load(version_dir / PREVIEW_FILENAME)
+        model = ModelArgs.of(args)
+        self.settings = EngineSettings.parse(model.parameters)
+        self.info = model.pipeline_info()
+        self.scheduler_config = json.loads((model.folder / "scheduler_config.json").read_text())
+        self.preview = LatentPreview.load(model.folder / PREVIEW_FILENAME)
         self.cancel_board = CancelBoard.of_this_server()
         self.state = ServerState.of_this_server()
         self.callees = Callees(self.state)
         # The loop's own arithmetic is small; leave the cores to the UNet (on onnx-cpu, the same machine).
         torch.set_num_threads(1)
-        self.metrics = SchedulerMetrics(args["model_name"], args["model_version"], args["model_instance_name"])
+        self.metrics = SchedulerMetrics(model.name, model.version, model.instance)
         limits = EngineLimits(max_active_edits=self.settings.max_active_edits,
                               max_queued_edits=self.settings.max_queued_edits,
                               max_unet_rows=self.settings.max_unet_rows,

@@ -24,16 +24,15 @@ left, and is refused at once while the server drains (smartedit.ops.server_state
 that loses its process fails the edit with UNAVAILABLE, "send again" (smartedit.ops.model_processes).
 """
 
-import json
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
+from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
 from smartedit.serving.decoupled_calls import decoupled_responses, release_finished_calls
 from smartedit.engine.cancellation import CancelBoard
@@ -45,10 +44,9 @@ from smartedit.edit.parameters import resolve_parameters
 from smartedit.edit.preprocessing import prepare_request
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance
 from smartedit.serving.request_metrics import RequestCounter, outcome_of
-from smartedit.serving.settings import StreamSettings, parameters_of, pipeline_of
-from smartedit.diffusion.spec import PipelineInfo
+from smartedit.serving.settings import StreamSettings
 from smartedit.serving.ensembles import component_steps
-from smartedit.serving.structured_log import log_pipeline, model_logger, timed_stage
+from smartedit.serving.structured_log import model_logger, timed_stage
 from smartedit.serving.triton_io import (
     admission_call, call_model, code_name, error_as_tensors, error_of_response, optional_scalar, reason_of_response,
     request_deadline,
@@ -90,16 +88,15 @@ def _failure(status: str, message: str):
 
 class TritonPythonModel:
     def initialize(self, args):
-        log_pipeline(pipeline_of(args["model_config"]))
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.settings = StreamSettings.parse(parameters_of(json.loads(args["model_config"])))
-        self.info = PipelineInfo.load(version_dir / "pipeline.json")
-        self.tokenizer = AutoTokenizer.from_pretrained(version_dir / "tokenizer")
-        self.provenance = Provenance.load(version_dir / PROVENANCE_FILENAME)
+        model = ModelArgs.of(args)
+        self.settings = StreamSettings.parse(model.parameters)
+        self.info = model.pipeline_info()
+        self.tokenizer = AutoTokenizer.from_pretrained(model.folder / "tokenizer")
+        self.provenance = Provenance.load(model.folder / PROVENANCE_FILENAME)
         self.cancel_board = CancelBoard.of_this_server()
         self.state = ServerState.of_this_server()
         self.callees = Callees(self.state)
-        self.requests = RequestCounter("inpaint_stream", pipeline_of(args["model_config"]))
+        self.requests = RequestCounter("inpaint_stream", model.pipeline)
         self._open = threading.BoundedSemaphore(self.settings.max_open_streams)
         self._pool = ThreadPoolExecutor(self.settings.max_open_streams, thread_name_prefix="stream")
         # Streams whose edit is in the engine, by cancel token: a watcher marks those whose client has

@@ -6,21 +6,21 @@ tensors agree in every axis but the batch axis run as one ONNX Runtime call, whi
 the native backends do.
 """
 
-import json
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from smartedit.serving.settings import OnnxHostSettings, parameters_of
+from smartedit.serving.model_args import ModelArgs
+from smartedit.serving.settings import OnnxHostSettings
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        settings = OnnxHostSettings.parse(parameters_of(config))
-        path = Path(args["model_repository"]) / args["model_version"] / settings.model_filename
+        model = ModelArgs.of(args)
+        config = model.config
+        settings = OnnxHostSettings.parse(model.parameters)
+        path = model.folder / settings.model_filename
         options = ort.SessionOptions()
         if settings.intra_op_num_threads:
             options.intra_op_num_threads = settings.intra_op_num_threads

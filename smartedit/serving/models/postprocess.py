@@ -1,19 +1,18 @@
 """``postprocess``: each image scaled back to its box and pasted into the request's image where masked
 (feathered as the record says), PNG carrying its parameters; the edit leaves the in-flight ledger."""
 
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
 from smartedit.ops.server_state import ServerState
 from smartedit.edit.parameters import EditParameters
 from smartedit.edit.postprocessing import finish_edit
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance
 from smartedit.serving.request_metrics import RequestCounter
-from smartedit.serving.settings import pipeline_of
-from smartedit.serving.structured_log import log_pipeline, model_logger, timed_stage
+from smartedit.serving.structured_log import model_logger, timed_stage
 from smartedit.serving.triton_io import array, optional_scalar
 from smartedit_client import _contract as wire
 
@@ -22,10 +21,10 @@ log = model_logger("postprocess")
 
 class TritonPythonModel:
     def initialize(self, args):
-        log_pipeline(pipeline_of(args["model_config"]))
-        self.provenance = Provenance.load(Path(args["model_repository"]) / args["model_version"] / PROVENANCE_FILENAME)
+        model = ModelArgs.of(args)
+        self.provenance = Provenance.load(model.folder / PROVENANCE_FILENAME)
         self.state = ServerState.of_this_server()
-        self.requests = RequestCounter("inpaint", pipeline_of(args["model_config"]))
+        self.requests = RequestCounter("inpaint", model.pipeline)
 
     def finalize(self):
         self.requests.close()

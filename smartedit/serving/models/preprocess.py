@@ -1,14 +1,13 @@
 """``preprocess``: record the edit as in flight (or refuse it while the server drains), reserve its
 place in the engine, validate the request, decode image and mask, tokenize, resolve parameters."""
 
-import json
 import time
 import uuid
-from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
+from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
 from smartedit.serving.decoupled_calls import release_finished_calls
 from smartedit.errors import RequestError
@@ -17,9 +16,8 @@ from smartedit.ops.server_state import BETWEEN_STEPS_S, ServerState
 from smartedit.edit.parameters import resolve_parameters
 from smartedit.edit.preprocessing import prepare_request
 from smartedit.serving.request_metrics import RequestCounter
-from smartedit.serving.settings import PreprocessSettings, parameters_of, pipeline_of
-from smartedit.diffusion.spec import PipelineInfo
-from smartedit.serving.structured_log import log_pipeline, model_logger, timed_stage
+from smartedit.serving.settings import PreprocessSettings
+from smartedit.serving.structured_log import model_logger, timed_stage
 from smartedit.serving.triton_io import (
     admission_call, internal_error, invalid_argument, optional_scalar, request_deadline, unavailable,
 )
@@ -29,15 +27,14 @@ log = model_logger("preprocess")
 
 class TritonPythonModel:
     def initialize(self, args):
-        log_pipeline(pipeline_of(args["model_config"]))
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.settings = PreprocessSettings.parse(parameters_of(json.loads(args["model_config"])))
-        self.info = PipelineInfo.load(version_dir / "pipeline.json")
-        self.tokenizer = AutoTokenizer.from_pretrained(version_dir / "tokenizer")
+        model = ModelArgs.of(args)
+        self.settings = PreprocessSettings.parse(model.parameters)
+        self.info = model.pipeline_info()
+        self.tokenizer = AutoTokenizer.from_pretrained(model.folder / "tokenizer")
         self.state = ServerState.of_this_server()
         self.callees = Callees(self.state)
         # The inpaint ensemble's requests that end here (smartedit.serving.request_metrics); the others end later.
-        self.requests = RequestCounter("inpaint", pipeline_of(args["model_config"]))
+        self.requests = RequestCounter("inpaint", model.pipeline)
 
     def finalize(self):
         release_finished_calls()  # its admission calls to the engine

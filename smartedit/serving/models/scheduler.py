@@ -16,12 +16,12 @@ ends the ensemble, so it leaves the server's in-flight ledger here (otherwise po
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
 from smartedit.serving.decoupled_calls import decoupled_responses, release_finished_calls
 from smartedit.diffusion.denoise import SAMPLE, EditInputs, decoder_input, run_to_end
@@ -32,9 +32,9 @@ from smartedit.ops.server_state import BETWEEN_STEPS_S, UNBOUNDED_REQUEST_S, Ser
 from smartedit.edit.parameters import EditParameters
 from smartedit.serving.request_metrics import RequestCounter, outcome_of
 from smartedit.engine.metrics import SchedulerMetrics
-from smartedit.serving.settings import BATCHED, SchedulerSettings, parameters_of, pipeline_of
-from smartedit.diffusion.spec import UNET, VAE_ENCODER, PipelineInfo
-from smartedit.serving.structured_log import log_pipeline, model_logger, timed_stage
+from smartedit.serving.settings import BATCHED, SchedulerSettings
+from smartedit.diffusion.spec import UNET, VAE_ENCODER
+from smartedit.serving.structured_log import model_logger, timed_stage
 from smartedit.serving.triton_io import (
     array, call_model, cancelled, code_name, error_of_response, internal_error, optional_scalar, reason_of_response,
     unavailable, unet_request,
@@ -53,11 +53,10 @@ MAX_FORWARDED_EDITS = 1024
 
 class TritonPythonModel:
     def initialize(self, args):
-        log_pipeline(pipeline_of(args["model_config"]))
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.settings = SchedulerSettings.parse(parameters_of(json.loads(args["model_config"])))
+        model = ModelArgs.of(args)
+        self.settings = SchedulerSettings.parse(model.parameters)
         self.state = ServerState.of_this_server()
-        self.requests = RequestCounter("inpaint", pipeline_of(args["model_config"]))  # the ensemble's requests that end in this step
+        self.requests = RequestCounter("inpaint", model.pipeline)  # the ensemble's requests that end in this step
         self.callees = Callees(self.state)
         if self.settings.engine == BATCHED:
             # One thread per edit in flight, each blocked in its BLS call while the engine works. (The
@@ -67,10 +66,10 @@ class TritonPythonModel:
             # the engine refuses what it cannot take, and a refused edit frees its thread at once.
             self._forwarders = ThreadPoolExecutor(MAX_FORWARDED_EDITS, thread_name_prefix="scheduler-forward")
             return
-        self.info = PipelineInfo.load(version_dir / "pipeline.json")
-        self.scheduler_config = json.loads((version_dir / "scheduler_config.json").read_text())
+        self.info = model.pipeline_info()
+        self.scheduler_config = json.loads((model.folder / "scheduler_config.json").read_text())
         torch.set_num_threads(1)  # the loop's own arithmetic is tiny; leave the cores to the UNet
-        self.metrics = SchedulerMetrics(args["model_name"], args["model_version"], args["model_instance_name"])
+        self.metrics = SchedulerMetrics(model.name, model.version, model.instance)
 
     def finalize(self):
         if self.settings.engine == BATCHED:

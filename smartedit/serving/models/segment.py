@@ -10,11 +10,9 @@ While the server drains, a new request is refused (UNAVAILABLE); one in flight i
 
 import hashlib
 import io
-import json
 import threading
 import uuid
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +20,7 @@ import triton_python_backend_utils as pb_utils
 from PIL import Image
 from transformers import SamProcessor
 
+from smartedit.serving.model_args import ModelArgs
 from smartedit.errors import RequestError
 from smartedit.ops.server_state import ServerState
 from smartedit.serving.request_metrics import RequestCounter
@@ -29,7 +28,7 @@ from smartedit.edit.photos import decode_image
 from smartedit.segmentation.sam import (
     PROCESSOR_FOLDER, SAM_DECODER, SAM_ENCODER, SAM_INFO_FILENAME, SamInfo, prompt_arrays,
 )
-from smartedit.serving.settings import SegmentSettings, parameters_of
+from smartedit.serving.settings import SegmentSettings
 from smartedit.serving.structured_log import model_logger, timed_stage
 from smartedit.serving.triton_io import call_model, internal_error, invalid_argument, request_deadline, unavailable
 from smartedit_client import _contract as wire
@@ -44,10 +43,10 @@ def _input(request, name):
 
 class TritonPythonModel:
     def initialize(self, args):
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.settings = SegmentSettings.parse(parameters_of(json.loads(args["model_config"])))
-        self.info = SamInfo.load(version_dir / SAM_INFO_FILENAME)
-        self.processor = SamProcessor.from_pretrained(version_dir / PROCESSOR_FOLDER)
+        model = ModelArgs.of(args)
+        self.settings = SegmentSettings.parse(model.parameters)
+        self.info = SamInfo.load(model.folder / SAM_INFO_FILENAME)
+        self.processor = SamProcessor.from_pretrained(model.folder / PROCESSOR_FOLDER)
         torch.set_num_threads(1)
         self._cache = OrderedDict()  # content hash -> (embeddings, original size, resized size), LRU
         self._lock = threading.Lock()

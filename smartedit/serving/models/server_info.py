@@ -5,26 +5,26 @@ APIs (model config among them) leave open to every client.
 Being the lightest model, it also publishes what ``smartedit serve`` counts (model processes replaced,
 restarts, drains) and the drain's state as metrics (smartedit.ops.event_metrics)."""
 
-import json
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
 from smartedit.ops.event_metrics import EventMetrics
 from smartedit.ops.server_state import ServerState
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance
 from smartedit.serving.pipelines import read_pipeline_list
 from smartedit.serving.server_info import describe_json
-from smartedit.serving.settings import PreprocessSettings, parameters_of
+from smartedit.serving.settings import PreprocessSettings
 from smartedit.diffusion.spec import PipelineInfo
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        settings = PreprocessSettings.parse(parameters_of(json.loads(args["model_config"])))
+        model = ModelArgs.of(args)
+        version_dir = model.folder
+        settings = PreprocessSettings.parse(model.parameters)
         served = [(names, PipelineInfo.load(version_dir / "pipelines" / names.pipeline / "pipeline.json"),
                    Provenance.load(version_dir / "pipelines" / names.pipeline / PROVENANCE_FILENAME))
                   for names in read_pipeline_list(version_dir)]

@@ -9,27 +9,27 @@ call at a time, like one GPU. Requests of a dynamic batch that agree in shape ru
 native backend batches them.
 """
 
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from smartedit.serving.model_args import ModelArgs
 from smartedit.engine.latency_table import ComponentLatency
-from smartedit.serving.settings import parameters_of, parse_float, parse_int
-from smartedit.diffusion.spec import COMPONENTS, PipelineInfo
+from smartedit.serving.settings import parse_float, parse_int
+from smartedit.diffusion.spec import COMPONENTS
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = parameters_of(json.loads(args["model_config"]))
+        model = ModelArgs.of(args)
+        params = model.parameters
         self.latency = ComponentLatency(a_ms=parse_float("latency_a_ms", params["latency_a_ms"], 0.0),
                                         b_ms=parse_float("latency_b_ms", params["latency_b_ms"], 0.0),
                                         max_batch_size=1)
         self.reference_pixels = parse_int("reference_pixels", params["reference_pixels"], 1)
-        self.info = PipelineInfo.load(Path(args["model_repository"]) / args["model_version"] / "pipeline.json")
-        self.spec = next(c for c in COMPONENTS if c.name == args["model_name"])
+        self.info = model.pipeline_info()
+        self.spec = next(c for c in COMPONENTS if c.name == model.name)
 
     def execute(self, requests):
         started = time.perf_counter()
