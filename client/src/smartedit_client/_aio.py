@@ -20,7 +20,7 @@ from smartedit_client import _contract as wire
 from smartedit_client._channel import RETRY_ATTEMPTS, channel, stream_backoff_s
 from smartedit_client._client import (
     DEFAULT_TIMEOUT_S, DEFAULT_URL, LIVENESS_PROBE_S, ImageLike, deadline_arguments, edit_failure, edit_inputs,
-    edit_result, encoded, entry_models, grpc_target, replay_of, requested, server_info_of,
+    configure_client, edit_result, encoded, entry_models, replay_of, requested, server_info_of,
 )
 from smartedit_client._errors import (
     RequestTimeoutError, ServerOverloadedError, ServerUnavailableError, SmartEditError, from_triton, unreachable,
@@ -44,22 +44,10 @@ class AsyncInpaintClient:
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S, pipeline: str | None = None,
                  model_name: str = wire.MODEL_NAME, stream_model_name: str = wire.STREAM_MODEL_NAME,
                  ssl: bool = False, root_certificates: str | os.PathLike | None = None, balance: bool | None = None):
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.url = grpc_target(url)
-        self.timeout_s = timeout_s
-        self.pipeline = pipeline
-        self.model_name, self.stream_model_name = (
-            (model_name, stream_model_name) if pipeline is None else entry_models(pipeline))
-        if root_certificates is not None:
-            if not os.path.isfile(root_certificates):
-                raise ValueError(f"root_certificates {os.fspath(root_certificates)!r}: no such file")
-            ssl = True
+        tls = configure_client(self, url, timeout_s, pipeline, model_name, stream_model_name, ssl, root_certificates)
         target, channel_args = channel(self.url, balance)
         self._balanced = channel_args is not None
-        self._client = grpcaio.InferenceServerClient(
-            url=target, ssl=ssl, root_certificates=None if root_certificates is None else os.fspath(root_certificates),
-            channel_args=channel_args)
+        self._client = grpcaio.InferenceServerClient(url=target, channel_args=channel_args, **tls)
 
     async def __aenter__(self) -> "AsyncInpaintClient":
         return self

@@ -111,19 +111,9 @@ class InpaintClient:
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = DEFAULT_TIMEOUT_S, pipeline: str | None = None,
                  model_name: str = wire.MODEL_NAME, stream_model_name: str = wire.STREAM_MODEL_NAME,
                  ssl: bool = False, root_certificates: str | os.PathLike | None = None, balance: bool | None = None):
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        self.url = url = grpc_target(url)
-        self.timeout_s = timeout_s
-        self.pipeline = pipeline
-        self.model_name, self.stream_model_name = (
-            (model_name, stream_model_name) if pipeline is None else entry_models(pipeline))
-        if root_certificates is not None:
-            if not os.path.isfile(root_certificates):
-                raise ValueError(f"root_certificates {os.fspath(root_certificates)!r}: no such file")
-            ssl = True
-        self._tls = dict(ssl=ssl, root_certificates=None if root_certificates is None else os.fspath(root_certificates))
-        self._target, self._channel_args = channel(url, balance)
+        self._tls = configure_client(self, url, timeout_s, pipeline, model_name, stream_model_name, ssl,
+                                     root_certificates)
+        self._target, self._channel_args = channel(self.url, balance)
         self._client = grpcclient.InferenceServerClient(url=self._target, channel_args=self._channel_args, **self._tls)
 
     def __enter__(self) -> "InpaintClient":
@@ -303,6 +293,29 @@ class InpaintClient:
         return InpaintStream(self.url, tls=self._tls, model_name=self._models(pipeline)[1], inputs=inputs,
                              request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
                              channel=(self._target, self._channel_args))
+
+
+def configure_client(client, url: str, timeout_s: float, pipeline: str | None, model_name: str,
+                     stream_model_name: str, ssl: bool, root_certificates: str | os.PathLike | None) -> dict:
+    """Set what both clients (blocking and async) hold: ``url``, ``timeout_s``, ``pipeline`` and the
+    models it names; returns the TLS arguments of their gRPC client.
+
+    Raises:
+        ValueError: a timeout that is not positive, or a certificates file that does not exist.
+        InvalidRequestError: ``pipeline`` cannot be a pipeline's name.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    client.url = grpc_target(url)
+    client.timeout_s = timeout_s
+    client.pipeline = pipeline
+    client.model_name, client.stream_model_name = (
+        (model_name, stream_model_name) if pipeline is None else entry_models(pipeline))
+    if root_certificates is not None:
+        if not os.path.isfile(root_certificates):
+            raise ValueError(f"root_certificates {os.fspath(root_certificates)!r}: no such file")
+        ssl = True
+    return dict(ssl=ssl, root_certificates=None if root_certificates is None else os.fspath(root_certificates))
 
 
 def requested(specs) -> list[grpcclient.InferRequestedOutput]:
