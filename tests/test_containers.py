@@ -158,6 +158,25 @@ def test_server_entrypoint_is_valid_sh_and_its_commands_are_accepted():
     assert f"export {ADMIN_KEY_ENV}" in text and 'RESTRICT="--no-restrict"' in text
 
 
+def test_server_entrypoint_exports_each_model_of_smartedit_model_as_a_pipeline(tmp_path):
+    """compose's SMARTEDIT_MODEL="NAME=PATH NAME=PATH": one --model each (a stand-in `smartedit` records them)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "smartedit").write_text('#!/bin/sh\necho "$@" >> "$CALLS"\n')
+    (bin_dir / "smartedit").chmod(0o755)
+    calls = tmp_path / "calls"
+    (tmp_path / "models").mkdir()  # the volume the repository lives in
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(calls),
+               SMARTEDIT_MODEL_REPOSITORY=str(tmp_path / "models" / "model_repository"),
+               SMARTEDIT_MODEL="sd15=runwayml/stable-diffusion-inpainting blend=/models/dreamshaper")
+    subprocess.run(["sh", str(ENTRYPOINT)], env=env, check=True, timeout=30, cwd=tmp_path)
+    export = calls.read_text().splitlines()[0].split()
+    assert export[0] == "export" and [a for a in export if a.startswith("--model")] == [
+        "--model=sd15=runwayml/stable-diffusion-inpainting", "--model=blend=/models/dreamshaper"]
+    assert smartedit_parser().parse_args(export).model == ["sd15=runwayml/stable-diffusion-inpainting",
+                                                            "blend=/models/dreamshaper"]
+
+
 @pytest.mark.parametrize("value_set", ["defaults", "cpu", "s3"])
 def test_chart_commands_are_accepted_by_the_programs_they_run(value_set):
     objects = render(value_set)

@@ -245,6 +245,20 @@ def test_build_source_exports_in_an_init_container_into_the_served_volume():
     assert served["subPath"] == "model_repository"
 
 
+def test_build_source_exports_every_pipeline_of_a_model_list_into_one_repository():
+    """README "Several pipelines in one server": one export, one repository, the first pipeline plain."""
+    from smartedit.cli.main import parser as smartedit_parser
+
+    listed = render("cpu", "modelRepository.build.model={sd15=runwayml/stable-diffusion-inpainting,dreamshaper=a/b}")
+    (init,) = pod_spec(listed)["initContainers"]
+    models = [a for a in init["args"] if a.startswith("--model=")]
+    assert models == ["--model=sd15=runwayml/stable-diffusion-inpainting", "--model=dreamshaper=a/b"]
+    assert smartedit_parser().parse_args(["export", *init["args"]]).model == [
+        "sd15=runwayml/stable-diffusion-inpainting", "dreamshaper=a/b"]
+    (one,) = pod_spec(render("cpu", "modelRepository.build.model=a/b"))["initContainers"]
+    assert [a for a in one["args"] if a.startswith("--model=")] == ["--model=a/b"]
+
+
 # --- services, ingress, monitoring, scaling, policies --------------------------------------------
 
 def test_admin_apis_are_restricted_by_default_with_a_key_from_a_generated_secret():
