@@ -106,11 +106,14 @@ class PipelineInfo:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One tensor of a component, without its batch axis."""
+    """One tensor of a served model: a component's, without its batch axis (dims may name sizes of the
+    pipeline and spatial axes); a Python step's (``smartedit.serving.steps``: no batching, so its full
+    shape, -1 where it varies per request)."""
 
     name: str
-    datatype: str  # the Triton datatype name, as every tensor declaration here has it: "FP32", "INT64"
+    datatype: str  # the Triton datatype name, as the wire contract has it: "FP32", "INT64", "BYTES"
     dims: tuple[Dim, ...]
+    optional: bool = False  # an input a request may leave out (steps only)
 
     @property
     def numpy_dtype(self) -> np.dtype:

@@ -21,7 +21,7 @@ from smartedit.edit.parameters import EditParameters, resolve_parameters
 from smartedit.edit.photos import Photo, decode_photo
 from smartedit.edit.regions import EditRegion, plan_edit_region
 from smartedit.serving.settings import PreprocessSettings
-from smartedit.diffusion.spec import PipelineInfo
+from smartedit.diffusion.spec import PipelineInfo, TensorSpec
 from smartedit.edit.tasks import REMOVE, prefill_hole
 from smartedit_client import _contract as wire
 
@@ -149,7 +149,7 @@ def tokenize(tokenizer, negative_prompt: str, prompt: str) -> np.ndarray:
 
 def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, settings: PreprocessSettings,
                     deadline: float, reservation: str = "", params: EditParameters | None = None,
-                    ) -> tuple[dict[steps.StepTensor, np.ndarray], dict[str, Any]]:
+                    ) -> tuple[dict[TensorSpec, np.ndarray], dict[str, Any]]:
     """Everything preprocess hands on for one request: the step tensors, and the fields to log.
 
     Args:

@@ -2,13 +2,15 @@
 
 The step models read their tensor names from here and the config generator writes their configs
 from here. Step models have ``max_batch_size: 0`` (one request is one edit), so dims are full
-shapes with -1 for the axes that vary per request.
+shapes with -1 for the axes that vary per request. They are declared with the type components' are
+(``TensorSpec``): one tensor declaration type for every model the server serves.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from smartedit.diffusion.spec import TensorSpec
 from smartedit_client import _contract as wire
 
 PREPROCESS, SCHEDULER, POSTPROCESS = "preprocess", "scheduler", "postprocess"
@@ -19,42 +21,34 @@ INPAINT_STREAM = wire.STREAM_MODEL_NAME
 SERVER_INFO_MODEL = wire.INFO_MODEL_NAME
 
 
-@dataclass(frozen=True)
-class StepTensor:
-    name: str
-    datatype: str  # Triton datatype name, as in the wire contract: "FP32", "INT64", "BYTES", ...
-    dims: tuple[int, ...]
-    optional: bool = False
-
-
-def wire_input(tensor: wire.WireTensor) -> StepTensor:
+def wire_input(tensor: wire.WireTensor) -> TensorSpec:
     # Optional even where the wire contract requires the tensor: Triton 2.51's ensemble does not
     # check required inputs itself (a missing one ends in "unexpected deadlock"), so preprocess
     # must run and reject the request with a message naming the missing field.
-    return StepTensor(tensor.name, tensor.datatype, wire.TENSOR_SHAPE, optional=True)
+    return TensorSpec(tensor.name, tensor.datatype, wire.TENSOR_SHAPE, optional=True)
 
 
 # Outputs of preprocess. The request's parameters come out resolved (defaults applied, seed drawn) as
 # one record, EDIT_PARAMETERS, which the loop and postprocess read: a new parameter needs no new tensor.
-INPUT_IDS = StepTensor("input_ids", "INT64", (2, -1))  # row 0: negative prompt, row 1: prompt
-MASKED_IMAGE = StepTensor("masked_image", "FP32", (1, 3, -1, -1))  # in [-1, 1], 0 where repainted
-INIT_IMAGE = StepTensor("init_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]; encoded when the family needs it
-LATENT_MASK = StepTensor("latent_mask", "FP32", (1, 1, -1, -1))  # 1 = repaint, at latent resolution
+INPUT_IDS = TensorSpec("input_ids", "INT64", (2, -1))  # row 0: negative prompt, row 1: prompt
+MASKED_IMAGE = TensorSpec("masked_image", "FP32", (1, 3, -1, -1))  # in [-1, 1], 0 where repainted
+INIT_IMAGE = TensorSpec("init_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]; encoded when the family needs it
+LATENT_MASK = TensorSpec("latent_mask", "FP32", (1, 1, -1, -1))  # 1 = repaint, at latent resolution
 # The box of the original that the models edit (left, top, right, bottom; smartedit.edit.regions). Postprocess
 # pastes the edit back into the request's own image and mask, which it decodes again: cheaper than
 # sending a 24 MP photo's pixels through the stubs' shared memory, which never shrinks.
-EDIT_BOX = StepTensor("edit_box", "INT32", (4,))
+EDIT_BOX = TensorSpec("edit_box", "INT32", (4,))
 # The edit's record (smartedit.edit.parameters.EditParameters, JSON): every scalar parameter resolved once.
-EDIT_PARAMETERS = StepTensor("edit_parameters", "BYTES", (1,))
-SEED_USED = StepTensor(wire.SEED_USED.name, wire.SEED_USED.datatype, wire.OUTPUT_SHAPE)  # one per image
+EDIT_PARAMETERS = TensorSpec("edit_parameters", "BYTES", (1,))
+SEED_USED = TensorSpec(wire.SEED_USED.name, wire.SEED_USED.datatype, wire.OUTPUT_SHAPE)  # one per image
 # When the caller gives up, as ``time.time()`` seconds; 0 when it set no timeout. Preprocess computes it
 # from Triton's request timeout, which the client sets from its own and the ensemble passes to every step.
-DEADLINE = StepTensor("deadline", "FP64", (1,))
+DEADLINE = TensorSpec("deadline", "FP64", (1,))
 # The edit's token, made by preprocess: it names the edit in the server's in-flight ledger until
 # postprocess answers it (smartedit.ops.server_state: what a drain waits for), and the places preprocess
 # reserved under it in the engine before decoding anything, so that the engine refuses at once what it
 # cannot take; the edit claims its place when it arrives.
-RESERVATION = StepTensor("reservation", "BYTES", (1,))
+RESERVATION = TensorSpec("reservation", "BYTES", (1,))
 
 PREPROCESS_INPUTS = tuple(wire_input(t) for t in wire.INPUTS)
 PREPROCESS_OUTPUTS = (
@@ -63,11 +57,11 @@ PREPROCESS_OUTPUTS = (
 
 # The loop's inputs: what preprocess resolved, the prompt embeddings and the masked image's latent
 # distribution from the ensemble's component steps.
-PROMPT_EMBEDS = StepTensor("prompt_embeds", "FP32", (2, -1, -1))
-MASKED_IMAGE_MEAN = StepTensor("masked_image_latent_mean", "FP32", (1, -1, -1, -1))
-MASKED_IMAGE_STD = StepTensor("masked_image_latent_std", "FP32", (1, -1, -1, -1))
+PROMPT_EMBEDS = TensorSpec("prompt_embeds", "FP32", (2, -1, -1))
+MASKED_IMAGE_MEAN = TensorSpec("masked_image_latent_mean", "FP32", (1, -1, -1, -1))
+MASKED_IMAGE_STD = TensorSpec("masked_image_latent_std", "FP32", (1, -1, -1, -1))
 # Denoised, divided by the VAE scaling factor: one row per image (num_images).
-LATENTS = StepTensor("latents", "FP32", (-1, -1, -1, -1))
+LATENTS = TensorSpec("latents", "FP32", (-1, -1, -1, -1))
 
 SCHEDULER_INPUTS = (
     PROMPT_EMBEDS, MASKED_IMAGE_MEAN, MASKED_IMAGE_STD, LATENT_MASK, INIT_IMAGE, EDIT_PARAMETERS, DEADLINE, RESERVATION,
@@ -80,43 +74,43 @@ SCHEDULER_OUTPUTS = (LATENTS,)
 # one final response: the latents, or the error as error_code (a TritonError code name) and
 # error_message. (Triton 2.51 turns every error that comes back through BLS into INTERNAL, and the
 # callers must tell a refusal for capacity, UNAVAILABLE, from a cancellation or a fault.)
-PREVIEW_EVERY = StepTensor(wire.PREVIEW_EVERY.name, wire.PREVIEW_EVERY.datatype, (1,), optional=True)
-CANCEL_TOKEN = StepTensor("cancel_token", "BYTES", (1,), optional=True)
+PREVIEW_EVERY = TensorSpec(wire.PREVIEW_EVERY.name, wire.PREVIEW_EVERY.datatype, (1,), optional=True)
+CANCEL_TOKEN = TensorSpec("cancel_token", "BYTES", (1,), optional=True)
 # A request holding only `admission` ("reserve" or "release") and `reservation` keeps or gives back a
 # place; it is answered at once, with an empty response or the refusal.
-ADMISSION = StepTensor("admission", "BYTES", (1,), optional=True)
+ADMISSION = TensorSpec("admission", "BYTES", (1,), optional=True)
 RESERVE, RELEASE = b"reserve", b"release"
-PLACES = StepTensor("places", "INT32", (1,), optional=True)  # with "reserve": one per image of the edit, default 1
-STEP = StepTensor(wire.STEP.name, wire.STEP.datatype, (1,))
-TOTAL_STEPS = StepTensor(wire.TOTAL_STEPS.name, wire.TOTAL_STEPS.datatype, (1,))
-PREVIEW_PIXELS = StepTensor("preview_pixels", "UINT8", (-1, -1, 3))  # RGB at latent resolution
+PLACES = TensorSpec("places", "INT32", (1,), optional=True)  # with "reserve": one per image of the edit, default 1
+STEP = TensorSpec(wire.STEP.name, wire.STEP.datatype, (1,))
+TOTAL_STEPS = TensorSpec(wire.TOTAL_STEPS.name, wire.TOTAL_STEPS.datatype, (1,))
+PREVIEW_PIXELS = TensorSpec("preview_pixels", "UINT8", (-1, -1, 3))  # RGB at latent resolution
 # As the stream's, but the engine's code is a TritonError code name (its callers rebuild the error).
-ERROR_CODE = StepTensor(wire.ERROR_CODE.name, wire.ERROR_CODE.datatype, (1,))
-ERROR_MESSAGE = StepTensor(wire.ERROR_MESSAGE.name, wire.ERROR_MESSAGE.datatype, (1,))
+ERROR_CODE = TensorSpec(wire.ERROR_CODE.name, wire.ERROR_CODE.datatype, (1,))
+ERROR_MESSAGE = TensorSpec(wire.ERROR_MESSAGE.name, wire.ERROR_MESSAGE.datatype, (1,))
 # Why, in a word, for the request counters (smartedit.serving.request_metrics): at_capacity, deadline, denoise, ...
-ERROR_REASON = StepTensor("error_reason", "BYTES", (1,))
+ERROR_REASON = TensorSpec("error_reason", "BYTES", (1,))
 
 # Every input optional to Triton: an admission request carries two of them; the engine checks the rest.
 ENGINE_INPUTS = tuple(replace(t, optional=True) for t in SCHEDULER_INPUTS) + (PREVIEW_EVERY, CANCEL_TOKEN, ADMISSION,
                                                                              PLACES)
 ENGINE_OUTPUTS = (LATENTS, STEP, TOTAL_STEPS, PREVIEW_PIXELS, ERROR_CODE, ERROR_MESSAGE, ERROR_REASON)
 
-DECODED_IMAGE = StepTensor("decoded_image", "FP32", (-1, 3, -1, -1))  # in [-1, 1], one row per image
-EDITED_IMAGE = StepTensor(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wire.OUTPUT_SHAPE)
+DECODED_IMAGE = TensorSpec("decoded_image", "FP32", (-1, 3, -1, -1))  # in [-1, 1], one row per image
+EDITED_IMAGE = TensorSpec(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wire.OUTPUT_SHAPE)
 
-POSTPROCESS_INPUTS = (DECODED_IMAGE, StepTensor(wire.IMAGE.name, wire.IMAGE.datatype, wire.TENSOR_SHAPE),
-                      StepTensor(wire.MASK_IMAGE.name, wire.MASK_IMAGE.datatype, wire.TENSOR_SHAPE), EDIT_BOX,
+POSTPROCESS_INPUTS = (DECODED_IMAGE, TensorSpec(wire.IMAGE.name, wire.IMAGE.datatype, wire.TENSOR_SHAPE),
+                      TensorSpec(wire.MASK_IMAGE.name, wire.MASK_IMAGE.datatype, wire.TENSOR_SHAPE), EDIT_BOX,
                       EDIT_PARAMETERS, RESERVATION)
 POSTPROCESS_OUTPUTS = (EDITED_IMAGE,)
 
 STREAM_INPUTS = tuple(wire_input(t) for t in wire.STREAM_INPUTS)
-STREAM_OUTPUTS = tuple(StepTensor(t.name, t.datatype, wire.OUTPUT_SHAPE if t in wire.OUTPUTS else wire.TENSOR_SHAPE)
+STREAM_OUTPUTS = tuple(TensorSpec(t.name, t.datatype, wire.OUTPUT_SHAPE if t in wire.OUTPUTS else wire.TENSOR_SHAPE)
                        for t in wire.STREAM_OUTPUTS)
 
-SERVER_INFO = StepTensor(wire.SERVER_INFO.name, wire.SERVER_INFO.datatype, wire.TENSOR_SHAPE)
+SERVER_INFO = TensorSpec(wire.SERVER_INFO.name, wire.SERVER_INFO.datatype, wire.TENSOR_SHAPE)
 
 # The click-to-mask entry (smartedit.segmentation.sam): the wire contract's segment model.
 SEGMENT = wire.SEGMENT_MODEL_NAME
-SEGMENT_INPUTS = tuple(StepTensor(t.name, t.datatype, wire.SEGMENT_SHAPES.get(t.name, wire.TENSOR_SHAPE), optional=True)
+SEGMENT_INPUTS = tuple(TensorSpec(t.name, t.datatype, wire.SEGMENT_SHAPES.get(t.name, wire.TENSOR_SHAPE), optional=True)
                        for t in wire.SEGMENT_INPUTS)
-SEGMENT_OUTPUTS = tuple(StepTensor(t.name, t.datatype, wire.TENSOR_SHAPE) for t in wire.SEGMENT_OUTPUTS)
+SEGMENT_OUTPUTS = tuple(TensorSpec(t.name, t.datatype, wire.TENSOR_SHAPE) for t in wire.SEGMENT_OUTPUTS)

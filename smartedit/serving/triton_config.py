@@ -19,8 +19,7 @@ from typing import Iterable, Mapping
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from smartedit.diffusion.spec import DYNAMIC_AXES, ComponentSpec, PipelineInfo
-from smartedit.serving.steps import StepTensor
+from smartedit.diffusion.spec import DYNAMIC_AXES, ComponentSpec, PipelineInfo, TensorSpec
 
 ONNX_CPU, ONNX_GPU, TENSORRT = "onnx-cpu", "onnx-gpu", "tensorrt"
 RUNTIME_PROFILES = (ONNX_CPU, ONNX_GPU, TENSORRT)
@@ -94,13 +93,13 @@ def component_config(spec: ComponentSpec, info: PipelineInfo | None, profile: st
     return config
 
 
-def _add_step_tensor(target, tensor: StepTensor) -> None:
+def _add_step_tensor(target, tensor: TensorSpec) -> None:
     entry = target.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(tensor.dims))
     if tensor.optional:
         entry.optional = True
 
 
-def step_config(name: str, inputs: Iterable[StepTensor], outputs: Iterable[StepTensor],
+def step_config(name: str, inputs: Iterable[TensorSpec], outputs: Iterable[TensorSpec],
                 instance_count: int = 1, parameters: Mapping[str, str] | None = None,
                 decoupled: bool = False) -> mc.ModelConfig:
     """The config of a Python step model: one request is one edit, so no batching.
