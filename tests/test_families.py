@@ -99,3 +99,16 @@ def test_what_a_folder_declares_decides_without_its_weights():
     with pytest.raises(UnknownFamily, match=r"it is a pipeline \(StableUnCLIPPipeline, a UNet of 4 input channels\)"):
         identify(unclip)
     assert [family.name for family in KNOWN] == ["sd-inpaint", "sd-latent-blend"]
+
+
+def test_every_family_declares_its_components_and_weights_and_the_exporter_has_each_graph(tiny_pipeline):
+    from smartedit.diffusion.families import FAMILIES
+    from smartedit.edit.provenance import weights_digest
+    from smartedit.export.onnx_export import GRAPHS
+
+    for name, family in FAMILIES.items():
+        assert family.COMPONENTS and family.WEIGHTS, name
+        assert set(GRAPHS[name]) == {spec.name for spec in family.COMPONENTS}, name
+        assert all(hasattr(tiny_pipeline, module) for module in family.WEIGHTS), name
+    # provenance hashes what the family names, in its order
+    assert weights_digest(tiny_pipeline, ("unet",)) != weights_digest(tiny_pipeline, ("text_encoder", "unet", "vae"))

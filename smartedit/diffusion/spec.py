@@ -194,5 +194,10 @@ VAE_DECODER = ComponentSpec(
     outputs=(TensorSpec("image", "FP32", (3, "image_height", "image_width")),),
 )
 
-COMPONENTS: tuple[ComponentSpec, ...] = (TEXT_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)
+# Stable Diffusion's components (both SD families serve them), and the pipeline's modules whose weights
+# they hold. A family declares its own (smartedit.diffusion.families); these are the ones every tool that
+# predates families (the latency table, the simulated device) knows.
+SD_COMPONENTS: tuple[ComponentSpec, ...] = (TEXT_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)
+SD_WEIGHTS: tuple[str, ...] = ("text_encoder", "unet", "vae")
+COMPONENTS = SD_COMPONENTS
 

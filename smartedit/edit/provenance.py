@@ -23,11 +23,12 @@ def smartedit_version() -> str:
         return "unknown"
 
 
-def weights_digest(pipeline) -> str:
-    """SHA-256 over the exported components' weights (text encoder, UNet, VAE), in a fixed order: the
-    same weights give the same digest whatever folder or hub id they were loaded from."""
+def weights_digest(pipeline, modules: tuple[str, ...]) -> str:
+    """SHA-256 over the weights of the pipeline's ``modules`` (its family's ``WEIGHTS``: text encoder,
+    UNet, VAE for SD), in that order: the same weights give the same digest whatever folder or hub id
+    they were loaded from."""
     digest = hashlib.sha256()
-    for name in ("text_encoder", "unet", "vae"):
+    for name in modules:
         for key, tensor in sorted(getattr(pipeline, name).state_dict().items()):
             digest.update(f"{name}.{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())

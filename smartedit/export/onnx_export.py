@@ -1,4 +1,4 @@
-"""Export the four served components of a diffusers inpainting pipeline to ONNX.
+"""Export the served components of a diffusers pipeline (its family's ``COMPONENTS``) to ONNX.
 
 Each component is wrapped in a small ``nn.Module`` whose positional inputs and outputs are exactly
 those of its ``ComponentSpec``, then exported with the TorchScript-based exporter
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from smartedit.diffusion.spec import COMPONENTS, PipelineInfo, ComponentSpec
+from smartedit.diffusion.families import components_of
+from smartedit.diffusion.recognize import SD_INPAINT, SD_LATENT_BLEND
+from smartedit.diffusion.spec import PipelineInfo, ComponentSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +60,20 @@ class VaeDecoderGraph(torch.nn.Module):
         return self.vae.decode(latents, return_dict=False)[0]
 
 
-def component_module(pipeline, name: str) -> torch.nn.Module:
+_SD_GRAPHS = {
+    "text_encoder": lambda pipeline: TextEncoderGraph(pipeline.text_encoder),
+    "vae_encoder": lambda pipeline: VaeEncoderGraph(pipeline.vae),
+    "unet": lambda pipeline: UNetGraph(pipeline.unet),
+    "vae_decoder": lambda pipeline: VaeDecoderGraph(pipeline.vae),
+}
+# Per family (smartedit.diffusion.families), the graph each of its COMPONENTS is exported from. Here and
+# not in the family modules: the serving processes import those, and must not import the exporter.
+GRAPHS: dict[str, dict] = {SD_INPAINT.name: _SD_GRAPHS, SD_LATENT_BLEND.name: _SD_GRAPHS}
+
+
+def component_module(pipeline, name: str, family: str = SD_INPAINT.name) -> torch.nn.Module:
     """The PyTorch module whose signature is the component's spec, in eval mode, FP32."""
-    graphs = {
-        "text_encoder": lambda: TextEncoderGraph(pipeline.text_encoder),
-        "vae_encoder": lambda: VaeEncoderGraph(pipeline.vae),
-        "unet": lambda: UNetGraph(pipeline.unet),
-        "vae_decoder": lambda: VaeDecoderGraph(pipeline.vae),
-    }
-    return graphs[name]().eval().float()
+    return GRAPHS[family][name](pipeline).eval().float()
 
 
 def unet_up_factor(pipeline) -> int:
@@ -108,7 +115,7 @@ def export_component(pipeline, spec: ComponentSpec, info: PipelineInfo, folder: 
     """Export one component to ``folder/model.onnx`` (FP32) and return its path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ONNX_FILENAME
-    module = component_module(pipeline, spec.name)
+    module = component_module(pipeline, spec.name, info.family)
     height, width = trace_resolution(pipeline, info)
     inputs = example_inputs(spec, info, 2, height, width, torch.Generator().manual_seed(0))
     dynamic_axes = {t.name: t.dynamic_axes() for t in spec.inputs + spec.outputs}
@@ -159,7 +166,7 @@ def export_pipeline(pipeline, out_dir: Path, precision: str = FP32_PRECISION,
         raise ValueError(f"precision must be {FP32_PRECISION!r} or {FP16_PRECISION!r}, got {precision!r}")
     info = PipelineInfo.from_pipeline(pipeline)
     paths = {}
-    for spec in COMPONENTS:
+    for spec in components_of(info):
         if names and spec.name not in names:
             continue
         paths[spec.name] = export_component(pipeline, spec, info, out_dir / spec.name)

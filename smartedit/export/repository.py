@@ -36,7 +36,8 @@ from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance, weights_d
 from smartedit.serving.settings import (
     BATCHED, ENGINES, PER_REQUEST, PIPELINE_PARAMETER, EngineSettings, PreprocessSettings,
 )
-from smartedit.diffusion.spec import COMPONENTS, UNET, PipelineInfo
+from smartedit.diffusion.families import components_of, weights_of
+from smartedit.diffusion.spec import UNET, PipelineInfo
 from smartedit.serving.triton_config import (
     ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, SIMULATED, TENSORRT, BatchingSettings, component_config, parse_pbtxt,
     step_config, to_pbtxt,
@@ -133,7 +134,7 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
     # TensorRT engines are built in FP16 from FP32 graphs; the ONNX profiles serve the graph itself.
     precision = onnx_export.FP32_PRECISION if options.profile == TENSORRT else options.precision
     graphs_dir = onnx_dir if options.profile == TENSORRT else out
-    for spec in COMPONENTS:
+    for spec in components_of(info):
         served = names.model(spec.name)
         version_dir = graphs_dir / served / VERSION
         onnx_path = onnx_export.export_component(pipeline, spec, info, version_dir)
@@ -266,7 +267,7 @@ def build_pipelines_repository(sources: list[PipelineSource], out: Path,
         for names, source in zip(pipelines, sources):
             pipeline = source.pipeline
             info = PipelineInfo.from_pipeline(pipeline)
-            provenance = Provenance(model=source.model_name, weights_sha256=weights_digest(pipeline))
+            provenance = Provenance(model=source.model_name, weights_sha256=weights_digest(pipeline, weights_of(info)))
             log.info("exporting pipeline %r (%s, family %s)", names.pipeline, source.model_name, info.family)
             _write_components(pipeline, info, staging, options, onnx_dir, names)
             preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)

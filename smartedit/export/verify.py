@@ -43,7 +43,7 @@ def compare(pipeline, spec: ComponentSpec, onnx_path: Path, info: PipelineInfo,
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    module = component_module(pipeline, spec.name)
+    module = component_module(pipeline, spec.name, info.family)
     results = []
     for batch, height, width in sizes or verification_sizes(info):
         inputs = example_inputs(spec, info, batch, height, width, torch.Generator().manual_seed(1))

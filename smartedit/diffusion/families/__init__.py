@@ -4,6 +4,9 @@ family's own ways (diffusers has a pipeline class per family; SmartEdit has a mo
 Each family module declares ``FAMILY`` (its name and how an exported folder is recognized:
 smartedit.diffusion.recognize) and answers:
 
+- ``COMPONENTS``: the models it serves besides the steps (``ComponentSpec``s; their ONNX graphs are
+  ``smartedit.export.onnx_export.GRAPHS[family]``), and ``WEIGHTS``: the pipeline's modules whose
+  weights they hold (what provenance hashes);
 - ``encodes_init_image(params)``: whether an edit needs the photo's own latents (the serving models
   keep the photo for the VAE encoder only then);
 - ``start(info, scheduler_config, params, inputs, encode_init_image)``: the edit's ``DenoiseState`` --
@@ -42,6 +45,16 @@ def family_of(info: PipelineInfo) -> ModuleType:
     except KeyError:
         raise ValueError(f"pipeline.json names the family {info.family!r}; this SmartEdit knows "
                          f"{', '.join(sorted(FAMILIES))}: export the model again with this version") from None
+
+
+def components_of(info: PipelineInfo) -> tuple:
+    """The ``ComponentSpec``s of the models ``info``'s family serves besides the steps."""
+    return family_of(info).COMPONENTS
+
+
+def weights_of(info: PipelineInfo) -> tuple[str, ...]:
+    """The pipeline's modules whose weights ``info``'s family serves (what provenance hashes)."""
+    return family_of(info).WEIGHTS
 
 
 def start_denoising(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters,

@@ -16,10 +16,14 @@ from smartedit.diffusion.denoise import (
 )
 from smartedit.diffusion.recognize import SD_LATENT_BLEND
 from smartedit.diffusion.samplers import step_kwargs
-from smartedit.diffusion.spec import PipelineInfo
+from smartedit.diffusion.spec import SD_COMPONENTS, SD_WEIGHTS, PipelineInfo
 from smartedit.edit.parameters import EditParameters
 
 FAMILY = SD_LATENT_BLEND
+# The models it serves besides the steps (their ONNX graphs: smartedit.export.onnx_export.GRAPHS), and the
+# pipeline's modules whose weights they hold (what provenance hashes).
+COMPONENTS = SD_COMPONENTS
+WEIGHTS = SD_WEIGHTS
 
 
 def encodes_init_image(params: EditParameters) -> bool:
