@@ -89,7 +89,8 @@ def test_a_plain_install_exports_serves_and_edits_from_another_folder(tmp_path):
     finally:
         serve.send_signal(signal.SIGTERM)
         try:
-            serve.wait(60)
+            rest = serve.communicate(timeout=60)[0]  # and the lines since "serving": a crash's stacks
         except subprocess.TimeoutExpired:
             serve.kill()
-    assert serve.returncode == 0
+            rest = serve.communicate()[0]
+    assert serve.returncode == 0, rest[-6000:]
