@@ -18,15 +18,13 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
 # The config parameter naming the pipeline a model serves (smartedit.serving.pipelines), for its logs
-# and metrics: every model of a pipeline has it, and no settings class reads it.
+# and metrics: every model of a pipeline has it, and every settings class passes over it.
 PIPELINE_PARAMETER = "pipeline"
 
 
 def parameters_of(model_config: Mapping[str, Any] | str) -> dict[str, str]:
-    """``{key: string_value}`` from a Triton model config (the dict or JSON the backend passes), but
-    ``PIPELINE_PARAMETER`` (``pipeline_of``)."""
-    raw = _raw_parameters(model_config)
-    return {key: value["string_value"] for key, value in raw.items() if key != PIPELINE_PARAMETER}
+    """``{key: string_value}`` from a Triton model config (the dict or JSON the backend passes)."""
+    return {key: value["string_value"] for key, value in _raw_parameters(model_config).items()}
 
 
 def pipeline_of(model_config: Mapping[str, Any] | str) -> str:

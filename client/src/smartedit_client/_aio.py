@@ -20,7 +20,7 @@ from smartedit_client import _contract as wire
 from smartedit_client._channel import RETRY_ATTEMPTS, channel, stream_backoff_s
 from smartedit_client._client import (
     DEFAULT_TIMEOUT_S, DEFAULT_URL, LIVENESS_PROBE_S, ImageLike, deadline_arguments, edit_failure, edit_inputs,
-    configure_client, edit_result, encoded, entry_models, replay_of, requested, server_info_of,
+    call_models, configure_client, edit_result, encoded, replay_of, requested, server_info_of,
 )
 from smartedit_client._errors import (
     RequestTimeoutError, ServerOverloadedError, ServerUnavailableError, SmartEditError, from_triton, unreachable,
@@ -67,10 +67,6 @@ class AsyncInpaintClient:
         except InferenceServerException:
             return False
 
-    def _models(self, pipeline: str | None) -> tuple[str, str]:
-        """As ``InpaintClient._models``."""
-        return (self.model_name, self.stream_model_name) if pipeline is None else entry_models(pipeline)
-
     async def _failure(self, error: InferenceServerException) -> SmartEditError:
         """As ``InpaintClient._failure``."""
         return await failure_of(error, self._client, self.url)
@@ -108,7 +104,7 @@ class AsyncInpaintClient:
         timeout_s = timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
-            response = await self._client.infer(self._models(pipeline)[0], inputs, outputs=requested(wire.OUTPUTS),
+            response = await self._client.infer(call_models(self, pipeline)[0], inputs, outputs=requested(wire.OUTPUTS),
                                                 request_id=request_id, **deadline_arguments(timeout_s))
         except InferenceServerException as error:
             raise edit_failure(await self._failure(error), started, timeout_s, pipeline or self.pipeline) from None
@@ -129,7 +125,7 @@ class AsyncInpaintClient:
         """
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
                                                      preview_every=preview_every))
-        return AsyncInpaintStream(self._client, self.url, model_name=self._models(pipeline)[1], inputs=inputs,
+        return AsyncInpaintStream(self._client, self.url, model_name=call_models(self, pipeline)[1], inputs=inputs,
                                   request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
                                   resends=RETRY_ATTEMPTS - 1 if self._balanced else 0)
 

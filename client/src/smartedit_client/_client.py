@@ -137,10 +137,6 @@ class InpaintClient:
         except InferenceServerException:
             return False
 
-    def _models(self, pipeline: str | None) -> tuple[str, str]:
-        """The (unary, stream) models a call with ``pipeline`` goes to."""
-        return (self.model_name, self.stream_model_name) if pipeline is None else entry_models(pipeline)
-
     def _live(self) -> bool:
         try:
             return bool(self._client.is_server_live(client_timeout=LIVENESS_PROBE_S))
@@ -238,7 +234,7 @@ class InpaintClient:
         timeout_s = timeout_s or self.timeout_s
         started = time.perf_counter()
         try:
-            response = self._client.infer(self._models(pipeline)[0], inputs, outputs=requested(wire.OUTPUTS),
+            response = self._client.infer(call_models(self, pipeline)[0], inputs, outputs=requested(wire.OUTPUTS),
                                           request_id=request_id, **deadline_arguments(timeout_s))
         except InferenceServerException as error:
             raise edit_failure(self._failure(error), started, timeout_s, pipeline or self.pipeline) from None
@@ -290,7 +286,7 @@ class InpaintClient:
         """
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
                                                      preview_every=preview_every))
-        return InpaintStream(self.url, tls=self._tls, model_name=self._models(pipeline)[1], inputs=inputs,
+        return InpaintStream(self.url, tls=self._tls, model_name=call_models(self, pipeline)[1], inputs=inputs,
                              request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
                              channel=(self._target, self._channel_args))
 
@@ -339,6 +335,11 @@ def edit_failure(failure: SmartEditError, started: float, timeout_s: float,
         return InvalidRequestError(f"pipeline {pipeline!r}: this server serves no such pipeline (its server info "
                                    f"lists the ones it serves)", failure.status, field="pipeline")
     return failure
+
+
+def call_models(client, pipeline: str | None) -> tuple[str, str]:
+    """The (unary, stream) models a call of ``client`` (either client) with ``pipeline`` goes to."""
+    return (client.model_name, client.stream_model_name) if pipeline is None else entry_models(pipeline)
 
 
 def entry_models(pipeline: str) -> tuple[str, str]:
