@@ -4,7 +4,8 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from smartedit.serving import steps
-from smartedit.serving.ensembles import ensemble_steps, inpaint_ensemble_config
+from smartedit.diffusion.prompts import SD_PROMPTS
+from smartedit.serving.ensembles import ONLY_PIPELINE, ensemble_steps, inpaint_ensemble_config
 from smartedit.serving.settings import (
     EngineSettings, OnnxHostSettings, PreprocessSettings, SchedulerSettings, parse_bool,
 )
@@ -67,7 +68,7 @@ def test_unknown_profile_is_rejected():
 
 
 def test_ensemble_implements_the_wire_contract():
-    config = parse_pbtxt(to_pbtxt(inpaint_ensemble_config()))
+    config = parse_pbtxt(to_pbtxt(inpaint_ensemble_config("inpaint", ONLY_PIPELINE, SD_PROMPTS)))
     assert config.name == "inpaint" and config.platform == "ensemble" and config.max_batch_size == 0
     inputs = {t.name: t for t in config.input}
     assert list(inputs) == [t.name for t in wire.INPUTS]
@@ -79,7 +80,7 @@ def test_ensemble_implements_the_wire_contract():
 
 def test_every_ensemble_step_input_is_produced_before_it_is_used():
     available = {t.name for t in wire.INPUTS}
-    for _, input_map, output_map in ensemble_steps():
+    for _, input_map, output_map in ensemble_steps(ONLY_PIPELINE, SD_PROMPTS):
         missing = set(input_map.values()) - available
         assert not missing, missing
         available |= set(output_map.values())
@@ -101,12 +102,12 @@ def test_settings_parse_booleans_explicitly_and_check_ranges():
 
 def test_step_models_declare_what_the_ensemble_maps():
     declared = {
-        steps.PREPROCESS: (steps.PREPROCESS_INPUTS, steps.PREPROCESS_OUTPUTS),
-        steps.SCHEDULER: (steps.SCHEDULER_INPUTS, steps.SCHEDULER_OUTPUTS),
+        steps.PREPROCESS: (steps.PREPROCESS_INPUTS, steps.preprocess_outputs(SD_PROMPTS)),
+        steps.SCHEDULER: (steps.scheduler_inputs(SD_PROMPTS), steps.SCHEDULER_OUTPUTS),
         steps.POSTPROCESS: (steps.POSTPROCESS_INPUTS, steps.POSTPROCESS_OUTPUTS),
     }
     components = {c.name: (c.inputs, c.outputs) for c in COMPONENTS}
-    for model, input_map, output_map in ensemble_steps():
+    for model, input_map, output_map in ensemble_steps(ONLY_PIPELINE, SD_PROMPTS):
         ins, outs = declared.get(model) or components[model]
         assert set(input_map) == {t.name for t in ins}
         assert set(output_map) == {t.name for t in outs}
@@ -123,7 +124,7 @@ def test_the_engine_is_decoupled_but_no_step_of_the_ensemble_is(model_repository
     engine = config("denoise_engine")
     assert engine.model_transaction_policy.decoupled
     # A decoupled step would make the ensemble decoupled, and gRPC's unary ModelInfer refuses those.
-    for model, _, _ in ensemble_steps():
+    for model, _, _ in ensemble_steps(ONLY_PIPELINE, SD_PROMPTS):
         assert not config(model).model_transaction_policy.decoupled, model
     settings = EngineSettings.parse(_parameters(engine))
     unet = config("unet")

@@ -27,7 +27,8 @@ PROBE = textwrap.dedent('''
     import dataclasses
     from smartedit.edit.parameters import EditParameters, resolve_parameters
     from smartedit.errors import RequestError
-    from smartedit.serving.ensembles import inpaint_ensemble_config
+    from smartedit.diffusion.prompts import SD_PROMPTS
+    from smartedit.serving.ensembles import ONLY_PIPELINE, inpaint_ensemble_config
     from smartedit.serving.pipelines import PipelineNames
     from smartedit.serving.server_info import describe_pipeline
     from smartedit.serving.settings import PreprocessSettings
@@ -58,7 +59,7 @@ PROBE = textwrap.dedent('''
         "cli": parser().parse_args(["--sharpness", "0.5"]).sharpness,
         "gateway": openapi_schema()["content"]["application/json"]["schema"]["properties"]["sharpness"],
         "server_info": described["parameters"]["sharpness"],
-        "ensemble_input": [t.name for t in inpaint_ensemble_config().input][-1],
+        "ensemble_input": [t.name for t in inpaint_ensemble_config("inpaint", ONLY_PIPELINE, SD_PROMPTS).input][-1],
     }))
 ''')
 

@@ -14,7 +14,8 @@ from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
 from smartedit.diffusion.families import start_denoising
 from smartedit.edit.parameters import EditParameters
 from smartedit.edit.postprocessing import compose, to_pixels
-from smartedit.edit.preprocessing import prepare_images, tokenize
+from smartedit.diffusion.prompts import SD_PROMPTS
+from smartedit.edit.preprocessing import prepare_images
 from smartedit.serving.settings import PreprocessSettings
 from smartedit.diffusion.spec import PipelineInfo
 
@@ -22,7 +23,7 @@ from smartedit.diffusion.spec import PipelineInfo
 def _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=4, seed=7):
     info = PipelineInfo.from_pipeline(pipe)
     prepared = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings())
-    ids = torch.from_numpy(tokenize(pipe.tokenizer, "ugly", "a red chair"))
+    ids = torch.from_numpy(SD_PROMPTS.tokenize([pipe.tokenizer], "ugly", "a red chair")["input_ids"])
     with torch.inference_mode():
         embeds = pipe.text_encoder(ids)[0]
         masked = pipe.vae.encode(torch.from_numpy(prepared.masked_image)).latent_dist
@@ -33,7 +34,7 @@ def _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=4, se
 
         params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler=sampler,
                                 num_inference_steps=steps, strength=strength, guidance_scale=guidance, seed=seed)
-        inputs = EditInputs(embeds, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
+        inputs = EditInputs({"prompt_embeds": embeds}, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
         state = start_denoising(info, pipe.scheduler.config, params, inputs, encode_init)
         assert run_to_end(state, lambda inputs: pipe.unet(**inputs).sample)
         decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
@@ -75,8 +76,8 @@ def test_cancellation_stops_between_steps(tiny_pipeline):
     info = PipelineInfo.from_pipeline(tiny_pipeline)
     latent = torch.zeros(1, 4, 4, 4)
     params = EditParameters(prompt="", num_inference_steps=10, seed=0)
-    state = start_denoising(info, tiny_pipeline.scheduler.config, params,
-                            EditInputs(torch.zeros(2, 77, 32), latent, latent, torch.ones(1, 1, 4, 4)), lambda: None)
+    inputs = EditInputs({"prompt_embeds": torch.zeros(2, 77, 32)}, latent, latent, torch.ones(1, 1, 4, 4))
+    state = start_denoising(info, tiny_pipeline.scheduler.config, params, inputs, lambda: None)
     calls = []
     finished = run_to_end(state, lambda inputs: torch.zeros(inputs["sample"].shape[0], 4, 4, 4),
                           should_stop=lambda: calls.append(1) or len(calls) > 3)
@@ -89,7 +90,7 @@ def test_a_family_s_guide_combines_its_rows_in_place_of_classifier_free_guidance
     info = PipelineInfo.from_pipeline(tiny_pipeline)
     latent = torch.zeros(1, 4, 4, 4)
     params = EditParameters(prompt="", num_inference_steps=4, seed=0, scheduler="euler")
-    inputs = EditInputs(torch.zeros(2, 77, 32), latent, latent, torch.ones(1, 1, 4, 4))
+    inputs = EditInputs({"prompt_embeds": torch.zeros(2, 77, 32)}, latent, latent, torch.ones(1, 1, 4, 4))
 
     def started(rows=None, guide=None):
         state = start_denoising(info, tiny_pipeline.scheduler.config, params, inputs, lambda: None)

@@ -22,7 +22,8 @@ from smartedit.edit.parameters import EditParameters
 from smartedit.engine.core import (
     AtCapacity, DenoiseEngine, EditRequest, EngineLimits, EngineMetrics, TooManyImages,
 )
-from smartedit.edit.preprocessing import prepare_images, tokenize
+from smartedit.diffusion.prompts import SD_PROMPTS
+from smartedit.edit.preprocessing import prepare_images
 from smartedit.serving.settings import PreprocessSettings
 from smartedit.diffusion.spec import PipelineInfo
 
@@ -90,13 +91,14 @@ def make_edit(tiny_pipeline):
         image, mask = scene(*size, seed=seed)
         prepared = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings())
         with torch.inference_mode():
-            embeds = pipe.text_encoder(torch.from_numpy(tokenize(pipe.tokenizer, "ugly", prompt)))[0]
+            ids = SD_PROMPTS.tokenize([pipe.tokenizer], "ugly", prompt)["input_ids"]
+            embeds = pipe.text_encoder(torch.from_numpy(ids))[0]
             masked = pipe.vae.encode(torch.from_numpy(prepared.masked_image)).latent_dist
             init = pipe.vae.encode(torch.from_numpy(prepared.init_image)).latent_dist
 
         params = EditParameters(prompt=prompt, negative_prompt="ugly", scheduler=sampler, num_inference_steps=steps,
                                 strength=strength, guidance_scale=guidance, seed=seed)
-        inputs = EditInputs(embeds, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
+        inputs = EditInputs({"prompt_embeds": embeds}, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
 
         def prepare():
             return start_denoising(info, pipe.scheduler.config, params, inputs, lambda: (init.mean, init.std))

@@ -136,7 +136,9 @@ class DenoiseState:
 class EditInputs:
     """The tensors one edit's loop starts from, made by the ensemble's steps before it."""
 
-    prompt_embeds: torch.Tensor  # [2, L, D]: negative, positive
+    # The prompt's embeddings by name, as the family's encoder answers them (its PROMPTS.embeddings), each
+    # with two rows, negative then positive: {"prompt_embeds": [2, L, D]} for SD.
+    prompt: Mapping[str, torch.Tensor]
     masked_image_mean: torch.Tensor  # [1, C, h, w]: the masked image's latent distribution
     masked_image_std: torch.Tensor
     latent_mask: torch.Tensor  # [1, 1, h, w], 1 = repaint

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import secrets
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -104,7 +104,7 @@ def _decoded(spec: wire.WireTensor, raw: Any, settings: PreprocessSettings) -> A
         prompt = name in (wire.PROMPT.name, wire.NEGATIVE_PROMPT.name)
         limit = settings.max_prompt_bytes if prompt else MAX_NAME_BYTES
         if len(raw) > limit:
-            detail = " (the text encoder reads only its first 77 tokens)" if prompt else ""
+            detail = " (a CLIP text encoder reads only a prompt's first 77 tokens)" if prompt else ""
             raise RequestError(name, f"is {len(raw)} bytes; the limit is {limit}{detail}")
         try:
             value = raw.decode("utf-8")
@@ -130,10 +130,24 @@ def _decoded(spec: wire.WireTensor, raw: Any, settings: PreprocessSettings) -> A
     return value
 
 
-def default_values(settings: PreprocessSettings) -> dict[str, Any]:
-    """What a parameter left out becomes, before the task's defaults: the contract's defaults, over
-    which the server's configuration sets the steps, guidance, sampler and crop padding."""
+@dataclasses.dataclass(frozen=True)
+class FamilyParameters:
+    """What a pipeline's family says about the request's parameters (``families.family_parameters``)."""
+
+    family: str = ""
+    # Its defaults where they differ from the contract's (SDXL's strength 0.9999).
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Parameters other families take and this one does not (InstructPix2Pix's image_guidance_scale on an SD
+    # pipeline): a request that sets one is refused by name rather than silently ignored.
+    refused: frozenset[str] = frozenset()
+
+
+def default_values(settings: PreprocessSettings, family: FamilyParameters = FamilyParameters()) -> dict[str, Any]:
+    """What a parameter left out becomes, before the task's defaults: the contract's defaults, over which
+    the pipeline's family sets its own and the server's configuration sets the steps, guidance, sampler
+    and crop padding."""
     defaults = {spec.name: spec.default for spec in wire.PARAMETERS if not spec.required}
+    defaults.update(family.defaults)
     defaults.update({
         wire.NUM_INFERENCE_STEPS.name: settings.default_num_inference_steps,
         wire.GUIDANCE_SCALE.name: settings.default_guidance_scale,
@@ -143,11 +157,14 @@ def default_values(settings: PreprocessSettings) -> dict[str, Any]:
     return defaults
 
 
-def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings) -> EditParameters:
+def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings,
+                       family: FamilyParameters = FamilyParameters()) -> EditParameters:
     """The request's record: every scalar input checked, defaults applied, the seed drawn.
 
     Args:
         read: the one element of a wire input by name, or None when the request left it out.
+        family: what the pipeline's family says about parameters (``families.family_parameters``); none
+            when left out.
 
     Raises:
         RequestError: naming the first bad field and its value.
@@ -159,10 +176,13 @@ def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings)
             if spec.required:
                 raise RequestError(spec.name, "is required")
             continue
+        if spec.name in family.refused:
+            raise RequestError(spec.name, f"is not taken by this pipeline (family {family.family}); see "
+                                          f"server_info's pipelines for the parameters each takes")
         sent[spec.name] = _decoded(spec, raw, settings)
     task = sent.get(wire.TASK.name, INPAINT)
     # Left out: the task's default, else the server's, else the record's.
-    values = {**default_values(settings), **TASK_DEFAULTS[task], **sent}
+    values = {**default_values(settings, family), **TASK_DEFAULTS[task], **sent}
     if not values[wire.PROMPT.name] and task != INPAINT:
         values[wire.PROMPT.name] = TASK_DEFAULTS[task].get("prompt", "")
     if wire.SEED.name not in sent:

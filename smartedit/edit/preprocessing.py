@@ -8,7 +8,7 @@ the field and the bad value. The image arithmetic is diffusers' ``VaeImageProces
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from smartedit.edit.parameters import EditParameters, resolve_parameters
 from smartedit.edit.photos import Photo, decode_photo
 from smartedit.edit.regions import EditRegion, plan_edit_region
 from smartedit.serving.settings import PreprocessSettings
+from smartedit.diffusion.families import family_parameters, prompts_of
 from smartedit.diffusion.spec import PipelineInfo, TensorSpec
 from smartedit.edit.tasks import REMOVE, prefill_hole
 from smartedit_client import _contract as wire
@@ -132,28 +133,14 @@ def check_cost(params: EditParameters, region: EditRegion, info: PipelineInfo, s
                                               f"denoising steps (num_inference_steps x strength) at that size")
 
 
-def tokenize(tokenizer, negative_prompt: str, prompt: str) -> np.ndarray:
-    """Token ids ``[2, model_max_length]``: row 0 the negative prompt, row 1 the prompt.
-
-    Padded and truncated as ``encode_prompt`` does (CLIP sees at most ``model_max_length`` tokens).
-    """
-    ids = tokenizer(
-        [negative_prompt, prompt],
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="np",
-    ).input_ids
-    return ids.astype(np.int64)
-
-
-def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, settings: PreprocessSettings,
+def prepare_request(read: Callable[[str], Any], tokenizers: Sequence, info: PipelineInfo, settings: PreprocessSettings,
                     deadline: float, reservation: str = "", params: EditParameters | None = None,
                     ) -> tuple[dict[TensorSpec, np.ndarray], dict[str, Any]]:
     """Everything preprocess hands on for one request: the step tensors, and the fields to log.
 
     Args:
         read: the one element of a wire input by name, or None when the request left it out.
+        tokenizers: the pipeline's, as its family's ``PROMPTS`` lists them (``load_tokenizers``).
         deadline: ``time.time()`` at which the caller gives up, 0 for none (``request_deadline``).
         reservation: the edit's token (its in-flight ledger entry, and the places reserved in the engine
             under it), "" for none.
@@ -163,13 +150,15 @@ def prepare_request(read: Callable[[str], Any], tokenizer, info: PipelineInfo, s
         RequestError: naming the first bad field, before any image is decoded when a scalar is bad.
     """
     # Scalars first: they are cheap to check, images are not.
-    params = params or resolve_parameters(read, settings)
+    params = params or resolve_parameters(read, settings, family_parameters(info))
     images = prepare_images(_required(read, wire.IMAGE.name), _required(read, wire.MASK_IMAGE.name), info, settings,
                             params)
     check_cost(params, images.region, info, settings)
     width, height = images.photo.rgb.size
+    prompts = prompts_of(info)
+    ids = prompts.tokenize(tokenizers, params.negative_prompt, params.prompt)
     tensors = {
-        steps.INPUT_IDS: tokenize(tokenizer, params.negative_prompt, params.prompt),
+        **{spec: ids[spec.name] for spec in prompts.ids_tensors},
         steps.MASKED_IMAGE: images.masked_image,
         steps.INIT_IMAGE: images.init_image,
         steps.LATENT_MASK: images.latent_mask,

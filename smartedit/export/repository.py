@@ -36,7 +36,7 @@ from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance, weights_d
 from smartedit.serving.settings import (
     BATCHED, ENGINES, PER_REQUEST, PIPELINE_PARAMETER, EngineSettings, PreprocessSettings,
 )
-from smartedit.diffusion.families import components_of, weights_of
+from smartedit.diffusion.families import components_of, prompts_of, weights_of
 from smartedit.diffusion.spec import UNET, PipelineInfo
 from smartedit.serving.triton_config import (
     ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, SIMULATED, TENSORRT, BatchingSettings, component_config, parse_pbtxt,
@@ -164,9 +164,13 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
         _write(out / served / "config.pbtxt", to_pbtxt(config))
 
 
-def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview: LatentPreview, out: Path,
+def _write_steps(info: PipelineInfo, tokenizers: dict, scheduler_config: dict, preview: LatentPreview, out: Path,
                  options: RepositoryOptions, provenance: Provenance, names: PipelineNames = ONLY_PIPELINE) -> None:
-    """Pipeline ``names``' Python steps, its ensembles and its streams."""
+    """Pipeline ``names``' Python steps, its ensembles and its streams.
+
+    ``tokenizers``: the pipeline's tokenizers its family reads (``PromptEncoding.tokenizers``), by module name.
+    """
+    prompts = prompts_of(info)
     batched = options.engine == BATCHED
     model = names.model
     preprocess = dataclasses.replace(options.preprocess, admission_model=admission_model(options.engine, names))
@@ -177,14 +181,14 @@ def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview:
                "vae_encoder_model": model("vae_encoder")}
     stream_settings = dict(preprocess_settings, model_suffix=names.suffix)
     configs = {
-        steps.PREPROCESS: step_config(model(steps.PREPROCESS), steps.PREPROCESS_INPUTS, steps.PREPROCESS_OUTPUTS,
-                                      parameters=preprocess_settings),
+        steps.PREPROCESS: step_config(model(steps.PREPROCESS), steps.PREPROCESS_INPUTS,
+                                      steps.preprocess_outputs(prompts), parameters=preprocess_settings),
         # Batched, the step only forwards to the engine and answers asynchronously: one instance suffices.
-        steps.SCHEDULER: step_config(model(steps.SCHEDULER), steps.SCHEDULER_INPUTS, steps.SCHEDULER_OUTPUTS,
+        steps.SCHEDULER: step_config(model(steps.SCHEDULER), steps.scheduler_inputs(prompts), steps.SCHEDULER_OUTPUTS,
                                      instance_count=1 if batched else options.scheduler_instances,
                                      parameters=dict(callees, engine=options.engine)),
-        steps.DENOISE_ENGINE: step_config(model(steps.DENOISE_ENGINE), steps.ENGINE_INPUTS, steps.ENGINE_OUTPUTS,
-                                          parameters=engine_settings, decoupled=True),
+        steps.DENOISE_ENGINE: step_config(model(steps.DENOISE_ENGINE), steps.engine_inputs(prompts),
+                                          steps.ENGINE_OUTPUTS, parameters=engine_settings, decoupled=True),
         steps.POSTPROCESS: step_config(model(steps.POSTPROCESS), steps.POSTPROCESS_INPUTS,
                                        steps.POSTPROCESS_OUTPUTS),
     }
@@ -206,7 +210,8 @@ def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview:
     for name in request_models + loop_models:
         _write(out / name / VERSION / "pipeline.json", info.to_json())
     for name in request_models:
-        tokenizer.save_pretrained(out / name / VERSION / "tokenizer")
+        for module in prompts.tokenizers:
+            tokenizers[module].save_pretrained(out / name / VERSION / module)
     for name in loop_models:
         _write(out / name / VERSION / "scheduler_config.json",
                json.dumps(scheduler_config, indent=2, sort_keys=True, default=list))
@@ -215,7 +220,7 @@ def _write_steps(info: PipelineInfo, tokenizer, scheduler_config: dict, preview:
         _write(out / name / VERSION / PROVENANCE_FILENAME, provenance.to_json())
     for ensemble_name, _ in names.entries:
         (out / ensemble_name / VERSION).mkdir(parents=True, exist_ok=True)
-        _write(out / ensemble_name / "config.pbtxt", to_pbtxt(inpaint_ensemble_config(ensemble_name, names)))
+        _write(out / ensemble_name / "config.pbtxt", to_pbtxt(inpaint_ensemble_config(ensemble_name, names, prompts)))
 
 
 def _write_server_info(out: Path, options: RepositoryOptions,
@@ -271,7 +276,8 @@ def build_pipelines_repository(sources: list[PipelineSource], out: Path,
             log.info("exporting pipeline %r (%s, family %s)", names.pipeline, source.model_name, info.family)
             _write_components(pipeline, info, staging, options, onnx_dir, names)
             preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)
-            _write_steps(info, pipeline.tokenizer, dict(pipeline.scheduler.config), preview, staging, options,
+            tokenizers = {module: getattr(pipeline, module) for module in prompts_of(info).tokenizers}
+            _write_steps(info, tokenizers, dict(pipeline.scheduler.config), preview, staging, options,
                          provenance, names)
             served.append((names, info, provenance))
         _write_server_info(staging, options, served)

@@ -69,8 +69,8 @@ def build_simulated_repository(table_path: Path, out: Path,
         preview = LatentPreview.neutral(info.latent_channels)
         # No weights: the components only wait as long as the latency table says.
         provenance = Provenance(model=f"simulated device ({Path(table_path).name})", weights_sha256="none")
-        _write_steps(info, tokenizer, dict(stable_diffusion_scheduler().config), preview, staging, options,
-                     provenance, ONLY_PIPELINE)
+        _write_steps(info, {"tokenizer": tokenizer}, dict(stable_diffusion_scheduler().config), preview, staging,
+                     options, provenance, ONLY_PIPELINE)
         _write_server_info(staging, options, [(ONLY_PIPELINE, info, provenance)])
 
     out = Path(out)

@@ -9,6 +9,7 @@ from typing import Any
 
 from smartedit.edit.parameters import bounds, default_values
 from smartedit.edit.provenance import Provenance, smartedit_version
+from smartedit.diffusion.families import family_parameters
 from smartedit.diffusion.samplers import SAMPLERS
 from smartedit.serving.pipelines import PipelineNames
 from smartedit.serving.settings import PreprocessSettings
@@ -20,9 +21,12 @@ from smartedit_client import _contract as wire
 def describe_pipeline(names: PipelineNames, info: PipelineInfo, settings: PreprocessSettings,
                       provenance: Provenance) -> dict[str, Any]:
     """One pipeline: its model and family, the names it is served as, and what its edits take."""
-    defaults = default_values(settings)
+    family = family_parameters(info)
+    defaults = default_values(settings, family)
     parameters = {}
     for spec in wire.PARAMETERS:
+        if spec.name in family.refused:
+            continue
         minimum, maximum = bounds(spec, settings)
         entry = {"type": spec.datatype, "required": spec.required, "meaning": spec.meaning}
         if not spec.required and spec is not wire.SEED:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from smartedit.diffusion.prompts import PromptEncoding
 from smartedit.diffusion.spec import TensorSpec
 from smartedit_client import _contract as wire
 
@@ -28,9 +29,9 @@ def wire_input(tensor: wire.WireTensor) -> TensorSpec:
     return TensorSpec(tensor.name, tensor.datatype, wire.TENSOR_SHAPE, optional=True)
 
 
-# Outputs of preprocess. The request's parameters come out resolved (defaults applied, seed drawn) as
-# one record, EDIT_PARAMETERS, which the loop and postprocess read: a new parameter needs no new tensor.
-INPUT_IDS = TensorSpec("input_ids", "INT64", (2, -1))  # row 0: negative prompt, row 1: prompt
+# Outputs of preprocess: the prompt's token ids (the family's, ``PromptEncoding.ids_tensors``) and these.
+# The request's parameters come out resolved (defaults applied, seed drawn) as one record, EDIT_PARAMETERS,
+# which the loop and postprocess read: a new parameter needs no new tensor.
 MASKED_IMAGE = TensorSpec("masked_image", "FP32", (1, 3, -1, -1))  # in [-1, 1], 0 where repainted
 INIT_IMAGE = TensorSpec("init_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]; encoded when the family needs it
 LATENT_MASK = TensorSpec("latent_mask", "FP32", (1, 1, -1, -1))  # 1 = repaint, at latent resolution
@@ -51,21 +52,30 @@ DEADLINE = TensorSpec("deadline", "FP64", (1,))
 RESERVATION = TensorSpec("reservation", "BYTES", (1,))
 
 PREPROCESS_INPUTS = tuple(wire_input(t) for t in wire.INPUTS)
-PREPROCESS_OUTPUTS = (
-    INPUT_IDS, MASKED_IMAGE, INIT_IMAGE, LATENT_MASK, EDIT_BOX, EDIT_PARAMETERS, SEED_USED, DEADLINE, RESERVATION,
-)
 
-# The loop's inputs: what preprocess resolved, the prompt embeddings and the masked image's latent
-# distribution from the ensemble's component steps.
-PROMPT_EMBEDS = TensorSpec("prompt_embeds", "FP32", (2, -1, -1))
+
+def preprocess_outputs(prompts: PromptEncoding) -> tuple[TensorSpec, ...]:
+    """Preprocess's outputs for a family that encodes prompts as ``prompts`` says."""
+    return prompts.ids_tensors + (MASKED_IMAGE, INIT_IMAGE, LATENT_MASK, EDIT_BOX, EDIT_PARAMETERS, SEED_USED,
+                                  DEADLINE, RESERVATION)
+
+
+# The loop's inputs: what preprocess resolved, the prompt's embeddings (the family's,
+# ``PromptEncoding.embedding_tensors``) and the masked image's latent distribution from the ensemble's
+# component steps.
 MASKED_IMAGE_MEAN = TensorSpec("masked_image_latent_mean", "FP32", (1, -1, -1, -1))
 MASKED_IMAGE_STD = TensorSpec("masked_image_latent_std", "FP32", (1, -1, -1, -1))
 # Denoised, divided by the VAE scaling factor: one row per image (num_images).
 LATENTS = TensorSpec("latents", "FP32", (-1, -1, -1, -1))
 
-SCHEDULER_INPUTS = (
-    PROMPT_EMBEDS, MASKED_IMAGE_MEAN, MASKED_IMAGE_STD, LATENT_MASK, INIT_IMAGE, EDIT_PARAMETERS, DEADLINE, RESERVATION,
-)
+
+
+def scheduler_inputs(prompts: PromptEncoding) -> tuple[TensorSpec, ...]:
+    """The loop's inputs for a family that encodes prompts as ``prompts`` says."""
+    return prompts.embedding_tensors + (MASKED_IMAGE_MEAN, MASKED_IMAGE_STD, LATENT_MASK, INIT_IMAGE, EDIT_PARAMETERS,
+                                        DEADLINE, RESERVATION)
+
+
 SCHEDULER_OUTPUTS = (LATENTS,)
 
 # The engine takes the loop's inputs plus, from the streaming entry, how often to send previews and
@@ -90,9 +100,15 @@ ERROR_MESSAGE = TensorSpec(wire.ERROR_MESSAGE.name, wire.ERROR_MESSAGE.datatype,
 # Why, in a word, for the request counters (smartedit.serving.request_metrics): at_capacity, deadline, denoise, ...
 ERROR_REASON = TensorSpec("error_reason", "BYTES", (1,))
 
-# Every input optional to Triton: an admission request carries two of them; the engine checks the rest.
-ENGINE_INPUTS = tuple(replace(t, optional=True) for t in SCHEDULER_INPUTS) + (PREVIEW_EVERY, CANCEL_TOKEN, ADMISSION,
-                                                                             PLACES)
+
+
+def engine_inputs(prompts: PromptEncoding) -> tuple[TensorSpec, ...]:
+    """The engine's inputs, every one optional to Triton: an admission request carries two of them; the
+    engine checks the rest."""
+    return tuple(replace(t, optional=True) for t in scheduler_inputs(prompts)) + (PREVIEW_EVERY, CANCEL_TOKEN,
+                                                                                  ADMISSION, PLACES)
+
+
 ENGINE_OUTPUTS = (LATENTS, STEP, TOTAL_STEPS, PREVIEW_PIXELS, ERROR_CODE, ERROR_MESSAGE, ERROR_REASON)
 
 DECODED_IMAGE = TensorSpec("decoded_image", "FP32", (-1, 3, -1, -1))  # in [-1, 1], one row per image

@@ -7,6 +7,13 @@ smartedit.diffusion.recognize) and answers:
 - ``COMPONENTS``: the models it serves besides the steps (``ComponentSpec``s; their ONNX graphs are
   ``smartedit.export.onnx_export.GRAPHS[family]``), and ``WEIGHTS``: the pipeline's modules whose
   weights they hold (what provenance hashes);
+- ``PROMPTS``: how prompts become embeddings (``smartedit.diffusion.prompts.PromptEncoding``: its
+  tokenizers, the encoder that takes their ids, the embeddings it answers by the names ``start`` reads);
+- ``DEFAULTS``: the parameters whose default differs for it from the contract's (SDXL's strength
+  0.9999), by name; the server's configuration and the task's defaults still come first;
+- ``OWN_PARAMETERS``: the contract's parameters that only it takes (InstructPix2Pix's
+  ``image_guidance_scale``): a pipeline of another family refuses a request that sets one, and its
+  ``server_info`` does not list them;
 - ``encodes_init_image(params)``: whether an edit needs the photo's own latents (the serving models
   keep the photo for the VAE encoder only then);
 - ``start(info, scheduler_config, params, inputs, encode_init_image)``: the edit's ``DenoiseState`` --
@@ -26,9 +33,10 @@ from typing import Any, Mapping
 
 from smartedit.diffusion.denoise import DenoiseState, EditInputs, EncodeFn
 from smartedit.diffusion.families import sd_inpaint, sd_latent_blend
+from smartedit.diffusion.prompts import PromptEncoding
 from smartedit.diffusion.recognize import KNOWN
 from smartedit.diffusion.spec import PipelineInfo
-from smartedit.edit.parameters import EditParameters
+from smartedit.edit.parameters import EditParameters, FamilyParameters
 
 FAMILIES: dict[str, ModuleType] = {module.FAMILY.name: module for module in (sd_inpaint, sd_latent_blend)}
 assert set(FAMILIES) == {family.name for family in KNOWN}, "every family recognized has its module, and only those"
@@ -55,6 +63,20 @@ def components_of(info: PipelineInfo) -> tuple:
 def weights_of(info: PipelineInfo) -> tuple[str, ...]:
     """The pipeline's modules whose weights ``info``'s family serves (what provenance hashes)."""
     return family_of(info).WEIGHTS
+
+
+def prompts_of(info: PipelineInfo) -> PromptEncoding:
+    """How ``info``'s family makes its prompts' embeddings."""
+    return family_of(info).PROMPTS
+
+
+def family_parameters(info: PipelineInfo) -> FamilyParameters:
+    """What ``info``'s family says about a request's parameters: its defaults, and the parameters of other
+    families, which it refuses."""
+    module = family_of(info)
+    others = {name for other in FAMILIES.values() if other is not module for name in other.OWN_PARAMETERS}
+    return FamilyParameters(family=info.family, defaults=dict(module.DEFAULTS),
+                            refused=frozenset(others - set(module.OWN_PARAMETERS)))
 
 
 def start_denoising(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters,

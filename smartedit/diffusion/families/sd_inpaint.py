@@ -11,6 +11,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from smartedit.diffusion.denoise import (
     DenoiseState, EditInputs, EncodeFn, guidance_rows, sample_latents, schedule,
 )
+from smartedit.diffusion.prompts import SD_PROMPTS
 from smartedit.diffusion.recognize import SD_INPAINT
 from smartedit.diffusion.samplers import step_kwargs
 from smartedit.diffusion.spec import SD_COMPONENTS, SD_WEIGHTS, PipelineInfo
@@ -21,6 +22,11 @@ FAMILY = SD_INPAINT
 # pipeline's modules whose weights they hold (what provenance hashes).
 COMPONENTS = SD_COMPONENTS
 WEIGHTS = SD_WEIGHTS
+# How its prompts become embeddings: one CLIP tokenizer and text model.
+PROMPTS = SD_PROMPTS
+# Its defaults where they differ from the contract's (which are SD's), and the parameters only it takes: none.
+DEFAULTS: dict = {}
+OWN_PARAMETERS: tuple[str, ...] = ()
 
 
 def encodes_init_image(params: EditParameters) -> bool:
@@ -32,6 +38,7 @@ def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditP
           encode_init_image: EncodeFn) -> DenoiseState:
     """Stages 4-9 of diffusers' ``__call__``, drawing random numbers in the same order."""
     generator = torch.Generator().manual_seed(params.seed)
+    prompt_embeds = inputs.prompt["prompt_embeds"]
     scheduler, timesteps = schedule(params, scheduler_config)
     is_strength_max = params.strength == 1.0
     # 6. prepare latents: pure noise at strength 1, else the init image noised to the first step
@@ -39,7 +46,7 @@ def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditP
     if not is_strength_max:
         init_mean, init_std = encode_init_image()
         image_latents = sample_latents(init_mean, init_std, generator, info.vae_scaling_factor)
-    noise = randn_tensor(shape, generator=generator, dtype=inputs.prompt_embeds.dtype)
+    noise = randn_tensor(shape, generator=generator, dtype=prompt_embeds.dtype)
     if is_strength_max:
         latents = noise * scheduler.init_noise_sigma
     else:
@@ -55,7 +62,7 @@ def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditP
         timesteps=timesteps,
         latents=latents,
         conditioning=conditioning.repeat(rows, 1, 1, 1),
-        row_inputs={"encoder_hidden_states": inputs.prompt_embeds[2 - rows:]},
+        row_inputs={"encoder_hidden_states": prompt_embeds[2 - rows:]},
         guidance_scale=params.guidance_scale,
         generator=generator,
         extra_step_kwargs=step_kwargs(scheduler, generator, params.eta),

@@ -14,6 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from smartedit.diffusion.denoise import (
     DenoiseState, EditInputs, EncodeFn, guidance_rows, sample_latents, schedule,
 )
+from smartedit.diffusion.prompts import SD_PROMPTS
 from smartedit.diffusion.recognize import SD_LATENT_BLEND
 from smartedit.diffusion.samplers import step_kwargs
 from smartedit.diffusion.spec import SD_COMPONENTS, SD_WEIGHTS, PipelineInfo
@@ -24,6 +25,11 @@ FAMILY = SD_LATENT_BLEND
 # pipeline's modules whose weights they hold (what provenance hashes).
 COMPONENTS = SD_COMPONENTS
 WEIGHTS = SD_WEIGHTS
+# How its prompts become embeddings: one CLIP tokenizer and text model.
+PROMPTS = SD_PROMPTS
+# Its defaults where they differ from the contract's (which are SD's), and the parameters only it takes: none.
+DEFAULTS: dict = {}
+OWN_PARAMETERS: tuple[str, ...] = ()
 
 
 def encodes_init_image(params: EditParameters) -> bool:
@@ -51,11 +57,12 @@ def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditP
           encode_init_image: EncodeFn) -> DenoiseState:
     """Stages 4-9 of diffusers' ``__call__`` with a 4-channel UNet, drawing random numbers in the same order."""
     generator = torch.Generator().manual_seed(params.seed)
+    prompt_embeds = inputs.prompt["prompt_embeds"]
     scheduler, timesteps = schedule(params, scheduler_config)
     # 6. prepare latents: the photo's latents first (drawn whatever the strength), then the noise
     init_mean, init_std = encode_init_image()
     image_latents = sample_latents(init_mean, init_std, generator, info.vae_scaling_factor)
-    noise = randn_tensor(inputs.masked_image_mean.shape, generator=generator, dtype=inputs.prompt_embeds.dtype)
+    noise = randn_tensor(inputs.masked_image_mean.shape, generator=generator, dtype=prompt_embeds.dtype)
     if params.strength == 1.0:
         latents = noise * scheduler.init_noise_sigma
     else:
@@ -70,7 +77,7 @@ def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditP
         timesteps=timesteps,
         latents=latents,
         conditioning=latents.new_zeros((rows, 0) + tuple(latents.shape[2:])),
-        row_inputs={"encoder_hidden_states": inputs.prompt_embeds[2 - rows:]},
+        row_inputs={"encoder_hidden_states": prompt_embeds[2 - rows:]},
         guidance_scale=params.guidance_scale,
         generator=generator,
         extra_step_kwargs=step_kwargs(scheduler, generator, params.eta),

@@ -21,7 +21,7 @@ from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
 from smartedit.engine.cancellation import CancelBoard
 from smartedit.diffusion.denoise import EditInputs, decoder_input
-from smartedit.diffusion.families import family_of, start_denoising
+from smartedit.diffusion.families import family_of, prompts_of, start_denoising
 from smartedit.engine.core import AtCapacity, DenoiseEngine, EditRequest, EngineLimits, TooManyImages
 from smartedit.ops.model_processes import Callees
 from smartedit.ops.server_state import ServerState
@@ -144,6 +144,7 @@ class TritonPythonModel:
         model = ModelArgs.of(args)
         self.settings = EngineSettings.parse(model.parameters)
         self.info = model.pipeline_info()
+        self.prompts = prompts_of(self.info)
         self.scheduler_config = json.loads((model.folder / "scheduler_config.json").read_text())
         self.preview = LatentPreview.load(model.folder / PREVIEW_FILENAME)
         self.cancel_board = CancelBoard.of_this_server()
@@ -216,7 +217,8 @@ class TritonPythonModel:
         """One engine edit per image of the request, each with its own seed (``EditParameters.variation``)."""
         params = EditParameters.from_tensor(_input(request, steps.EDIT_PARAMETERS))
         deadline = float(_scalar(request, steps.DEADLINE))
-        inputs = EditInputs(prompt_embeds=torch.from_numpy(_input(request, steps.PROMPT_EMBEDS)),
+        prompt = {spec.name: torch.from_numpy(_input(request, spec)) for spec in self.prompts.embedding_tensors}
+        inputs = EditInputs(prompt=prompt,
                             masked_image_mean=torch.from_numpy(_input(request, steps.MASKED_IMAGE_MEAN)),
                             masked_image_std=torch.from_numpy(_input(request, steps.MASKED_IMAGE_STD)),
                             latent_mask=torch.from_numpy(_input(request, steps.LATENT_MASK)))

@@ -10,7 +10,7 @@ same code, so the final image is the same bytes:
       → the graph's components after it: vae_decoder (BLS) → finish_edit (postprocess's own function)
       → final response
 
-The components and their tensors are the ensemble's own graph (``smartedit.serving.ensembles.EDIT_GRAPH``),
+The components and their tensors are the ensemble's own graph (``smartedit.serving.ensembles.edit_graph``),
 walked here: the two entry points cannot drift apart.
 
 Preprocess and postprocess run here, not through BLS, because an error's code does not survive
@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
 
 from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
@@ -40,6 +39,7 @@ from smartedit.errors import RequestError, ServiceInterrupted
 from smartedit.ops.model_processes import Callees
 from smartedit.ops.server_state import ServerState
 from smartedit.edit.postprocessing import encode_png, finish_edit
+from smartedit.diffusion.families import family_parameters, prompts_of
 from smartedit.edit.parameters import resolve_parameters
 from smartedit.edit.preprocessing import prepare_request
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance
@@ -91,7 +91,8 @@ class TritonPythonModel:
         model = ModelArgs.of(args)
         self.settings = StreamSettings.parse(model.parameters)
         self.info = model.pipeline_info()
-        self.tokenizer = AutoTokenizer.from_pretrained(model.folder / "tokenizer")
+        self.prompts = prompts_of(self.info)
+        self.tokenizers = self.prompts.load_tokenizers(model.folder)
         self.provenance = Provenance.load(model.folder / PROVENANCE_FILENAME)
         self.cancel_board = CancelBoard.of_this_server()
         self.state = ServerState.of_this_server()
@@ -170,14 +171,15 @@ class TritonPythonModel:
         if preview_every < 0:
             raise RequestError(wire.PREVIEW_EVERY.name, f"must be >= 0 (0: no previews), got {preview_every}")
         read = lambda name: optional_scalar(request, name)  # noqa: E731
-        params = resolve_parameters(read, self.settings.preprocess)  # the scalars: cheap, checked first
+        # The scalars first: cheap, checked first.
+        params = resolve_parameters(read, self.settings.preprocess, family_parameters(self.info))
         # Before any decoding: a server at capacity refuses now, not after the work (as preprocess does).
         refusal = admission_call(self.settings.engine_model, steps.RESERVE, reservation, request_id,
                                  places=params.num_images, callees=self.callees)
         if refusal is not None:
             raise EngineError(refusal.error, refusal.reason)
         try:
-            tensors, log_fields = prepare_request(read, self.tokenizer, self.info, self.settings.preprocess,
+            tensors, log_fields = prepare_request(read, self.tokenizers, self.info, self.settings.preprocess,
                                                   deadline=request_deadline(request), reservation=reservation,
                                                   params=params)
         except Exception:  # a bad field, or a fault: the places go back at once, not after their TTL
@@ -187,9 +189,9 @@ class TritonPythonModel:
         # The edit's tensors by name, as the ensemble's graph names them (smartedit.serving.ensembles).
         edit = {spec.name: value for spec, value in tensors.items()}
         edit[steps.PREVIEW_EVERY.name] = np.array([preview_every], dtype=np.int32)
-        self._run_components(component_steps(before_loop=True), edit, request_id)
+        self._run_components(component_steps(self.prompts, before_loop=True), edit, request_id)
         edit[steps.LATENTS.name] = self._denoise(request, sender, request_id, edit)
-        self._run_components(component_steps(before_loop=False), edit, request_id)
+        self._run_components(component_steps(self.prompts, before_loop=False), edit, request_id)
         pngs = finish_edit(edit[steps.DECODED_IMAGE.name], read(wire.IMAGE.name), read(wire.MASK_IMAGE.name),
                            edit[steps.EDIT_BOX.name], params, self.provenance)
         return pb_utils.InferenceResponse(output_tensors=[
@@ -219,7 +221,7 @@ class TritonPythonModel:
         if request.is_cancelled():
             raise StreamClosed("the client closed the stream before denoising began")
         token = self.cancel_board.new_token()
-        inputs = [pb_utils.Tensor(spec.name, edit[spec.name]) for spec in steps.SCHEDULER_INPUTS]
+        inputs = [pb_utils.Tensor(spec.name, edit[spec.name]) for spec in steps.scheduler_inputs(self.prompts)]
         inputs += [pb_utils.Tensor(steps.PREVIEW_EVERY.name, edit[steps.PREVIEW_EVERY.name]),
                    pb_utils.Tensor(steps.CANCEL_TOKEN.name, np.array([token.encode()], dtype=np.object_))]
         engine_request = pb_utils.InferenceRequest(

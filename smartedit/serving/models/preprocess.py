@@ -5,7 +5,6 @@ import time
 import uuid
 
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
 
 from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
@@ -13,6 +12,7 @@ from smartedit.serving.decoupled_calls import release_finished_calls
 from smartedit.errors import RequestError
 from smartedit.ops.model_processes import Callees
 from smartedit.ops.server_state import BETWEEN_STEPS_S, ServerState
+from smartedit.diffusion.families import family_parameters, prompts_of
 from smartedit.edit.parameters import resolve_parameters
 from smartedit.edit.preprocessing import prepare_request
 from smartedit.serving.request_metrics import RequestCounter
@@ -30,7 +30,8 @@ class TritonPythonModel:
         model = ModelArgs.of(args)
         self.settings = PreprocessSettings.parse(model.parameters)
         self.info = model.pipeline_info()
-        self.tokenizer = AutoTokenizer.from_pretrained(model.folder / "tokenizer")
+        self.prompts = prompts_of(self.info)
+        self.tokenizers = self.prompts.load_tokenizers(model.folder)
         self.state = ServerState.of_this_server()
         self.callees = Callees(self.state)
         # The inpaint ensemble's requests that end here (smartedit.serving.request_metrics); the others end later.
@@ -63,7 +64,8 @@ class TritonPythonModel:
                     self.requests.count("refused", "shutting_down")
                     return unavailable(refusal)
                 read = lambda name: optional_scalar(request, name)  # noqa: E731
-                params = resolve_parameters(read, self.settings)  # the scalars: cheap, checked first
+                # The scalars first: cheap, checked first.
+                params = resolve_parameters(read, self.settings, family_parameters(self.info))
                 if self.settings.admission_model:
                     # Before any decoding: a server at capacity refuses now, not after the work.
                     refusal = admission_call(self.settings.admission_model, steps.RESERVE, token, request_id,
@@ -74,7 +76,7 @@ class TritonPythonModel:
                         self.requests.count("refused", refusal.reason)
                         return pb_utils.InferenceResponse(output_tensors=[], error=refusal.error)
                     reserved = True
-                tensors, log_fields = prepare_request(read, self.tokenizer, self.info, self.settings,
+                tensors, log_fields = prepare_request(read, self.tokenizers, self.info, self.settings,
                                                       deadline=deadline, reservation=token, params=params)
                 fields.update(log_fields)
         except RequestError as error:

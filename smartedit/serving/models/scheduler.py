@@ -25,7 +25,7 @@ from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
 from smartedit.serving.decoupled_calls import decoupled_responses, release_finished_calls
 from smartedit.diffusion.denoise import SAMPLE, EditInputs, decoder_input, run_to_end
-from smartedit.diffusion.families import start_denoising
+from smartedit.diffusion.families import prompts_of, start_denoising
 from smartedit.errors import ServiceInterrupted
 from smartedit.ops.model_processes import Callees
 from smartedit.ops.server_state import BETWEEN_STEPS_S, UNBOUNDED_REQUEST_S, ServerState
@@ -67,6 +67,7 @@ class TritonPythonModel:
             self._forwarders = ThreadPoolExecutor(MAX_FORWARDED_EDITS, thread_name_prefix="scheduler-forward")
             return
         self.info = model.pipeline_info()
+        self.prompts = prompts_of(self.info)
         self.scheduler_config = json.loads((model.folder / "scheduler_config.json").read_text())
         torch.set_num_threads(1)  # the loop's own arithmetic is tiny; leave the cores to the UNet
         self.metrics = SchedulerMetrics(model.name, model.version, model.instance)
@@ -190,7 +191,7 @@ class TritonPythonModel:
         init_image = array(request, steps.INIT_IMAGE.name)
         deadline = float(array(request, steps.DEADLINE.name).reshape(-1)[0])
         inputs = EditInputs(
-            prompt_embeds=torch.from_numpy(array(request, steps.PROMPT_EMBEDS.name)),
+            prompt={spec.name: torch.from_numpy(array(request, spec.name)) for spec in self.prompts.embedding_tensors},
             masked_image_mean=torch.from_numpy(array(request, steps.MASKED_IMAGE_MEAN.name)),
             masked_image_std=torch.from_numpy(array(request, steps.MASKED_IMAGE_STD.name)),
             latent_mask=torch.from_numpy(array(request, steps.LATENT_MASK.name)),
