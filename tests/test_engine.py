@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -19,6 +20,7 @@ from conftest import png_bytes, scene
 from smartedit.diffusion.denoise import EditInputs, run_to_end
 from smartedit.diffusion.families import start_denoising
 from smartedit.edit.parameters import EditParameters
+from smartedit.engine.costs import CostEstimates, CostFit
 from smartedit.engine.core import (
     AtCapacity, DenoiseEngine, EditRequest, EngineLimits, EngineMetrics, TooManyImages,
 )
@@ -221,8 +223,9 @@ def test_two_lanes_split_the_edits_into_calls_in_flight_together_and_change_no_r
     watch = LaneWatch()
     # One prepare thread: the edits become ready, and so are given their lanes, in MIXED's order.
     prepared = AllPrepared([watch.watched(prepare) for prepare in prepares])
-    limits = EngineLimits(max_active_edits=8, max_queued_edits=0, max_unet_rows=64, unet_lanes=2, lane_min_rows=1)
-    engine = DenoiseEngine(prepared.gate(onnx_unet), limits, metrics=watch, prepare_workers=1)
+    limits = EngineLimits(max_active_edits=8, max_queued_edits=0, max_unet_rows=64, unet_lanes=2)
+    engine = DenoiseEngine(prepared.gate(onnx_unet), limits, metrics=watch, prepare_workers=1,
+                           costs=PinnedCosts(a_s=0.0, b_s=0.01, host_s_per_edit=0.02))  # two lanes hide half
     onnx_unet.calls.clear()
     sinks = run_all(engine, prepared.prepares)
     for params, sink, reference in zip(MIXED, sinks, alone):
@@ -233,15 +236,52 @@ def test_two_lanes_split_the_edits_into_calls_in_flight_together_and_change_no_r
     assert max(onnx_unet.calls) < rows_of_all  # the 40x24 edits were split between the lanes
 
 
-@pytest.mark.parametrize("lane_min_rows, two_lanes", [(100, False), (2, True)])
-def test_a_second_lane_opens_only_once_each_lane_has_lane_min_rows(make_edit, onnx_unet, lane_min_rows, two_lanes):
+class PinnedCosts(CostEstimates):
+    """Costs that measuring does not change: they force the planner's choice."""
+
+    def __init__(self, a_s: float, b_s: float, host_s_per_edit: float):
+        super().__init__(max_rows=64)
+        fit = CostFit(a=a_s, b=b_s, calls=0)
+        self._pinned = SimpleNamespace(fit=lambda: fit, observe=lambda rows, seconds: None)
+        self.host = SimpleNamespace(per_edit_step=host_s_per_edit, observe=lambda edits, seconds: None)
+
+    def unet(self, latent_size):
+        return self._pinned
+
+
+@pytest.mark.parametrize("costs, lane_min_rows, two_lanes", [
+    (dict(a_s=0.050, b_s=0.001, host_s_per_edit=0.001), 0, False),  # the call's fixed cost dominates
+    (dict(a_s=0.0, b_s=0.005, host_s_per_edit=0.010), 0, True),  # host work as long as the calls: hide it
+    (dict(a_s=0.0, b_s=0.005, host_s_per_edit=0.010), 100, False),  # the operator's fixed rule: 100 rows a lane
+    (dict(a_s=0.050, b_s=0.001, host_s_per_edit=0.001), 2, True),  # ... 2 rows a lane
+])
+def test_a_second_lane_opens_when_the_costs_call_for_it_and_results_do_not_change(make_edit, onnx_unet, costs,
+                                                                                   lane_min_rows, two_lanes):
+    prepares = [make_edit(steps=8, seed=seed) for seed in (1, 2, 3)]  # 2 rows each
+    alone = [run_alone(prepare, onnx_unet) for prepare in prepares]
     watch = LaneWatch()
-    prepared = AllPrepared([watch.watched(make_edit(steps=8, seed=seed)) for seed in (1, 2, 3)])  # 2 rows each
+    prepared = AllPrepared([watch.watched(prepare) for prepare in prepares])
     limits = EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=16, unet_lanes=2,
                           lane_min_rows=lane_min_rows)
-    sinks = run_all(DenoiseEngine(prepared.gate(onnx_unet), limits, metrics=watch), prepared.prepares, timeout_s=60)
+    engine = DenoiseEngine(prepared.gate(onnx_unet), limits, metrics=watch, costs=PinnedCosts(**costs))
+    sinks = run_all(engine, prepared.prepares, timeout_s=60)
     assert all(sink.outcome == "finished" for sink in sinks)
     assert (watch.overlaps > 0) == two_lanes, watch.overlaps
+    for sink, reference in zip(sinks, alone):  # whatever plan ran them
+        assert torch.equal(sink.state.latents, reference)
+
+
+def test_the_engine_measures_its_calls_and_its_own_work(make_edit, onnx_unet):
+    engine = DenoiseEngine(onnx_unet, EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=16))
+    try:
+        sinks = [submit(engine, make_edit(steps=6, seed=seed)) for seed in (1, 2)]
+        assert all(sink.ended.wait(60) and sink.outcome == "finished" for sink in sinks)
+    finally:
+        engine.close()
+    fits = engine.costs.fits()
+    assert len(fits) == 1 and next(iter(fits.values())).calls >= 6  # one latent size, every call measured
+    assert 0 < next(iter(fits.values())).seconds(4) < 5.0
+    assert engine.costs.host.per_edit_step > 0
 
 
 def test_a_new_edit_joins_at_the_next_step_without_waiting(make_edit, onnx_unet):

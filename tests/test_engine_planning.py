@@ -1,5 +1,6 @@
-"""The engine's planner and batch builder on their own, without a UNet or threads: which calls a step
-makes, which lane a joining edit takes, and how the calls' rows are laid out and kept between steps."""
+"""The engine's planner, cost estimates and batch builder on their own, without a UNet or threads: which
+calls a step makes, how many lanes the measured costs call for, which lane a joining edit takes, how the
+costs are fitted, and how the calls' rows are laid out and kept between steps."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from smartedit.engine.batch_builder import UNetBatchBuilder
-from smartedit.engine.planner import choose_lane, plan_unet_calls
+from smartedit.engine.costs import PRIOR_A_S, PRIOR_B_S, CostFit, HostCost, ServiceClock, UNetCost
+from smartedit.engine.planner import choose_lane, choose_lane_count, plan_unet_calls, round_seconds
 
 
 def _sized(rows: int, size=(8, 8)):
@@ -40,23 +42,101 @@ def test_every_edit_is_in_exactly_one_call_and_no_call_is_over_the_limit_unless_
         assert sum(edit.rows for edit in call) <= max_rows or len(call) == 1
 
 
-def test_a_second_lane_opens_only_when_each_lane_would_hold_lane_min_rows():
-    assert choose_lane([0, 0], edit_rows=2, lane_min_rows=16) == 0
-    assert choose_lane([14, 0], edit_rows=2, lane_min_rows=16) == 0  # 16 rows: one lane's worth
-    assert choose_lane([30, 0], edit_rows=2, lane_min_rows=16) == 1  # 32: two lanes open, the lighter
-    assert choose_lane([16, 18], edit_rows=2, lane_min_rows=16) == 0
-    assert choose_lane([18, 18], edit_rows=2, lane_min_rows=16) == 0  # equals: the first
-    assert choose_lane([40, 0], edit_rows=2, lane_min_rows=4) == 1  # never past the lanes there are
-    assert choose_lane([40], edit_rows=2, lane_min_rows=1) == 0
+def test_a_joining_edit_takes_the_lightest_open_lane():
+    assert choose_lane([0, 0], open_lanes=1) == 0
+    assert choose_lane([30, 0], open_lanes=1) == 0  # one lane open: there, however full
+    assert choose_lane([30, 0], open_lanes=2) == 1
+    assert choose_lane([18, 18], open_lanes=2) == 0  # equals: the first
+    assert choose_lane([40, 0], open_lanes=4) == 1  # never past the lanes there are
+    assert choose_lane([40], open_lanes=0) == 0
     with pytest.raises(ValueError, match="at least one lane"):
-        choose_lane([], edit_rows=2, lane_min_rows=16)
+        choose_lane([], open_lanes=1)
 
 
 def test_lanes_fill_evenly_as_edits_join():
     rows = [0, 0]
     for _ in range(32):
-        rows[choose_lane(rows, 2, lane_min_rows=16)] += 2
+        rows[choose_lane(rows, open_lanes=2)] += 2
     assert rows == [32, 32]
+
+
+SIZE = (64, 64)
+
+
+def _lanes(a_ms: float, b_ms: float, host_ms_per_edit: float, edits: int = 16, max_lanes: int = 2,
+           max_rows: int = 64) -> int:
+    fits = {SIZE: CostFit(a=a_ms / 1000, b=b_ms / 1000, calls=100)}
+    return choose_lane_count({SIZE: 2 * edits}, edits, fits, host_ms_per_edit / 1000, max_lanes, max_rows)
+
+
+def test_one_lane_when_the_call_s_fixed_cost_outweighs_the_host_work_a_lane_would_hide():
+    # 16 edits, 0.3 ms of host work each: 4.8 ms a step, less than a 12 ms call's fixed cost.
+    assert _lanes(a_ms=12, b_ms=1.5, host_ms_per_edit=0.3) == 1
+    assert _lanes(a_ms=25, b_ms=3, host_ms_per_edit=1.0) == 1
+
+
+def test_two_lanes_when_the_host_work_outweighs_the_fixed_cost():
+    assert _lanes(a_ms=2, b_ms=0.5, host_ms_per_edit=0.3) == 2  # 4.8 ms hidden for 2 ms more
+    assert _lanes(a_ms=6, b_ms=1.5, host_ms_per_edit=1.0) == 2
+
+
+def test_the_plan_never_exceeds_the_configured_lanes_nor_one_lane_per_edit():
+    assert _lanes(a_ms=0.1, b_ms=0.5, host_ms_per_edit=5, max_lanes=1) == 1
+    assert _lanes(a_ms=0.1, b_ms=0.5, host_ms_per_edit=5, max_lanes=4) <= 4
+    assert _lanes(a_ms=0.1, b_ms=0.5, host_ms_per_edit=5, edits=1, max_lanes=4) == 1  # one edit: one lane
+    assert _lanes(a_ms=0.1, b_ms=0.5, host_ms_per_edit=5, edits=3, max_lanes=4) <= 3
+    # Rows past max_rows make several calls in one lane anyway: a second lane then costs no more calls.
+    assert _lanes(a_ms=12, b_ms=1.5, host_ms_per_edit=0.5, edits=32, max_rows=32) == 2
+
+
+def test_round_time_is_turns_with_one_lane_and_the_longer_of_host_and_device_with_more():
+    assert round_seconds(1, device_s=0.05, host_s=0.01) == pytest.approx(0.06)
+    assert round_seconds(2, device_s=0.05, host_s=0.01) == 0.05
+    assert round_seconds(2, device_s=0.01, host_s=0.05) == 0.05
+
+
+def test_the_cost_fit_converges_on_a_simulated_unet_within_a_few_dozen_calls():
+    rng = np.random.default_rng(0)
+    for a, b in ((0.012, 0.0015), (0.002, 0.003), (0.025, 0.0005)):
+        cost = UNetCost(max_rows=64)
+        for _ in range(36):  # calls of the sizes a ramping load makes, with 3% noise
+            rows = int(rng.choice([2, 4, 8, 16, 32, 64]))
+            cost.observe(rows, (a + b * rows) * rng.normal(1.0, 0.03))
+        fit = cost.fit()
+        assert fit.calls == 36
+        assert fit.a == pytest.approx(a, rel=0.15, abs=0.0005) and fit.b == pytest.approx(b, rel=0.1), (a, b, fit)
+
+
+def test_the_fit_follows_a_device_that_changes_and_holds_its_split_under_a_steady_load():
+    cost = UNetCost(max_rows=64)
+    for rows in [2, 8, 16, 32, 64] * 8:
+        cost.observe(rows, 0.010 + 0.001 * rows)
+    for _ in range(300):  # the device gets twice as slow per row; the load is steady at 64 rows
+        cost.observe(64, 0.010 + 0.002 * 64)
+    fit = cost.fit()
+    assert fit.seconds(64) == pytest.approx(0.010 + 0.002 * 64, rel=0.02)
+    assert 0 <= fit.a < 0.03 and fit.b > 0.0015
+    # Before any call: the prior.
+    assert UNetCost(max_rows=64).fit().seconds(1) == pytest.approx(PRIOR_A_S + PRIOR_B_S)
+
+
+def test_a_call_that_queued_behind_another_counts_only_its_own_device_time():
+    clock = ServiceClock()
+    assert clock.service_time(started=0.0, ended=0.05) == pytest.approx(0.05)
+    # Left at 0.01 while the first was on the device; came back at 0.09: its own time is 0.04.
+    assert clock.service_time(started=0.01, ended=0.09) == pytest.approx(0.04)
+    assert clock.service_time(started=0.5, ended=0.52) == pytest.approx(0.02)  # the device was idle
+
+
+def test_the_host_s_cost_is_a_moving_average_per_edit_step():
+    host = HostCost(smoothing=0.5)
+    assert host.per_edit_step == 0.0
+    host.observe(edits=4, seconds=0.004)
+    assert host.per_edit_step == pytest.approx(0.001)
+    host.observe(edits=2, seconds=0.006)
+    assert host.per_edit_step == pytest.approx(0.002)
+    host.observe(edits=0, seconds=1.0)  # a step that advanced nothing says nothing
+    assert host.per_edit_step == pytest.approx(0.002)
 
 
 class _Edit:

@@ -253,8 +253,8 @@ def test_past_its_bounds_the_server_refuses_at_once_and_serves_the_admitted_corr
 
 @pytest.fixture(scope="module")
 def two_lane_server(model_repository, tmp_path_factory):
-    """A server whose engine opens its second lane at 2 rows a lane (one edit under guidance): the shared
-    server opens it at 16, more rows than its tests ever send together."""
+    """A server whose engine opens its second lane at 2 rows a lane (one edit under guidance), by the
+    operator's fixed rule: the shared server's engine chooses its lanes from the costs it measures."""
     folder = tmp_path_factory.mktemp("two-lane")
     repository = configure_copy(model_repository, folder / "model_repository",
                                 {"denoise_engine": {"unet_lanes": 2, "lane_min_rows": 2}})

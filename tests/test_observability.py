@@ -108,6 +108,12 @@ def test_metrics_show_the_scheduler_counters_after_an_edit(server, client):
     assert metric_value(after, "smartedit_scheduler_active_requests") == 0
     assert metric_value(after, "smartedit_scheduler_queued_requests") == 0
     assert metric_value(after, "smartedit_scheduler_steps_per_second") == 0
+    # The planner's inputs and choice: the measured costs of this latent size (64x64 px: 8x8 latents), one lane.
+    assert metric_value(after, "smartedit_scheduler_unet_lanes") == 1
+    fixed = metric_value(after, "smartedit_scheduler_unet_call_fixed_seconds", latent="8x8")
+    per_row = metric_value(after, "smartedit_scheduler_unet_call_row_seconds", latent="8x8")
+    assert fixed >= 0 and per_row >= 0 and 0 < fixed + 2 * per_row < 5.0  # a tiny UNet call on a CPU
+    assert metric_value(after, "smartedit_scheduler_host_seconds_per_edit_step") > 0
 
 
 @pytest.mark.functional

@@ -15,12 +15,14 @@ failed or cancelled edit leaves at once and frees its rows. Edits keep their own
 count, guidance, strength and timestep: the UNet takes one timestep per row, and everything else
 happens per edit in ``DenoiseState.advance``.
 
-Lanes pipeline host and device: under load (``lane_min_rows`` rows per lane) the active edits are
-split into up to ``unet_lanes`` cohorts of about the same rows, and while one cohort's UNet call is
-on the device the worker advances the other cohort and sends its next call, which then waits at the
-UNet already built. On a GPU the host's share of a step (sampler arithmetic for every edit,
-building the batch, the BLS copies) is otherwise dead time for the device: at 32 edits on SD 1.5
-shapes it is about a fifth of the step on the build VM.
+Lanes pipeline host and device: the active edits may be split into up to ``unet_lanes`` cohorts of
+about the same rows, and while one cohort's UNet call is on the device the worker advances the other
+cohort and sends its next call, which then waits at the UNet already built. The host's share of a
+step (sampler arithmetic for every edit, building the batch) is otherwise dead time for the device;
+but each lane adds a call, and with it the call's fixed cost. So the engine measures both as it runs
+(``smartedit.engine.costs``: each call's device time against its rows, the host's time per edit) and
+the planner opens a lane only where the host work it hides outweighs the fixed cost it adds
+(``choose_lane_count``); edits of a lane that closes join the open ones after their step.
 
 Rows of one edit never change with its company, so an edit gives the same result whatever else is
 in the batch (provided the UNet is batch-invariant; ONNX Runtime on CPU is bit-for-bit).
@@ -49,7 +51,8 @@ import torch
 
 from smartedit.diffusion.denoise import SAMPLE, DenoiseState
 from smartedit.engine.batch_builder import UNetBatchBuilder
-from smartedit.engine.planner import choose_lane, plan_unet_calls
+from smartedit.engine.costs import CostEstimates, CostFit
+from smartedit.engine.planner import choose_lane, choose_lane_count, plan_unet_calls
 from smartedit.errors import ServiceInterrupted
 from smartedit.serving.structured_log import log_event
 
@@ -77,19 +80,20 @@ class EngineLimits:
         max_active_edits: edits denoising at once; each needs 1 UNet row per step, 2 under guidance.
         max_queued_edits: admitted edits waiting for an active slot; past this, requests are refused.
         max_unet_rows: rows per UNet call (the UNet's max batch); larger iterations make several calls.
-        unet_lanes: how many cohorts the active edits are split into, each with its UNet calls in
+        unet_lanes: the most cohorts the active edits are split into, each with its UNet calls in
             flight in turn. With 2, one cohort's host work (sampler steps, batch building, the BLS
             copies) runs while the other's rows are on the device, at the cost of one more fixed
-            UNet overhead per step; 1 makes one call per iteration (host and device take turns).
-        lane_min_rows: rows each lane must have before another lane opens: below that, the host's
-            work per step is smaller than the extra fixed overhead of splitting the UNet call.
+            UNet overhead per step; 1 makes one call per iteration (host and device take turns). How
+            many are open is the planner's choice, from the measured costs (``smartedit.engine.costs``).
+        lane_min_rows: 0 (the default): the measured costs decide; n > 0: a fixed rule in their place,
+            as many lanes open as would hold n rows each (an operator's override; tests pin plans so).
     """
 
     max_active_edits: int
     max_queued_edits: int
     max_unet_rows: int
     unet_lanes: int = 1
-    lane_min_rows: int = 16
+    lane_min_rows: int = 0
 
     def __post_init__(self):
         if self.max_active_edits < 1:
@@ -100,8 +104,8 @@ class EngineLimits:
             raise ValueError(f"max_unet_rows must be >= 2 (one edit under guidance), got {self.max_unet_rows}")
         if not 1 <= self.unet_lanes <= 4:
             raise ValueError(f"unet_lanes must be between 1 and 4, got {self.unet_lanes}")
-        if self.lane_min_rows < 1:
-            raise ValueError(f"lane_min_rows must be >= 1, got {self.lane_min_rows}")
+        if self.lane_min_rows < 0:
+            raise ValueError(f"lane_min_rows must be >= 0, got {self.lane_min_rows}")
 
 
 class EditSink(Protocol):
@@ -134,6 +138,8 @@ class EngineMetrics:
     def unet_call(self, rows: int) -> None: ...
 
     def stepped(self, edits: int) -> None: ...
+
+    def plan(self, lanes: int, fits: dict[tuple[int, ...], CostFit], host_s_per_edit: float) -> None: ...
 
     def ended(self, outcome: str, duration_s: float) -> None: ...
 
@@ -208,11 +214,13 @@ class DenoiseEngine:
         prepare_workers: threads that build edits' states (they make BLS calls when strength < 1).
         shutdown_reason: why every edit must stop now (the server's drain timed out), or None; asked
             before every step.
+        costs: where the measured costs go and the planner reads them (a fresh ``CostEstimates``; tests
+            pass pinned ones to force a plan).
     """
 
     def __init__(self, unet: BatchedUNet, limits: EngineLimits, *, logger: logging.Logger | None = None,
                  metrics: EngineMetrics | None = None, prepare_workers: int = 2,
-                 shutdown_reason: Callable[[], str | None] = lambda: None):
+                 shutdown_reason: Callable[[], str | None] = lambda: None, costs: CostEstimates | None = None):
         self.limits = limits
         self._unet = unet
         self._shutdown_reason = shutdown_reason
@@ -229,6 +237,10 @@ class DenoiseEngine:
         self._lanes: list[dict[tuple[int, ...], list[_Edit]]] = [{} for _ in range(limits.unet_lanes)]
         self._active = 0
         self._batches = UNetBatchBuilder()
+        # What calls and steps cost on this device, measured as they run; the planner's inputs.
+        self.costs = costs or CostEstimates(limits.max_unet_rows)
+        self._open_lanes = 1
+        self._plan_reported = 0.0  # monotonic, when the plan's gauges were last set
         self._closing = False
         self._prepare_pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="engine-prepare")
         # UNet calls leave from these threads, so that the worker can step one lane while another's
@@ -372,6 +384,7 @@ class DenoiseEngine:
                 edit.started = now
                 self._metrics.joined(now - edit.submitted)
             busy = {step.lane for step in in_flight}
+            self._close_lanes(busy)
             for lane in range(len(self._lanes)):
                 if lane not in busy and self._lanes[lane]:
                     step = self._guarded(lane, self._send, lane)
@@ -405,15 +418,52 @@ class DenoiseEngine:
 
     def _take_ready_locked(self) -> list[_Edit]:
         joining = []
-        rows = [self._rows_of(lane) for lane in range(len(self._lanes))]
         while self._ready and self._active < self.limits.max_active_edits:
-            edit = self._ready.popleft()
-            edit.lane = choose_lane(rows, edit.rows, self.limits.lane_min_rows)
+            joining.append(self._ready.popleft())
+            self._active += 1
+        self._open_lanes = self._plan_lanes(joining)
+        rows = [self._rows_of(lane) for lane in range(len(self._lanes))]
+        for edit in joining:
+            edit.lane = choose_lane(rows, self._open_lanes)
             rows[edit.lane] += edit.rows
             self._lanes[edit.lane].setdefault(edit.latent_size, []).append(edit)
-            self._active += 1
-            joining.append(edit)
         return joining
+
+    def _plan_lanes(self, joining: list[_Edit]) -> int:
+        """How many lanes the active edits and ``joining`` should step in (``choose_lane_count``), from
+        the measured costs, under the configured bounds."""
+        edits = [edit for lane in self._lanes for group in lane.values() for edit in group] + joining
+        rows_by_size: dict[tuple[int, ...], int] = {}
+        for edit in edits:
+            rows_by_size[edit.latent_size] = rows_by_size.get(edit.latent_size, 0) + edit.rows
+        fits = {size: self.costs.unet(size).fit() for size in rows_by_size}
+        host_s = self.costs.host.per_edit_step
+        limits, lanes = self.limits, 1
+        if limits.lane_min_rows:  # the operator's fixed rule
+            lanes = max(1, min(limits.unet_lanes, sum(rows_by_size.values()) // limits.lane_min_rows))
+        elif limits.unet_lanes > 1 and edits:
+            lanes = choose_lane_count(rows_by_size, len(edits), fits, host_s, limits.unet_lanes, limits.max_unet_rows)
+        if fits and time.monotonic() - self._plan_reported >= 1.0:  # a gauge update is an IPC message when served
+            self._report_plan(lanes)
+        return lanes
+
+    def _report_plan(self, lanes: int) -> None:
+        self._plan_reported = time.monotonic()
+        self._metrics.plan(lanes, self.costs.fits(), self.costs.host.per_edit_step)
+
+    def _close_lanes(self, busy: set[int]) -> None:
+        """Move the edits of lanes past the open ones into the open ones, once their step is back (a lane
+        closes when the costs say fewer lanes step faster). An edit's rows do not change with its lane."""
+        rows = [self._rows_of(lane) for lane in range(len(self._lanes))]
+        for lane in range(self._open_lanes, len(self._lanes)):
+            if lane in busy or not self._lanes[lane]:
+                continue
+            for size, group in list(self._lanes[lane].items()):
+                for edit in group:
+                    edit.lane = choose_lane(rows, self._open_lanes)
+                    rows[edit.lane] += edit.rows
+                    self._lanes[edit.lane].setdefault(size, []).append(edit)
+            self._lanes[lane].clear()
 
     def _rows_of(self, lane: int) -> int:
         return sum(edit.rows for group in self._lanes[lane].values() for edit in group)
@@ -427,12 +477,14 @@ class DenoiseEngine:
             if stop is not None:
                 self._leave(edit, CANCELLED, f"stopped after {edit.state.step_index} of "
                                              f"{edit.state.total_steps} steps: {stop[1]}", reason=stop[0])
+        started = time.perf_counter()
         step = _LaneStep(lane)
         for size, group in list(self._lanes[lane].items()):
             for index, chunk in enumerate(plan_unet_calls(group, self.limits.max_unet_rows)):
                 step.keys.append((lane, size, index))
                 self._send_chunk(step, step.keys[-1], chunk)
         self._batches.keep_only(lane, step.keys)
+        step.host_s += time.perf_counter() - started
         return step
 
     def _send_chunk(self, step: "_LaneStep", key, chunk: list[_Edit]) -> None:
@@ -450,8 +502,16 @@ class DenoiseEngine:
         self._metrics.unet_call(named[SAMPLE].shape[0])
         # The arrays stay untouched until this lane's answers are in: the lane's next step builds its
         # batches only after ``_receive``.
-        call = self._unet_pool.submit(self._unet, named)
+        call = self._unet_pool.submit(self._measured_unet, named, chunk[0].latent_size)
         step.calls.append(([edit for edit, _ in inputs], call))
+
+    def _measured_unet(self, named: dict[str, np.ndarray], latent_size: tuple[int, ...]) -> np.ndarray:
+        """The UNet call, its device time added to the costs of its latent size."""
+        started = time.perf_counter()
+        noise_pred = self._unet(named)
+        ended = time.perf_counter()
+        self.costs.unet(latent_size).observe(named[SAMPLE].shape[0], self.costs.clock.service_time(started, ended))
+        return noise_pred
 
     def _receive(self, step: "_LaneStep") -> None:
         """Wait for a lane's UNet calls and advance each of their edits by one step."""
@@ -467,6 +527,7 @@ class DenoiseEngine:
                 for edit in chunk:
                     self._leave(edit, FAILED, f"the UNet call failed: {error}", reason="denoise")
                 continue
+            started = time.perf_counter()
             offset = 0
             for edit in chunk:
                 rows = torch.from_numpy(noise_pred[offset:offset + edit.rows])
@@ -484,7 +545,11 @@ class DenoiseEngine:
                     self._outbox.put((edit.request.sink.progress, (state.step_index, state.total_steps, preview)))
                 if state.done:
                     self._leave(edit, OK)
+            step.host_s += time.perf_counter() - started
+        self.costs.host.observe(stepped, step.host_s)
         self._metrics.stepped(stepped)
+        if not self._active:  # idle now: the gauges show what the last edits measured
+            self._report_plan(self._open_lanes)
 
     def _leave(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False, reason: str = "") -> None:
         with self._lock:
@@ -559,3 +624,4 @@ class _LaneStep:
     lane: int
     calls: list = field(default_factory=list)  # (edits, Future of noise_pred)
     keys: list = field(default_factory=list)  # the batch arrays' keys it used
+    host_s: float = 0.0  # the worker's own time on it: building its calls, advancing its edits

@@ -38,6 +38,10 @@ NAMES = {
     "wait": PREFIX + "queue_wait_seconds",
     "duration": PREFIX + "denoise_duration_seconds",
     "edits": PREFIX + "requests_total",
+    "lanes": PREFIX + "unet_lanes",
+    "fixed": PREFIX + "unet_call_fixed_seconds",
+    "per_row": PREFIX + "unet_call_row_seconds",
+    "host": PREFIX + "host_seconds_per_edit_step",
 }
 
 
@@ -64,7 +68,17 @@ class SchedulerMetrics:
                            family.HISTOGRAM),
             duration := family(NAMES["duration"], "Wall time of one edit's denoising loop.", family.HISTOGRAM),
             edits := family(NAMES["edits"], "Edits the loop ended or refused, by outcome.", family.COUNTER),
+            lanes := family(NAMES["lanes"], "Lanes the batched engine's planner has open (smartedit.engine.planner).",
+                            family.GAUGE),
+            fixed := family(NAMES["fixed"], "Estimated fixed seconds of one UNet call, per latent size (measured: "
+                                            "call time = fixed + per row x rows).", family.GAUGE),
+            per_row := family(NAMES["per_row"], "Estimated seconds per row of a UNet call, per latent size.",
+                              family.GAUGE),
+            host := family(NAMES["host"], "Estimated seconds of the engine's own work per edit per step.",
+                           family.GAUGE),
         ]
+        self._cost_families = {"fixed": fixed, "per_row": per_row}
+        self._instance_labels = instance_labels
         self.steps = Serialized(steps.Metric(labels=model_labels))
         self.steps_per_second = Serialized(rate.Metric(labels=instance_labels))
         self.active = Serialized(active.Metric(labels=instance_labels))
@@ -75,6 +89,17 @@ class SchedulerMetrics:
         self.duration = Serialized(duration.Metric(labels=model_labels, buckets=DURATION_BUCKETS))
         self.outcomes = {outcome: Serialized(edits.Metric(labels={**model_labels, "outcome": outcome}))
                          for outcome in OUTCOMES}
+        self.lanes = Serialized(lanes.Metric(labels=instance_labels))
+        self.host_per_edit_step = Serialized(host.Metric(labels=instance_labels))
+        self._cost_gauges: dict = {}
+
+    def cost_gauge(self, which: str, latent_size: tuple[int, ...]):
+        """The ``fixed`` or ``per_row`` gauge of one latent size ("64x64"), made on first use."""
+        key = (which, latent_size)
+        if key not in self._cost_gauges:
+            labels = {**self._instance_labels, "latent": "x".join(map(str, latent_size))}
+            self._cost_gauges[key] = Serialized(self._cost_families[which].Metric(labels=labels))
+        return self._cost_gauges[key]
 
     def release(self) -> None:
         """At unload, while this model process can still reach Triton: every Metric, then the families.
@@ -168,6 +193,14 @@ class EngineReporter(EngineMetrics):
             span = max(now - self._recent_steps[0][0], 1.0)
             rate = sum(n for _, n in self._recent_steps) / span
         self._metrics.steps_per_second.set(rate)
+
+    def plan(self, lanes: int, fits: dict, host_s_per_edit: float) -> None:
+        metrics = self._metrics
+        metrics.lanes.set(lanes)
+        metrics.host_per_edit_step.set(host_s_per_edit)
+        for size, fit in fits.items():
+            metrics.cost_gauge("fixed", size).set(fit.a)
+            metrics.cost_gauge("per_row", size).set(fit.b)
 
     def ended(self, outcome: str, duration_s: float) -> None:
         self._metrics.outcomes[outcome].increment(1)

@@ -182,10 +182,11 @@ class EngineSettings:
     max_active_edits: int = 8
     max_queued_edits: int = 16
     max_unet_rows: int = 16
-    # Cohorts of active edits whose UNet calls take turns, so that one's host work overlaps the other's
-    # device time (smartedit.engine.core); 1 when the host's work per step is smaller than the UNet's fixed cost.
+    # The most cohorts of active edits whose UNet calls take turns, so that one's host work overlaps the
+    # other's device time (smartedit.engine.core); how many are open the engine chooses from measured costs.
     unet_lanes: int = 2
-    lane_min_rows: int = 16
+    # 0: the measured costs choose the lanes; n > 0: as many open as would hold n rows each (a fixed rule).
+    lane_min_rows: int = 0
     unet_model: str = "unet"
     vae_encoder_model: str = "vae_encoder"
     # Threads that prepare admitted edits (scheduler set-up; a VAE-encoder BLS call when strength < 1).
@@ -203,7 +204,7 @@ class EngineSettings:
             max_queued_edits=parse_int("max_queued_edits", get("max_queued_edits", str(d.max_queued_edits)), 0, 65536),
             max_unet_rows=parse_int("max_unet_rows", get("max_unet_rows", str(d.max_unet_rows)), 2, 4096),
             unet_lanes=parse_int("unet_lanes", get("unet_lanes", str(d.unet_lanes)), 1, 4),
-            lane_min_rows=parse_int("lane_min_rows", get("lane_min_rows", str(d.lane_min_rows)), 1, 4096),
+            lane_min_rows=parse_int("lane_min_rows", get("lane_min_rows", str(d.lane_min_rows)), 0, 4096),
             unet_model=get("unet_model", d.unet_model).strip(),
             vae_encoder_model=get("vae_encoder_model", d.vae_encoder_model).strip(),
             prepare_workers=parse_int("prepare_workers", get("prepare_workers", str(d.prepare_workers)), 1, 64),
