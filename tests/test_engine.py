@@ -20,7 +20,7 @@ from conftest import png_bytes, scene
 from smartedit.diffusion.denoise import EditInputs, run_to_end
 from smartedit.diffusion.families import start_denoising
 from smartedit.edit.parameters import EditParameters
-from smartedit.engine.costs import CostEstimates, CostFit
+from smartedit.engine.costs import CostEstimates, CostFit, PlanRecord
 from smartedit.engine.core import (
     AtCapacity, DenoiseEngine, EditRequest, EngineLimits, EngineMetrics, TooManyImages,
 )
@@ -225,7 +225,8 @@ def test_two_lanes_split_the_edits_into_calls_in_flight_together_and_change_no_r
     prepared = AllPrepared([watch.watched(prepare) for prepare in prepares])
     limits = EngineLimits(max_active_edits=8, max_queued_edits=0, max_unet_rows=64, unet_lanes=2)
     engine = DenoiseEngine(prepared.gate(onnx_unet), limits, metrics=watch, prepare_workers=1,
-                           costs=PinnedCosts(a_s=0.0, b_s=0.01, host_s_per_edit=0.02))  # two lanes hide half
+                           costs=PinnedCosts(a_s=0.0, b_s=0.01, host_s_per_edit=0.02),  # two lanes hide half
+                           plans=NoRecord())
     onnx_unet.calls.clear()
     sinks = run_all(engine, prepared.prepares)
     for params, sink, reference in zip(MIXED, sinks, alone):
@@ -249,6 +250,13 @@ class PinnedCosts(CostEstimates):
         return self._pinned
 
 
+class NoRecord(PlanRecord):
+    """A record of plans in which every plan delivered alike: the cost model's choice always stands."""
+
+    def seconds_per_step(self, edits, lanes, now, min_samples=5):
+        return 1.0
+
+
 @pytest.mark.parametrize("costs, lane_min_rows, two_lanes", [
     (dict(a_s=0.050, b_s=0.001, host_s_per_edit=0.001), 0, False),  # the call's fixed cost dominates
     (dict(a_s=0.0, b_s=0.005, host_s_per_edit=0.010), 0, True),  # host work as long as the calls: hide it
@@ -263,11 +271,44 @@ def test_a_second_lane_opens_when_the_costs_call_for_it_and_results_do_not_chang
     prepared = AllPrepared([watch.watched(prepare) for prepare in prepares])
     limits = EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=16, unet_lanes=2,
                           lane_min_rows=lane_min_rows)
-    engine = DenoiseEngine(prepared.gate(onnx_unet), limits, metrics=watch, costs=PinnedCosts(**costs))
+    engine = DenoiseEngine(prepared.gate(onnx_unet), limits, metrics=watch, costs=PinnedCosts(**costs),
+                           plans=NoRecord())
     sinks = run_all(engine, prepared.prepares, timeout_s=60)
     assert all(sink.outcome == "finished" for sink in sinks)
     assert (watch.overlaps > 0) == two_lanes, watch.overlaps
     for sink, reference in zip(sinks, alone):  # whatever plan ran them
+        assert torch.equal(sink.state.latents, reference)
+
+
+def test_edits_move_between_lanes_when_the_plan_changes_and_results_do_not(make_edit, onnx_unet):
+    """No edit joins after the first step: the second lane can only fill by moving edits into it, and
+    it must, once the costs call for it; later the costs call for one lane again and it empties."""
+    prepares = [make_edit(steps=12, seed=seed) for seed in (1, 2, 3, 4)]
+    alone = [run_alone(prepare, onnx_unet) for prepare in prepares]
+    costs = PinnedCosts(a_s=0.050, b_s=0.001, host_s_per_edit=0.001)  # one lane to start with
+    calls = []
+
+    def unet(inputs):
+        calls.append(inputs["sample"].shape[0])
+        if len(calls) == 3:  # the host's work turns out to be what the calls cost: two lanes pay
+            costs._pinned = SimpleNamespace(fit=lambda: CostFit(a=0.0, b=0.005, calls=0), observe=lambda *_: None)
+            costs.host = SimpleNamespace(per_edit_step=0.010, observe=lambda *_: None)
+        if len(calls) == 14:  # and back
+            costs._pinned = SimpleNamespace(fit=lambda: CostFit(a=0.050, b=0.001, calls=0), observe=lambda *_: None)
+            costs.host = SimpleNamespace(per_edit_step=0.001, observe=lambda *_: None)
+        return onnx_unet(inputs)
+
+    prepared = AllPrepared(prepares)
+    limits = EngineLimits(max_active_edits=4, max_queued_edits=0, max_unet_rows=16, unet_lanes=2)
+    engine = DenoiseEngine(prepared.gate(unet), limits, costs=costs, plans=NoRecord())
+    sinks = run_all(engine, prepared.prepares, timeout_s=60)
+    assert all(sink.outcome == "finished" for sink in sinks)
+    # The first edit's first step went alone (the others joined at its second); then one lane: every edit's
+    # rows in one call; then two lanes of two edits each; then one lane again for the last steps.
+    assert calls[1:3] == [8, 8], calls
+    assert calls[4:13].count(4) >= 6, calls
+    assert 8 in calls[14:], calls  # (once the lanes in flight at the change are back)
+    for sink, reference in zip(sinks, alone):
         assert torch.equal(sink.state.latents, reference)
 
 

@@ -11,8 +11,12 @@ import pytest
 import torch
 
 from smartedit.engine.batch_builder import UNetBatchBuilder
-from smartedit.engine.costs import PRIOR_A_S, PRIOR_B_S, CostFit, HostCost, ServiceClock, UNetCost
-from smartedit.engine.planner import choose_lane, choose_lane_count, plan_unet_calls, round_seconds
+from smartedit.engine.costs import (
+    PRIOR_A_S, PRIOR_B_S, CostFit, HostCost, PlanRecord, ServiceClock, UNetCost, load_bucket,
+)
+from smartedit.engine.planner import (
+    check_against_record, choose_lane, choose_lane_count, plan_unet_calls, round_seconds,
+)
 
 
 def _sized(rows: int, size=(8, 8)):
@@ -137,6 +141,38 @@ def test_the_host_s_cost_is_a_moving_average_per_edit_step():
     assert host.per_edit_step == pytest.approx(0.002)
     host.observe(edits=0, seconds=1.0)  # a step that advanced nothing says nothing
     assert host.per_edit_step == pytest.approx(0.002)
+
+
+def test_the_model_s_choice_stands_until_another_plan_delivered_faster_steps_at_this_load():
+    def record(**seconds):
+        return lambda lanes: seconds.get(f"l{lanes}")
+
+    assert check_against_record(1, max_lanes=2, edits=16, delivered=record()) == 1  # no record: the model's
+    assert check_against_record(1, max_lanes=2, edits=16, delivered=record(l1=0.01)) == 2  # try the other plan
+    assert check_against_record(1, max_lanes=2, edits=16, delivered=record(l1=0.010, l2=0.008)) == 2
+    assert check_against_record(1, max_lanes=2, edits=16, delivered=record(l1=0.010, l2=0.0098)) == 1  # in margin
+    assert check_against_record(2, max_lanes=2, edits=16, delivered=record(l1=0.008, l2=0.010)) == 1
+    assert check_against_record(2, max_lanes=2, edits=16, delivered=record(l2=0.010)) == 1  # try one lane
+    # Never past the configured lanes, nor more lanes than edits.
+    assert check_against_record(3, max_lanes=2, edits=16, delivered=record()) == 2
+    assert check_against_record(2, max_lanes=2, edits=1, delivered=record(l1=0.01)) == 1
+    assert check_against_record(1, max_lanes=1, edits=16, delivered=record(l1=0.01)) == 1
+
+
+def test_the_record_keeps_each_plan_s_recent_steps_per_load():
+    plans = PlanRecord(smoothing=0.5, fresh_s=30.0)
+    assert [load_bucket(n) for n in (0, 1, 2, 3, 4, 16, 31, 32)] == [1, 1, 2, 2, 3, 5, 5, 6]
+    for turn in range(5):
+        plans.observe(edits=16, lanes=2, seconds=0.1, steps=10, now=turn)  # 10 ms per edit-step
+    assert plans.seconds_per_step(edits=20, lanes=2, now=5) == pytest.approx(0.01)  # 20 edits: same load
+    assert plans.seconds_per_step(edits=40, lanes=2, now=5) is None  # another load
+    assert plans.seconds_per_step(edits=16, lanes=1, now=5) is None  # another plan
+    assert plans.seconds_per_step(edits=16, lanes=2, now=5, min_samples=6) is None  # not enough yet
+    assert plans.seconds_per_step(edits=16, lanes=2, now=40) is None  # not lately
+    plans.observe(edits=16, lanes=2, seconds=0.2, steps=10, now=6)
+    assert plans.seconds_per_step(edits=16, lanes=2, now=6) == pytest.approx(0.015)
+    plans.observe(edits=16, lanes=2, seconds=0.3, steps=10, now=100)  # stale: starts again
+    assert plans.seconds_per_step(edits=16, lanes=2, now=100, min_samples=1) == pytest.approx(0.03)
 
 
 class _Edit:

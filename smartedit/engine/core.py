@@ -51,8 +51,8 @@ import torch
 
 from smartedit.diffusion.denoise import SAMPLE, DenoiseState
 from smartedit.engine.batch_builder import UNetBatchBuilder
-from smartedit.engine.costs import CostEstimates, CostFit
-from smartedit.engine.planner import choose_lane, choose_lane_count, plan_unet_calls
+from smartedit.engine.costs import CostEstimates, CostFit, PlanRecord
+from smartedit.engine.planner import check_against_record, choose_lane, choose_lane_count, plan_unet_calls
 from smartedit.errors import ServiceInterrupted
 from smartedit.serving.structured_log import log_event
 
@@ -216,11 +216,14 @@ class DenoiseEngine:
             before every step.
         costs: where the measured costs go and the planner reads them (a fresh ``CostEstimates``; tests
             pass pinned ones to force a plan).
+        plans: the record of what each plan delivered, against which the planner checks the cost model
+            (a fresh ``PlanRecord``; tests pass one that never overrules the model, to force a plan).
     """
 
     def __init__(self, unet: BatchedUNet, limits: EngineLimits, *, logger: logging.Logger | None = None,
                  metrics: EngineMetrics | None = None, prepare_workers: int = 2,
-                 shutdown_reason: Callable[[], str | None] = lambda: None, costs: CostEstimates | None = None):
+                 shutdown_reason: Callable[[], str | None] = lambda: None, costs: CostEstimates | None = None,
+                 plans: PlanRecord | None = None):
         self.limits = limits
         self._unet = unet
         self._shutdown_reason = shutdown_reason
@@ -239,7 +242,12 @@ class DenoiseEngine:
         self._batches = UNetBatchBuilder()
         # What calls and steps cost on this device, measured as they run; the planner's inputs.
         self.costs = costs or CostEstimates(limits.max_unet_rows)
+        # What each plan delivered, per load: the check on the cost model's choice.
+        self.plans = plans or PlanRecord()
+        self._planned_edits = 0  # the edits the open plan was chosen for
         self._open_lanes = 1
+        self._turns_in_plan = 0  # turns since the open lanes last changed: the first ones are a transition
+        self._last_receive: float | None = None  # perf_counter at the end of the last turn with edits active
         self._plan_reported = 0.0  # monotonic, when the plan's gauges were last set
         self._closing = False
         self._prepare_pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="engine-prepare")
@@ -384,7 +392,7 @@ class DenoiseEngine:
                 edit.started = now
                 self._metrics.joined(now - edit.submitted)
             busy = {step.lane for step in in_flight}
-            self._close_lanes(busy)
+            self._balance_lanes(busy)
             for lane in range(len(self._lanes)):
                 if lane not in busy and self._lanes[lane]:
                     step = self._guarded(lane, self._send, lane)
@@ -443,6 +451,12 @@ class DenoiseEngine:
             lanes = max(1, min(limits.unet_lanes, sum(rows_by_size.values()) // limits.lane_min_rows))
         elif limits.unet_lanes > 1 and edits:
             lanes = choose_lane_count(rows_by_size, len(edits), fits, host_s, limits.unet_lanes, limits.max_unet_rows)
+            now = time.monotonic()
+            lanes = check_against_record(lanes, limits.unet_lanes, len(edits),
+                                         lambda plan: self.plans.seconds_per_step(len(edits), plan, now))
+        if lanes != self._open_lanes:
+            self._turns_in_plan = 0
+        self._planned_edits = len(edits)
         if fits and time.monotonic() - self._plan_reported >= 1.0:  # a gauge update is an IPC message when served
             self._report_plan(lanes)
         return lanes
@@ -451,19 +465,27 @@ class DenoiseEngine:
         self._plan_reported = time.monotonic()
         self._metrics.plan(lanes, self.costs.fits(), self.costs.host.per_edit_step)
 
-    def _close_lanes(self, busy: set[int]) -> None:
-        """Move the edits of lanes past the open ones into the open ones, once their step is back (a lane
-        closes when the costs say fewer lanes step faster). An edit's rows do not change with its lane."""
+    def _balance_lanes(self, busy: set[int]) -> None:
+        """Move edits whose step is back (their lane not in ``busy``) out of lanes past the open ones, and
+        from a heavier open lane into a lighter one, so that the plan takes effect at once rather than
+        as edits come and go. An edit's rows, and so its result, do not change with its lane."""
         rows = [self._rows_of(lane) for lane in range(len(self._lanes))]
-        for lane in range(self._open_lanes, len(self._lanes)):
-            if lane in busy or not self._lanes[lane]:
+        for lane in range(len(self._lanes)):
+            if lane in busy:
                 continue
             for size, group in list(self._lanes[lane].items()):
-                for edit in group:
-                    edit.lane = choose_lane(rows, self._open_lanes)
-                    rows[edit.lane] += edit.rows
-                    self._lanes[edit.lane].setdefault(size, []).append(edit)
-            self._lanes[lane].clear()
+                while group:
+                    edit, target = group[-1], choose_lane(rows, self._open_lanes)
+                    closing = lane >= self._open_lanes
+                    if not closing and rows[lane] - rows[target] <= edit.rows:
+                        break  # as even as whole edits make it
+                    group.pop()
+                    rows[lane] -= edit.rows
+                    edit.lane = target
+                    rows[target] += edit.rows
+                    self._lanes[target].setdefault(size, []).append(edit)
+                if not group:
+                    del self._lanes[lane][size]
 
     def _rows_of(self, lane: int) -> int:
         return sum(edit.rows for group in self._lanes[lane].values() for edit in group)
@@ -547,9 +569,20 @@ class DenoiseEngine:
                     self._leave(edit, OK)
             step.host_s += time.perf_counter() - started
         self.costs.host.observe(stepped, step.host_s)
+        self._record_turn(stepped)
         self._metrics.stepped(stepped)
         if not self._active:  # idle now: the gauges show what the last edits measured
             self._report_plan(self._open_lanes)
+
+    def _record_turn(self, stepped: int) -> None:
+        """What the open plan delivered this turn (wall time since the last turn's end, per edit-step),
+        once it has run a round past the change that opened it."""
+        now = time.perf_counter()
+        self._turns_in_plan += 1
+        if self._last_receive is not None and self._turns_in_plan > 2 * self._open_lanes:
+            self.plans.observe(self._planned_edits, self._open_lanes, now - self._last_receive, stepped,
+                               time.monotonic())
+        self._last_receive = now if self._active else None
 
     def _leave(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False, reason: str = "") -> None:
         with self._lock:

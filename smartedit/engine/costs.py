@@ -138,3 +138,45 @@ class CostEstimates:
         with self._lock:
             costs = dict(self._unet)
         return {size: cost.fit() for size, cost in costs.items()}
+
+
+# Loads are compared by the number of edits stepping, in powers of two: 1, 2-3, 4-7, 8-15, 16-31, ...
+def load_bucket(edits: int) -> int:
+    return max(1, edits).bit_length()
+
+
+class PlanRecord:
+    """What each plan (a number of lanes) has delivered at each load: a moving average of the wall
+    seconds per edit-step while it ran, and when it last ran.
+
+    The cost model (``UNetCost``, ``HostCost``) cannot see everything a lane hides (the BLS copies of
+    the next call, the stub's handling) nor everything it costs, so the planner checks its choice
+    against what each plan actually delivered at the same load, trying a plan it has not seen lately.
+    """
+
+    def __init__(self, smoothing: float = 0.2, fresh_s: float = 30.0):
+        self._smoothing = smoothing
+        self.fresh_s = fresh_s
+        self._plans: dict[tuple[int, int], tuple[float, int, float]] = {}  # (bucket, lanes) -> (s, samples, at)
+        self._lock = threading.Lock()
+
+    def observe(self, edits: int, lanes: int, seconds: float, steps: int, now: float) -> None:
+        """``steps`` edit-steps took ``seconds`` of wall time with ``lanes`` lanes open for ``edits`` edits."""
+        if steps <= 0 or seconds <= 0:
+            return
+        key, each = (load_bucket(edits), lanes), seconds / steps
+        with self._lock:
+            found = self._plans.get(key)
+            if found is None or now - found[2] > self.fresh_s:
+                self._plans[key] = (each, 1, now)
+            else:
+                average, samples, _ = found
+                self._plans[key] = (average + self._smoothing * (each - average), samples + 1, now)
+
+    def seconds_per_step(self, edits: int, lanes: int, now: float, min_samples: int = 5) -> float | None:
+        """The plan's recent seconds per edit-step at this load, or None when it has not run enough lately."""
+        with self._lock:
+            found = self._plans.get((load_bucket(edits), lanes))
+        if found is None or found[1] < min_samples or now - found[2] > self.fresh_s:
+            return None
+        return found[0]

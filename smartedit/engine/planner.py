@@ -80,3 +80,23 @@ def choose_lane_count(rows_by_size: dict[tuple[int, ...], int], edits: int, fits
         if seconds < best_s * (1.0 - LANE_MARGIN):
             best, best_s = lanes, seconds
     return best
+
+
+def check_against_record(model_lanes: int, max_lanes: int, edits: int, delivered) -> int:
+    """The lanes to open: the cost model's choice (``choose_lane_count``), unless another plan delivered
+    faster steps at this load lately (``delivered(lanes)``: its seconds per edit-step, or None when it
+    has not run enough lately at this load). A plan without a recent record is tried once the model's
+    choice has one, so that the record follows the device and the load; the model's choice stands
+    unless another plan beat it by ``LANE_MARGIN``."""
+    candidates = list(range(1, min(max_lanes, edits) + 1))
+    model_lanes = min(max(1, model_lanes), candidates[-1])
+    if len(candidates) == 1:
+        return 1
+    measured = {lanes: delivered(lanes) for lanes in candidates}
+    if measured[model_lanes] is None:
+        return model_lanes
+    untried = [lanes for lanes in candidates if measured[lanes] is None]
+    if untried:
+        return untried[0]
+    best = min(candidates, key=lambda lanes: measured[lanes])
+    return model_lanes if measured[model_lanes] <= measured[best] * (1.0 + LANE_MARGIN) else best
