@@ -11,11 +11,9 @@ import pytest
 import torch
 
 from smartedit.engine.batch_builder import UNetBatchBuilder
-from smartedit.engine.costs import (
-    PRIOR_A_S, PRIOR_B_S, CostFit, HostCost, PlanRecord, ServiceClock, UNetCost, load_bucket,
-)
+from smartedit.engine.costs import PRIOR_A_S, PRIOR_B_S, CostFit, HostCost, PlanRecord, ServiceClock, UNetCost
 from smartedit.engine.planner import (
-    check_against_record, choose_lane, choose_lane_count, plan_unet_calls, round_seconds,
+    check_against_record, choose_lane, choose_lane_count, plan_unet_calls, predicted_rounds, round_seconds,
 )
 
 
@@ -70,7 +68,8 @@ SIZE = (64, 64)
 def _lanes(a_ms: float, b_ms: float, host_ms_per_edit: float, edits: int = 16, max_lanes: int = 2,
            max_rows: int = 64) -> int:
     fits = {SIZE: CostFit(a=a_ms / 1000, b=b_ms / 1000, calls=100)}
-    return choose_lane_count({SIZE: 2 * edits}, edits, fits, host_ms_per_edit / 1000, max_lanes, max_rows)
+    return choose_lane_count(predicted_rounds({SIZE: 2 * edits}, edits, fits, host_ms_per_edit / 1000, max_lanes,
+                                              max_rows))
 
 
 def test_one_lane_when_the_call_s_fixed_cost_outweighs_the_host_work_a_lane_would_hide():
@@ -143,36 +142,35 @@ def test_the_host_s_cost_is_a_moving_average_per_edit_step():
     assert host.per_edit_step == pytest.approx(0.002)
 
 
-def test_the_model_s_choice_stands_until_another_plan_delivered_faster_steps_at_this_load():
-    def record(**seconds):
-        return lambda lanes: seconds.get(f"l{lanes}")
+def test_the_model_s_choice_stands_until_another_plan_did_better_against_its_prediction():
+    predicted = {1: 0.100, 2: 0.104}  # the model: one lane, two are 4% slower
 
-    assert check_against_record(1, max_lanes=2, edits=16, delivered=record()) == 1  # no record: the model's
-    assert check_against_record(1, max_lanes=2, edits=16, delivered=record(l1=0.01)) == 2  # try the other plan
-    assert check_against_record(1, max_lanes=2, edits=16, delivered=record(l1=0.010, l2=0.008)) == 2
-    assert check_against_record(1, max_lanes=2, edits=16, delivered=record(l1=0.010, l2=0.0098)) == 1  # in margin
-    assert check_against_record(2, max_lanes=2, edits=16, delivered=record(l1=0.008, l2=0.010)) == 1
-    assert check_against_record(2, max_lanes=2, edits=16, delivered=record(l2=0.010)) == 1  # try one lane
-    # Never past the configured lanes, nor more lanes than edits.
-    assert check_against_record(3, max_lanes=2, edits=16, delivered=record()) == 2
-    assert check_against_record(2, max_lanes=2, edits=1, delivered=record(l1=0.01)) == 1
-    assert check_against_record(1, max_lanes=1, edits=16, delivered=record(l1=0.01)) == 1
+    def record(**ratios):
+        return lambda lanes: ratios.get(f"l{lanes}")
+
+    assert check_against_record(predicted, 1, record()) == 1  # no record: the model's choice
+    assert check_against_record(predicted, 1, record(l1=1.2)) == 2  # its record exists: try the other plan
+    # One lane ran 20% slower than predicted, two lanes 2%: two lanes are faster in fact.
+    assert check_against_record(predicted, 1, record(l1=1.2, l2=1.02)) == 2
+    assert check_against_record(predicted, 1, record(l1=1.05, l2=1.02)) == 1  # within the margin
+    assert check_against_record(predicted, 2, record(l2=1.0)) == 1  # the model's record exists: try one lane
+    assert check_against_record({1: 0.1}, 1, record(l1=5.0)) == 1  # nothing else to choose
+    assert check_against_record({1: 0.1, 2: 0.2}, 3, record()) == 2  # never past the candidates
 
 
-def test_the_record_keeps_each_plan_s_recent_steps_per_load():
-    plans = PlanRecord(smoothing=0.5, fresh_s=30.0)
-    assert [load_bucket(n) for n in (0, 1, 2, 3, 4, 16, 31, 32)] == [1, 1, 2, 2, 3, 5, 5, 6]
+def test_the_record_keeps_each_plan_s_recent_shortfall_against_the_model():
+    plans = PlanRecord(smoothing=0.5, fresh_s=30.0, min_samples=5)
     for turn in range(5):
-        plans.observe(edits=16, lanes=2, seconds=0.1, steps=10, now=turn)  # 10 ms per edit-step
-    assert plans.seconds_per_step(edits=20, lanes=2, now=5) == pytest.approx(0.01)  # 20 edits: same load
-    assert plans.seconds_per_step(edits=40, lanes=2, now=5) is None  # another load
-    assert plans.seconds_per_step(edits=16, lanes=1, now=5) is None  # another plan
-    assert plans.seconds_per_step(edits=16, lanes=2, now=5, min_samples=6) is None  # not enough yet
-    assert plans.seconds_per_step(edits=16, lanes=2, now=40) is None  # not lately
-    plans.observe(edits=16, lanes=2, seconds=0.2, steps=10, now=6)
-    assert plans.seconds_per_step(edits=16, lanes=2, now=6) == pytest.approx(0.015)
-    plans.observe(edits=16, lanes=2, seconds=0.3, steps=10, now=100)  # stale: starts again
-    assert plans.seconds_per_step(edits=16, lanes=2, now=100, min_samples=1) == pytest.approx(0.03)
+        plans.observe(lanes=2, measured_s=0.012, predicted_s=0.010, now=turn)
+    assert plans.correction(2, now=5) == pytest.approx(1.2)
+    assert plans.correction(1, now=5) is None  # another plan
+    assert plans.correction(2, now=40) is None  # not lately
+    plans.observe(lanes=2, measured_s=0.016, predicted_s=0.010, now=6)
+    assert plans.correction(2, now=6) == pytest.approx(1.4)
+    plans.observe(lanes=2, measured_s=0.030, predicted_s=0.010, now=100)  # stale: starts again
+    assert plans.correction(2, now=100) is None  # one sample is not enough
+    plans.observe(lanes=2, measured_s=0.0, predicted_s=0.010, now=101)  # says nothing
+    assert PlanRecord(min_samples=1).correction(2, now=0) is None
 
 
 class _Edit:

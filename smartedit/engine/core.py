@@ -52,7 +52,9 @@ import torch
 from smartedit.diffusion.denoise import SAMPLE, DenoiseState
 from smartedit.engine.batch_builder import UNetBatchBuilder
 from smartedit.engine.costs import CostEstimates, CostFit, PlanRecord
-from smartedit.engine.planner import check_against_record, choose_lane, choose_lane_count, plan_unet_calls
+from smartedit.engine.planner import (
+    check_against_record, choose_lane, choose_lane_count, plan_unet_calls, predicted_rounds,
+)
 from smartedit.errors import ServiceInterrupted
 from smartedit.serving.structured_log import log_event
 
@@ -244,7 +246,7 @@ class DenoiseEngine:
         self.costs = costs or CostEstimates(limits.max_unet_rows)
         # What each plan delivered, per load: the check on the cost model's choice.
         self.plans = plans or PlanRecord()
-        self._planned_edits = 0  # the edits the open plan was chosen for
+        self._predicted_step_s = 0.0  # the model's seconds per edit-step for the open plan and load
         self._open_lanes = 1
         self._turns_in_plan = 0  # turns since the open lanes last changed: the first ones are a transition
         self._last_receive: float | None = None  # perf_counter at the end of the last turn with edits active
@@ -450,13 +452,14 @@ class DenoiseEngine:
         if limits.lane_min_rows:  # the operator's fixed rule
             lanes = max(1, min(limits.unet_lanes, sum(rows_by_size.values()) // limits.lane_min_rows))
         elif limits.unet_lanes > 1 and edits:
-            lanes = choose_lane_count(rows_by_size, len(edits), fits, host_s, limits.unet_lanes, limits.max_unet_rows)
+            predicted = predicted_rounds(rows_by_size, len(edits), fits, host_s, limits.unet_lanes,
+                                         limits.max_unet_rows)
             now = time.monotonic()
-            lanes = check_against_record(lanes, limits.unet_lanes, len(edits),
-                                         lambda plan: self.plans.seconds_per_step(len(edits), plan, now))
+            lanes = check_against_record(predicted, choose_lane_count(predicted),
+                                         lambda plan: self.plans.correction(plan, now))
+            self._predicted_step_s = predicted[lanes] / len(edits)
         if lanes != self._open_lanes:
             self._turns_in_plan = 0
-        self._planned_edits = len(edits)
         if fits and time.monotonic() - self._plan_reported >= 1.0:  # a gauge update is an IPC message when served
             self._report_plan(lanes)
         return lanes
@@ -579,8 +582,8 @@ class DenoiseEngine:
         once it has run a round past the change that opened it."""
         now = time.perf_counter()
         self._turns_in_plan += 1
-        if self._last_receive is not None and self._turns_in_plan > 2 * self._open_lanes:
-            self.plans.observe(self._planned_edits, self._open_lanes, now - self._last_receive, stepped,
+        if self._last_receive is not None and self._turns_in_plan > 2 * self._open_lanes and stepped:
+            self.plans.observe(self._open_lanes, (now - self._last_receive) / stepped, self._predicted_step_s,
                                time.monotonic())
         self._last_receive = now if self._active else None
 

@@ -140,43 +140,40 @@ class CostEstimates:
         return {size: cost.fit() for size, cost in costs.items()}
 
 
-# Loads are compared by the number of edits stepping, in powers of two: 1, 2-3, 4-7, 8-15, 16-31, ...
-def load_bucket(edits: int) -> int:
-    return max(1, edits).bit_length()
-
-
 class PlanRecord:
-    """What each plan (a number of lanes) has delivered at each load: a moving average of the wall
-    seconds per edit-step while it ran, and when it last ran.
+    """How far each plan (a number of lanes) fell short of the cost model lately: a moving average of
+    the wall time of its edit-steps over the time the model predicted for them, and when it last ran.
 
     The cost model (``UNetCost``, ``HostCost``) cannot see everything a lane hides (the BLS copies of
-    the next call, the stub's handling) nor everything it costs, so the planner checks its choice
-    against what each plan actually delivered at the same load, trying a plan it has not seen lately.
+    the next call, the stub's handling) nor everything it costs, so the planner scales each plan's
+    prediction by its record (``planner.check_against_record``), trying a plan it has not seen lately.
+    A ratio, unlike a time, compares across loads: the record need not be kept per load.
     """
 
-    def __init__(self, smoothing: float = 0.2, fresh_s: float = 30.0):
+    def __init__(self, smoothing: float = 0.2, fresh_s: float = 30.0, min_samples: int = 5):
         self._smoothing = smoothing
         self.fresh_s = fresh_s
-        self._plans: dict[tuple[int, int], tuple[float, int, float]] = {}  # (bucket, lanes) -> (s, samples, at)
+        self.min_samples = min_samples
+        self._plans: dict[int, tuple[float, int, float]] = {}  # lanes -> (ratio, samples, monotonic at)
         self._lock = threading.Lock()
 
-    def observe(self, edits: int, lanes: int, seconds: float, steps: int, now: float) -> None:
-        """``steps`` edit-steps took ``seconds`` of wall time with ``lanes`` lanes open for ``edits`` edits."""
-        if steps <= 0 or seconds <= 0:
+    def observe(self, lanes: int, measured_s: float, predicted_s: float, now: float) -> None:
+        """Steps that took ``measured_s`` each with ``lanes`` lanes open, where the model said ``predicted_s``."""
+        if measured_s <= 0 or predicted_s <= 0:
             return
-        key, each = (load_bucket(edits), lanes), seconds / steps
+        ratio = measured_s / predicted_s
         with self._lock:
-            found = self._plans.get(key)
+            found = self._plans.get(lanes)
             if found is None or now - found[2] > self.fresh_s:
-                self._plans[key] = (each, 1, now)
+                self._plans[lanes] = (ratio, 1, now)
             else:
                 average, samples, _ = found
-                self._plans[key] = (average + self._smoothing * (each - average), samples + 1, now)
+                self._plans[lanes] = (average + self._smoothing * (ratio - average), samples + 1, now)
 
-    def seconds_per_step(self, edits: int, lanes: int, now: float, min_samples: int = 5) -> float | None:
-        """The plan's recent seconds per edit-step at this load, or None when it has not run enough lately."""
+    def correction(self, lanes: int, now: float) -> float | None:
+        """The plan's recent measured / predicted, or None when it has not run enough lately."""
         with self._lock:
-            found = self._plans.get((load_bucket(edits), lanes))
-        if found is None or found[1] < min_samples or now - found[2] > self.fresh_s:
+            found = self._plans.get(lanes)
+        if found is None or found[1] < self.min_samples or now - found[2] > self.fresh_s:
             return None
         return found[0]

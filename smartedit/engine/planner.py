@@ -49,20 +49,17 @@ def round_seconds(lanes: int, device_s: float, host_s: float) -> float:
     return device_s + host_s if lanes == 1 else max(device_s, host_s)
 
 
-def choose_lane_count(rows_by_size: dict[tuple[int, ...], int], edits: int, fits: dict, host_s_per_edit: float,
-                      max_lanes: int, max_rows: int) -> int:
-    """How many lanes the active edits should step in, from the measured costs.
+def predicted_rounds(rows_by_size: dict[tuple[int, ...], int], edits: int, fits: dict, host_s_per_edit: float,
+                     max_lanes: int, max_rows: int) -> dict[int, float]:
+    """The cost model's seconds for a round of steps of the active edits, for each number of lanes they
+    may step in (1 to ``min(max_lanes, edits)``: a lane holds whole edits).
 
     Args:
         rows_by_size: the active edits' rows per latent size (counting any about to join).
-        edits: how many edits they are (a lane holds whole edits).
+        edits: how many edits they are.
         fits: ``CostFit`` per latent size (``CostEstimates.fits``); a size without one counts as free.
         host_s_per_edit: the host's seconds per edit per step (``HostCost.per_edit_step``).
         max_lanes, max_rows: the configured bounds (``unet_lanes``, ``max_unet_rows``).
-
-    Returns:
-        The lanes, between 1 and ``min(max_lanes, edits)``: more only where hiding the host's work
-        saves more than the fixed cost of the calls they add (by ``LANE_MARGIN``).
     """
     def device_s(lanes: int) -> float:
         total = 0.0
@@ -74,29 +71,40 @@ def choose_lane_count(rows_by_size: dict[tuple[int, ...], int], edits: int, fits
         return total
 
     host_s = host_s_per_edit * edits
-    best, best_s = 1, round_seconds(1, device_s(1), host_s)
-    for lanes in range(2, min(max_lanes, edits) + 1):
-        seconds = round_seconds(lanes, device_s(lanes), host_s)
-        if seconds < best_s * (1.0 - LANE_MARGIN):
-            best, best_s = lanes, seconds
+    candidates = range(1, max(1, min(max_lanes, edits)) + 1)
+    return {lanes: round_seconds(lanes, device_s(lanes), host_s) for lanes in candidates}
+
+
+def choose_lane_count(predicted: dict[int, float]) -> int:
+    """The cost model's choice among ``predicted_rounds``: more lanes only where hiding the host's work
+    saves more than the fixed cost of the calls they add, by ``LANE_MARGIN``."""
+    best = 1
+    for lanes in sorted(predicted)[1:]:
+        if predicted[lanes] < predicted[best] * (1.0 - LANE_MARGIN):
+            best = lanes
     return best
 
 
-def check_against_record(model_lanes: int, max_lanes: int, edits: int, delivered) -> int:
-    """The lanes to open: the cost model's choice (``choose_lane_count``), unless another plan delivered
-    faster steps at this load lately (``delivered(lanes)``: its seconds per edit-step, or None when it
-    has not run enough lately at this load). A plan without a recent record is tried once the model's
-    choice has one, so that the record follows the device and the load; the model's choice stands
-    unless another plan beat it by ``LANE_MARGIN``."""
-    candidates = list(range(1, min(max_lanes, edits) + 1))
-    model_lanes = min(max(1, model_lanes), candidates[-1])
+def check_against_record(predicted: dict[int, float], model_lanes: int, correction) -> int:
+    """The lanes to open: the cost model's choice, unless what the plans delivered lately says otherwise.
+
+    ``correction(lanes)``: how far that plan's steps lately took longer than the model predicted for them
+    (measured / predicted, a moving average), or None when it has not run enough lately. Each plan's
+    prediction is scaled by its own correction, which keeps the choice right where the model misses
+    what a lane hides or costs (the BLS copies of the next call, the stub's handling). A plan without a
+    recent record is tried once the model's choice has one, so that the corrections follow the device
+    and the load; the model's choice stands unless another plan beats it by ``LANE_MARGIN``.
+    """
+    candidates = sorted(predicted)
     if len(candidates) == 1:
-        return 1
-    measured = {lanes: delivered(lanes) for lanes in candidates}
-    if measured[model_lanes] is None:
+        return candidates[0]
+    model_lanes = min(max(1, model_lanes), candidates[-1])
+    corrections = {lanes: correction(lanes) for lanes in candidates}
+    if corrections[model_lanes] is None:
         return model_lanes
-    untried = [lanes for lanes in candidates if measured[lanes] is None]
+    untried = [lanes for lanes in candidates if corrections[lanes] is None]
     if untried:
         return untried[0]
-    best = min(candidates, key=lambda lanes: measured[lanes])
-    return model_lanes if measured[model_lanes] <= measured[best] * (1.0 + LANE_MARGIN) else best
+    scores = {lanes: predicted[lanes] * corrections[lanes] for lanes in candidates}
+    best = min(candidates, key=scores.get)
+    return model_lanes if scores[model_lanes] <= scores[best] * (1.0 + LANE_MARGIN) else best
