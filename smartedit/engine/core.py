@@ -22,7 +22,8 @@ step (sampler arithmetic for every edit, building the batch) is otherwise dead t
 but each lane adds a call, and with it the call's fixed cost. So the engine measures both as it runs
 (``smartedit.engine.costs``: each call's device time against its rows, the host's time per edit) and
 the planner opens a lane only where the host work it hides outweighs the fixed cost it adds
-(``choose_lane_count``); edits of a lane that closes join the open ones after their step.
+(``choose_lane_count``), checked against what each plan delivered lately (``check_against_record``);
+edits move between lanes as soon as their step is back.
 
 Rows of one edit never change with its company, so an edit gives the same result whatever else is
 in the batch (provided the UNet is batch-invariant; ONNX Runtime on CPU is bit-for-bit).
@@ -88,7 +89,7 @@ class EngineLimits:
             UNet overhead per step; 1 makes one call per iteration (host and device take turns). How
             many are open is the planner's choice, from the measured costs (``smartedit.engine.costs``).
         lane_min_rows: 0 (the default): the measured costs decide; n > 0: a fixed rule in their place,
-            as many lanes open as would hold n rows each (an operator's override; tests pin plans so).
+            as many lanes open as would hold n rows each (an operator's override).
     """
 
     max_active_edits: int
@@ -244,7 +245,7 @@ class DenoiseEngine:
         self._batches = UNetBatchBuilder()
         # What calls and steps cost on this device, measured as they run; the planner's inputs.
         self.costs = costs or CostEstimates(limits.max_unet_rows)
-        # What each plan delivered, per load: the check on the cost model's choice.
+        # How far each plan fell short of the cost model lately: the check on the model's choice.
         self.plans = plans or PlanRecord()
         self._predicted_step_s = 0.0  # the model's seconds per edit-step for the open plan and load
         self._open_lanes = 1
@@ -446,21 +447,20 @@ class DenoiseEngine:
         rows_by_size: dict[tuple[int, ...], int] = {}
         for edit in edits:
             rows_by_size[edit.latent_size] = rows_by_size.get(edit.latent_size, 0) + edit.rows
-        fits = {size: self.costs.unet(size).fit() for size in rows_by_size}
-        host_s = self.costs.host.per_edit_step
         limits, lanes = self.limits, 1
         if limits.lane_min_rows:  # the operator's fixed rule
             lanes = max(1, min(limits.unet_lanes, sum(rows_by_size.values()) // limits.lane_min_rows))
         elif limits.unet_lanes > 1 and edits:
-            predicted = predicted_rounds(rows_by_size, len(edits), fits, host_s, limits.unet_lanes,
-                                         limits.max_unet_rows)
+            fits = {size: self.costs.unet(size).fit() for size in rows_by_size}
+            predicted = predicted_rounds(rows_by_size, len(edits), fits, self.costs.host.per_edit_step,
+                                         limits.unet_lanes, limits.max_unet_rows)
             now = time.monotonic()
             lanes = check_against_record(predicted, choose_lane_count(predicted),
                                          lambda plan: self.plans.correction(plan, now))
             self._predicted_step_s = predicted[lanes] / len(edits)
         if lanes != self._open_lanes:
             self._turns_in_plan = 0
-        if fits and time.monotonic() - self._plan_reported >= 1.0:  # a gauge update is an IPC message when served
+        if edits and time.monotonic() - self._plan_reported >= 1.0:  # a gauge update is an IPC message served
             self._report_plan(lanes)
         return lanes
 

@@ -92,6 +92,7 @@ class TritonPythonModel:
         self.settings = StreamSettings.parse(model.parameters)
         self.info = model.pipeline_info()
         self.prompts = prompts_of(self.info)
+        self.family_parameters = family_parameters(self.info)
         self.tokenizers = self.prompts.load_tokenizers(model.folder)
         self.provenance = Provenance.load(model.folder / PROVENANCE_FILENAME)
         self.cancel_board = CancelBoard.of_this_server()
@@ -172,7 +173,7 @@ class TritonPythonModel:
             raise RequestError(wire.PREVIEW_EVERY.name, f"must be >= 0 (0: no previews), got {preview_every}")
         read = lambda name: optional_scalar(request, name)  # noqa: E731
         # The scalars first: cheap, checked first.
-        params = resolve_parameters(read, self.settings.preprocess, family_parameters(self.info))
+        params = resolve_parameters(read, self.settings.preprocess, self.family_parameters)
         # Before any decoding: a server at capacity refuses now, not after the work (as preprocess does).
         refusal = admission_call(self.settings.engine_model, steps.RESERVE, reservation, request_id,
                                  places=params.num_images, callees=self.callees)

@@ -31,6 +31,7 @@ class TritonPythonModel:
         self.settings = PreprocessSettings.parse(model.parameters)
         self.info = model.pipeline_info()
         self.prompts = prompts_of(self.info)
+        self.family_parameters = family_parameters(self.info)
         self.tokenizers = self.prompts.load_tokenizers(model.folder)
         self.state = ServerState.of_this_server()
         self.callees = Callees(self.state)
@@ -65,7 +66,7 @@ class TritonPythonModel:
                     return unavailable(refusal)
                 read = lambda name: optional_scalar(request, name)  # noqa: E731
                 # The scalars first: cheap, checked first.
-                params = resolve_parameters(read, self.settings, family_parameters(self.info))
+                params = resolve_parameters(read, self.settings, self.family_parameters)
                 if self.settings.admission_model:
                     # Before any decoding: a server at capacity refuses now, not after the work.
                     refusal = admission_call(self.settings.admission_model, steps.RESERVE, token, request_id,
