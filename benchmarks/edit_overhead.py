@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import time
 import urllib.request
@@ -33,7 +32,7 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 
 from engine import SIZES, machine, scene  # benchmarks/engine.py: run from the checkout, as it is
-from engine_grid import write_table
+from engine_grid import gauge, write_table
 from smartedit.engine.latency_table import LatencyTable
 from smartedit.ops.server import ServerAddress, TritonServer, free_port
 from smartedit_client import InpaintClient
@@ -54,13 +53,9 @@ def model_seconds(address: ServerAddress) -> dict[str, tuple[int, float]]:
 def engine_metrics(address: ServerAddress) -> tuple[float, int, float]:
     """(denoise durations' sum in seconds, their count, the engine's host seconds per edit-step)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{address.metrics_port}/metrics", timeout=10).read().decode()
-
-    def value(name: str) -> float:
-        found = re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
-    return (value("smartedit_scheduler_denoise_duration_seconds_sum"),
-            int(value("smartedit_scheduler_denoise_duration_seconds_count")),
-            value("smartedit_scheduler_host_seconds_per_edit_step"))
+    return (gauge(text, "smartedit_scheduler_denoise_duration_seconds_sum"),
+            int(gauge(text, "smartedit_scheduler_denoise_duration_seconds_count")),
+            gauge(text, "smartedit_scheduler_host_seconds_per_edit_step"))
 
 
 def measure(a_ms: float, b_ms: float, edits: int, out: Path) -> dict:
