@@ -85,35 +85,47 @@ def spans(entries: list[dict]) -> list[tuple[datetime, datetime]]:
     return [logged_span(e, waited_ms=e["queue_ms"]) for e in entries]
 
 
-def test_edits_sent_together_equal_the_same_edits_sent_alone(server, client):
+@pytest.fixture(scope="module")
+def one_lane_server(model_repository, tmp_path_factory):
+    """A server whose engine steps every active edit in one lane: the shared server's engine may open a
+    second lane from the costs it measures, and then an edit need not share its calls with another."""
+    folder = tmp_path_factory.mktemp("one-lane")
+    repository = configure_copy(model_repository, folder / "model_repository", {"denoise_engine": {"unet_lanes": 1}})
+    with serving(repository, folder / "tritonserver.log") as running:
+        yield running
+
+
+def test_edits_sent_together_equal_the_same_edits_sent_alone(one_lane_server):
     # An edit of the first jobs' size denoises all along (its first step is seen before they are sent, it is
-    # cancelled after they are answered): every step of theirs shares a UNet call with it, however the
-    # machine schedules the requests.
-    image, mask = scene(64, 64, seed=0)
-    anchor = client.inpaint_stream(image=png_bytes(image), mask_image=png_bytes(mask), prompt="anchor", seed=9,
-                                   num_inference_steps=900, preview_every=0, request_id="anchor-edit-0001")
-    events = iter(anchor)  # held: an event generator let go of closes its stream
-    try:
-        next(events)
-        before = scrape(server)
-        with ThreadPoolExecutor(len(MIXED)) as pool:
-            together = list(pool.map(lambda job: edit_with(client, job, request_id=f"together-{job['seed']}"),
-                                     MIXED))
-        after = scrape(server)
-    finally:
-        anchor.cancel()
-    # By the server's log: the anchor was denoising before each job joined and until after each ended.
-    (anchored,) = spans(log_entries(server.log_file, "anchor-edit-0001", "denoise"))
-    for job in MIXED:
-        (active,) = spans(log_entries(server.log_file, f"together-{job['seed']}", "denoise"))
-        assert anchored[0] < active[0] and active[1] <= anchored[1], (job, active, anchored)
-    alone = [edit_with(client, job) for job in MIXED]
-    for job, shared, single in zip(MIXED, together, alone):
-        assert shared.png == single.png, job  # byte for byte, whatever shared its UNet calls
-        assert shared.seed_used == job["seed"]
-    # No one edit has more than 2 rows: each of the 64x64 jobs' steps was a call of more, with the anchor.
-    shared_steps = max(job["num_inference_steps"] for job in MIXED if job["size"] == (64, 64))
-    assert calls_over(after, 2) - calls_over(before, 2) >= shared_steps
+    # cancelled after they are answered): in one lane every step of theirs shares a UNet call with it,
+    # however the machine schedules the requests.
+    server = one_lane_server
+    with InpaintClient(server.address.grpc, timeout_s=120) as client:
+        image, mask = scene(64, 64, seed=0)
+        anchor = client.inpaint_stream(image=png_bytes(image), mask_image=png_bytes(mask), prompt="anchor", seed=9,
+                                       num_inference_steps=900, preview_every=0, request_id="anchor-edit-0001")
+        events = iter(anchor)  # held: an event generator let go of closes its stream
+        try:
+            next(events)
+            before = scrape(server)
+            with ThreadPoolExecutor(len(MIXED)) as pool:
+                together = list(pool.map(lambda job: edit_with(client, job, request_id=f"together-{job['seed']}"),
+                                         MIXED))
+            after = scrape(server)
+        finally:
+            anchor.cancel()
+        # By the server's log: the anchor was denoising before each job joined and until after each ended.
+        (anchored,) = spans(log_entries(server.log_file, "anchor-edit-0001", "denoise"))
+        for job in MIXED:
+            (active,) = spans(log_entries(server.log_file, f"together-{job['seed']}", "denoise"))
+            assert anchored[0] < active[0] and active[1] <= anchored[1], (job, active, anchored)
+        alone = [edit_with(client, job) for job in MIXED]
+        for job, shared, single in zip(MIXED, together, alone):
+            assert shared.png == single.png, job  # byte for byte, whatever shared its UNet calls
+            assert shared.seed_used == job["seed"]
+        # No one edit has more than 2 rows: each of the 64x64 jobs' steps was a call of more, with the anchor.
+        shared_steps = max(job["num_inference_steps"] for job in MIXED if job["size"] == (64, 64))
+        assert calls_over(after, 2) - calls_over(before, 2) >= shared_steps
 
 
 STEPS = "smartedit_scheduler_denoise_steps_total"
