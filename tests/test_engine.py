@@ -253,7 +253,7 @@ class PinnedCosts(CostEstimates):
 class NoRecord(PlanRecord):
     """A record of plans in which every plan delivered alike: the cost model's choice always stands."""
 
-    def correction(self, lanes, now):
+    def correction(self, lanes, now, predict):
         return 1.0
 
 

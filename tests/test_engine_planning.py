@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from smartedit.engine.batch_builder import UNetBatchBuilder
-from smartedit.engine.costs import PRIOR_A_S, PRIOR_B_S, CostFit, HostCost, PlanRecord, ServiceClock, UNetCost
+from smartedit.engine.costs import (
+    PRIOR_A_S, PRIOR_B_S, CostFit, HostCost, Load, PlanRecord, ServiceClock, UNetCost,
+)
 from smartedit.engine.planner import (
     check_against_record, choose_lane, choose_lane_count, plan_unet_calls, predicted_rounds, round_seconds,
 )
@@ -159,18 +161,42 @@ def test_the_model_s_choice_stands_until_another_plan_did_better_against_its_pre
 
 
 def test_the_record_keeps_each_plan_s_recent_shortfall_against_the_model():
-    plans = PlanRecord(smoothing=0.5, fresh_s=30.0, min_samples=5)
+    plans = PlanRecord(keep=4, fresh_s=30.0, min_samples=3)
+    load = Load(rows_by_size=(((64, 64), 8),), edits=4)
+    model = {load: 0.010}  # seconds per edit-step
+    for turn in range(3):
+        plans.observe(lanes=2, seconds=0.024, steps=2, load=load, now=turn)
+    assert plans.correction(2, now=3, predict=model.get) == pytest.approx(1.2)
+    assert plans.correction(1, now=3, predict=model.get) is None  # another plan
+    assert plans.correction(2, now=40, predict=model.get) is None  # not lately
+    # Lanes of 1 and 3 edits: turns of 15 and 30 ms are 1.5x and 1.0x the model apart, 1.125x together.
+    for turn in range(4, 6):
+        plans.observe(lanes=2, seconds=0.015, steps=1, load=load, now=turn)
+        plans.observe(lanes=2, seconds=0.030, steps=3, load=load, now=turn)
+    assert plans.correction(2, now=6, predict=model.get) == pytest.approx(0.090 / 0.080)  # the last 4 turns
+    plans.observe(lanes=2, seconds=0.030, steps=3, load=load, now=100)  # the others are stale now
+    assert plans.correction(2, now=100, predict=model.get) is None  # one turn is not enough
+    plans.observe(lanes=2, seconds=0.0, steps=3, load=load, now=101)  # says nothing
+    assert PlanRecord(min_samples=1).correction(2, now=0, predict=model.get) is None
+
+
+def test_the_record_is_read_against_the_model_as_it_is_now_not_as_it_was():
+    # One lane ran at 2 edits while the fit, from calls of one size, had no per-row cost: its turns took
+    # 1.75x what that model said. The load then grew and the fit learned the per-row cost; against it
+    # those same turns were on time, and they must not hold the engine in two lanes.
+    small = Load(rows_by_size=(((32, 32), 4),), edits=2)
+    plans = PlanRecord(min_samples=5)
     for turn in range(5):
-        plans.observe(lanes=2, measured_s=0.012, predicted_s=0.010, now=turn)
-    assert plans.correction(2, now=5) == pytest.approx(1.2)
-    assert plans.correction(1, now=5) is None  # another plan
-    assert plans.correction(2, now=40) is None  # not lately
-    plans.observe(lanes=2, measured_s=0.016, predicted_s=0.010, now=6)
-    assert plans.correction(2, now=6) == pytest.approx(1.4)
-    plans.observe(lanes=2, measured_s=0.030, predicted_s=0.010, now=100)  # stale: starts again
-    assert plans.correction(2, now=100) is None  # one sample is not enough
-    plans.observe(lanes=2, measured_s=0.0, predicted_s=0.010, now=101)  # says nothing
-    assert PlanRecord(min_samples=1).correction(2, now=0) is None
+        plans.observe(lanes=1, seconds=0.105, steps=2, load=small, now=turn)
+    then = {small: 0.030}  # a = 60 ms, b = 0: a round of 2 edits in 60 ms
+    now = {small: 0.050}  # a = 40 ms, b = 15 ms a row
+    assert plans.correction(1, now=6, predict=then.get) == pytest.approx(1.75)
+    assert plans.correction(1, now=6, predict=now.get) == pytest.approx(1.05)
+    # Two lanes ran 1.5x their prediction, one about as fast as the model says: one lane, by the record now.
+    predicted = {1: 0.400, 2: 0.410}
+    assert check_against_record(predicted, 1, {1: plans.correction(1, 6, then.get), 2: 1.5}.get) == 2
+    assert check_against_record(predicted, 1, {1: plans.correction(1, 6, now.get), 2: 1.5}.get) == 1
+
 
 
 class _Edit:

@@ -2,8 +2,9 @@
 
 Each call's rows are its edits' rows, in the planner's order (``smartedit.engine.planner``); a row holds
 the edit's latents with its conditioning channels after them (``sample``), its timestep, and its family's
-named row inputs (``DenoiseState.row_inputs``: the prompt embeddings for SD), each an array of its own. Arrays are kept from one step to the next so that an edit's constants are copied only when
-it joins or moves.
+named row inputs (``DenoiseState.row_inputs``: the prompt embeddings for SD), each an array of its own.
+Arrays are kept from one step to the next so that an edit's constants are copied only when it joins or
+moves.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ import torch
 
 from smartedit.diffusion.denoise import SAMPLE, DenoiseState
 from smartedit.engine.batch_builder import UNetBatchBuilder
-from smartedit.engine.costs import CostEstimates, CostFit, PlanRecord
+from smartedit.engine.costs import CostEstimates, CostFit, Load, PlanRecord
 from smartedit.engine.planner import (
     check_against_record, choose_lane, choose_lane_count, plan_unet_calls, predicted_rounds,
 )
@@ -247,7 +247,7 @@ class DenoiseEngine:
         self.costs = costs or CostEstimates(limits.max_unet_rows)
         # How far each plan fell short of the cost model lately: the check on the model's choice.
         self.plans = plans or PlanRecord()
-        self._predicted_step_s = 0.0  # the model's seconds per edit-step for the open plan and load
+        self._plan_load: Load | None = None  # the load the open plan was chosen for (by the cost model)
         self._open_lanes = 1
         self._turns_in_plan = 0  # turns since the open lanes last changed: the first ones are a transition
         self._last_receive: float | None = None  # perf_counter at the end of the last turn with edits active
@@ -454,15 +454,32 @@ class DenoiseEngine:
             fits = {size: self.costs.unet(size).fit() for size in rows_by_size}
             predicted = predicted_rounds(rows_by_size, len(edits), fits, self.costs.host.per_edit_step,
                                          limits.unet_lanes, limits.max_unet_rows)
+            predicted_step_s = self._step_predictor(fits)
             now = time.monotonic()
-            lanes = check_against_record(predicted, choose_lane_count(predicted),
-                                         lambda plan: self.plans.correction(plan, now))
-            self._predicted_step_s = predicted[lanes] / len(edits)
+            lanes = check_against_record(predicted, choose_lane_count(predicted), lambda plan: self.plans.correction(
+                plan, now, lambda turn_load: predicted_step_s(turn_load, plan)))
+            self._plan_load = Load(tuple(sorted(rows_by_size.items())), len(edits))
         if lanes != self._open_lanes:
             self._turns_in_plan = 0
         if edits and time.monotonic() - self._plan_reported >= 1.0:  # a gauge update is an IPC message served
             self._report_plan(lanes)
         return lanes
+
+    def _step_predictor(self, fits: dict[tuple[int, ...], CostFit]) -> Callable[[Load, int], float]:
+        """The cost model's seconds per edit-step of a plan (lanes) under a load, as the costs are now
+        (``fits``: those of the sizes already fitted, to which this adds)."""
+        host_s = self.costs.host.per_edit_step
+        limits = self.limits
+
+        def predicted_step_s(load: Load, lanes: int) -> float:
+            rows_by_size = dict(load.rows_by_size)
+            for size in rows_by_size:
+                if size not in fits:
+                    fits[size] = self.costs.unet(size).fit()
+            rounds = predicted_rounds(rows_by_size, load.edits, fits, host_s, limits.unet_lanes, limits.max_unet_rows)
+            return rounds[lanes] / load.edits if lanes in rounds else 0.0
+
+        return predicted_step_s
 
     def _report_plan(self, lanes: int) -> None:
         self._plan_reported = time.monotonic()
@@ -578,13 +595,13 @@ class DenoiseEngine:
             self._report_plan(self._open_lanes)
 
     def _record_turn(self, stepped: int) -> None:
-        """What the open plan delivered this turn (wall time since the last turn's end, per edit-step),
-        once it has run a round past the change that opened it."""
+        """What the open plan delivered this turn (wall time since the last turn's end, and the edit-steps
+        taken), once it has run a round past the change that opened it."""
         now = time.perf_counter()
         self._turns_in_plan += 1
-        if self._last_receive is not None and self._turns_in_plan > 2 * self._open_lanes and stepped:
-            self.plans.observe(self._open_lanes, (now - self._last_receive) / stepped, self._predicted_step_s,
-                               time.monotonic())
+        if self._last_receive is not None and self._turns_in_plan > 2 * self._open_lanes and stepped \
+                and self._plan_load is not None:
+            self.plans.observe(self._open_lanes, now - self._last_receive, stepped, self._plan_load, time.monotonic())
         self._last_receive = now if self._active else None
 
     def _leave(self, edit: _Edit, outcome: str, message: str = "", exc_info: bool = False, reason: str = "") -> None:

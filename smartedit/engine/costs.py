@@ -19,6 +19,8 @@ the device, which is what a UNet model instance is.
 from __future__ import annotations
 
 import threading
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # The prior: the shipped table's SD 1.5 at 512 px on an A10-class GPU, in seconds. Only a start.
@@ -140,40 +142,56 @@ class CostEstimates:
         return {size: cost.fit() for size, cost in costs.items()}
 
 
+@dataclass(frozen=True)
+class Load:
+    """What the active edits were when a plan ran: rows per latent size, and how many edits."""
+
+    rows_by_size: tuple[tuple[tuple[int, ...], int], ...]
+    edits: int
+
+
+@dataclass(frozen=True)
+class _Turn:
+    seconds: float  # wall seconds of the turn
+    steps: int  # edit-steps it took
+    load: Load
+    at: float  # monotonic
+
+
 class PlanRecord:
-    """How far each plan (a number of lanes) fell short of the cost model lately: a moving average of
-    the wall time of its edit-steps over the time the model predicted for them, and when it last ran.
+    """What each plan (a number of lanes) delivered lately: the wall seconds and edit-steps of its last
+    ``keep`` turns, each with the load it ran under, and when.
 
     The cost model (``UNetCost``, ``HostCost``) cannot see everything a lane hides (the BLS copies of
     the next call, the stub's handling) nor everything it costs, so the planner scales each plan's
-    prediction by its record (``planner.check_against_record``), trying a plan it has not seen lately.
-    A ratio, unlike a time, compares across loads: the record need not be kept per load.
+    prediction by how far its turns took longer than the model predicts for them
+    (``planner.check_against_record``). That prediction is made when the planner asks, with the model as
+    it is then, for each turn's own load: a ratio fixed when a turn ran would keep the model's error of
+    that moment (a fit from calls of one size, before the load grew) for as long as the plan did not run
+    again, and hold the engine in the other plan. A ratio, unlike a time, compares across loads.
     """
 
-    def __init__(self, smoothing: float = 0.2, fresh_s: float = 30.0, min_samples: int = 5):
-        self._smoothing = smoothing
+    def __init__(self, keep: int = 12, fresh_s: float = 30.0, min_samples: int = 5):
+        self.keep = keep
         self.fresh_s = fresh_s
         self.min_samples = min_samples
-        self._plans: dict[int, tuple[float, int, float]] = {}  # lanes -> (ratio, samples, monotonic at)
+        self._plans: dict[int, deque[_Turn]] = {}
         self._lock = threading.Lock()
 
-    def observe(self, lanes: int, measured_s: float, predicted_s: float, now: float) -> None:
-        """Steps that took ``measured_s`` each with ``lanes`` lanes open, where the model said ``predicted_s``."""
-        if measured_s <= 0 or predicted_s <= 0:
+    def observe(self, lanes: int, seconds: float, steps: int, load: Load, now: float) -> None:
+        """A turn of ``steps`` edit-steps took ``seconds`` with ``lanes`` lanes open, under ``load``."""
+        if seconds <= 0 or steps <= 0 or load.edits <= 0:
             return
-        ratio = measured_s / predicted_s
         with self._lock:
-            found = self._plans.get(lanes)
-            if found is None or now - found[2] > self.fresh_s:
-                self._plans[lanes] = (ratio, 1, now)
-            else:
-                average, samples, _ = found
-                self._plans[lanes] = (average + self._smoothing * (ratio - average), samples + 1, now)
+            self._plans.setdefault(lanes, deque(maxlen=self.keep)).append(_Turn(seconds, steps, load, now))
 
-    def correction(self, lanes: int, now: float) -> float | None:
-        """The plan's recent measured / predicted, or None when it has not run enough lately."""
+    def correction(self, lanes: int, now: float, predict: Callable[[Load], float]) -> float | None:
+        """The plan's recent measured / predicted time (``predict``: the model's seconds per edit-step for
+        this plan under a load), over its turns together: with lanes of unequal rows, one turn's time says
+        little; None when it has not run enough lately."""
         with self._lock:
-            found = self._plans.get(lanes)
-        if found is None or found[1] < self.min_samples or now - found[2] > self.fresh_s:
+            turns = [turn for turn in self._plans.get(lanes, ()) if now - turn.at <= self.fresh_s]
+        if len(turns) < self.min_samples:
             return None
-        return found[0]
+        predicted = sum(turn.steps * predict(turn.load) for turn in turns)
+        return sum(turn.seconds for turn in turns) / predicted if predicted > 0 else None

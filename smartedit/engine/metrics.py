@@ -56,8 +56,8 @@ class SchedulerMetrics:
             steps := family(NAMES["steps"], "Denoising steps run (one per edit per UNet call), counted as they run.",
                             family.COUNTER),
             rate := family(NAMES["steps_per_second"],
-                           f"Denoising steps per second of this loop instance over the last {RATE_WINDOW_S:.0f} s, 0 when "
-                           "idle (per-request loop: of the last edit it finished).", family.GAUGE),
+                           f"Denoising steps per second of this loop instance over the last {RATE_WINDOW_S:.0f} s, "
+                           "0 when idle (per-request loop: of the last edit it finished).", family.GAUGE),
             active := family(NAMES["active"], "Edits this loop instance is denoising now.", family.GAUGE),
             queued := family(NAMES["queued"], "Edits admitted by this loop instance and waiting for an active slot.",
                              family.GAUGE),
