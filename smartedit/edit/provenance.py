@@ -7,6 +7,7 @@ with the edit's parameters (``smartedit.edit.postprocessing``), so that a result
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 PROVENANCE_FILENAME = "provenance.json"
 
 
+@functools.cache  # a process serves the version it started with; the lookup reads the install's metadata (~1 ms)
 def smartedit_version() -> str:
     try:
         return metadata.version("smartedit")
