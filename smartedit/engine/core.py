@@ -43,7 +43,7 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -521,16 +521,21 @@ class DenoiseEngine:
                                              f"{edit.state.total_steps} steps: {stop[1]}", reason=stop[0])
         started = time.perf_counter()
         step = _LaneStep(lane)
-        for size, group in list(self._lanes[lane].items()):
-            for index, chunk in enumerate(plan_unet_calls(group, self.limits.max_unet_rows)):
-                step.keys.append((lane, size, index))
-                self._send_chunk(step, step.keys[-1], chunk)
+        calls = [((lane, size, index), chunk) for size, group in list(self._lanes[lane].items())
+                 for index, chunk in enumerate(plan_unet_calls(group, self.limits.max_unet_rows))]
+        # One lane making one call: nothing can overlap it, so the worker makes the call itself rather
+        # than hand it to a thread and wait for that (two thread switches a step, under the GIL).
+        inline = self._open_lanes == 1 and len(calls) == 1
+        for key, chunk in calls:
+            step.keys.append(key)
+            self._send_chunk(step, key, chunk, inline)
         self._batches.keep_only(lane, step.keys)
-        step.host_s += time.perf_counter() - started
+        step.host_s += time.perf_counter() - started - step.inline_call_s
         return step
 
-    def _send_chunk(self, step: "_LaneStep", key, chunk: list[_Edit]) -> None:
-        """One UNet call for ``chunk``'s rows; an edit whose input cannot be made fails alone."""
+    def _send_chunk(self, step: "_LaneStep", key, chunk: list[_Edit], inline: bool = False) -> None:
+        """One UNet call for ``chunk``'s rows (made here when ``inline``, else from the UNet threads); an
+        edit whose input cannot be made fails alone."""
         inputs = []
         for edit in chunk:
             try:
@@ -544,7 +549,15 @@ class DenoiseEngine:
         self._metrics.unet_call(named[SAMPLE].shape[0])
         # The arrays stay untouched until this lane's answers are in: the lane's next step builds its
         # batches only after ``_receive``.
-        call = self._unet_pool.submit(self._measured_unet, named, chunk[0].latent_size)
+        if inline:
+            call, called = Future(), time.perf_counter()
+            try:
+                call.set_result(self._measured_unet(named, chunk[0].latent_size))
+            except Exception as error:  # raised where a thread's call would raise it: in ``_receive``
+                call.set_exception(error)
+            step.inline_call_s += time.perf_counter() - called
+        else:
+            call = self._unet_pool.submit(self._measured_unet, named, chunk[0].latent_size)
         step.calls.append(([edit for edit, _ in inputs], call))
 
     def _measured_unet(self, named: dict[str, np.ndarray], latent_size: tuple[int, ...]) -> np.ndarray:
@@ -678,3 +691,4 @@ class _LaneStep:
     calls: list = field(default_factory=list)  # (edits, Future of noise_pred)
     keys: list = field(default_factory=list)  # the batch arrays' keys it used
     host_s: float = 0.0  # the worker's own time on it: building its calls, advancing its edits
+    inline_call_s: float = 0.0  # of the time in ``_send``, the UNet call the worker made itself
