@@ -255,7 +255,8 @@ class DenoiseEngine:
         self._closing = False
         self._prepare_pool = ThreadPoolExecutor(prepare_workers, thread_name_prefix="engine-prepare")
         # UNet calls leave from these threads, so that the worker can step one lane while another's
-        # rows are on the device. Two per lane: a lane with several latent sizes makes several calls.
+        # rows are on the device (one lane making one call: the worker makes it, ``_send``). Two per
+        # lane: a lane with several latent sizes makes several calls.
         self._unet_pool = ThreadPoolExecutor(2 * limits.unet_lanes, thread_name_prefix="engine-unet")
         # Answers (responses over IPC, PNG previews) leave from their own thread, so that the worker
         # goes straight on to the next UNet call.
