@@ -471,13 +471,17 @@ class DenoiseEngine:
         (``fits``: those of the sizes already fitted, to which this adds)."""
         host_s = self.costs.host.per_edit_step
         limits = self.limits
+        rounds_of: dict[Load, dict[int, float]] = {}  # a steady load's turns repeat it
 
         def predicted_step_s(load: Load, lanes: int) -> float:
-            rows_by_size = dict(load.rows_by_size)
-            for size in rows_by_size:
-                if size not in fits:
-                    fits[size] = self.costs.unet(size).fit()
-            rounds = predicted_rounds(rows_by_size, load.edits, fits, host_s, limits.unet_lanes, limits.max_unet_rows)
+            rounds = rounds_of.get(load)
+            if rounds is None:
+                rows_by_size = dict(load.rows_by_size)
+                for size in rows_by_size:
+                    if size not in fits:
+                        fits[size] = self.costs.unet(size).fit()
+                rounds = rounds_of[load] = predicted_rounds(rows_by_size, load.edits, fits, host_s, limits.unet_lanes,
+                                                            limits.max_unet_rows)
             return rounds[lanes] / load.edits if lanes in rounds else 0.0
 
         return predicted_step_s
