@@ -198,7 +198,6 @@ def test_the_record_is_read_against_the_model_as_it_is_now_not_as_it_was():
     assert check_against_record(predicted, 1, {1: plans.correction(1, 6, now.get), 2: 1.5}.get) == 1
 
 
-
 class _Edit:
     """What the builder reads of an engine's edit: its rows and its state's tensors (named row inputs as
     an SDXL-like family has them: prompt embeddings, pooled embeddings, time ids)."""
