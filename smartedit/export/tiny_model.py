@@ -36,8 +36,9 @@ def _byte_symbols() -> list[str]:
     return [symbols[b] for b in range(256)]
 
 
-def write_tokenizer(folder: Path) -> None:
-    """Write a CLIPTokenizer (vocab.json, merges.txt, configs) to ``folder``."""
+def write_tokenizer(folder: Path, pad_token: str = _EOS) -> None:
+    """Write a CLIPTokenizer (vocab.json, merges.txt, configs) to ``folder``; ``pad_token``: CLIP's pads
+    with its end token, SDXL's second (OpenCLIP) tokenizer with "!"."""
     from transformers import CLIPTokenizer
 
     symbols = _byte_symbols()
@@ -47,7 +48,7 @@ def write_tokenizer(folder: Path) -> None:
         vocab={token: index for index, token in enumerate(vocab_list)},
         merges=[],
         model_max_length=TEXT_MAX_LENGTH,
-        pad_token=_EOS,
+        pad_token=pad_token,
     )
     tokenizer.save_pretrained(folder)
 
