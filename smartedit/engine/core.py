@@ -452,39 +452,38 @@ class DenoiseEngine:
         if limits.lane_min_rows:  # the operator's fixed rule
             lanes = max(1, min(limits.unet_lanes, sum(rows_by_size.values()) // limits.lane_min_rows))
         elif limits.unet_lanes > 1 and edits:
-            fits = {size: self.costs.unet(size).fit() for size in rows_by_size}
-            predicted = predicted_rounds(rows_by_size, len(edits), fits, self.costs.host.per_edit_step,
-                                         limits.unet_lanes, limits.max_unet_rows)
-            predicted_step_s = self._step_predictor(fits)
+            load = Load(tuple(sorted(rows_by_size.items())), len(edits))
+            rounds = self._rounds_predictor()
+            predicted = rounds(load)
             now = time.monotonic()
             lanes = check_against_record(predicted, choose_lane_count(predicted), lambda plan: self.plans.correction(
-                plan, now, lambda turn_load: predicted_step_s(turn_load, plan)))
-            self._plan_load = Load(tuple(sorted(rows_by_size.items())), len(edits))
+                plan, now, lambda turn: rounds(turn).get(plan, 0.0) / turn.edits))
+            self._plan_load = load
         if lanes != self._open_lanes:
             self._turns_in_plan = 0
         if edits and time.monotonic() - self._plan_reported >= 1.0:  # a gauge update is an IPC message served
             self._report_plan(lanes)
         return lanes
 
-    def _step_predictor(self, fits: dict[tuple[int, ...], CostFit]) -> Callable[[Load, int], float]:
-        """The cost model's seconds per edit-step of a plan (lanes) under a load, as the costs are now
-        (``fits``: those of the sizes already fitted, to which this adds)."""
-        host_s = self.costs.host.per_edit_step
-        limits = self.limits
-        rounds_of: dict[Load, dict[int, float]] = {}  # a steady load's turns repeat it
+    def _rounds_predictor(self) -> Callable[[Load], dict[int, float]]:
+        """The cost model, as the costs are now: a load's seconds for a round of steps in each number of
+        lanes it may step in (``predicted_rounds``), computed once per load (a steady load's turns in the
+        plan record repeat it)."""
+        fits: dict[tuple[int, ...], CostFit] = {}
+        host_s, limits = self.costs.host.per_edit_step, self.limits
+        known: dict[Load, dict[int, float]] = {}
 
-        def predicted_step_s(load: Load, lanes: int) -> float:
-            rounds = rounds_of.get(load)
-            if rounds is None:
+        def rounds(load: Load) -> dict[int, float]:
+            if load not in known:
                 rows_by_size = dict(load.rows_by_size)
                 for size in rows_by_size:
                     if size not in fits:
                         fits[size] = self.costs.unet(size).fit()
-                rounds = rounds_of[load] = predicted_rounds(rows_by_size, load.edits, fits, host_s, limits.unet_lanes,
-                                                            limits.max_unet_rows)
-            return rounds[lanes] / load.edits if lanes in rounds else 0.0
+                known[load] = predicted_rounds(rows_by_size, load.edits, fits, host_s, limits.unet_lanes,
+                                               limits.max_unet_rows)
+            return known[load]
 
-        return predicted_step_s
+        return rounds
 
     def _report_plan(self, lanes: int) -> None:
         self._plan_reported = time.monotonic()

@@ -57,8 +57,8 @@ def build_tiny_pipeline(seed: int = 0, text_to_image: bool = False):
     """Build the tiny pipeline in memory; the same seed gives identical weights. ``text_to_image``: its UNet
     takes the 4 latent channels alone, as a text-to-image SD checkpoint's does (the sd-latent-blend family)."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -73,9 +73,19 @@ def build_tiny_pipeline(seed: int = 0, text_to_image: bool = False):
         cross_attention_dim=32,
     )
     torch.manual_seed(seed)
-    # Four levels: it downsamples 8x like every real SD VAE, so the default model sees the latent
-    # shapes (and costs) a real one does: a 512 px photo is 64x64 latents, not 256x256.
-    vae = AutoencoderKL(
+    vae = tiny_vae()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(tiny_text_config(hidden_size=32))
+    return unet, vae, text_encoder, stable_diffusion_scheduler()
+
+
+def tiny_vae(**config):
+    """The tiny VAE (``config``: what a family's differs in, e.g. SDXL's ``scaling_factor``). Four levels:
+    it downsamples 8x like every real SD VAE, so the default model sees the latent shapes (and costs) a
+    real one does: a 512 px photo is 64x64 latents, not 256x256."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         block_out_channels=[32, 32, 64, 64],
         in_channels=3,
         out_channels=3,
@@ -83,23 +93,28 @@ def build_tiny_pipeline(seed: int = 0, text_to_image: bool = False):
         up_block_types=["UpDecoderBlock2D"] * 4,
         latent_channels=4,
         sample_size=256,
+        **config,
     )
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=512,
-            eos_token_id=513,
-            pad_token_id=513,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            vocab_size=514,
-            max_position_embeddings=TEXT_MAX_LENGTH,
-        )
+
+
+def tiny_text_config(hidden_size: int, **config):
+    """A 5-layer CLIP text encoder's config over ``write_tokenizer``'s byte-level vocabulary (``config``:
+    what differs, e.g. SDXL's second encoder's ``projection_dim``)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=514,
+        max_position_embeddings=TEXT_MAX_LENGTH,
+        **config,
     )
-    return unet, vae, text_encoder, stable_diffusion_scheduler()
 
 
 def stable_diffusion_scheduler():

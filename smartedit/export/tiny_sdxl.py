@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smartedit.export.tiny_model import TEXT_MAX_LENGTH, stable_diffusion_scheduler, write_tokenizer
+from smartedit.export.tiny_model import stable_diffusion_scheduler, tiny_text_config, tiny_vae, write_tokenizer
 
 # The encoders' widths: different, so that a mix-up of the two shows as a shape error, not a quiet bug.
 FIRST_ENCODER_WIDTH, SECOND_ENCODER_WIDTH, POOLED_WIDTH = 32, 48, 32
@@ -27,29 +27,10 @@ TIME_EMBED_WIDTH = 8
 TIME_IDS = 6  # original (h, w), crop top-left (y, x), target (h, w)
 
 
-def _text_config(hidden_size: int, projection_dim: int | None = None):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        bos_token_id=512,
-        eos_token_id=513,
-        pad_token_id=513,
-        hidden_size=hidden_size,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=5,
-        vocab_size=514,  # write_tokenizer's byte-level vocabulary
-        max_position_embeddings=TEXT_MAX_LENGTH,
-        hidden_act="gelu",
-        projection_dim=projection_dim or hidden_size,
-    )
-
-
 def build_tiny_sdxl(seed: int = 0, text_to_image: bool = False):
     """(unet, vae, text_encoder, text_encoder_2, scheduler); the same seed gives identical weights."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -70,21 +51,13 @@ def build_tiny_sdxl(seed: int = 0, text_to_image: bool = False):
         cross_attention_dim=FIRST_ENCODER_WIDTH + SECOND_ENCODER_WIDTH,
     )
     torch.manual_seed(seed)
-    # Downsamples 8x, as SDXL's VAE does (and the tiny SD's); SDXL's scaling factor.
-    vae = AutoencoderKL(
-        block_out_channels=[32, 32, 64, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        sample_size=256,
-        scaling_factor=0.13025,
-    )
+    vae = tiny_vae(scaling_factor=0.13025)  # SDXL's VAE's
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(_text_config(FIRST_ENCODER_WIDTH))
+    text_encoder = CLIPTextModel(
+        tiny_text_config(FIRST_ENCODER_WIDTH, hidden_act="gelu", projection_dim=FIRST_ENCODER_WIDTH))
     torch.manual_seed(seed + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(SECOND_ENCODER_WIDTH, POOLED_WIDTH))
+    text_encoder_2 = CLIPTextModelWithProjection(
+        tiny_text_config(SECOND_ENCODER_WIDTH, hidden_act="gelu", projection_dim=POOLED_WIDTH))
     return unet, vae, text_encoder, text_encoder_2, stable_diffusion_scheduler()
 
 
