@@ -49,6 +49,16 @@ def test_each_task_sets_its_defaults_and_the_request_overrides_them():
     assert _params(task=b"replace_background", mask_blur=0).mask_blur == 0
 
 
+def test_a_float_is_read_as_the_decimal_the_caller_sent_not_its_float32_neighbour():
+    """0.7 arrives as float32 0.699999988: read as that, 10 steps at strength 0.7 would run 6 where diffusers
+    (given the Python 0.7) runs 7; and a default 0.9999 would be carried apart from the same value sent."""
+    import numpy as np
+
+    params = _params(strength=np.float32(0.7), num_inference_steps=np.int32(10), eta=np.float32(0.3))
+    assert (params.strength, params.eta, params.denoising_steps) == (0.7, 0.3, int(10 * 0.7)) == (0.7, 0.3, 7)
+    assert _params(guidance_scale=np.float32(0.9999)).guidance_scale == 0.9999
+
+
 def test_the_record_travels_as_one_tensor_and_names_its_variations():
     params = _params(seed=41, num_images=3, eta=0.5, invert_mask=True)
     assert EditParameters.from_tensor(params.as_tensor()) == params

@@ -117,7 +117,11 @@ def _decoded(spec: wire.WireTensor, raw: Any, settings: PreprocessSettings) -> A
         return value
     if spec.datatype == "BOOL":
         return bool(raw)
-    value = float(raw) if spec.datatype.startswith("FP") else int(raw)
+    # An FP32 value is read as the shortest decimal that is that float32 (the 0.7 the caller typed, not
+    # 0.699999988): what diffusers is given in Python, and what a default of the same value is. Else
+    # int(10 steps x strength 0.7) would run 6 steps where diffusers runs 7, and a replayed PNG would
+    # carry 0.9998999834 where the first carried the default 0.9999.
+    value = float(str(raw)) if spec.datatype.startswith("FP") else int(raw)
     if isinstance(value, float) and not math.isfinite(value):
         raise RequestError(name, f"must be a finite number, got {value}")
     minimum, maximum = bounds(spec, settings)
