@@ -49,6 +49,36 @@ def tiny_pipeline(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    """The SDXL family's tiny model: a 9-channel SDXL inpainting folder (smartedit.export.tiny_sdxl)."""
+    from smartedit.export.tiny_sdxl import write_tiny_sdxl
+
+    return write_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_base_dir(tmp_path_factory) -> Path:
+    """A tiny SDXL base (text-to-image, 4-channel UNet) folder, as SDXL base checkpoints are published."""
+    from smartedit.export.tiny_sdxl import write_tiny_sdxl
+
+    return write_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl-base"), seed=0, text_to_image=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_pipeline(tiny_sdxl_dir):
+    from smartedit.export.pipeline_loader import load_pipeline
+
+    return load_pipeline(tiny_sdxl_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_base_pipeline(tiny_sdxl_base_dir):
+    from smartedit.export.pipeline_loader import load_pipeline
+
+    return load_pipeline(tiny_sdxl_base_dir)
+
+
+@pytest.fixture(scope="session")
 def model_repository(tiny_pipeline, tmp_path_factory) -> Path:
     from smartedit.export.repository import build_repository
 

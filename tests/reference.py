@@ -25,11 +25,13 @@ SCHEDULERS = {
 }
 
 
-def diffusers_inpaint(pipeline, image: Image.Image, mask: Image.Image, *, prompt: str, negative_prompt: str,
+def diffusers_inpaint(pipeline, image: Image.Image, mask: Image.Image, *, prompt: str, negative_prompt: str | None,
                       num_inference_steps: int, guidance_scale: float, seed: int, scheduler: str,
                       strength: float = 1.0, eta: float = 0.0) -> np.ndarray:
-    components = dict(pipeline.components, scheduler=SCHEDULERS[scheduler].from_config(pipeline.scheduler.config))
-    reference = type(pipeline)(**components)
+    """``pipeline``'s own class on the same weights with the sampler ``scheduler``; ``from_pipe`` keeps the
+    pipeline's config (SDXL's force_zeros_for_empty_prompt, requires_aesthetics_score)."""
+    reference = type(pipeline).from_pipe(pipeline,
+                                         scheduler=SCHEDULERS[scheduler].from_config(pipeline.scheduler.config))
     reference.set_progress_bar_config(disable=True)
     result = reference(
         prompt=prompt, negative_prompt=negative_prompt, image=image, mask_image=mask,

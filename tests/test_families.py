@@ -8,34 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from smartedit.diffusion.recognize import KNOWN, SD_INPAINT, SD_LATENT_BLEND, UnknownFamily, identify, read_found
+from smartedit.diffusion.recognize import (
+    KNOWN, SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND, UnknownFamily, identify, read_found,
+)
 from smartedit.export.pipeline_loader import found_in
-from smartedit.export.tiny_model import build_tiny_pipeline, stable_diffusion_scheduler, write_tokenizer
-
-
-def _tiny_sdxl_inpaint(folder: Path) -> Path:
-    """A tiny SDXL inpainting pipeline (diffusers' fast-test configs: two CLIP encoders, text_time)."""
-    from diffusers import AutoencoderKL, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    write_tokenizer(folder / "tok")
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tok")
-    text_config = CLIPTextConfig(bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32,
-                                 intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=514,
-                                 projection_dim=32, max_position_embeddings=77)
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=9,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-                                use_linear_projection=True, addition_embed_type="text_time",
-                                addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-                                projection_class_embeddings_input_dim=8 * 6 + 32, cross_attention_dim=64)
-    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
-    pipeline = StableDiffusionXLInpaintPipeline(
-        vae=vae, text_encoder=CLIPTextModel(text_config), text_encoder_2=CLIPTextModelWithProjection(text_config),
-        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=stable_diffusion_scheduler())
-    pipeline.save_pretrained(folder / "pipeline")
-    return folder / "pipeline"
+from smartedit.export.tiny_model import build_tiny_pipeline, write_tokenizer
 
 
 def _tiny_instruct_pix2pix(folder: Path) -> Path:
@@ -67,9 +44,12 @@ def test_the_tiny_default_is_sd_inpaint_and_its_text_to_image_twin_sd_latent_ble
     assert identify(found_in(str(tiny_text_to_image_dir))) is SD_LATENT_BLEND
 
 
+def test_the_tiny_sdxl_models_are_the_sdxl_families(tiny_sdxl_dir, tiny_sdxl_base_dir):
+    assert identify(found_in(str(tiny_sdxl_dir))) is SDXL_INPAINT
+    assert identify(found_in(str(tiny_sdxl_base_dir))) is SDXL_LATENT_BLEND  # a StableDiffusionXLPipeline folder
+
+
 @pytest.mark.parametrize("build, found", [
-    (_tiny_sdxl_inpaint, "an SDXL pipeline (two text encoders) (StableDiffusionXLInpaintPipeline, a UNet of 9 "
-                         "input channels)"),
     (_tiny_instruct_pix2pix, "an InstructPix2Pix pipeline (image-conditioned UNet) "
                              "(StableDiffusionInstructPix2PixPipeline, a UNet of 8 input channels)"),
 ])
@@ -98,17 +78,31 @@ def test_what_a_folder_declares_decides_without_its_weights():
                         {"in_channels": 4, "class_embed_type": "projection"}, {"latent_channels": 4})
     with pytest.raises(UnknownFamily, match=r"it is a pipeline \(StableUnCLIPPipeline, a UNet of 4 input channels\)"):
         identify(unclip)
-    assert [family.name for family in KNOWN] == ["sd-inpaint", "sd-latent-blend"]
+    # SDXL's refiner: one text encoder (the second), aesthetic-score ids; not a family served here.
+    refiner = read_found({"_class_name": "StableDiffusionXLImg2ImgPipeline",
+                          "unet": ["diffusers", "UNet2DConditionModel"], "text_encoder": [None, None],
+                          "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                          "requires_aesthetics_score": True},
+                         {"in_channels": 4, "addition_embed_type": "text_time"}, {"latent_channels": 4})
+    with pytest.raises(UnknownFamily, match=r"it is an SDXL pipeline \(two text encoders\) "
+                                            r"\(StableDiffusionXLImg2ImgPipeline, a UNet of 4 input channels\)"):
+        identify(refiner)
+    assert [family.name for family in KNOWN] == ["sd-inpaint", "sd-latent-blend", "sdxl-inpaint", "sdxl-latent-blend"]
 
 
-def test_every_family_declares_its_components_and_weights_and_the_exporter_has_each_graph(tiny_pipeline):
+def test_every_family_declares_its_components_and_weights_and_the_exporter_has_each_graph(
+        tiny_pipeline, tiny_text_to_image_pipeline, tiny_sdxl_pipeline, tiny_sdxl_base_pipeline):
     from smartedit.diffusion.families import FAMILIES
+    from smartedit.diffusion.spec import PipelineInfo
     from smartedit.edit.provenance import weights_digest
     from smartedit.export.onnx_export import GRAPHS
 
+    tiny = {PipelineInfo.from_pipeline(pipeline).family: pipeline for pipeline in (
+        tiny_pipeline, tiny_text_to_image_pipeline, tiny_sdxl_pipeline, tiny_sdxl_base_pipeline)}
+    assert set(tiny) == set(FAMILIES)  # a tiny model of every family
     for name, family in FAMILIES.items():
         assert family.COMPONENTS and family.WEIGHTS, name
         assert set(GRAPHS[name]) == {spec.name for spec in family.COMPONENTS}, name
-        assert all(hasattr(tiny_pipeline, module) for module in family.WEIGHTS), name
+        assert all(hasattr(tiny[name], module) for module in family.WEIGHTS), name
     # provenance hashes what the family names, in its order
     assert weights_digest(tiny_pipeline, ("unet",)) != weights_digest(tiny_pipeline, ("text_encoder", "unet", "vae"))

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from smartedit.diffusion.spec import ComponentSpec, TensorSpec, TEXT_ENCODER
+from smartedit.diffusion.spec import SDXL_TEXT_ENCODER, TEXT_ENCODER, ComponentSpec, TensorSpec
 
 # The rows of every ids and embeddings tensor: the negative prompt, then the prompt.
 PROMPT_ROWS = 2
@@ -83,3 +83,8 @@ class PromptEncoding:
 # Stable Diffusion 1.x/2.x: one CLIP text model, its last hidden state as the UNet's encoder_hidden_states.
 SD_PROMPTS = PromptEncoding(tokenizers=("tokenizer",), encoder=TEXT_ENCODER,
                             embeddings={TEXT_ENCODER.outputs[0].name: "prompt_embeds"})
+
+# Stable Diffusion XL: two tokenizers (the same prompt through both, as diffusers does without ``prompt_2``)
+# into one encoder graph; its pooled output reaches the UNet as ``text_embeds``.
+SDXL_PROMPTS = PromptEncoding(tokenizers=("tokenizer", "tokenizer_2"), encoder=SDXL_TEXT_ENCODER,
+                              embeddings={"hidden_states": "prompt_embeds", "pooled": "pooled_prompt_embeds"})

@@ -22,6 +22,9 @@ class Found:
     # The UNet takes only the timestep and the text besides its channels: no class or added embeddings
     # (SDXL's text_time, unCLIP's image embeddings), no image projection.
     plain_unet: bool = True
+    # The UNet's added conditioning (its config's ``addition_embed_type``): "text_time" for SDXL (the pooled
+    # prompt and the size and crop ids), None for none.
+    added_conditioning: str | None = None
 
     def describe(self) -> str:
         """What it is, in words a person recognizes (SDXL, InstructPix2Pix, ...)."""
@@ -72,7 +75,30 @@ SD_LATENT_BLEND = Family(
                       and "ControlNet" not in f.pipeline_class and "Flux" not in f.pipeline_class),
 )
 
-KNOWN: tuple[Family, ...] = (SD_INPAINT, SD_LATENT_BLEND)
+
+def _sdxl(found: Found) -> bool:
+    """SDXL's shape: its two text encoders and a UNet conditioned on the pooled prompt and size/crop ids, and
+    nothing more (no class embeddings, no image projection, no ControlNet)."""
+    return (found.added_conditioning == "text_time" and {"text_encoder", "text_encoder_2"} <= found.components
+            and not found.plain_unet and "ControlNet" not in found.pipeline_class
+            and not any(key in found.components for key in ("image_encoder", "controlnet")))
+
+
+SDXL_INPAINT = Family(
+    name="sdxl-inpaint",
+    summary="Stable Diffusion XL inpainting: two CLIP text encoders, a UNet of latents + mask + masked-image latents "
+            "(9 channels) conditioned on the pooled prompt and size ids",
+    claims=lambda f: _sdxl(f) and f.unet_in_channels == 2 * f.latent_channels + 1,
+)
+
+SDXL_LATENT_BLEND = Family(
+    name="sdxl-latent-blend",
+    summary="any Stable Diffusion XL checkpoint with a 4-channel UNet (base and fine-tunes), inpainting by latent "
+            "blending as diffusers does",
+    claims=lambda f: _sdxl(f) and f.unet_in_channels == f.latent_channels,
+)
+
+KNOWN: tuple[Family, ...] = (SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND)
 
 
 # UNet config entries that give it inputs beyond latents, timestep and text (diffusers' UNet2DConditionModel).
@@ -93,6 +119,7 @@ def read_found(model_index: Mapping, unet_config: Mapping | None, vae_config: Ma
         unet_in_channels=int(unet_config["in_channels"]) if unet_config and "in_channels" in unet_config else None,
         latent_channels=int((vae_config or {}).get("latent_channels", 4)),
         plain_unet=not any((unet_config or {}).get(key) for key in _UNET_EXTRAS),
+        added_conditioning=(unet_config or {}).get("addition_embed_type"),
     )
 
 

@@ -22,6 +22,11 @@ from tritonclient.utils import triton_to_np_dtype
 
 from smartedit.diffusion.recognize import KNOWN, SD_INPAINT, SD_LATENT_BLEND, identify, read_found
 
+# The lengths of SDXL's size-and-crop conditioning (``time_ids``): original size, crop corner and target size
+# (h, w each); or, for a model that ``requires_aesthetics_score`` (the refiner's way), original size, crop
+# corner and an aesthetic score.
+SIZE_TIME_IDS, AESTHETIC_TIME_IDS = 6, 5
+
 Dim = Union[int, str]
 
 # Axes that change with the request's resolution; everything else is fixed once a model is chosen.
@@ -49,23 +54,34 @@ class PipelineInfo:
     working_resolution: int
     # Its family (smartedit.diffusion.families): how its loop starts and keeps its latents.
     family: str = SD_INPAINT.name
+    # SDXL's added conditioning (0 / False for SD): the width of the pooled prompt embedding its UNet takes
+    # (``text_embeds``), how many size-and-crop ids (``time_ids``), whether those end in an aesthetic score,
+    # and whether an empty negative prompt is zeros rather than the encoded "" (the model's config says).
+    pooled_text_width: int = 0
+    time_ids: int = 0
+    requires_aesthetics_score: bool = False
+    force_zeros_for_empty_prompt: bool = False
 
     @classmethod
     def from_pipeline(cls, pipeline) -> "PipelineInfo":
         vae_config = pipeline.vae.config
         # Derived, never hard-coded: 8 for real SD models.
         vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
+        encoders = [encoder for encoder in (pipeline.text_encoder, getattr(pipeline, "text_encoder_2", None))
+                    if encoder is not None]
         return cls(
             vae_scale_factor=vae_scale_factor,
             latent_channels=int(vae_config.latent_channels),
             unet_in_channels=int(pipeline.unet.config.in_channels),
             text_length=int(pipeline.tokenizer.model_max_length),
-            text_hidden_size=int(pipeline.text_encoder.config.hidden_size),
+            # SDXL's UNet attends to both encoders' states, concatenated (768 + 1280 for the real model).
+            text_hidden_size=sum(int(encoder.config.hidden_size) for encoder in encoders),
             vae_scaling_factor=float(vae_config.scaling_factor),
             unet_sample_size=int(pipeline.unet.config.sample_size),
             # The resolution the UNet was trained at: its sample size in latent pixels.
             working_resolution=int(pipeline.unet.config.sample_size) * vae_scale_factor,
             family=identify(read_found(dict(pipeline.config), dict(pipeline.unet.config), dict(vae_config))).name,
+            **_added_conditioning(pipeline),
         )
 
     def to_json(self) -> str:
@@ -102,6 +118,29 @@ class PipelineInfo:
         if dim in spatial:
             return spatial[dim]
         return int(getattr(self, dim))
+
+
+def _added_conditioning(pipeline) -> dict:
+    """The ``PipelineInfo`` fields of a UNet with SDXL's ``text_time`` conditioning (none for other UNets).
+
+    Raises:
+        ValueError: the UNet's added embedding does not fit the ids the pipeline's config makes (diffusers
+            refuses such a pipeline when it runs; the export refuses it before writing anything).
+    """
+    unet = pipeline.unet.config
+    if unet.get("addition_embed_type") != "text_time":
+        return {}
+    pooled = int(pipeline.text_encoder_2.config.projection_dim)
+    time_ids, rest = divmod(int(unet.projection_class_embeddings_input_dim) - pooled, int(unet.addition_time_embed_dim))
+    aesthetic = bool(pipeline.config.get("requires_aesthetics_score", False))
+    expected = AESTHETIC_TIME_IDS if aesthetic else SIZE_TIME_IDS
+    if rest or time_ids != expected:
+        raise ValueError(f"the UNet's added embedding takes {unet.projection_class_embeddings_input_dim} values: "
+                         f"{pooled} pooled and {time_ids * int(unet.addition_time_embed_dim) + rest} of time ids, but "
+                         f"requires_aesthetics_score={aesthetic} makes {expected} ids of "
+                         f"{unet.addition_time_embed_dim}: set requires_aesthetics_score in model_index.json to match")
+    return dict(pooled_text_width=pooled, time_ids=time_ids, requires_aesthetics_score=aesthetic,
+                force_zeros_for_empty_prompt=bool(pipeline.config.get("force_zeros_for_empty_prompt", False)))
 
 
 @dataclass(frozen=True)
@@ -194,10 +233,28 @@ VAE_DECODER = ComponentSpec(
     outputs=(TensorSpec("image", "FP32", (3, "image_height", "image_width")),),
 )
 
+# SDXL's: one encoder graph runs both CLIP models (two tokenizers' ids in) and answers their penultimate hidden
+# states concatenated and the second's pooled projection; the UNet takes those two and the size ids besides.
+SDXL_TEXT_ENCODER = ComponentSpec(
+    name="text_encoder",
+    inputs=(TensorSpec("input_ids", "INT64", ("text_length",)), TensorSpec("input_ids_2", "INT64", ("text_length",))),
+    outputs=(TensorSpec("hidden_states", "FP32", ("text_length", "text_hidden_size")),
+             TensorSpec("pooled", "FP32", ("pooled_text_width",))),
+)
+
+SDXL_UNET = ComponentSpec(
+    name="unet",
+    inputs=UNET.inputs + (TensorSpec("text_embeds", "FP32", ("pooled_text_width",)),
+                          TensorSpec("time_ids", "FP32", ("time_ids",))),
+    outputs=UNET.outputs,
+)
+
 # Stable Diffusion's components (both SD families serve them), and the pipeline's modules whose weights
 # they hold. A family declares its own (smartedit.diffusion.families); these are the ones every tool that
 # predates families (the latency table, the simulated device) knows.
 SD_COMPONENTS: tuple[ComponentSpec, ...] = (TEXT_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)
 SD_WEIGHTS: tuple[str, ...] = ("text_encoder", "unet", "vae")
 COMPONENTS = SD_COMPONENTS
+SDXL_COMPONENTS: tuple[ComponentSpec, ...] = (SDXL_TEXT_ENCODER, VAE_ENCODER, SDXL_UNET, VAE_DECODER)
+SDXL_WEIGHTS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "unet", "vae")
 

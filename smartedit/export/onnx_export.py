@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from smartedit.diffusion.families import components_of
-from smartedit.diffusion.recognize import SD_INPAINT, SD_LATENT_BLEND
+from smartedit.diffusion.recognize import SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND
 from smartedit.diffusion.spec import PipelineInfo, ComponentSpec
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,22 @@ class TextEncoderGraph(torch.nn.Module):
 
     def forward(self, input_ids):
         return self.text_encoder(input_ids, return_dict=False)[0]
+
+
+class SdxlTextEncodersGraph(torch.nn.Module):
+    """Both of SDXL's CLIP models in one graph, as ``StableDiffusionXLPipeline.encode_prompt`` uses them: each
+    one's penultimate hidden state, concatenated on the last axis, and the second's pooled projection."""
+
+    def __init__(self, text_encoder, text_encoder_2):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+
+    def forward(self, input_ids, input_ids_2):
+        first = self.text_encoder(input_ids, output_hidden_states=True)
+        second = self.text_encoder_2(input_ids_2, output_hidden_states=True)
+        hidden_states = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        return hidden_states, second.text_embeds
 
 
 class VaeEncoderGraph(torch.nn.Module):
@@ -51,6 +67,16 @@ class UNetGraph(torch.nn.Module):
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
+class SdxlUNetGraph(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}, return_dict=False)[0]
+
+
 class VaeDecoderGraph(torch.nn.Module):
     def __init__(self, vae):
         super().__init__()
@@ -66,9 +92,15 @@ _SD_GRAPHS = {
     "unet": lambda pipeline: UNetGraph(pipeline.unet),
     "vae_decoder": lambda pipeline: VaeDecoderGraph(pipeline.vae),
 }
+_SDXL_GRAPHS = dict(
+    _SD_GRAPHS,
+    text_encoder=lambda pipeline: SdxlTextEncodersGraph(pipeline.text_encoder, pipeline.text_encoder_2),
+    unet=lambda pipeline: SdxlUNetGraph(pipeline.unet),
+)
 # Per family (smartedit.diffusion.families), the graph each of its COMPONENTS is exported from. Here and
 # not in the family modules: the serving processes import those, and must not import the exporter.
-GRAPHS: dict[str, dict] = {SD_INPAINT.name: _SD_GRAPHS, SD_LATENT_BLEND.name: _SD_GRAPHS}
+GRAPHS: dict[str, dict] = {SD_INPAINT.name: _SD_GRAPHS, SD_LATENT_BLEND.name: _SD_GRAPHS,
+                           SDXL_INPAINT.name: _SDXL_GRAPHS, SDXL_LATENT_BLEND.name: _SDXL_GRAPHS}
 
 
 def component_module(pipeline, name: str, family: str = SD_INPAINT.name) -> torch.nn.Module:

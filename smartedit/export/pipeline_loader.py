@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smartedit.diffusion.recognize import Found, UnknownFamily, identify, read_found
+from smartedit.diffusion.recognize import (
+    SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND, Found, UnknownFamily, identify, read_found,
+)
+
+# The diffusers pipeline class that loads (and is the reference for) each family, with what it is told: a
+# 4-channel checkpoint loads into the inpainting class as well, which is how diffusers inpaints with it.
+# No safety checker (the served models are the UNet, encoders and VAE); no SDXL watermark (postprocess
+# writes the PNG, and the reference is compared without one).
+_SD = ("StableDiffusionInpaintPipeline", dict(safety_checker=None, requires_safety_checker=False))
+_SDXL = ("StableDiffusionXLInpaintPipeline", dict(add_watermarker=False))
+PIPELINE_CLASSES = {SD_INPAINT.name: _SD, SD_LATENT_BLEND.name: _SD,
+                    SDXL_INPAINT.name: _SDXL, SDXL_LATENT_BLEND.name: _SDXL}
 
 
 class UnsupportedModel(ValueError):
@@ -60,24 +71,25 @@ def found_in(source: str) -> Found:
 
 
 def load_pipeline(source: str | Path):
-    """``StableDiffusionInpaintPipeline`` in FP32 on CPU, without the safety checker.
+    """The family's diffusers inpainting pipeline (``StableDiffusionInpaintPipeline``,
+    ``StableDiffusionXLInpaintPipeline``) in FP32 on CPU, without a safety checker or watermark.
 
     Export traces on CPU in FP32; FP16 graphs are converted from the FP32 ones afterwards, so no
     GPU is needed to export.
     """
+    import diffusers
     import torch
-    from diffusers import StableDiffusionInpaintPipeline
 
     source = str(source)
     if _looks_like_a_path(source):
         _check_local(source)
     try:
-        identify(found_in(source))  # before the weights: a family this server does not know is refused by name
+        family = identify(found_in(source))  # before the weights: a family this server does not know is refused
     except UnknownFamily as error:
         raise UnsupportedModel(f"{source}: {error}") from None
+    class_name, options = PIPELINE_CLASSES[family.name]
     try:
-        pipeline = StableDiffusionInpaintPipeline.from_pretrained(
-            source, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+        pipeline = getattr(diffusers, class_name).from_pretrained(source, torch_dtype=torch.float32, **options)
     except (OSError, ValueError, TypeError) as error:  # hub errors are OSErrors or ValueErrors; bad configs TypeErrors
         raise UnsupportedModel(f"{source}: could not load it as a diffusers pipeline: "
                                f"{_first_line(error)}") from None

@@ -32,13 +32,14 @@ from types import ModuleType
 from typing import Any, Mapping
 
 from smartedit.diffusion.denoise import DenoiseState, EditInputs, EncodeFn
-from smartedit.diffusion.families import sd_inpaint, sd_latent_blend
+from smartedit.diffusion.families import sd_inpaint, sd_latent_blend, sdxl_inpaint, sdxl_latent_blend
 from smartedit.diffusion.prompts import PromptEncoding
 from smartedit.diffusion.recognize import KNOWN
 from smartedit.diffusion.spec import PipelineInfo
 from smartedit.edit.parameters import EditParameters, FamilyParameters
 
-FAMILIES: dict[str, ModuleType] = {module.FAMILY.name: module for module in (sd_inpaint, sd_latent_blend)}
+FAMILIES: dict[str, ModuleType] = {module.FAMILY.name: module for module in (sd_inpaint, sd_latent_blend, sdxl_inpaint,
+                                                                             sdxl_latent_blend)}
 assert set(FAMILIES) == {family.name for family in KNOWN}, "every family recognized has its module, and only those"
 
 

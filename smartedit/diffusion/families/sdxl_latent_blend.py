@@ -1,0 +1,34 @@
+"""Any Stable Diffusion XL checkpoint with a 4-channel UNet (SDXL base and its fine-tunes), inpainting by
+latent blending exactly as diffusers' ``StableDiffusionXLInpaintPipeline`` does with such a UNet: the SD
+latent-blending start and keeping (``sd_latent_blend``), with SDXL's UNet inputs (``sdxl_conditioning``)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from smartedit.diffusion.denoise import DenoiseState, EditInputs, EncodeFn
+from smartedit.diffusion.families import sd_latent_blend, sdxl_conditioning
+from smartedit.diffusion.prompts import SDXL_PROMPTS
+from smartedit.diffusion.recognize import SDXL_LATENT_BLEND
+from smartedit.diffusion.spec import SDXL_COMPONENTS, SDXL_WEIGHTS, PipelineInfo
+from smartedit.edit.parameters import EditParameters
+
+FAMILY = SDXL_LATENT_BLEND
+# The models it serves besides the steps (their ONNX graphs: smartedit.export.onnx_export.GRAPHS), and the
+# pipeline's modules whose weights they hold (what provenance hashes).
+COMPONENTS = SDXL_COMPONENTS
+WEIGHTS = SDXL_WEIGHTS
+PROMPTS = SDXL_PROMPTS
+# diffusers' SDXL inpainting pipeline's default, whatever the UNet.
+DEFAULTS: dict = {"strength": 0.9999}
+OWN_PARAMETERS: tuple[str, ...] = ()
+
+encodes_init_image = sd_latent_blend.encodes_init_image
+
+
+def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters, inputs: EditInputs,
+          encode_init_image: EncodeFn) -> DenoiseState:
+    """Stages 4-9 of diffusers' SDXL ``__call__`` with a 4-channel UNet."""
+    state = sd_latent_blend.start(info, scheduler_config, params, inputs, encode_init_image)
+    state.row_inputs = sdxl_conditioning.row_inputs(info, params, inputs, state.rows)
+    return state

@@ -1,0 +1,194 @@
+"""The SDXL families through the real server: the tiny SDXL inpainting model (9-channel UNet, pipeline
+``sdxl``, the first) and a tiny SDXL base (4-channel, served by latent blending, ``sdxl_base``) exported into
+one repository, against diffusers' ``StableDiffusionXLInpaintPipeline`` on the same weights."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import png_bytes, scene, serving
+from reference import diffusers_inpaint, psnr
+from smartedit.edit.masks import shape_mask
+from test_serving import _documented_region, _edited_in_place, _photo
+
+pytestmark = pytest.mark.functional
+
+EDIT = dict(prompt="a red chair", num_inference_steps=5, guidance_scale=7.5, seed=1234)
+
+
+@pytest.fixture(scope="module")
+def sdxl_server(tiny_sdxl_pipeline, tiny_sdxl_base_pipeline, tmp_path_factory):
+    from smartedit.export.repository import PipelineSource, build_pipelines_repository
+
+    out = tmp_path_factory.mktemp("sdxl") / "model_repository"
+    build_pipelines_repository([PipelineSource("sdxl", tiny_sdxl_pipeline, "tiny SDXL inpainting"),
+                                PipelineSource("sdxl_base", tiny_sdxl_base_pipeline, "tiny SDXL base")], out)
+    with serving(out, out.parent / "tritonserver.log") as running:
+        yield running
+
+
+@pytest.fixture
+def sdxl_client(sdxl_server):
+    from smartedit_client import InpaintClient
+
+    with InpaintClient(sdxl_server.address.grpc, timeout_s=120) as client:
+        yield client
+
+
+def _served_and_reference(client, pipeline, name, image, mask, *, negative_prompt, **edit):
+    """The served edit (an empty negative prompt stands for none) and diffusers' on the same photo."""
+    served = client.inpaint(image=image, mask_image=mask, pipeline=name, negative_prompt=negative_prompt or "",
+                            **edit)
+    reference = diffusers_inpaint(pipeline, image, mask, negative_prompt=negative_prompt, **edit)
+    return np.asarray(served.image), reference
+
+
+def test_the_server_says_which_family_serves_each_pipeline_and_its_defaults(sdxl_client):
+    info = sdxl_client.server_info()
+    assert list(info.pipelines) == ["sdxl", "sdxl_base"]
+    assert (info.family, info.model) == ("sdxl-inpaint", "tiny SDXL inpainting")
+    assert info.parameters["strength"].default == 0.9999  # diffusers' SDXL inpainting default, not SD's 1.0
+    base = sdxl_client.server_info(pipeline="sdxl_base")
+    assert (base.family, base.parameters["strength"].default) == ("sdxl-latent-blend", 0.9999)
+
+
+@pytest.mark.parametrize("negative_prompt", ["blurry, ugly", None], ids=["negative", "force-zeros"])
+@pytest.mark.parametrize("strength", [0.99, 0.7])
+@pytest.mark.parametrize("scheduler", ["euler", "ddim"])
+def test_a_whole_photo_edit_matches_diffusers(sdxl_client, tiny_sdxl_pipeline, scheduler, strength, negative_prompt):
+    image, mask = scene(64, 48, seed=4)
+    served, reference = _served_and_reference(sdxl_client, tiny_sdxl_pipeline, "sdxl", image, mask,
+                                               negative_prompt=negative_prompt, scheduler=scheduler,
+                                               strength=strength, **EDIT)
+    inside = np.asarray(mask) >= 128
+    assert psnr(served[inside], reference[inside]) >= 40
+    assert np.array_equal(served[~inside], np.asarray(image)[~inside])  # outside the mask: as sent
+
+
+def test_the_negative_prompt_and_its_absence_are_different_edits(sdxl_client):
+    """Else the parity above could not tell the force-zeros path from an encoded empty prompt."""
+    image, mask = scene(64, 48, seed=4)
+    pngs = {negative: sdxl_client.inpaint(image=image, mask_image=mask, pipeline="sdxl", negative_prompt=negative,
+                                          scheduler="euler", **EDIT).png for negative in ("", "blurry, ugly")}
+    assert pngs[""] != pngs["blurry, ugly"]
+
+
+def test_the_default_strength_is_diffusers_sdxl_default(sdxl_client, tiny_sdxl_pipeline):
+    image, mask = scene(48, 64, seed=7)
+    served = sdxl_client.inpaint(image=image, mask_image=mask, pipeline="sdxl", scheduler="euler", **EDIT)
+    assert served.parameters["parameters"]["strength"] == pytest.approx(0.9999)
+    reference = tiny_sdxl_pipeline.from_pipe(tiny_sdxl_pipeline)  # euler is the tiny model's own sampler
+    from diffusers import EulerDiscreteScheduler
+    import torch
+
+    reference.scheduler = EulerDiscreteScheduler.from_config(tiny_sdxl_pipeline.scheduler.config)
+    expected = np.asarray(reference(image=image, mask_image=mask, height=64, width=48,
+                                    generator=torch.Generator().manual_seed(EDIT["seed"]),
+                                    **{k: v for k, v in EDIT.items() if k != "seed"}).images[0])
+    inside = np.asarray(mask) >= 128
+    assert psnr(np.asarray(served.image)[inside], expected[inside]) >= 40
+
+
+@pytest.mark.parametrize("negative_prompt", ["blurry", None], ids=["negative", "force-zeros"])
+def test_a_crop_around_the_mask_matches_diffusers_on_that_crop(sdxl_client, tiny_sdxl_pipeline, negative_prompt):
+    """The crop's own size ids: diffusers is given the crop at its working size, and makes the ids of it."""
+    pipeline = tiny_sdxl_pipeline
+    image, mask = _photo(2400, 1600, (1100, 700, 1220, 790))
+    result = sdxl_client.inpaint(image=image, mask_image=mask, pipeline="sdxl", scheduler="euler", crop_padding=32,
+                                 negative_prompt=negative_prompt or "", strength=0.99, **EDIT)
+    served, original = np.asarray(result.image), np.asarray(image)
+    inside = np.asarray(mask) >= 128
+    assert result.image.size == image.size and np.array_equal(served[~inside], original[~inside])
+    factor = pipeline.vae_scale_factor
+    box, (width, height) = _documented_region(inside, 32, pipeline.unet.config.sample_size * factor, factor)
+    assert (width, height) != image.size  # a crop, at a size of its own
+    crop = [part.crop(box).resize((width, height), resample=Image.LANCZOS) for part in (image, mask)]
+    generated = diffusers_inpaint(pipeline, *crop, scheduler="euler", negative_prompt=negative_prompt, strength=0.99,
+                                  **EDIT)
+    reference = _edited_in_place(generated, original, inside, box)
+    assert psnr(served[inside], reference[inside]) >= 40
+
+
+@pytest.mark.parametrize("scheduler, strength", [("euler", 0.99), ("ddim", 0.7)])
+def test_a_4_channel_sdxl_checkpoint_is_served_by_latent_blending_as_diffusers_does(sdxl_client,
+                                                                                  tiny_sdxl_base_pipeline,
+                                                                                  scheduler, strength):
+    image, mask = scene(64, 48, seed=9)
+    served, reference = _served_and_reference(sdxl_client, tiny_sdxl_base_pipeline, "sdxl_base", image, mask,
+                                               negative_prompt=None, scheduler=scheduler, strength=strength, **EDIT)
+    inside = np.asarray(mask) >= 128
+    assert psnr(served[inside], reference[inside]) >= 40
+    assert np.array_equal(served[~inside], np.asarray(image)[~inside])
+
+
+# (pipeline, width, height, sampler, steps, seed): sizes, samplers, step counts and both SDXL families mixed.
+BATCHED_EDITS = [("sdxl", 64, 48, "euler", 4, 1), ("sdxl", 48, 64, "ddim", 6, 2), ("sdxl", 64, 64, "dpmpp_2m", 5, 3),
+                 ("sdxl_base", 64, 48, "euler", 5, 4), ("sdxl", 80, 48, "euler_ancestral", 3, 5),
+                 ("sdxl_base", 48, 48, "ddim", 4, 6)]
+
+
+def _batched_edit(client, pipeline, width, height, sampler, steps, seed) -> bytes:
+    image, mask = scene(width, height, seed=seed)
+    return client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), pipeline=pipeline, prompt=f"edit {seed}",
+                          scheduler=sampler, num_inference_steps=steps, seed=seed).png
+
+
+def test_sdxl_edits_sent_together_equal_the_same_edits_sent_alone(sdxl_client):
+    with ThreadPoolExecutor(len(BATCHED_EDITS)) as pool:
+        together = list(pool.map(lambda edit: _batched_edit(sdxl_client, *edit), BATCHED_EDITS))
+    for edit, png in zip(BATCHED_EDITS, together):
+        assert png == _batched_edit(sdxl_client, *edit), f"{edit}: differs from the same edit sent alone"
+
+
+def test_remove_replace_background_and_variations_work_on_sdxl(sdxl_client):
+    image, mask = scene(64, 48, seed=10)
+    original, subject = np.asarray(image), np.asarray(mask) >= 128
+    removed = sdxl_client.inpaint(image=image, mask_image=mask, pipeline="sdxl", task="remove", prompt="",
+                                  num_inference_steps=4, seed=5)
+    grown = shape_mask(subject, invert=False, grow_by=8 + 8)  # the task's mask_grow, and its feather beyond
+    served = np.asarray(removed.image)
+    assert removed.parameters["parameters"]["task"] == "remove"
+    assert np.array_equal(served[~grown], original[~grown]) and not np.array_equal(served[subject], original[subject])
+    replaced = sdxl_client.inpaint(image=image, mask_image=mask, pipeline="sdxl", task="replace_background",
+                                   prompt="a beach", num_inference_steps=4, seed=3)
+    eroded = shape_mask(subject, invert=False, grow_by=-8)  # the subject, inside the default feather
+    served = np.asarray(replaced.image)
+    assert np.array_equal(served[eroded], original[eroded])  # the subject kept byte-exact
+    assert (np.abs(served.astype(int) - original.astype(int)).sum(axis=-1) > 0)[~subject].mean() > 0.9
+    variations = sdxl_client.inpaint(image=image, mask_image=mask, pipeline="sdxl", num_images=2, **EDIT)
+    assert len({edited.png for edited in variations.images}) == 2
+    second = variations.images[1]
+    assert second.png == sdxl_client.inpaint(image=image, mask_image=mask, pipeline="sdxl",
+                                             **dict(EDIT, seed=second.seed_used)).png
+
+
+def test_streaming_previews_and_replay_work_on_sdxl(sdxl_client, sdxl_server, tmp_path):
+    from smartedit_client import PreviewEvent
+
+    image, mask = scene(64, 64, seed=11)
+    with sdxl_client.inpaint_stream(image=image, mask_image=mask, pipeline="sdxl", preview_every=2,
+                                    **EDIT) as stream:
+        events = list(stream)
+    previews = [event for event in events if isinstance(event, PreviewEvent)]
+    # At the default strength 0.9999, 5 steps run int(5 x 0.9999) = 4, as in diffusers.
+    assert [(event.step, event.total_steps) for event in previews] == [(2, 4), (4, 4)]
+    assert all(event.image.size == (8, 8) for event in previews)  # the latents' size: 64 px / 8
+    unary = sdxl_client.inpaint(image=image, mask_image=mask, pipeline="sdxl", **EDIT)
+    assert stream.result.png == unary.png
+    assert unary.parameters["model"] == "tiny SDXL inpainting"
+    assert sdxl_client.replay(unary.png, image=image, mask_image=mask).png == unary.png
+    (tmp_path / "in.png").write_bytes(png_bytes(image))
+    (tmp_path / "mask.png").write_bytes(png_bytes(mask))
+    (tmp_path / "edit.png").write_bytes(unary.png)
+    replayed = subprocess.run([sys.executable, "-m", "smartedit_client.cli", "--url", sdxl_server.address.grpc,
+                               "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+                               "--replay", str(tmp_path / "edit.png"), "--out", str(tmp_path / "again.png")],
+                              capture_output=True, text=True, timeout=120)
+    assert replayed.returncode == 0, replayed.stderr
+    assert (tmp_path / "again.png").read_bytes() == unary.png
