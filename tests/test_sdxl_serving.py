@@ -192,3 +192,54 @@ def test_streaming_previews_and_replay_work_on_sdxl(sdxl_client, sdxl_server, tm
                               capture_output=True, text=True, timeout=120)
     assert replayed.returncode == 0, replayed.stderr
     assert (tmp_path / "again.png").read_bytes() == unary.png
+
+
+def test_the_gateway_serves_sdxl_edits_and_describes_the_pipeline(sdxl_server, sdxl_client, tmp_path):
+    import base64
+    import json
+    import urllib.request
+
+    from test_gateway import _post_json, gateway
+
+    image, mask = scene(64, 48, seed=6)
+    body = {"image": base64.b64encode(png_bytes(image)).decode(), "mask_image": base64.b64encode(png_bytes(mask)).decode(),
+            "prompt": "g", "seed": 8, "num_inference_steps": 4}
+    expected = {name: sdxl_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="g", seed=8,
+                                          num_inference_steps=4, pipeline=name).png for name in ("sdxl", "sdxl_base")}
+    with gateway(sdxl_server.address.grpc, tmp_path / "gateway.log") as url:
+        for name, png in expected.items():
+            status, _, answer = _post_json(url + "/edit/inpaint", dict(body, pipeline=name))
+            assert status == 200 and answer == png, answer[:200]
+        with urllib.request.urlopen(url + "/info?pipeline=sdxl", timeout=30) as response:
+            info = json.load(response)
+    assert (info["pipeline"], info["family"]) == ("sdxl", "sdxl-inpaint")
+    assert info["parameters"]["strength"]["default"] == 0.9999
+
+
+@pytest.mark.browser
+def test_the_editor_runs_an_sdxl_edit_with_its_defaults(sdxl_server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    from test_editor import _download, _open, _paint, _record_progress, _rgb, _run_to_result, _screenshot, \
+        _sent_mask, offline_page
+    from test_gateway import gateway
+
+    photo = tmp_path / "photo.png"
+    scene(256, 192, seed=3)[0].save(photo)
+    with gateway(sdxl_server.address.grpc, tmp_path / "gateway.log") as url, offline_page(browser, url) as page:
+        _open(page, url, photo)
+        assert page.locator("#pipeline option").all_inner_texts() == ["sdxl (sdxl-inpaint)",
+                                                                      "sdxl_base (sdxl-latent-blend)"]
+        assert "tiny SDXL inpainting" in page.inner_text("#server")
+        _paint(page, (0.2, 0.3), (0.6, 0.5))
+        _record_progress(page)
+        _run_to_result(page, prompt="a kite", num_inference_steps=5, seed=12, preview_every=1)
+        # SDXL's default strength, as the server applies it: int(5 x 0.9999) = 4 steps run.
+        assert "step 4 of 4 — strength 0.9999 of 5 steps" in page.evaluate("window.progressSeen")
+        expect(page.locator("#history li")).to_have_count(1)
+        _screenshot(page, "editor-sdxl.png")
+        mask = _sent_mask(page)
+        _, edited = _download(page, tmp_path / "edited.png")
+    original = _rgb(photo.read_bytes())
+    assert mask.any() and np.array_equal(_rgb(edited)[~mask], original[~mask])
+    assert not np.array_equal(_rgb(edited)[mask], original[mask])

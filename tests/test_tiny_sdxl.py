@@ -67,3 +67,18 @@ def test_the_four_channel_variant_is_an_sdxl_base_pipeline(tmp_path):
 
     pipeline = StableDiffusionXLPipeline.from_pretrained(write_tiny_sdxl(tmp_path / "base", text_to_image=True))
     assert pipeline.unet.config.in_channels == 4
+
+
+def test_the_embedded_folders_stamps_tell_the_sd_and_sdxl_tiny_models_apart(tiny_sdxl_dir, tiny_model_dir):
+    from smartedit.export.tiny_model import is_current_tiny_pipeline
+    from smartedit.export.tiny_sdxl import is_current_tiny_sdxl
+
+    assert is_current_tiny_sdxl(tiny_sdxl_dir) and not is_current_tiny_pipeline(tiny_sdxl_dir)
+    assert is_current_tiny_pipeline(tiny_model_dir) and not is_current_tiny_sdxl(tiny_model_dir)
+
+
+def test_tiny_sdxl_is_chosen_only_when_no_model_is_given(tiny_model_dir):
+    from smartedit.cli.exporting import pipeline_arguments
+
+    with pytest.raises(ValueError, match="--tiny sdxl chooses the embedded model served when no --model is given"):
+        pipeline_arguments([str(tiny_model_dir)], "sdxl")

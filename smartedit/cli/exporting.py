@@ -19,10 +19,20 @@ DEFAULT_LATENCY_TABLE = SHIPPED_LATENCY_TABLE  # --profile simulated
 
 
 TINY_PIPELINE_NAME = "tiny"  # the embedded default's pipeline name
+DEFAULT_TINY_SDXL = BUILD / "tiny-sdxl"  # `--tiny sdxl`, `smartedit tiny-model --sdxl`
+TINY_SDXL_PIPELINE_NAME = "tiny-sdxl"
+TINY_FAMILIES = ("sd", "sdxl")  # --tiny: the embedded models, one per family shape
 
 
-def _tiny_model_source() -> str:
-    """The embedded tiny model (built on first use)."""
+def _tiny_model_source(tiny: str = "sd") -> str:
+    """The embedded tiny model of ``tiny``'s shape (built on first use)."""
+    if tiny == "sdxl":
+        from smartedit.export.tiny_sdxl import is_current_tiny_sdxl, write_tiny_sdxl
+
+        if not is_current_tiny_sdxl(DEFAULT_TINY_SDXL):
+            log.info("--tiny sdxl: building the embedded tiny SDXL model at %s", DEFAULT_TINY_SDXL)
+            write_tiny_sdxl(DEFAULT_TINY_SDXL)
+        return str(DEFAULT_TINY_SDXL)
     from smartedit.export.tiny_model import is_current_tiny_pipeline, write_tiny_pipeline
 
     if not is_current_tiny_pipeline(DEFAULT_TINY_MODEL):
@@ -31,17 +41,22 @@ def _tiny_model_source() -> str:
     return str(DEFAULT_TINY_MODEL)
 
 
-def pipeline_arguments(models: list[str] | None) -> list[tuple[str, str, str]]:
+def pipeline_arguments(models: list[str] | None, tiny: str | None = None) -> list[tuple[str, str, str]]:
     """(pipeline name, model source, provenance name) per ``--model [NAME=]PATH``; without any, the
-    embedded tiny model as pipeline ``tiny``.
+    embedded tiny model (``tiny``: "sd", pipeline ``tiny``, or "sdxl", pipeline ``tiny-sdxl``).
 
     Raises:
-        ValueError: a name that cannot be a pipeline's, or a name given twice (naming the argument).
+        ValueError: a name that cannot be a pipeline's, or a name given twice (naming the argument); ``tiny``
+            with a ``--model``.
     """
     from smartedit.serving.pipelines import pipeline_names
     from smartedit_client._contract import PIPELINE_NAME
 
     models = [model for model in models or () if model]  # the chart passes `--model=` for the default
+    if tiny is not None and models:
+        raise ValueError(f"--tiny {tiny} chooses the embedded model served when no --model is given; drop one")
+    if tiny == "sdxl":
+        return [(TINY_SDXL_PIPELINE_NAME, _tiny_model_source("sdxl"), "smartedit-tiny-sdxl (embedded)")]
     if not models:
         return [(TINY_PIPELINE_NAME, _tiny_model_source(), "smartedit-tiny (embedded default)")]
     found = []
@@ -73,7 +88,7 @@ def export_repository(args, out: Path) -> Path:
                 raise ValueError("--profile simulated takes no --model: its shapes and timings come from "
                                  "--latency-table")
             return build_simulated_repository(Path(args.latency_table), out, options)
-        wanted = pipeline_arguments(args.model)
+        wanted = pipeline_arguments(args.model, getattr(args, "tiny", None))
     except ValueError as error:
         raise SystemExit(f"smartedit: {error}") from None
     sources = []

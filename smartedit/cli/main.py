@@ -18,9 +18,8 @@ import warnings
 from pathlib import Path
 from typing import NoReturn
 
-from smartedit.cli.exporting import (DEFAULT_LATENCY_TABLE, DEFAULT_REPOSITORY, DEFAULT_TINY_MODEL,
-                                     DEFAULT_TINY_TEXT_TO_IMAGE, export_repository,
-                                     server_address)
+from smartedit.cli.exporting import (DEFAULT_LATENCY_TABLE, DEFAULT_REPOSITORY, DEFAULT_TINY_MODEL, DEFAULT_TINY_SDXL,
+                                     DEFAULT_TINY_TEXT_TO_IMAGE, TINY_FAMILIES, export_repository, server_address)
 from smartedit.ops.server import (ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER, LOOPBACK, ServerFailed, TlsFiles,
                                   TritonServer, default_work_dir, is_remote, restriction_args, server_dir)
 
@@ -29,6 +28,12 @@ log = logging.getLogger("smartedit")
 def cmd_tiny_model(args) -> int:
     from smartedit.export.tiny_model import write_tiny_pipeline
 
+    if args.sdxl:
+        from smartedit.export.tiny_sdxl import write_tiny_sdxl
+
+        out = args.out or (DEFAULT_TINY_SDXL.with_name("tiny-sdxl-base") if args.text_to_image else DEFAULT_TINY_SDXL)
+        print(write_tiny_sdxl(Path(out), seed=args.seed, text_to_image=args.text_to_image))
+        return 0
     out = args.out or (DEFAULT_TINY_TEXT_TO_IMAGE if args.text_to_image else DEFAULT_TINY_MODEL)
     print(write_tiny_pipeline(Path(out), seed=args.seed, text_to_image=args.text_to_image))
     return 0
@@ -197,6 +202,10 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="diffusers SD folder or hub id, inpainting or text-to-image, served as pipeline NAME (a bare "
                         "PATH: named after its folder); repeat it to serve several pipelines, the first also as the "
                         "plain `inpaint` (default: the embedded tiny model, pipeline `tiny`)")
+    p.add_argument("--tiny", choices=TINY_FAMILIES, default=None,
+                   help="with no --model, the embedded tiny model to serve: sd (SD-shaped, 9-channel, pipeline `tiny`; "
+                        "the default) or sdxl (SDXL-shaped: two text encoders, pooled and size conditioning, pipeline "
+                        "`tiny-sdxl`)")
     p.add_argument("--sam-model", default=None,
                    help="Segment Anything checkpoint for click-to-mask, a folder or hub id such as "
                         "facebook/sam-vit-base (default: an embedded tiny SAM)")
@@ -233,7 +242,10 @@ def parser() -> argparse.ArgumentParser:
                                     "(the embedded default's folder is rebuilt when it holds anything else)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--text-to-image", action="store_true",
-                      help="a text-to-image SD folder (4-channel UNet) instead: the sd-latent-blend family")
+                      help="a text-to-image folder (4-channel UNet) instead: the sd-latent-blend family (with --sdxl, "
+                           "sdxl-latent-blend)")
+    tiny.add_argument("--sdxl", action="store_true",
+                      help=f"the tiny SDXL model instead (default --out {DEFAULT_TINY_SDXL}): the sdxl-inpaint family")
     tiny.set_defaults(func=cmd_tiny_model)
 
     export = sub.add_parser("export", help="export a pipeline into a Triton model repository")

@@ -141,7 +141,8 @@ def is_current_tiny_pipeline(folder: Path) -> bool:
     """Whether ``folder`` holds the tiny pipeline this version of SmartEdit builds."""
     try:
         stamp = json.loads((Path(folder) / _STAMP).read_text())
-        return stamp.get("version") == TINY_MODEL_VERSION and not stamp.get("text_to_image", False)
+        return (stamp.get("version") == TINY_MODEL_VERSION and not stamp.get("text_to_image", False)
+                and stamp.get("family", "sd") == "sd")
     except (OSError, ValueError):
         return False
 

@@ -17,6 +17,7 @@ the serving path must get right, at toy widths, after diffusers' own fast SDXL i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from smartedit.export.tiny_model import stable_diffusion_scheduler, tiny_text_config, tiny_vae, write_tokenizer
@@ -25,6 +26,20 @@ from smartedit.export.tiny_model import stable_diffusion_scheduler, tiny_text_co
 FIRST_ENCODER_WIDTH, SECOND_ENCODER_WIDTH, POOLED_WIDTH = 32, 48, 32
 TIME_EMBED_WIDTH = 8
 TIME_IDS = 6  # original (h, w), crop top-left (y, x), target (h, w)
+
+# Raised whenever build_tiny_sdxl changes what it builds, so that an older embedded folder is rebuilt.
+TINY_SDXL_VERSION = 1
+_STAMP = "smartedit-tiny-model.json"  # the tiny SD model's stamp file, with "family": "sdxl"
+
+
+def is_current_tiny_sdxl(folder: Path) -> bool:
+    """Whether ``folder`` holds the tiny SDXL inpainting pipeline this version of SmartEdit builds."""
+    try:
+        stamp = json.loads((Path(folder) / _STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return (stamp.get("family") == "sdxl" and stamp.get("version") == TINY_SDXL_VERSION
+            and not stamp.get("text_to_image", False))
 
 
 def build_tiny_sdxl(seed: int = 0, text_to_image: bool = False):
@@ -80,4 +95,6 @@ def write_tiny_sdxl(folder: Path, seed: int = 0, text_to_image: bool = False) ->
     else:  # as stable-diffusion-xl-1.0-inpainting-0.1's model_index.json
         pipeline = StableDiffusionXLInpaintPipeline(**parts, requires_aesthetics_score=False)
     pipeline.save_pretrained(folder)
+    (folder / _STAMP).write_text(json.dumps({"family": "sdxl", "version": TINY_SDXL_VERSION, "seed": seed,
+                                             "text_to_image": text_to_image}))
     return folder
