@@ -59,3 +59,53 @@ def test_fp16_export_keeps_fp32_io_and_matches(tiny_pipeline, tmp_path):
         assert model.graph.input[0].type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64)
         spec = next(s for s in COMPONENTS if s.name == name)
         verify.verify(tiny_pipeline, spec, path, info, "fp16")
+
+
+def _initializer_types(path) -> set[int]:
+    import onnx
+
+    return {tensor.data_type for tensor in onnx.load(str(path), load_external_data=False).graph.initializer}
+
+
+def test_sdxl_s_vae_stays_fp32_on_the_fp16_profiles_unless_its_config_says_it_is_fp16_safe(tiny_sdxl_dir, tmp_path):
+    """diffusers upcasts SDXL's VAE when its config says force_upcast (SDXL's VAE overflows in FP16); the
+    export keeps it FP32 then, and `--vae` with an FP16-safe VAE (force_upcast false) makes it FP16."""
+    import json
+    import subprocess
+    import sys
+
+    import onnx
+
+    from smartedit.export.pipeline_loader import load_pipeline
+
+    safe_vae = tmp_path / "fp16-safe-vae"
+    vae = load_pipeline(tiny_sdxl_dir).vae
+    vae.register_to_config(force_upcast=False)
+    vae.save_pretrained(safe_vae)
+    assert json.loads((safe_vae / "config.json").read_text())["force_upcast"] is False
+    fp16 = onnx.TensorProto.FLOAT16
+    for vae_arguments, vae_in_fp16 in (([], False), (["--vae", str(safe_vae)], True)):
+        out = tmp_path / f"repository-{vae_in_fp16}"
+        result = subprocess.run([sys.executable, "-m", "smartedit", "export", "--model", f"xl={tiny_sdxl_dir}",
+                                 *vae_arguments, "--profile", "onnx-gpu", "--precision", "fp16", "--no-verify",
+                                 "--no-segmentation", "--out", str(out)], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert fp16 in _initializer_types(out / "unet" / "1" / "model.onnx")
+        assert fp16 in _initializer_types(out / "text_encoder" / "1" / "model.onnx")
+        for name in ("vae_encoder", "vae_decoder"):
+            assert (fp16 in _initializer_types(out / name / "1" / "model.onnx")) == vae_in_fp16, (vae_arguments, name)
+    provenance = json.loads((tmp_path / "repository-True" / "postprocess" / "1" / "provenance.json").read_text())
+    assert provenance["model"] == f"{tiny_sdxl_dir.name} + VAE fp16-safe-vae"
+
+
+def test_a_vae_of_another_latent_space_is_refused_naming_both(tiny_sdxl_dir, tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "smartedit", "export", "--model", str(tiny_sdxl_dir), "--vae",
+                             str(tiny_model_dir), "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "its latents (4 channels at 1/8 scale, scaling factor 0.18215) are not the pipeline's (4 channels at 1/8 " \
+           "scale, scaling factor 0.13025)" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

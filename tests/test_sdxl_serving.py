@@ -202,8 +202,8 @@ def test_the_gateway_serves_sdxl_edits_and_describes_the_pipeline(sdxl_server, s
     from test_gateway import _post_json, gateway
 
     image, mask = scene(64, 48, seed=6)
-    body = {"image": base64.b64encode(png_bytes(image)).decode(), "mask_image": base64.b64encode(png_bytes(mask)).decode(),
-            "prompt": "g", "seed": 8, "num_inference_steps": 4}
+    body = {"image": base64.b64encode(png_bytes(image)).decode(),
+            "mask_image": base64.b64encode(png_bytes(mask)).decode(), "prompt": "g", "seed": 8, "num_inference_steps": 4}
     expected = {name: sdxl_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), prompt="g", seed=8,
                                           num_inference_steps=4, pipeline=name).png for name in ("sdxl", "sdxl_base")}
     with gateway(sdxl_server.address.grpc, tmp_path / "gateway.log") as url:

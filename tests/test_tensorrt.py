@@ -50,6 +50,10 @@ def test_trtexec_command(tmp_path):
     assert "--fp16" in command
     assert "--optShapes=sample:2x9x64x96,timestep:2,encoder_hidden_states:2x77x768" in command
     assert "--memPoolSize=workspace:4096M" in command
+    # SDXL's VAE is built FP32 (it overflows in FP16)
+    vae = tensorrt.trtexec_command("trtexec", tmp_path / "v.onnx", tmp_path / "v.plan",
+                                   tensorrt.input_profiles(COMPONENTS[3], INFO, PROFILE), 4096, fp16=False)
+    assert "--fp16" not in vae and "--saveEngine=" + str(tmp_path / "v.plan") in vae
 
 
 @pytest.mark.skipif(tensorrt.tensorrt_available(), reason="TensorRT is installed here")

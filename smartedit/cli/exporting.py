@@ -73,9 +73,29 @@ def pipeline_arguments(models: list[str] | None, tiny: str | None = None) -> lis
     return found
 
 
+def vae_arguments(vaes: list[str] | None, pipelines: list[str]) -> dict[str, str]:
+    """Pipeline name -> VAE source per ``--vae [NAME=]PATH``; a bare PATH is the one pipeline's.
+
+    Raises:
+        ValueError: a bare PATH with several pipelines, a NAME no ``--model`` gives, or a pipeline given two.
+    """
+    found: dict[str, str] = {}
+    for argument in vaes or ():
+        name, separator, source = argument.partition("=")
+        if not separator or name not in pipelines:
+            if len(pipelines) != 1:
+                raise ValueError(f"--vae {argument!r}: which pipeline's? Give --vae NAME=PATH with NAME one of "
+                                 f"{', '.join(pipelines)}")
+            name, source = pipelines[0], argument
+        if name in found:
+            raise ValueError(f"--vae: pipeline {name!r} is given two VAEs")
+        found[name] = source
+    return found
+
+
 def export_repository(args, out: Path) -> Path:
     """Export every ``args.model`` (or the embedded default) into a model repository at ``out``."""
-    from smartedit.export.pipeline_loader import UnsupportedModel, load_pipeline
+    from smartedit.export.pipeline_loader import UnsupportedModel, load_pipeline, replace_vae
     from smartedit.export.repository import PipelineSource, build_pipelines_repository
     from smartedit.serving.triton_config import SIMULATED
 
@@ -89,15 +109,24 @@ def export_repository(args, out: Path) -> Path:
                                  "--latency-table")
             return build_simulated_repository(Path(args.latency_table), out, options)
         wanted = pipeline_arguments(args.model, getattr(args, "tiny", None))
+        vaes = vae_arguments(getattr(args, "vae", None), [name for name, _, _ in wanted])
     except ValueError as error:
         raise SystemExit(f"smartedit: {error}") from None
     sources = []
     for name, source, model_name in wanted:
         log.info("loading %s (pipeline %r)", source, name)
         try:
-            sources.append(PipelineSource(name, load_pipeline(source), model_name))
+            pipeline = load_pipeline(source)
         except UnsupportedModel as error:
             raise SystemExit(f"smartedit: --model {error}") from None
+        if name in vaes:
+            log.info("pipeline %r: the VAE from %s", name, vaes[name])
+            try:
+                replace_vae(pipeline, vaes[name])
+            except UnsupportedModel as error:
+                raise SystemExit(f"smartedit: --vae {error}") from None
+            model_name = f"{model_name} + VAE {_model_name(vaes[name])}"
+        sources.append(PipelineSource(name, pipeline, model_name))
     return build_pipelines_repository(sources, out, options,
                                       onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
 

@@ -206,6 +206,11 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="with no --model, the embedded tiny model to serve: sd (SD-shaped, 9-channel, pipeline `tiny`; "
                         "the default) or sdxl (SDXL-shaped: two text encoders, pooled and size conditioning, pipeline "
                         "`tiny-sdxl`)")
+    p.add_argument("--vae", action="append", default=None, metavar="[NAME=]PATH",
+                   help="serve pipeline NAME with this VAE instead of its own (a diffusers VAE folder, a pipeline "
+                        "folder's vae/, or a hub id), e.g. an FP16-safe SDXL VAE (madebyollin/sdxl-vae-fp16-fix), "
+                        "which the FP16 profiles then run in FP16; a bare PATH with one pipeline is its (default: "
+                        "the pipeline's own; SDXL's stays FP32 on the FP16 profiles)")
     p.add_argument("--sam-model", default=None,
                    help="Segment Anything checkpoint for click-to-mask, a folder or hub id such as "
                         "facebook/sam-vit-base (default: an embedded tiny SAM)")

@@ -95,3 +95,32 @@ def load_pipeline(source: str | Path):
                                f"{_first_line(error)}") from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def replace_vae(pipeline, source: str | Path) -> None:
+    """Give ``pipeline`` the VAE at ``source`` (a VAE folder or hub id, or a pipeline folder's ``vae/``): an
+    FP16-safe SDXL VAE, say, whose config says ``force_upcast: false``.
+
+    Raises:
+        UnsupportedModel: it cannot be loaded as a VAE, or its latents are not the pipeline's (channels, or
+            the scale between pixels and latents).
+    """
+    import torch
+    from diffusers import AutoencoderKL
+
+    source = str(source)
+    subfolder = "vae" if (Path(source) / "model_index.json").is_file() else None
+    try:
+        vae = AutoencoderKL.from_pretrained(source, subfolder=subfolder, torch_dtype=torch.float32)
+    except (OSError, ValueError, TypeError) as error:
+        raise UnsupportedModel(f"{source}: could not load it as a diffusers VAE (AutoencoderKL): "
+                               f"{_first_line(error)}") from None
+    own, new = pipeline.vae.config, vae.config
+    def latents(config) -> str:
+        return (f"{config.latent_channels} channels at 1/{2 ** (len(config.block_out_channels) - 1)} scale, scaling "
+                f"factor {config.scaling_factor}")
+
+    # Another latent space (SD's VAE for SDXL, 0.18215 against 0.13025) would decode the UNet's latents wrong.
+    if latents(new) != latents(own):
+        raise UnsupportedModel(f"{source}: its latents ({latents(new)}) are not the pipeline's ({latents(own)})")
+    pipeline.register_modules(vae=vae.eval())

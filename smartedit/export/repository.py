@@ -36,7 +36,7 @@ from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance, weights_d
 from smartedit.serving.settings import (
     BATCHED, ENGINES, PER_REQUEST, PIPELINE_PARAMETER, EngineSettings, PreprocessSettings,
 )
-from smartedit.diffusion.families import components_of, prompts_of, weights_of
+from smartedit.diffusion.families import components_of, fp32_components, prompts_of, weights_of
 from smartedit.diffusion.spec import UNET, PipelineInfo
 from smartedit.serving.triton_config import (
     ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, SIMULATED, TENSORRT, BatchingSettings, component_config, parse_pbtxt,
@@ -132,9 +132,16 @@ def _write(path: Path, text: str) -> None:
 def _write_components(pipeline, info: PipelineInfo, out: Path, options: RepositoryOptions, onnx_dir: Path,
                       names: PipelineNames) -> None:
     # TensorRT engines are built in FP16 from FP32 graphs; the ONNX profiles serve the graph itself.
-    precision = onnx_export.FP32_PRECISION if options.profile == TENSORRT else options.precision
     graphs_dir = onnx_dir if options.profile == TENSORRT else out
+    # What stays FP32 on the FP16 profiles: SDXL's VAE, which overflows in FP16 (the family says).
+    keep_fp32 = fp32_components(info, pipeline.vae.config)
     for spec in components_of(info):
+        fp16 = options.profile == TENSORRT or options.precision == onnx_export.FP16_PRECISION
+        if fp16 and spec.name in keep_fp32:
+            log.info("%s stays FP32: the VAE's config says force_upcast (give an FP16-safe VAE with --vae to run "
+                     "it in FP16)", spec.name)
+            fp16 = False
+        precision = onnx_export.FP32_PRECISION if options.profile == TENSORRT or not fp16 else options.precision
         served = names.model(spec.name)
         version_dir = graphs_dir / served / VERSION
         onnx_path = onnx_export.export_component(pipeline, spec, info, version_dir)
@@ -151,7 +158,8 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
             opt_batch = min(batching.max_batch_size, max(2, batching.max_batch_size // 2))
             profile = tensorrt.EngineProfile(batch=tensorrt.Range(1, opt_batch, batching.max_batch_size),
                                              height=sides, width=sides)
-            tensorrt.build_engine(onnx_path, out / served / VERSION / tensorrt.PLAN_FILENAME, spec, info, profile)
+            tensorrt.build_engine(onnx_path, out / served / VERSION / tensorrt.PLAN_FILENAME, spec, info, profile,
+                                  fp16=fp16)
         parameters = {}
         if options.profile == ONNX_CPU:
             shutil.copy(ONNX_CPU_HOST, out / served / VERSION / "model.py")

@@ -89,7 +89,7 @@ def input_profiles(spec: ComponentSpec, info: PipelineInfo, profile: EngineProfi
 
 
 def trtexec_command(trtexec: str, onnx_path: Path, plan_path: Path, profiles: list[InputProfile],
-                    workspace_mib: int) -> list[str]:
+                    workspace_mib: int, fp16: bool = True) -> list[str]:
     def shapes(pick) -> str:
         return ",".join(f"{p.name}:{'x'.join(str(d) for d in pick(p))}" for p in profiles)
 
@@ -97,7 +97,7 @@ def trtexec_command(trtexec: str, onnx_path: Path, plan_path: Path, profiles: li
         trtexec,
         f"--onnx={onnx_path}",
         f"--saveEngine={plan_path}",
-        "--fp16",
+        *(["--fp16"] if fp16 else []),
         f"--minShapes={shapes(lambda p: p.minimum)}",
         f"--optShapes={shapes(lambda p: p.optimum)}",
         f"--maxShapes={shapes(lambda p: p.maximum)}",
@@ -114,8 +114,8 @@ def tensorrt_available() -> bool:
 
 
 def build_engine(onnx_path: Path, plan_path: Path, spec: ComponentSpec, info: PipelineInfo,
-                 profile: EngineProfile, workspace_mib: int = 8192) -> Path:
-    """Build an FP16 engine for ``spec`` from ``onnx_path`` into ``plan_path``."""
+                 profile: EngineProfile, workspace_mib: int = 8192, fp16: bool = True) -> Path:
+    """Build an FP16 engine (FP32 without ``fp16``: SDXL's VAE) for ``spec`` from ``onnx_path`` into ``plan_path``."""
     profiles = input_profiles(spec, info, profile)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -128,18 +128,18 @@ def build_engine(onnx_path: Path, plan_path: Path, spec: ComponentSpec, info: Pi
                 "Build engines inside the NGC Triton image (nvcr.io/nvidia/tritonserver:<yy.mm>-py3, which has "
                 "trtexec at /usr/src/tensorrt/bin) on the GPU model that will serve them, or use the "
                 "onnx-gpu / onnx-cpu runtime profile.") from None
-        command = trtexec_command(trtexec, onnx_path, plan_path, profiles, workspace_mib)
+        command = trtexec_command(trtexec, onnx_path, plan_path, profiles, workspace_mib, fp16)
         log.info("building %s with %s", spec.name, " ".join(command))
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise EngineBuildFailed(f"trtexec failed for {spec.name} ({result.returncode}):\n{result.stdout[-4000:]}"
                                     f"\n{result.stderr[-4000:]}")
         return plan_path
-    return _build_with_python_api(trt, onnx_path, plan_path, spec, profiles, workspace_mib)
+    return _build_with_python_api(trt, onnx_path, plan_path, spec, profiles, workspace_mib, fp16)
 
 
 def _build_with_python_api(trt, onnx_path: Path, plan_path: Path, spec: ComponentSpec,
-                           profiles: list[InputProfile], workspace_mib: int) -> Path:
+                           profiles: list[InputProfile], workspace_mib: int, fp16: bool) -> Path:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # TensorRT 10 networks are always explicit-batch; earlier versions need the flag.
@@ -153,12 +153,13 @@ def _build_with_python_api(trt, onnx_path: Path, plan_path: Path, spec: Componen
         raise EngineBuildFailed(f"TensorRT could not parse {onnx_path} ({spec.name}): {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    config.set_flag(trt.BuilderFlag.FP16)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
     optimization_profile = builder.create_optimization_profile()
     for p in profiles:
         optimization_profile.set_shape(p.name, p.minimum, p.optimum, p.maximum)
     config.add_optimization_profile(optimization_profile)
-    log.info("building the %s engine (FP16); this takes minutes for real models", spec.name)
+    log.info("building the %s engine (%s); this takes minutes for real models", spec.name, "FP16" if fp16 else "FP32")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildFailed(f"TensorRT returned no engine for {spec.name}; see the TensorRT log above")

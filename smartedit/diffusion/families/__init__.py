@@ -14,6 +14,8 @@ smartedit.diffusion.recognize) and answers:
 - ``OWN_PARAMETERS``: the contract's parameters that only it takes (InstructPix2Pix's
   ``image_guidance_scale``): a pipeline of another family refuses a request that sets one, and its
   ``server_info`` does not list them;
+- ``UPCASTS_VAE``: whether its VAE stays FP32 on the FP16 profiles when the VAE's config says
+  ``force_upcast``, as diffusers' pipeline of the family upcasts it (SDXL's: yes; SD's: never);
 - ``encodes_init_image(params)``: whether an edit needs the photo's own latents (the serving models
   keep the photo for the VAE encoder only then);
 - ``start(info, scheduler_config, params, inputs, encode_init_image)``: the edit's ``DenoiseState`` --
@@ -35,7 +37,7 @@ from smartedit.diffusion.denoise import DenoiseState, EditInputs, EncodeFn
 from smartedit.diffusion.families import sd_inpaint, sd_latent_blend, sdxl_inpaint, sdxl_latent_blend
 from smartedit.diffusion.prompts import PromptEncoding
 from smartedit.diffusion.recognize import KNOWN
-from smartedit.diffusion.spec import PipelineInfo
+from smartedit.diffusion.spec import VAE_DECODER, VAE_ENCODER, PipelineInfo
 from smartedit.edit.parameters import EditParameters, FamilyParameters
 
 FAMILIES: dict[str, ModuleType] = {module.FAMILY.name: module for module in (sd_inpaint, sd_latent_blend, sdxl_inpaint,
@@ -64,6 +66,14 @@ def components_of(info: PipelineInfo) -> tuple:
 def weights_of(info: PipelineInfo) -> tuple[str, ...]:
     """The pipeline's modules whose weights ``info``'s family serves (what provenance hashes)."""
     return family_of(info).WEIGHTS
+
+
+def fp32_components(info: PipelineInfo, vae_config: Mapping[str, Any]) -> frozenset[str]:
+    """The components kept FP32 whatever the export's precision: the VAE's, when ``info``'s family upcasts a
+    VAE whose config (``vae_config``) says ``force_upcast`` (diffusers' default when it says nothing)."""
+    if family_of(info).UPCASTS_VAE and vae_config.get("force_upcast", True):
+        return frozenset({VAE_ENCODER.name, VAE_DECODER.name})
+    return frozenset()
 
 
 def prompts_of(info: PipelineInfo) -> PromptEncoding:

@@ -30,6 +30,9 @@ PROMPTS = SD_PROMPTS
 # Its defaults where they differ from the contract's (which are SD's), and the parameters only it takes: none.
 DEFAULTS: dict = {}
 OWN_PARAMETERS: tuple[str, ...] = ()
+# Whether its VAE is kept in FP32 on the FP16 profiles when the VAE's config says ``force_upcast`` (diffusers'
+# SD pipelines never upcast: SD's VAE runs in FP16).
+UPCASTS_VAE = False
 
 
 def encodes_init_image(params: EditParameters) -> bool:

@@ -25,6 +25,10 @@ PROMPTS = SDXL_PROMPTS
 # trace of what was there (0.9999, not 1.0: at 1.0 the loop starts from noise alone).
 DEFAULTS: dict = {"strength": 0.9999}
 OWN_PARAMETERS: tuple[str, ...] = ()
+# SDXL's VAE overflows in FP16: diffusers upcasts it when its config says ``force_upcast`` (SDXL's does; an
+# FP16-safe VAE, such as the community's fp16 fix given with ``export --vae``, says False), and so does
+# the export: the VAE graphs and engines stay FP32 on the FP16 profiles.
+UPCASTS_VAE = True
 
 encodes_init_image = sd_inpaint.encodes_init_image
 

@@ -22,6 +22,10 @@ PROMPTS = SDXL_PROMPTS
 # diffusers' SDXL inpainting pipeline's default, whatever the UNet.
 DEFAULTS: dict = {"strength": 0.9999}
 OWN_PARAMETERS: tuple[str, ...] = ()
+# SDXL's VAE overflows in FP16: diffusers upcasts it when its config says ``force_upcast`` (SDXL's does; an
+# FP16-safe VAE, such as the community's fp16 fix given with ``export --vae``, says False), and so does
+# the export: the VAE graphs and engines stay FP32 on the FP16 profiles.
+UPCASTS_VAE = True
 
 encodes_init_image = sd_latent_blend.encodes_init_image
 
