@@ -22,7 +22,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from smartedit.diffusion.spec import COMPONENTS, PipelineInfo
+from smartedit.diffusion.families import components_of
+from smartedit.diffusion.spec import PipelineInfo
 
 # SD 1.5 at 512 px on an H100 (assumed figures: see the file's note), shipped with the package.
 SHIPPED_LATENCY_TABLE = Path(__file__).resolve().parent / "latency" / "sd15-512-h100.json"
@@ -52,7 +53,8 @@ class LatencyTable:
         data = json.loads(Path(path).read_text())
         try:
             components = {name: ComponentLatency(**figures) for name, figures in data["components"].items()}
-            missing = sorted({c.name for c in COMPONENTS} - set(components))
+            pipeline = PipelineInfo.from_dict(data["pipeline"])
+            missing = sorted({c.name for c in components_of(pipeline)} - set(components))
             if missing:
                 raise ValueError(f"no figures for {', '.join(missing)}")
             for name, figures in components.items():
@@ -60,7 +62,7 @@ class LatencyTable:
                     raise ValueError(f"{name}: a_ms and b_ms must be >= 0 and max_batch_size >= 1, got {figures}")
             height, width = data["reference_image_size"]
             return cls(description=data.get("description", ""), reference_image_size=(int(height), int(width)),
-                       pipeline=PipelineInfo.from_dict(data["pipeline"]), components=components,
+                       pipeline=pipeline, components=components,
                        max_active_edits=int(data["engine"]["max_active_edits"]),
                        max_queued_edits=int(data["engine"]["max_queued_edits"]))
         except (KeyError, TypeError, ValueError) as error:

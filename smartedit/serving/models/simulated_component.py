@@ -7,8 +7,15 @@ against the table's reference size), counted from when the call starts, so that 
 the tensors is part of that time rather than added to it, and answers zeros. One instance runs one
 call at a time, like one GPU. Requests of a dynamic batch that agree in shape run as one call, as a
 native backend batches them.
+
+Components given the same ``shared_device`` (the UNets of several pipelines, say) stand for one GPU: a
+call waits for the others' calls on it to end (an exclusive lock on a file of that name, per server) and
+its time counts from when it has the device.
 """
 
+import fcntl
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -17,7 +24,7 @@ import triton_python_backend_utils as pb_utils
 from smartedit.serving.model_args import ModelArgs
 from smartedit.engine.latency_table import ComponentLatency
 from smartedit.serving.settings import parse_float, parse_int
-from smartedit.diffusion.spec import COMPONENTS
+from smartedit.diffusion.families import components_of
 
 
 class TritonPythonModel:
@@ -29,9 +36,29 @@ class TritonPythonModel:
                                         max_batch_size=1)
         self.reference_pixels = parse_int("reference_pixels", params["reference_pixels"], 1)
         self.info = model.pipeline_info()
-        self.spec = next(c for c in COMPONENTS if c.name == model.name)
+        # The component it stands for: its family's (SDXL's UNet takes more inputs than SD's), by the name the
+        # export gave it (the served name has the pipeline's suffix: unet_sdxl).
+        component = params.get("component", model.name)
+        self.spec = next(c for c in components_of(self.info) if c.name == component)
+        shared = params.get("shared_device", "")
+        # The stub's parent is this server's tritonserver: one lock per server, whatever else runs here.
+        self.device = (open(os.path.join(tempfile.gettempdir(), f"smartedit-simulated-{shared}-{os.getppid()}.lock"),
+                            "a+") if shared else None)
+
+    def finalize(self):
+        if self.device is not None:
+            self.device.close()
 
     def execute(self, requests):
+        if self.device is None:
+            return self._execute(requests)
+        fcntl.flock(self.device, fcntl.LOCK_EX)
+        try:
+            return self._execute(requests)
+        finally:
+            fcntl.flock(self.device, fcntl.LOCK_UN)
+
+    def _execute(self, requests):
         started = time.perf_counter()
         responses = [None] * len(requests)
         groups = {}
