@@ -7,6 +7,8 @@ those of its ``ComponentSpec``, then exported with the TorchScript-based exporte
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 from pathlib import Path
 
@@ -108,6 +110,21 @@ def component_module(pipeline, name: str, family: str = SD_INPAINT.name) -> torc
     return GRAPHS[family][name](pipeline).eval().float()
 
 
+@contextlib.contextmanager
+def in_fp32(pipeline, name: str, family: str):
+    """The component's modules in FP32 while the block runs, then in the dtype they had (a pipeline loaded in
+    FP16 to fit in memory: smartedit.export.memory), so that one component at a time is FP32."""
+    module = GRAPHS[family][name](pipeline)
+    dtype = next(module.parameters()).dtype
+    module.float()
+    try:
+        yield
+    finally:
+        if dtype != torch.float32:
+            module.to(dtype)
+            gc.collect()
+
+
 def unet_up_factor(pipeline) -> int:
     """How much the UNet downsamples: latent sizes it handles without its upsample-size path."""
     return 2 ** (len(pipeline.unet.config.block_out_channels) - 1)
@@ -163,8 +180,40 @@ def export_component(pipeline, spec: ComponentSpec, info: PipelineInfo, folder: 
             do_constant_folding=True,
             dynamo=False,
         )
+    consolidate_external_data(path)
     log.info("exported %s to %s", spec.name, path)
     return path
+
+
+def consolidate_external_data(path: Path) -> None:
+    """Move the weights the exporter wrote beside a graph over 2 GiB, one file per tensor (thousands for a
+    UNet), into one file, ``model.onnx.data``, a tensor at a time (never all of them in memory)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = [tensor for tensor in _get_all_tensors(model) if uses_external_data(tensor)]
+    if not tensors:
+        return
+    folder, data_name = path.parent, path.name + ".data"
+    written = set()
+    with open(folder / (data_name + ".partial"), "wb") as data:
+        for tensor in tensors:
+            info = ExternalDataInfo(tensor)
+            with open(folder / info.location, "rb") as source:
+                source.seek(info.offset or 0)
+                raw = source.read(info.length) if info.length else source.read()
+            written.add(info.location)
+            offset = data.tell()
+            data.write(raw)
+            del tensor.external_data[:]
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+    onnx.save_model(model, str(path))
+    for name in written - {data_name}:
+        (folder / name).unlink()
+    (folder / (data_name + ".partial")).rename(folder / data_name)
 
 
 def convert_to_fp16(path: Path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from smartedit.diffusion.recognize import (
     SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND, Found, UnknownFamily, identify, read_found,
 )
+
+log = logging.getLogger(__name__)
 
 # The diffusers pipeline class that loads (and is the reference for) each family, with what it is told: a
 # 4-channel checkpoint loads into the inpainting class as well, which is how diffusers inpaints with it.
@@ -88,13 +91,39 @@ def load_pipeline(source: str | Path):
     except UnknownFamily as error:
         raise UnsupportedModel(f"{source}: {error}") from None
     class_name, options = PIPELINE_CLASSES[family.name]
+    dtype = torch.float16 if _needs_low_memory(source, family) else torch.float32
     try:
-        pipeline = getattr(diffusers, class_name).from_pretrained(source, torch_dtype=torch.float32, **options)
+        pipeline = getattr(diffusers, class_name).from_pretrained(source, torch_dtype=dtype, **options)
     except (OSError, ValueError, TypeError) as error:  # hub errors are OSErrors or ValueErrors; bad configs TypeErrors
         raise UnsupportedModel(f"{source}: could not load it as a diffusers pipeline: "
                                f"{_first_line(error)}") from None
     pipeline.set_progress_bar_config(disable=True)
+    if dtype != torch.float32:
+        pipeline.vae.float()  # small, and what fits the previews: kept FP32 throughout
     return pipeline
+
+
+def _needs_low_memory(source: str, family) -> bool:
+    """Whether the weights must be loaded in FP16 to fit (smartedit.export.memory), from the files on disk.
+
+    Raises:
+        UnsupportedModel: even component by component it cannot fit; the message names the memory needed.
+    """
+    from smartedit.diffusion.families import FAMILIES
+    from smartedit.export.memory import ExportTooLarge, parameters_on_disk, plan_export
+
+    if not Path(source).is_dir():
+        return False  # a hub id: its size is not known before it is loaded
+    parameters = parameters_on_disk(Path(source), FAMILIES[family.name].WEIGHTS)
+    if parameters is None:
+        return False
+    try:
+        plan = plan_export(parameters)
+    except ExportTooLarge as error:
+        raise UnsupportedModel(f"{source}: {error}") from None
+    if plan.low_memory:
+        log.warning("%s: loading in FP16 and exporting one component in FP32 at a time (%s)", source, plan.describe())
+    return plan.low_memory
 
 
 def replace_vae(pipeline, source: str | Path) -> None:

@@ -144,13 +144,15 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
         precision = onnx_export.FP32_PRECISION if options.profile == TENSORRT or not fp16 else options.precision
         served = names.model(spec.name)
         version_dir = graphs_dir / served / VERSION
-        onnx_path = onnx_export.export_component(pipeline, spec, info, version_dir)
-        if precision == onnx_export.FP16_PRECISION:
-            onnx_export.convert_to_fp16(onnx_path)
-        if options.verify:
-            for result in verify.verify(pipeline, spec, onnx_path, info, precision):
-                log.info("%s matches PyTorch at batch %d, %dx%d: max error %.2g", spec.name, *result.shape,
-                         result.max_abs_error)
+        # One component FP32 at a time: a pipeline loaded in FP16 to fit in memory (smartedit.export.memory).
+        with onnx_export.in_fp32(pipeline, spec.name, info.family):
+            onnx_path = onnx_export.export_component(pipeline, spec, info, version_dir)
+            if precision == onnx_export.FP16_PRECISION:
+                onnx_export.convert_to_fp16(onnx_path)
+            if options.verify and _fits_verifying(pipeline, spec.name, info.family):
+                for result in verify.verify(pipeline, spec, onnx_path, info, precision):
+                    log.info("%s matches PyTorch at batch %d, %dx%d: max error %.2g", spec.name, *result.shape,
+                             result.max_abs_error)
         batching = options.batching_for(spec.name)
         if options.profile == TENSORRT:
             sides = tensorrt.Range(*options.engine_sides)
@@ -170,6 +172,20 @@ def _write_components(pipeline, info: PipelineInfo, out: Path, options: Reposito
                                   tensorrt_accelerator=options.tensorrt_accelerator)
         config.name = served
         _write(out / served / "config.pbtxt", to_pbtxt(config))
+
+
+def _fits_verifying(pipeline, name: str, family: str) -> bool:
+    """Whether checking the graph against PyTorch fits in memory: ONNX Runtime holds the component's FP32
+    weights (and its working copies) beside PyTorch's. SDXL's 10 GB UNet does not on a 24 GB machine."""
+    import psutil
+
+    weights = sum(p.numel() * 4 for p in onnx_export.GRAPHS[family][name](pipeline).parameters())
+    available = psutil.virtual_memory().available
+    if 2 * weights < available:
+        return True
+    log.warning("not checking %s against PyTorch: ONNX Runtime would need ~%.1f GiB beside PyTorch's, and %.1f GiB "
+                "is available", name, 2 * weights / 2**30, available / 2**30)
+    return False
 
 
 def _write_steps(info: PipelineInfo, tokenizers: dict, scheduler_config: dict, preview: LatentPreview, out: Path,
