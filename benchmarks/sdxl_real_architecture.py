@@ -109,15 +109,20 @@ def size_of(folder: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("out/sdxl-real"))
+    parser.add_argument("--build", type=Path, default=None, help=argparse.SUPPRESS)  # the child that builds
     args = parser.parse_args()
+    if args.build:
+        build_random_sdxl_inpainting(args.build)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     gib = 2**30
     lines = [f"Real SDXL inpainting architecture (random weights), {time.strftime('%Y-%m-%d')}, on "
              f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / gib:.0f} GiB.", ""]
     model = args.out / "sdxl-inpainting-random"
     if not (model / "model_index.json").exists():
+        # In a process of its own, so that none of its 10 GB stays in this one while the export runs.
         started = time.perf_counter()
-        build_random_sdxl_inpainting(model)
+        subprocess.run([sys.executable, __file__, "--build", str(model)], check=True)
         print(f"built {model} in {time.perf_counter() - started:.0f} s", flush=True)
     lines.append(f"- the diffusers folder (FP16 safetensors): {size_of(model) / gib:.1f} GiB")
     repository = args.out / "model_repository"

@@ -21,8 +21,9 @@ from pathlib import Path
 import psutil
 
 # Tracing and writing one component's graph, as a multiple of its FP32 weights (the traced graph's
-# constant-folded copies, the exporter's buffers).
-TRACE_FACTOR = 1.0
+# constant-folded copies, the exporter's buffers). Measured: the real SDXL inpainting architecture loaded
+# in FP32 (13.0 GiB of weights, its UNet 9.6 GiB) peaked at 17.6 GiB while its UNet was exported.
+TRACE_FACTOR = 0.5
 GIB = 2**30
 _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
