@@ -82,3 +82,39 @@ def test_tiny_sdxl_is_chosen_only_when_no_model_is_given(tiny_model_dir):
 
     with pytest.raises(ValueError, match="--tiny sdxl chooses the embedded model served when no --model is given"):
         pipeline_arguments([str(tiny_model_dir)], "sdxl")
+
+
+@pytest.mark.parametrize("aesthetic", [False, True])
+def test_the_size_ids_are_diffusers_own_for_the_edit_s_size(tiny_sdxl_dir, aesthetic):
+    """``time_ids`` against the pipeline's own ``_get_add_time_ids`` at the size diffusers is given (negative
+    row, then positive), in both forms; the aesthetic-score one with a UNet that takes 5 ids."""
+    from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+
+    from smartedit.diffusion.families.sdxl_conditioning import time_ids
+    from smartedit.diffusion.spec import PipelineInfo
+
+    pipeline = StableDiffusionXLInpaintPipeline.from_pretrained(tiny_sdxl_dir)
+    if aesthetic:
+        pipeline.register_to_config(requires_aesthetics_score=True)
+        pipeline.unet = UNet2DConditionModel.from_config(dict(
+            pipeline.unet.config, projection_class_embeddings_input_dim=5 * TIME_EMBED_WIDTH + POOLED_WIDTH))
+    info = PipelineInfo.from_pipeline(pipeline)
+    assert (info.time_ids, info.requires_aesthetics_score) == ((5, True) if aesthetic else (6, False))
+    height, width = 48, 80
+    positive, negative = pipeline._get_add_time_ids(
+        (height, width), (0, 0), (height, width), aesthetic_score=6.0, negative_aesthetic_score=2.5,
+        negative_original_size=(height, width), negative_crops_coords_top_left=(0, 0),
+        negative_target_size=(height, width), dtype=torch.float32, text_encoder_projection_dim=POOLED_WIDTH)
+    assert torch.equal(time_ids(info, height, width), torch.cat([negative, positive]))
+    assert not torch.equal(time_ids(info, height, width), time_ids(info, width, height))  # not square-blind
+
+
+def test_a_pipeline_whose_ids_do_not_fit_its_unet_is_refused_naming_the_setting(tiny_sdxl_dir):
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    from smartedit.export.pipeline_loader import UnsupportedModel, check_servable
+
+    pipeline = StableDiffusionXLInpaintPipeline.from_pretrained(tiny_sdxl_dir)
+    pipeline.register_to_config(requires_aesthetics_score=True)  # 5 ids, for a UNet that takes 6
+    with pytest.raises(UnsupportedModel, match="set requires_aesthetics_score in model_index.json to match"):
+        check_servable(pipeline, "x")

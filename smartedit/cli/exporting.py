@@ -79,9 +79,13 @@ def vae_arguments(vaes: list[str] | None, pipelines: list[str]) -> dict[str, str
     Raises:
         ValueError: a bare PATH with several pipelines, a NAME no ``--model`` gives, or a pipeline given two.
     """
+    from smartedit_client._contract import PIPELINE_NAME
+
     found: dict[str, str] = {}
     for argument in vaes or ():
         name, separator, source = argument.partition("=")
+        if separator and name not in pipelines and PIPELINE_NAME.fullmatch(name) and not Path(argument).exists():
+            raise ValueError(f"--vae {argument!r}: no pipeline is named {name!r} (pipelines: {', '.join(pipelines)})")
         if not separator or name not in pipelines:
             if len(pipelines) != 1:
                 raise ValueError(f"--vae {argument!r}: which pipeline's? Give --vae NAME=PATH with NAME one of "

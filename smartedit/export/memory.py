@@ -34,8 +34,12 @@ class ExportTooLarge(MemoryError):
 
 def safetensors_parameters(path: Path) -> int:
     """The number of parameters a ``.safetensors`` file holds, from its header alone."""
+    size = Path(path).stat().st_size
     with open(path, "rb") as file:
-        (length,) = struct.unpack("<Q", file.read(8))
+        start = file.read(8)
+        length = struct.unpack("<Q", start)[0] if len(start) == 8 else size
+        if length > size - 8:  # a Git LFS pointer of a clone without git-lfs, a truncated download
+            raise ValueError(f"{path} is not a safetensors file ({size} bytes: a Git LFS pointer, or cut short?)")
         header = json.loads(file.read(length))
     count = 0
     for name, entry in header.items():
@@ -51,7 +55,11 @@ def safetensors_parameters(path: Path) -> int:
 def parameters_on_disk(folder: Path, modules: tuple[str, ...]) -> dict[str, int] | None:
     """Parameters per module of a local diffusers folder (``unet``: 2.6e9 for SDXL), from the safetensors
     files diffusers would load (not a variant's, such as ``.fp16.safetensors``); None when the weights are
-    not all there as safetensors (a hub id, ``.bin`` files): the export then loads as before, in FP32."""
+    not all there as safetensors (a hub id, ``.bin`` files): the export then loads as before, in FP32.
+
+    Raises:
+        ValueError: a weights file is not safetensors (a Git LFS pointer), naming it.
+    """
     found = {}
     for module in modules:
         files = [path for path in sorted((Path(folder) / module).glob("*.safetensors"))

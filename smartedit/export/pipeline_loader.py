@@ -75,10 +75,16 @@ def found_in(source: str) -> Found:
 
 def load_pipeline(source: str | Path):
     """The family's diffusers inpainting pipeline (``StableDiffusionInpaintPipeline``,
-    ``StableDiffusionXLInpaintPipeline``) in FP32 on CPU, without a safety checker or watermark.
+    ``StableDiffusionXLInpaintPipeline``) in FP32 on CPU, without a safety checker or watermark; in FP16
+    (its VAE FP32) when FP32 would not fit in memory: the export then makes one component FP32 at a time
+    (smartedit.export.memory).
 
     Export traces on CPU in FP32; FP16 graphs are converted from the FP32 ones afterwards, so no
     GPU is needed to export.
+
+    Raises:
+        UnsupportedModel: no such folder, a family this server does not know, weights that cannot be
+            loaded, or a pipeline too large for this machine's memory (naming what it needs).
     """
     import diffusers
     import torch
@@ -100,7 +106,27 @@ def load_pipeline(source: str | Path):
     pipeline.set_progress_bar_config(disable=True)
     if dtype != torch.float32:
         pipeline.vae.float()  # small, and what fits the previews: kept FP32 throughout
+    check_servable(pipeline, source)
     return pipeline
+
+
+def check_servable(pipeline, source: str) -> None:
+    """Refuse, by name, a loaded pipeline whose shapes the server cannot take.
+
+    Raises:
+        UnsupportedModel: its UNet's added embedding does not fit the ids its config makes, or its VAE
+            normalizes latents with ``latents_mean``/``latents_std`` (Playground v2.5's), which the loop does
+            not apply.
+    """
+    from smartedit.diffusion.spec import PipelineInfo
+
+    if pipeline.vae.config.get("latents_mean") is not None:
+        raise UnsupportedModel(f"{source}: its VAE normalizes latents with latents_mean/latents_std (as Playground "
+                               f"v2.5's does), which this server does not apply")
+    try:
+        PipelineInfo.from_pipeline(pipeline)
+    except ValueError as error:
+        raise UnsupportedModel(f"{source}: {error}") from None
 
 
 def _needs_low_memory(source: str, family) -> bool:
@@ -114,7 +140,10 @@ def _needs_low_memory(source: str, family) -> bool:
 
     if not Path(source).is_dir():
         return False  # a hub id: its size is not known before it is loaded
-    parameters = parameters_on_disk(Path(source), FAMILIES[family.name].WEIGHTS)
+    try:
+        parameters = parameters_on_disk(Path(source), FAMILIES[family.name].WEIGHTS)
+    except ValueError as error:
+        raise UnsupportedModel(f"{source}: {error}") from None
     if parameters is None:
         return False
     try:
@@ -145,6 +174,7 @@ def replace_vae(pipeline, source: str | Path) -> None:
         raise UnsupportedModel(f"{source}: could not load it as a diffusers VAE (AutoencoderKL): "
                                f"{_first_line(error)}") from None
     own, new = pipeline.vae.config, vae.config
+
     def latents(config) -> str:
         return (f"{config.latent_channels} channels at 1/{2 ** (len(config.block_out_channels) - 1)} scale, scaling "
                 f"factor {config.scaling_factor}")
@@ -153,3 +183,4 @@ def replace_vae(pipeline, source: str | Path) -> None:
     if latents(new) != latents(own):
         raise UnsupportedModel(f"{source}: its latents ({latents(new)}) are not the pipeline's ({latents(own)})")
     pipeline.register_modules(vae=vae.eval())
+    check_servable(pipeline, source)

@@ -9,6 +9,7 @@ the native backends do.
 
 import numpy as np
 import onnxruntime as ort
+import psutil
 import triton_python_backend_utils as pb_utils
 
 from smartedit.serving.model_args import ModelArgs
@@ -24,11 +25,12 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         if settings.intra_op_num_threads:
             options.intra_op_num_threads = settings.intra_op_num_threads
-        if path.with_name(path.name + ".data").exists():
-            # A graph over 2 GiB (SDXL's 9.6 GiB UNet): ONNX Runtime maps its weights from the file (the export
-            # aligns them for that), but prepacking would copy each matrix into its own memory, 9 GiB for that
-            # UNet, which with the rest of SDXL does not fit in 24 GB. Without it a call packs as it goes:
-            # 15-60% slower for SDXL's text encoders at 2 x 77 tokens, where memory is what binds.
+        if settings.pipeline_weights_bytes > psutil.virtual_memory().available / 2:
+            # A pipeline whose weights are most of the memory left (SDXL's 13 GiB on 24 GB): ONNX Runtime maps
+            # the weights of a graph over 2 GiB from its file (the export aligns them for that), but prepacking
+            # copies each matrix into the process's own memory (9 GiB more for SDXL's UNet alone, and the
+            # server is then killed for memory mid-edit). Without it a call packs as it goes: 15-60% slower,
+            # measured on SDXL's text encoders at 2 x 77 tokens; pipelines that fit (SD 1.5) keep it.
             options.add_session_config_entry("session.disable_prepacking", "1")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.run_options = ort.RunOptions()
