@@ -49,6 +49,21 @@ def tiny_pipeline(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_instruct_dir(tmp_path_factory) -> Path:
+    """The tiny model's weights with an 8-channel UNet, as an InstructPix2Pix folder (instruct-pix2pix)."""
+    from smartedit.export.tiny_model import write_tiny_pipeline
+
+    return write_tiny_pipeline(tmp_path_factory.mktemp("tiny-instruct"), seed=0, instruct=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_instruct_pipeline(tiny_instruct_dir):
+    from smartedit.export.pipeline_loader import load_pipeline
+
+    return load_pipeline(tiny_instruct_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl_dir(tmp_path_factory) -> Path:
     """The SDXL family's tiny model: a 9-channel SDXL inpainting folder (smartedit.export.tiny_sdxl)."""
     from smartedit.export.tiny_sdxl import write_tiny_sdxl

@@ -41,6 +41,22 @@ def diffusers_inpaint(pipeline, image: Image.Image, mask: Image.Image, *, prompt
     return np.asarray(result)
 
 
+def diffusers_instruct(pipeline, image: Image.Image, *, prompt: str, negative_prompt: str | None,
+                       num_inference_steps: int, guidance_scale: float, image_guidance_scale: float, seed: int,
+                       scheduler: str, eta: float = 0.0) -> np.ndarray:
+    """diffusers' ``StableDiffusionInstructPix2PixPipeline`` on ``pipeline``'s weights with the sampler
+    ``scheduler``, editing the whole of ``image``."""
+    reference = type(pipeline).from_pipe(pipeline,
+                                         scheduler=SCHEDULERS[scheduler].from_config(pipeline.scheduler.config))
+    reference.set_progress_bar_config(disable=True)
+    result = reference(
+        prompt=prompt, negative_prompt=negative_prompt, image=image, num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale, eta=eta,
+        generator=torch.Generator().manual_seed(seed),
+    ).images[0]
+    return np.asarray(result)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)

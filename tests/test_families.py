@@ -9,23 +9,25 @@ from pathlib import Path
 import pytest
 
 from smartedit.diffusion.recognize import (
-    KNOWN, SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND, UnknownFamily, identify, read_found,
+    INSTRUCT_PIX2PIX, KNOWN, SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND, UnknownFamily, identify,
+    read_found,
 )
 from smartedit.export.pipeline_loader import found_in
 from smartedit.export.tiny_model import build_tiny_pipeline, write_tokenizer
 
 
-def _tiny_instruct_pix2pix(folder: Path) -> Path:
-    """A tiny InstructPix2Pix pipeline: the tiny model's parts with an 8-channel UNet (latents + image latents)."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+def _tiny_upscaler(folder: Path) -> Path:
+    """A tiny x4 upscaler pipeline: the tiny model's parts with a 7-channel UNet (latents + the low-resolution
+    image's pixels) embedding the noise level as a class: a family this server does not serve."""
+    from diffusers import DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
     unet9, vae, text_encoder, scheduler = build_tiny_pipeline(0)
-    unet = UNet2DConditionModel.from_config(dict(unet9.config, in_channels=8))
+    unet = UNet2DConditionModel.from_config(dict(unet9.config, in_channels=7, num_class_embeds=1000))
     write_tokenizer(folder / "tok")
-    pipeline = StableDiffusionInstructPix2PixPipeline(
+    pipeline = StableDiffusionUpscalePipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(folder / "tok"), unet=unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        low_res_scheduler=DDPMScheduler(), scheduler=scheduler, max_noise_level=350)
     pipeline.save_pretrained(folder / "pipeline")
     return folder / "pipeline"
 
@@ -44,14 +46,17 @@ def test_the_tiny_default_is_sd_inpaint_and_its_text_to_image_twin_sd_latent_ble
     assert identify(found_in(str(tiny_text_to_image_dir))) is SD_LATENT_BLEND
 
 
+def test_the_tiny_instruct_model_is_instruct_pix2pix(tiny_instruct_dir):
+    assert identify(found_in(str(tiny_instruct_dir))) is INSTRUCT_PIX2PIX
+
+
 def test_the_tiny_sdxl_models_are_the_sdxl_families(tiny_sdxl_dir, tiny_sdxl_base_dir):
     assert identify(found_in(str(tiny_sdxl_dir))) is SDXL_INPAINT
     assert identify(found_in(str(tiny_sdxl_base_dir))) is SDXL_LATENT_BLEND  # a StableDiffusionXLPipeline folder
 
 
 @pytest.mark.parametrize("build, found", [
-    (_tiny_instruct_pix2pix, "an InstructPix2Pix pipeline (image-conditioned UNet) "
-                             "(StableDiffusionInstructPix2PixPipeline, a UNet of 8 input channels)"),
+    (_tiny_upscaler, "a pipeline (StableDiffusionUpscalePipeline, a UNet of 7 input channels)"),
 ])
 def test_export_refuses_a_family_it_does_not_know_naming_what_it_found_and_what_it_knows(tmp_path, build, found):
     folder = build(tmp_path)
@@ -87,22 +92,27 @@ def test_what_a_folder_declares_decides_without_its_weights():
     with pytest.raises(UnknownFamily, match=r"it is an SDXL pipeline \(two text encoders\) "
                                             r"\(StableDiffusionXLImg2ImgPipeline, a UNet of 4 input channels\)"):
         identify(refiner)
-    assert [family.name for family in KNOWN] == ["sd-inpaint", "sd-latent-blend", "sdxl-inpaint", "sdxl-latent-blend"]
+    assert [family.name for family in KNOWN] == ["sd-inpaint", "sd-latent-blend", "sdxl-inpaint", "sdxl-latent-blend",
+                                                 "instruct-pix2pix"]
 
 
 def test_every_family_declares_its_components_and_weights_and_the_exporter_has_each_graph(
-        tiny_pipeline, tiny_text_to_image_pipeline, tiny_sdxl_pipeline, tiny_sdxl_base_pipeline):
+        tiny_pipeline, tiny_text_to_image_pipeline, tiny_sdxl_pipeline, tiny_sdxl_base_pipeline,
+        tiny_instruct_pipeline):
     from smartedit.diffusion.families import FAMILIES
     from smartedit.diffusion.spec import PipelineInfo
     from smartedit.edit.provenance import weights_digest
     from smartedit.export.onnx_export import GRAPHS
+    from smartedit_client._contract import TASKS
 
     tiny = {PipelineInfo.from_pipeline(pipeline).family: pipeline for pipeline in (
-        tiny_pipeline, tiny_text_to_image_pipeline, tiny_sdxl_pipeline, tiny_sdxl_base_pipeline)}
+        tiny_pipeline, tiny_text_to_image_pipeline, tiny_sdxl_pipeline, tiny_sdxl_base_pipeline,
+        tiny_instruct_pipeline)}
     assert set(tiny) == set(FAMILIES)  # a tiny model of every family
     for name, family in FAMILIES.items():
         assert family.COMPONENTS and family.WEIGHTS, name
         assert set(GRAPHS[name]) == {spec.name for spec in family.COMPONENTS}, name
         assert all(hasattr(tiny[name], module) for module in family.WEIGHTS), name
+        assert family.TASKS and set(family.TASKS) <= set(TASKS), name
     # provenance hashes what the family names, in its order
     assert weights_digest(tiny_pipeline, ("unet",)) != weights_digest(tiny_pipeline, ("text_encoder", "unet", "vae"))

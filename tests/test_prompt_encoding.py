@@ -124,7 +124,8 @@ def test_a_parameter_another_family_owns_is_refused_by_name_and_not_offered(monk
     family = families.family_parameters(INFO)
     with pytest.raises(RequestError, match=rf"eta: is not taken by this pipeline \(family {INFO.family}\)"):
         resolve_parameters({"prompt": b"x", "eta": 0.5}.get, PreprocessSettings(), family)
-    assert resolve_parameters({"prompt": b"x"}.get, PreprocessSettings(), family).eta == 0.0  # left out: fine
+    # Left out: fine, and the record holds None for it (a result PNG does not carry another family's parameter).
+    assert resolve_parameters({"prompt": b"x"}.get, PreprocessSettings(), family).eta is None
     described = describe_pipeline(PipelineNames("p", first=True), INFO, PreprocessSettings(),
                                   Provenance(model="m", weights_sha256="0"))
     assert "eta" not in described["parameters"] and "strength" in described["parameters"]

@@ -14,6 +14,7 @@ log = logging.getLogger("smartedit")
 BUILD = Path("build")
 DEFAULT_TINY_MODEL = BUILD / "tiny-model"
 DEFAULT_TINY_TEXT_TO_IMAGE = BUILD / "tiny-text-to-image"  # `smartedit tiny-model --text-to-image`
+DEFAULT_TINY_INSTRUCT = BUILD / "tiny-instruct"  # `smartedit tiny-model --instruct`
 DEFAULT_REPOSITORY = BUILD / "model_repository"
 DEFAULT_LATENCY_TABLE = SHIPPED_LATENCY_TABLE  # --profile simulated
 

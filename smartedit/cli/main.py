@@ -1,6 +1,6 @@
 """``smartedit``: build the default model, export, serve, and run the end-to-end demo.
 
-    smartedit tiny-model  [--out build/tiny-model] [--text-to-image]
+    smartedit tiny-model  [--out build/tiny-model] [--text-to-image | --instruct] [--sdxl]
     smartedit export      [--model [NAME=]<folder|hub id> ...] [--out build/model_repository] [--profile onnx-cpu]
     smartedit serve       [--model-repository build/model_repository] [--host 127.0.0.1] [--grpc-port 8001]
     smartedit demo        [--model <folder|hub id>] [--out out/demo.png]
@@ -18,8 +18,9 @@ import warnings
 from pathlib import Path
 from typing import NoReturn
 
-from smartedit.cli.exporting import (DEFAULT_LATENCY_TABLE, DEFAULT_REPOSITORY, DEFAULT_TINY_MODEL, DEFAULT_TINY_SDXL,
-                                     DEFAULT_TINY_TEXT_TO_IMAGE, TINY_FAMILIES, export_repository, server_address)
+from smartedit.cli.exporting import (DEFAULT_LATENCY_TABLE, DEFAULT_REPOSITORY, DEFAULT_TINY_INSTRUCT,
+                                     DEFAULT_TINY_MODEL, DEFAULT_TINY_SDXL, DEFAULT_TINY_TEXT_TO_IMAGE, TINY_FAMILIES,
+                                     export_repository, server_address)
 from smartedit.ops.server import (ADMIN_KEY_GRPC_HEADER, ADMIN_KEY_HEADER, LOOPBACK, ServerFailed, TlsFiles,
                                   TritonServer, default_work_dir, is_remote, restriction_args, server_dir)
 
@@ -28,6 +29,13 @@ log = logging.getLogger("smartedit")
 def cmd_tiny_model(args) -> int:
     from smartedit.export.tiny_model import write_tiny_pipeline
 
+    if args.instruct and (args.sdxl or args.text_to_image):
+        raise SystemExit("smartedit tiny-model: --instruct is an SD 1.x-shaped InstructPix2Pix model; drop --sdxl and "
+                         "--text-to-image")
+    if args.instruct:
+        out = args.out or DEFAULT_TINY_INSTRUCT
+        print(write_tiny_pipeline(Path(out), seed=args.seed, instruct=True))
+        return 0
     if args.sdxl:
         from smartedit.export.tiny_sdxl import write_tiny_sdxl
 
@@ -251,6 +259,9 @@ def parser() -> argparse.ArgumentParser:
                            "sdxl-latent-blend)")
     tiny.add_argument("--sdxl", action="store_true",
                       help=f"the tiny SDXL model instead (default --out {DEFAULT_TINY_SDXL}): the sdxl-inpaint family")
+    tiny.add_argument("--instruct", action="store_true",
+                      help=f"a tiny InstructPix2Pix model instead (8-channel UNet; default --out "
+                           f"{DEFAULT_TINY_INSTRUCT}): the instruct-pix2pix family, which serves task instruct")
     tiny.set_defaults(func=cmd_tiny_model)
 
     export = sub.add_parser("export", help="export a pipeline into a Triton model repository")

@@ -76,6 +76,16 @@ SD_LATENT_BLEND = Family(
 )
 
 
+INSTRUCT_PIX2PIX = Family(
+    name="instruct-pix2pix",
+    summary="InstructPix2Pix (SD 1.x): one CLIP text encoder, a UNet of latents + the photo's latents (8 channels); "
+            "edits a photo as an instruction says",
+    claims=lambda f: (f.unet_in_channels == 2 * f.latent_channels and f.plain_unet
+                      and "text_encoder" in f.components and "text_encoder_2" not in f.components
+                      and "XL" not in f.pipeline_class and "ControlNet" not in f.pipeline_class),
+)
+
+
 def _sdxl(found: Found) -> bool:
     """SDXL's shape: its two text encoders and a UNet conditioned on the pooled prompt and size/crop ids, and
     nothing more (no class embeddings, no image projection, no ControlNet)."""
@@ -98,7 +108,7 @@ SDXL_LATENT_BLEND = Family(
     claims=lambda f: _sdxl(f) and f.unet_in_channels == f.latent_channels,
 )
 
-KNOWN: tuple[Family, ...] = (SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND)
+KNOWN: tuple[Family, ...] = (SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND, INSTRUCT_PIX2PIX)
 
 
 # UNet config entries that give it inputs beyond latents, timestep and text (diffusers' UNet2DConditionModel).

@@ -21,7 +21,7 @@ import numpy as np
 from smartedit.errors import RequestError
 from smartedit.diffusion.samplers import SAMPLERS, SAMPLERS_WITH_ETA
 from smartedit.serving.settings import PreprocessSettings
-from smartedit.edit.tasks import INPAINT, REPLACE_BACKGROUND, TASK_DEFAULTS
+from smartedit.edit.tasks import INPAINT, INPAINTING_TASKS, INSTRUCT, REPLACE_BACKGROUND, TASK_DEFAULTS
 from smartedit_client import _contract as wire
 
 INT64_MAX = 2**63 - 1
@@ -142,8 +142,11 @@ class FamilyParameters:
     # Its defaults where they differ from the contract's (SDXL's strength 0.9999).
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # Parameters other families take and this one does not (InstructPix2Pix's image_guidance_scale on an SD
-    # pipeline): a request that sets one is refused by name rather than silently ignored.
+    # pipeline): a request that sets one is refused by name rather than silently ignored. The edit's record
+    # holds None for them, so that a result PNG does not carry them and its replay is not refused.
     refused: frozenset[str] = frozenset()
+    # The tasks its pipelines serve (the first is their default when the family's defaults name none).
+    tasks: tuple[str, ...] = INPAINTING_TASKS
 
 
 def default_values(settings: PreprocessSettings, family: FamilyParameters = FamilyParameters()) -> dict[str, Any]:
@@ -151,6 +154,8 @@ def default_values(settings: PreprocessSettings, family: FamilyParameters = Fami
     the pipeline's family sets its own and the server's configuration sets the steps, guidance, sampler
     and crop padding."""
     defaults = {spec.name: spec.default for spec in wire.PARAMETERS if not spec.required}
+    defaults[wire.TASK.name] = family.tasks[0]
+    defaults.update({name: None for name in family.refused})
     defaults.update(family.defaults)
     defaults.update({
         wire.NUM_INFERENCE_STEPS.name: settings.default_num_inference_steps,
@@ -184,9 +189,13 @@ def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings,
             raise RequestError(spec.name, f"is not taken by this pipeline (family {family.family}); see "
                                           f"server_info's pipelines for the parameters each takes")
         sent[spec.name] = _decoded(spec, raw, settings)
-    task = sent.get(wire.TASK.name, INPAINT)
+    defaults = default_values(settings, family)
+    task = sent.get(wire.TASK.name, defaults[wire.TASK.name])
+    if task not in family.tasks:
+        raise RequestError(wire.TASK.name, f"{task} is not served by this pipeline (family {family.family}); its "
+                                           f"tasks: {', '.join(family.tasks)}")
     # Left out: the task's default, else the server's, else the record's.
-    values = {**default_values(settings, family), **TASK_DEFAULTS[task], **sent}
+    values = {**defaults, **TASK_DEFAULTS[task], **sent}
     if not values[wire.PROMPT.name] and task != INPAINT:
         values[wire.PROMPT.name] = TASK_DEFAULTS[task].get("prompt", "")
     if wire.SEED.name not in sent:
@@ -198,6 +207,10 @@ def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings,
 
 def _check_combinations(params: EditParameters) -> None:
     """What each value allows alone but not together."""
+    if params.task == INSTRUCT and params.strength != 1.0:
+        raise RequestError("strength", f"{params.strength} is not taken by task instruct: an instruction edit runs "
+                                       f"every step from noise, conditioned on the photo (InstructPix2Pix has no "
+                                       f"strength)")
     if not params.strength > 0.0:
         raise RequestError("strength", f"must be in (0, 1], got {params.strength}")
     if params.denoising_steps < 1:

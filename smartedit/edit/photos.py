@@ -103,9 +103,12 @@ class Photo:
         return np.asarray(mask, dtype=np.uint8) >= 128
 
 
-def decode_photo(image_bytes: bytes, mask_bytes: bytes, settings: PreprocessSettings | None) -> Photo:
-    """Image and mask, upright, checked to be the same size (``RequestError`` naming the field if not)."""
+def decode_photo(image_bytes: bytes, mask_bytes: bytes | None, settings: PreprocessSettings | None) -> Photo:
+    """Image and mask, upright, checked to be the same size (``RequestError`` naming the field if not).
+    No mask (``mask_bytes`` None): all of the photo is repainted, as if the mask were white everywhere."""
     rgb, alpha = split_alpha(decode_image("image", image_bytes, settings))
+    if mask_bytes is None:
+        return Photo(rgb=rgb, alpha=alpha, mask=Image.new("L", rgb.size, 255))
     mask = mask_luminance(decode_image("mask_image", mask_bytes, settings))
     if mask.size != rgb.size:
         raise RequestError("mask_image", f"is {mask.size[0]}x{mask.size[1]} but image is "

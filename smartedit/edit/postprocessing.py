@@ -69,10 +69,11 @@ def parameters_text(params: EditParameters, provenance: Provenance) -> str:
                       sort_keys=True, ensure_ascii=False)
 
 
-def finish_edit(decoded: np.ndarray, image_bytes: bytes, mask_bytes: bytes, box: tuple[int, int, int, int],
+def finish_edit(decoded: np.ndarray, image_bytes: bytes, mask_bytes: bytes | None, box: tuple[int, int, int, int],
                 params: EditParameters, provenance: Provenance) -> list[bytes]:
     """The response's PNGs, one per image (``decoded``: the VAE decoder's ``[num_images, 3, h, w]``), from
-    the request's image and mask (decoded here again, as preprocess did): what the ``postprocess`` step does."""
+    the request's image and mask (decoded here again, as preprocess did; no mask: the whole photo is the
+    edit): what the ``postprocess`` step does."""
     photo = decode_photo(image_bytes, mask_bytes, settings=None)
     left, top, right, bottom = (int(v) for v in box)
     weights = feather(repaint_area(photo, params)[top:bottom, left:right], params.mask_blur)

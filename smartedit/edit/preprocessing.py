@@ -23,7 +23,7 @@ from smartedit.edit.regions import EditRegion, plan_edit_region
 from smartedit.serving.settings import PreprocessSettings
 from smartedit.diffusion.families import family_parameters, prompts_of
 from smartedit.diffusion.spec import PipelineInfo, TensorSpec
-from smartedit.edit.tasks import REMOVE, prefill_hole
+from smartedit.edit.tasks import MASK_OPTIONAL, REMOVE, prefill_hole
 from smartedit_client import _contract as wire
 
 @dataclass(frozen=True)
@@ -49,11 +49,12 @@ class PreparedImages:
         return self.repaint[top:bottom, left:right]
 
 
-def prepare_images(image_bytes: bytes, mask_bytes: bytes, info: PipelineInfo, settings: PreprocessSettings,
+def prepare_images(image_bytes: bytes, mask_bytes: bytes | None, info: PipelineInfo, settings: PreprocessSettings,
                    params: EditParameters | None = None) -> PreparedImages:
     """Decode image and mask (``smartedit.edit.photos``), shape the mask as the request's record says
     (``smartedit.edit.masks``), choose the region to edit (``smartedit.edit.regions``), and make the model inputs.
 
+    ``mask_bytes``: None edits the whole photo (a task that needs no mask: ``tasks.MASK_OPTIONAL``).
     ``params``: the edit's record (a plain inpaint with the server's crop padding when None).
     """
     params = params or EditParameters(prompt="", crop_padding=settings.default_crop_padding)
@@ -151,8 +152,11 @@ def prepare_request(read: Callable[[str], Any], tokenizers: Sequence, info: Pipe
     """
     # Scalars first: they are cheap to check, images are not.
     params = params or resolve_parameters(read, settings, family_parameters(info))
-    images = prepare_images(_required(read, wire.IMAGE.name), _required(read, wire.MASK_IMAGE.name), info, settings,
-                            params)
+    mask_bytes = read(wire.MASK_IMAGE.name)
+    if mask_bytes is None and params.task not in MASK_OPTIONAL:
+        raise RequestError(wire.MASK_IMAGE.name, f"is required for task {params.task} (only task instruct edits the "
+                                                 f"whole photo without one)")
+    images = prepare_images(_required(read, wire.IMAGE.name), mask_bytes, info, settings, params)
     check_cost(params, images.region, info, settings)
     width, height = images.photo.rgb.size
     prompts = prompts_of(info)

@@ -8,6 +8,9 @@
   and a negative prompt against objects; the mask is grown 8 px so the object's fringe goes too.
 - ``replace_background``: the mask marks the subject to keep; everything else is repainted from the
   prompt, and the edit is pasted back with an 8 px feathered edge so the subject does not look cut out.
+- ``instruct``: the prompt is an instruction ("make it winter"), the whole photo the model's condition
+  (InstructPix2Pix); the mask is optional: without one the whole photo is the edit, with one only the
+  masked part is pasted back. Only families that take the photo as a condition serve it.
 
 Each task only sets defaults (a request's own values win) and, for ``remove``, the image the loop
 starts from.
@@ -18,7 +21,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-INPAINT, REMOVE, REPLACE_BACKGROUND = "inpaint", "remove", "replace_background"
+INPAINT, REMOVE, REPLACE_BACKGROUND, INSTRUCT = "inpaint", "remove", "replace_background", "instruct"
+# The tasks of a family whose UNet repaints a mask (inpainting and latent-blending families).
+INPAINTING_TASKS = (INPAINT, REMOVE, REPLACE_BACKGROUND)
+# The tasks that edit the whole photo when the request sends no mask; the others need one.
+MASK_OPTIONAL = frozenset({INSTRUCT})
 
 REMOVAL_PROMPT = "empty background, seamless continuation of the surroundings"
 REMOVAL_NEGATIVE_PROMPT = "object, person, animal, text, watermark, logo, frame, duplicate, blurry"
@@ -29,6 +36,7 @@ TASK_DEFAULTS: dict[str, dict] = {
     REMOVE: {"prompt": REMOVAL_PROMPT, "negative_prompt": REMOVAL_NEGATIVE_PROMPT, "strength": 0.75,
              "mask_grow": 8},
     REPLACE_BACKGROUND: {"mask_blur": 8},
+    INSTRUCT: {},
 }
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from smartedit.diffusion.families import components_of
-from smartedit.diffusion.recognize import SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND
+from smartedit.diffusion.recognize import (
+    INSTRUCT_PIX2PIX, SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND,
+)
 from smartedit.diffusion.spec import PipelineInfo, ComponentSpec
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,8 @@ _SDXL_GRAPHS = dict(
 # Per family (smartedit.diffusion.families), the graph each of its COMPONENTS is exported from. Here and
 # not in the family modules: the serving processes import those, and must not import the exporter.
 GRAPHS: dict[str, dict] = {SD_INPAINT.name: _SD_GRAPHS, SD_LATENT_BLEND.name: _SD_GRAPHS,
-                           SDXL_INPAINT.name: _SDXL_GRAPHS, SDXL_LATENT_BLEND.name: _SDXL_GRAPHS}
+                           SDXL_INPAINT.name: _SDXL_GRAPHS, SDXL_LATENT_BLEND.name: _SDXL_GRAPHS,
+                           INSTRUCT_PIX2PIX.name: _SD_GRAPHS}
 
 
 def component_module(pipeline, name: str, family: str = SD_INPAINT.name) -> torch.nn.Module:

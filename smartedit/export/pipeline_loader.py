@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from smartedit.diffusion.recognize import (
-    SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND, Found, UnknownFamily, identify, read_found,
+    INSTRUCT_PIX2PIX, SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND, Found, UnknownFamily, identify,
+    read_found,
 )
 
 log = logging.getLogger(__name__)
@@ -17,8 +18,9 @@ log = logging.getLogger(__name__)
 # writes the PNG, and the reference is compared without one).
 _SD = ("StableDiffusionInpaintPipeline", dict(safety_checker=None, requires_safety_checker=False))
 _SDXL = ("StableDiffusionXLInpaintPipeline", dict(add_watermarker=False))
+_INSTRUCT = ("StableDiffusionInstructPix2PixPipeline", dict(safety_checker=None, requires_safety_checker=False))
 PIPELINE_CLASSES = {SD_INPAINT.name: _SD, SD_LATENT_BLEND.name: _SD,
-                    SDXL_INPAINT.name: _SDXL, SDXL_LATENT_BLEND.name: _SDXL}
+                    SDXL_INPAINT.name: _SDXL, SDXL_LATENT_BLEND.name: _SDXL, INSTRUCT_PIX2PIX.name: _INSTRUCT}
 
 
 class UnsupportedModel(ValueError):

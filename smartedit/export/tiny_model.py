@@ -53,9 +53,10 @@ def write_tokenizer(folder: Path, pad_token: str = _EOS) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def build_tiny_pipeline(seed: int = 0, text_to_image: bool = False):
+def build_tiny_pipeline(seed: int = 0, text_to_image: bool = False, instruct: bool = False):
     """Build the tiny pipeline in memory; the same seed gives identical weights. ``text_to_image``: its UNet
-    takes the 4 latent channels alone, as a text-to-image SD checkpoint's does (the sd-latent-blend family)."""
+    takes the 4 latent channels alone, as a text-to-image SD checkpoint's does (the sd-latent-blend family);
+    ``instruct``: the latents and the photo's latents, 8 channels, as InstructPix2Pix's (instruct-pix2pix)."""
     import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -65,8 +66,9 @@ def build_tiny_pipeline(seed: int = 0, text_to_image: bool = False):
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=32,
-        # latents 4 + mask 1 + masked-image latents 4: the SD inpainting layout; or the latents alone
-        in_channels=4 if text_to_image else 9,
+        # latents 4 + mask 1 + masked-image latents 4: the SD inpainting layout; the latents alone; or the
+        # latents + the photo's latents (InstructPix2Pix)
+        in_channels=4 if text_to_image else 8 if instruct else 9,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -142,22 +144,29 @@ def is_current_tiny_pipeline(folder: Path) -> bool:
     try:
         stamp = json.loads((Path(folder) / _STAMP).read_text())
         return (stamp.get("version") == TINY_MODEL_VERSION and not stamp.get("text_to_image", False)
-                and stamp.get("family", "sd") == "sd")
+                and not stamp.get("instruct", False) and stamp.get("family", "sd") == "sd")
     except (OSError, ValueError):
         return False
 
 
-def write_tiny_pipeline(folder: Path, seed: int = 0, text_to_image: bool = False) -> Path:
+def write_tiny_pipeline(folder: Path, seed: int = 0, text_to_image: bool = False, instruct: bool = False) -> Path:
     """Write the tiny pipeline as a diffusers folder and return the folder; ``text_to_image``: a 4-channel
-    UNet in a ``StableDiffusionPipeline`` folder, as text-to-image checkpoints are published."""
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+    UNet in a ``StableDiffusionPipeline`` folder, as text-to-image checkpoints are published; ``instruct``: an
+    8-channel UNet in a ``StableDiffusionInstructPix2PixPipeline`` folder."""
+    from diffusers import (
+        StableDiffusionInpaintPipeline, StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline,
+    )
     from transformers import CLIPTokenizer
 
+    if text_to_image and instruct:
+        raise ValueError("a tiny pipeline is text-to-image or instruct, not both")
     folder = Path(folder)
     tokenizer_dir = folder / "tokenizer"
     write_tokenizer(tokenizer_dir)
-    unet, vae, text_encoder, scheduler = build_tiny_pipeline(seed, text_to_image)
-    pipeline = (StableDiffusionPipeline if text_to_image else StableDiffusionInpaintPipeline)(
+    unet, vae, text_encoder, scheduler = build_tiny_pipeline(seed, text_to_image, instruct)
+    pipeline_class = (StableDiffusionPipeline if text_to_image else StableDiffusionInstructPix2PixPipeline if instruct
+                      else StableDiffusionInpaintPipeline)
+    pipeline = pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=CLIPTokenizer.from_pretrained(tokenizer_dir),
@@ -169,5 +178,5 @@ def write_tiny_pipeline(folder: Path, seed: int = 0, text_to_image: bool = False
     )
     pipeline.save_pretrained(folder)
     (folder / _STAMP).write_text(json.dumps({"version": TINY_MODEL_VERSION, "seed": seed,
-                                             "text_to_image": text_to_image}))
+                                             "text_to_image": text_to_image, "instruct": instruct}))
     return folder

@@ -49,8 +49,8 @@ def describe_pipeline(names: PipelineNames, info: PipelineInfo, settings: Prepro
         "working_resolution": info.working_resolution,
         "vae_scale_factor": info.vae_scale_factor,
         "samplers": list(SAMPLERS),
-        "tasks": list(wire.TASKS),
-        "task_defaults": {task: dict(values) for task, values in TASK_DEFAULTS.items()},
+        "tasks": list(family.tasks),
+        "task_defaults": {task: dict(TASK_DEFAULTS[task]) for task in family.tasks},
         "parameters": parameters,
     }
 

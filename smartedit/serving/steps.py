@@ -115,7 +115,9 @@ DECODED_IMAGE = TensorSpec("decoded_image", "FP32", (-1, 3, -1, -1))  # in [-1, 
 EDITED_IMAGE = TensorSpec(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wire.OUTPUT_SHAPE)
 
 POSTPROCESS_INPUTS = (DECODED_IMAGE, TensorSpec(wire.IMAGE.name, wire.IMAGE.datatype, wire.TENSOR_SHAPE),
-                      TensorSpec(wire.MASK_IMAGE.name, wire.MASK_IMAGE.datatype, wire.TENSOR_SHAPE), EDIT_BOX,
+                      # absent for a task that needs no mask (smartedit.edit.tasks.MASK_OPTIONAL)
+                      TensorSpec(wire.MASK_IMAGE.name, wire.MASK_IMAGE.datatype, wire.TENSOR_SHAPE, optional=True),
+                      EDIT_BOX,
                       EDIT_PARAMETERS, RESERVATION)
 POSTPROCESS_OUTPUTS = (EDITED_IMAGE,)
 

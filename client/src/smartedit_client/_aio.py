@@ -94,8 +94,8 @@ class AsyncInpaintClient:
             raise in_sdk_terms(await self._failure(error)) from None
         return SegmentResult.from_response(response, request_id, time.perf_counter() - started)
 
-    async def inpaint(self, *, image: ImageLike, mask_image: ImageLike, prompt: str, pipeline: str | None = None,
-                      timeout_s: float | None = None, request_id: str | None = None,
+    async def inpaint(self, *, image: ImageLike, mask_image: ImageLike | None = None, prompt: str,
+                      pipeline: str | None = None, timeout_s: float | None = None, request_id: str | None = None,
                       **options: Unpack[EditOptions]) -> InpaintResult:
         """As ``InpaintClient.inpaint``: the same arguments, result and errors. Cancelling the awaiting
         task cancels the call (the server stops the edit at its deadline, as for the blocking client)."""
@@ -110,12 +110,14 @@ class AsyncInpaintClient:
             raise edit_failure(await self._failure(error), started, timeout_s, pipeline or self.pipeline) from None
         return edit_result(response, request_id, started)
 
-    async def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike, **overrides) -> InpaintResult:
+    async def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike | None = None,
+                     **overrides) -> InpaintResult:
         """As ``InpaintClient.replay``."""
         return await self.inpaint(image=image, mask_image=mask_image, **{**replay_of(png), **overrides})
 
-    def inpaint_stream(self, *, image: ImageLike, mask_image: ImageLike, prompt: str, preview_every: int | None = None,
-                       pipeline: str | None = None, timeout_s: float | None = None, request_id: str | None = None,
+    def inpaint_stream(self, *, image: ImageLike, mask_image: ImageLike | None = None, prompt: str,
+                       preview_every: int | None = None, pipeline: str | None = None, timeout_s: float | None = None,
+                       request_id: str | None = None,
                        **options: Unpack[EditOptions]) -> "AsyncInpaintStream":
         """As ``InpaintClient.inpaint_stream``; iterate the stream with ``async for`` (and use it as
         ``async with``). Leaving it early cancels the edit.

@@ -195,7 +195,7 @@ class InpaintClient:
         self,
         *,
         image: ImageLike,
-        mask_image: ImageLike,
+        mask_image: ImageLike | None = None,
         prompt: str,
         pipeline: str | None = None,
         timeout_s: float | None = None,
@@ -210,7 +210,8 @@ class InpaintClient:
 
         Args:
             image: the image to edit: encoded bytes (PNG, JPEG, WebP), a file path or a PIL image.
-            mask_image: same size as ``image``; white (>= 128) is repainted, black is kept.
+            mask_image: same size as ``image``; white (>= 128) is repainted, black is kept. Required except
+                for ``task="instruct"`` (an InstructPix2Pix pipeline), which edits the whole photo without one.
             prompt: what to paint in the masked region (may be empty: ``remove`` then uses a neutral one).
             pipeline: the pipeline to edit with (``server_info().pipelines``), overriding the client's.
             timeout_s: this call's timeout, overriding the client's.
@@ -240,7 +241,8 @@ class InpaintClient:
             raise edit_failure(self._failure(error), started, timeout_s, pipeline or self.pipeline) from None
         return edit_result(response, request_id, started)
 
-    def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike, **overrides) -> InpaintResult:
+    def replay(self, png: ImageLike, *, image: ImageLike, mask_image: ImageLike | None = None,
+               **overrides) -> InpaintResult:
         """Send again the edit a result PNG carries the parameters of, on ``image`` and ``mask_image``
         (the ones it was made from): the same server and model give the same PNG, byte for byte.
 
@@ -257,7 +259,7 @@ class InpaintClient:
         self,
         *,
         image: ImageLike,
-        mask_image: ImageLike,
+        mask_image: ImageLike | None = None,
         prompt: str,
         preview_every: int | None = None,
         pipeline: str | None = None,
@@ -388,11 +390,13 @@ def replay_of(png: ImageLike) -> dict:
     return replayable(carried)
 
 
-def edit_inputs(image: ImageLike, mask_image: ImageLike, parameters: dict) -> list[grpcclient.InferInput]:
+def edit_inputs(image: ImageLike, mask_image: ImageLike | None, parameters: dict) -> list[grpcclient.InferInput]:
     """The request's tensors, checked and encoded; ``parameters`` are named as the contract's inputs, and
     those left None are left out (the server applies its defaults)."""
     specs = {spec.name: spec for spec in wire.STREAM_INPUTS}
-    values = {wire.IMAGE: encoded("image", image), wire.MASK_IMAGE: encoded("mask_image", mask_image)}
+    # No mask: left out, for the server to refuse by name unless the task edits the whole photo.
+    values = {wire.IMAGE: encoded("image", image),
+              wire.MASK_IMAGE: None if mask_image is None else encoded("mask_image", mask_image)}
     for name, value in parameters.items():
         values[specs[name]] = value
     missing = [spec.name for spec in wire.INPUTS if spec.required and values.get(spec) is None]

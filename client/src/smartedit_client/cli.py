@@ -17,7 +17,8 @@ _TYPES = {"BYTES": str, "INT32": int, "INT64": int, "FP32": float}
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smartedit-edit", description="Inpaint the white part of --mask in --image.")
+    p = argparse.ArgumentParser(prog="smartedit-edit", description="Inpaint the white part of --mask in --image (or, "
+                                                                   "with --task instruct, edit it as --prompt says).")
     p.add_argument("--url", default=DEFAULT_URL, help=f"server gRPC address (default {DEFAULT_URL})")
     p.add_argument("--ssl", action="store_true", help="TLS (e.g. through an Ingress on port 443)")
     p.add_argument("--ca-bundle", default=None,
@@ -28,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default=None,
                    help="which of the server's pipelines edits, by name (--info lists them; default: the first)")
     p.add_argument("--image", help="image to edit (PNG, JPEG or WebP)")
-    p.add_argument("--mask", help="mask, same size: white = repaint, black = keep")
+    p.add_argument("--mask", help="mask, same size: white = repaint, black = keep (optional with --task instruct: "
+                                  "without one the whole photo is edited)")
     p.add_argument("--prompt", default=None, help="what to paint in the masked region (required unless --replay)")
     p.add_argument("--replay", metavar="PNG", default=None,
                    help="send again the edit whose parameters this result PNG carries (on --image and --mask); "
@@ -119,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
     if args.info:
         return _print_info(cli, args)
-    missing = [flag for flag, value in (("--image", args.image), ("--mask", args.mask), ("--out", args.out))
-               if value is None]
+    # --mask is checked by the server, which knows the task's default (an InstructPix2Pix pipeline's is
+    # instruct, which needs none) and names the field when one is needed.
+    missing = [flag for flag, value in (("--image", args.image), ("--out", args.out)) if value is None]
     if missing:
         cli.error(f"{', '.join(missing)} required (or --info)")
     if args.preview_every is not None and not args.previews:

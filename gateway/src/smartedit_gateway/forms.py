@@ -37,7 +37,7 @@ STREAM_FIELDS = EDIT_FIELDS + (wire.PREVIEW_EVERY,)
 @dataclass(frozen=True)
 class EditForm:
     image: bytes
-    mask_image: bytes
+    mask_image: bytes | None  # None: the task edits the whole photo (or the server refuses it by name)
     parameters: dict[str, Any]  # named as the contract's inputs; only those sent
 
 
@@ -161,6 +161,11 @@ def _decoded_base64(field: str, value: Any) -> bytes:
         raise _bad(field, f"is not valid base64 ({error})") from None
 
 
+# The images every edit needs: the photo (the mask only for the tasks that repaint one; the server names it
+# when a task needs it and none came).
+_REQUIRED_IMAGES = tuple(spec.name for spec in (wire.IMAGE, wire.MASK_IMAGE) if spec.required)
+
+
 async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -> EditForm:
     """The edit a request carries, its body's kind chosen by its Content-Type.
 
@@ -179,20 +184,22 @@ async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -
                     fields[name] = value
         finally:
             await form.close()
-        for name in (wire.IMAGE.name, wire.MASK_IMAGE.name):
+        for name in _REQUIRED_IMAGES:
             if name not in files:
                 raise _bad(name, "is required: send it as a file field of the form")
         parameters = _parameters(fields, from_text=True, extra=extra)
-        return EditForm(files[wire.IMAGE.name], files[wire.MASK_IMAGE.name], parameters)
+        return EditForm(files[wire.IMAGE.name], files.get(wire.MASK_IMAGE.name), parameters)
     if content_type == "application/json":
         body = await _json_object(request)
         images = {}
         for name in (wire.IMAGE.name, wire.MASK_IMAGE.name):
             if body.get(name) is None:
-                raise _bad(name, "is required: base64 of the encoded image")
+                if name in _REQUIRED_IMAGES:
+                    raise _bad(name, "is required: base64 of the encoded image")
+                continue
             images[name] = _decoded_base64(name, body[name])
         parameters = _parameters(body, from_text=False, extra=extra)
-        return EditForm(images[wire.IMAGE.name], images[wire.MASK_IMAGE.name], parameters)
+        return EditForm(images[wire.IMAGE.name], images.get(wire.MASK_IMAGE.name), parameters)
     raise GatewayError(415, f"send multipart/form-data or application/json, not {content_type or 'no Content-Type'}")
 
 
@@ -215,7 +222,7 @@ def openapi_schema(with_stream_fields: bool = False) -> dict:
     multipart = {name: {"type": "string", "format": "binary", "description": doc} for name, doc in image_doc.items()}
     as_json = {name: {"type": "string", "format": "byte", "description": f"base64: {doc}"}
                for name, doc in image_doc.items()}
-    required = [wire.IMAGE.name, wire.MASK_IMAGE.name, wire.PROMPT.name]
+    required = [*_REQUIRED_IMAGES, wire.PROMPT.name]
     return {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": required,
                                            "properties": {**multipart, **properties}}},

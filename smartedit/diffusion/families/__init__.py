@@ -11,6 +11,8 @@ smartedit.diffusion.recognize) and answers:
   tokenizers, the encoder that takes their ids, the embeddings it answers by the names ``start`` reads);
 - ``DEFAULTS``: the parameters whose default differs for it from the contract's (SDXL's strength
   0.9999), by name; the server's configuration and the task's defaults still come first;
+- ``TASKS``: the tasks its pipelines serve, the first their default (``smartedit.edit.tasks``: the inpainting
+  families serve inpaint, remove and replace_background; InstructPix2Pix serves instruct);
 - ``OWN_PARAMETERS``: the contract's parameters that only it takes (InstructPix2Pix's
   ``image_guidance_scale``): a pipeline of another family refuses a request that sets one, and its
   ``server_info`` does not list them;
@@ -34,14 +36,16 @@ from types import ModuleType
 from typing import Any, Mapping
 
 from smartedit.diffusion.denoise import DenoiseState, EditInputs, EncodeFn
-from smartedit.diffusion.families import sd_inpaint, sd_latent_blend, sdxl_inpaint, sdxl_latent_blend
+from smartedit.diffusion.families import (
+    instruct_pix2pix, sd_inpaint, sd_latent_blend, sdxl_inpaint, sdxl_latent_blend,
+)
 from smartedit.diffusion.prompts import PromptEncoding
 from smartedit.diffusion.recognize import KNOWN
 from smartedit.diffusion.spec import VAE_DECODER, VAE_ENCODER, PipelineInfo
 from smartedit.edit.parameters import EditParameters, FamilyParameters
 
-FAMILIES: dict[str, ModuleType] = {module.FAMILY.name: module for module in (sd_inpaint, sd_latent_blend, sdxl_inpaint,
-                                                                             sdxl_latent_blend)}
+FAMILIES: dict[str, ModuleType] = {module.FAMILY.name: module for module in (
+    sd_inpaint, sd_latent_blend, sdxl_inpaint, sdxl_latent_blend, instruct_pix2pix)}
 assert set(FAMILIES) == {family.name for family in KNOWN}, "every family recognized has its module, and only those"
 
 
@@ -87,7 +91,7 @@ def family_parameters(info: PipelineInfo) -> FamilyParameters:
     module = family_of(info)
     others = {name for other in FAMILIES.values() if other is not module for name in other.OWN_PARAMETERS}
     return FamilyParameters(family=info.family, defaults=dict(module.DEFAULTS),
-                            refused=frozenset(others - set(module.OWN_PARAMETERS)))
+                            refused=frozenset(others - set(module.OWN_PARAMETERS)), tasks=tuple(module.TASKS))
 
 
 def start_denoising(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters,

@@ -16,6 +16,7 @@ from smartedit.diffusion.recognize import SD_INPAINT
 from smartedit.diffusion.samplers import step_kwargs
 from smartedit.diffusion.spec import SD_COMPONENTS, SD_WEIGHTS, PipelineInfo
 from smartedit.edit.parameters import EditParameters
+from smartedit.edit.tasks import INPAINTING_TASKS
 
 FAMILY = SD_INPAINT
 # The models it serves besides the steps (their ONNX graphs: smartedit.export.onnx_export.GRAPHS), and the
@@ -27,6 +28,8 @@ PROMPTS = SD_PROMPTS
 # Its defaults where they differ from the contract's (which are SD's), and the parameters only it takes: none.
 DEFAULTS: dict = {}
 OWN_PARAMETERS: tuple[str, ...] = ()
+# The tasks it serves: those of a UNet that repaints a mask.
+TASKS = INPAINTING_TASKS
 # Whether its VAE is kept in FP32 on the FP16 profiles when the VAE's config says ``force_upcast`` (diffusers'
 # SD pipelines never upcast: SD's VAE runs in FP16).
 UPCASTS_VAE = False

@@ -13,6 +13,7 @@ from smartedit.diffusion.prompts import SDXL_PROMPTS
 from smartedit.diffusion.recognize import SDXL_INPAINT
 from smartedit.diffusion.spec import SDXL_COMPONENTS, SDXL_WEIGHTS, PipelineInfo
 from smartedit.edit.parameters import EditParameters
+from smartedit.edit.tasks import INPAINTING_TASKS
 
 FAMILY = SDXL_INPAINT
 # The models it serves besides the steps (their ONNX graphs: smartedit.export.onnx_export.GRAPHS), and the
@@ -25,6 +26,8 @@ PROMPTS = SDXL_PROMPTS
 # trace of what was there (0.9999, not 1.0: at 1.0 the loop starts from noise alone).
 DEFAULTS: dict = {"strength": 0.9999}
 OWN_PARAMETERS: tuple[str, ...] = ()
+# The tasks it serves: those of a UNet that repaints a mask.
+TASKS = INPAINTING_TASKS
 # SDXL's VAE overflows in FP16: diffusers upcasts it when its config says ``force_upcast`` (SDXL's does; an
 # FP16-safe VAE, such as the community's fp16 fix given with ``export --vae``, says False), and so does
 # the export: the VAE graphs and engines stay FP32 on the FP16 profiles.

@@ -39,7 +39,7 @@ class TritonPythonModel:
                     encoded = finish_edit(
                         array(request, steps.DECODED_IMAGE.name),
                         array(request, wire.IMAGE.name).reshape(-1)[0],
-                        array(request, wire.MASK_IMAGE.name).reshape(-1)[0],
+                        optional_scalar(request, wire.MASK_IMAGE.name),
                         array(request, steps.EDIT_BOX.name),
                         EditParameters.from_tensor(array(request, steps.EDIT_PARAMETERS.name)),
                         self.provenance,

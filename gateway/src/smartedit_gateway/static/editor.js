@@ -44,7 +44,14 @@ const TASKS = {
     placeholder: "the new background, e.g. a sunny beach",
     overlay: "keep",
   },
+  instruct: {
+    hint: "Say what to change, as an instruction. Paint an area to change only that, or paint nothing to edit the whole photo.",
+    placeholder: "an instruction, e.g. make it winter",
+    overlay: "repaint",
+  },
 };
+// The tasks that edit the whole photo when nothing is painted (the server's smartedit.edit.tasks.MASK_OPTIONAL).
+const MASK_OPTIONAL = new Set(["instruct"]);
 
 const state = {
   info: null, // GET info, or null while unknown
@@ -204,7 +211,19 @@ function showPipeline() {
   $("scheduler").replaceChildren(new Option("default", ""));
   for (const sampler of state.info.samplers) $("scheduler").append(new Option(sampler, sampler));
   if (state.info.samplers.includes(chosen)) $("scheduler").value = chosen;
+  // Only the tasks this pipeline serves (an InstructPix2Pix pipeline: instruct; the others: the inpainting ones).
+  const tasks = state.info.tasks || Object.keys(TASKS);
+  for (const option of $("task").options) option.hidden = option.disabled = !tasks.includes(option.value);
+  if (!tasks.includes($("task").value)) $("task").value = tasks[0];
   moreFields(state.info.parameters || {});
+  // A field another pipeline declared (InstructPix2Pix's image_guidance_scale) is hidden and not sent here.
+  for (const name of state.moreFields || []) formField(name).closest("label").hidden = !takesParameter(name);
+  showTaskHint();
+  maskChanged();
+}
+
+function takesParameter(name) {
+  return !state.info || !state.info.parameters || name in state.info.parameters;
 }
 
 // ---------------------------------------------------------------- opening a photo
@@ -426,7 +445,8 @@ function maskPixelCount() {
 function maskChanged() {
   const count = maskPixelCount();
   stage.dataset.maskPixels = String(count);
-  $("run").disabled = !state.photo || count === 0 || Boolean(state.running);
+  const needsMask = !MASK_OPTIONAL.has(currentTask());
+  $("run").disabled = !state.photo || (needsMask && count === 0) || Boolean(state.running);
   $("undo").disabled = state.undo.length === 0;
   $("redo").disabled = state.redo.length === 0;
   $("clear").disabled = count === 0 && state.clicks.length === 0 && !state.box;
@@ -645,6 +665,7 @@ function editFields() {
   for (const name of editFieldNames()) {
     const element = formField(name);
     if (name === "pipeline" && $("pipeline-choice").hidden) continue; // one pipeline: the plain entry points
+    if ((state.moreFields || []).includes(name) && !takesParameter(name)) continue; // another pipeline's
     if (element.type === "checkbox") {
       if (element.checked) fields[name] = "true";
       continue;
@@ -752,10 +773,12 @@ async function runEdit(event) {
   showProgress("waiting for the server…");
   setStatus("Editing…");
   try {
-    const maskBlob = await maskForSending();
+    // Nothing painted for a task that needs no mask: none sent, and the whole photo is edited.
+    const unpainted = MASK_OPTIONAL.has(fields.task) && !state.exactMask && maskPixelCount() === 0;
+    const maskBlob = unpainted ? null : await maskForSending();
     const form = new FormData();
     form.append("image", photo.blob, photo.name);
-    form.append("mask_image", maskBlob, "mask.png");
+    if (maskBlob) form.append("mask_image", maskBlob, "mask.png");
     for (const [name, value] of Object.entries(fields)) form.append(name, value);
     const response = await fetch("edit/inpaint/stream", { method: "POST", body: form, signal: controller.signal,
                                                           headers: { "X-Request-Id": requestId } });
@@ -902,7 +925,8 @@ async function reloadEdit(entry) {
   const image = await imageOf(entry.photo.blob);
   URL.revokeObjectURL(image.src);
   await usePhoto(entry.photo.blob, entry.photo.name, image);
-  await useMaskImage(entry.maskBlob);
+  if (entry.maskBlob) await useMaskImage(entry.maskBlob);
+  else maskContext.clearRect(0, 0, mask.width, mask.height); // a whole-photo edit: nothing painted
   state.exactMask = entry.maskBlob;
   for (const name of editFieldNames()) {
     const value = entry.parameters[name];
@@ -1006,7 +1030,10 @@ function setUp() {
     event.target.value = ""; // choosing the same file again opens it again
     if (file) openFile(file);
   });
-  $("task").addEventListener("change", showTaskHint);
+  $("task").addEventListener("change", () => {
+    showTaskHint();
+    maskChanged();
+  });
   $("pipeline").addEventListener("change", showPipeline);
   $("split").addEventListener("input", (event) => {
     state.split = Number(event.target.value) / 100;
