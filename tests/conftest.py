@@ -208,6 +208,19 @@ def two_pipelines_server(tiny_pipeline, tiny_text_to_image_pipeline, tmp_path_fa
         yield running
 
 
+@pytest.fixture(scope="module")
+def instruct_server(tiny_instruct_pipeline, tiny_pipeline, tmp_path_factory):
+    """The tiny InstructPix2Pix as pipeline ``instruct`` (the first) beside the tiny SD model as ``tiny`` (README
+    "Instruction edits")."""
+    from smartedit.export.repository import PipelineSource, build_pipelines_repository
+
+    out = tmp_path_factory.mktemp("instruct") / "model_repository"
+    build_pipelines_repository([PipelineSource("instruct", tiny_instruct_pipeline, "tiny InstructPix2Pix"),
+                                PipelineSource("tiny", tiny_pipeline, "smartedit-tiny")], out)
+    with serving(out, out.parent / "tritonserver.log") as running:
+        yield running
+
+
 @pytest.fixture
 def client(server):
     from smartedit_client import InpaintClient

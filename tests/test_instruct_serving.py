@@ -10,24 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import scene, serving
+from conftest import scene
 from reference import diffusers_instruct, psnr
 from smartedit.edit.masks import shape_mask
 
 pytestmark = pytest.mark.functional
 
 EDIT = dict(prompt="make it snow", num_inference_steps=5, seed=1234)
-
-
-@pytest.fixture(scope="module")
-def instruct_server(tiny_instruct_pipeline, tiny_pipeline, tmp_path_factory):
-    from smartedit.export.repository import PipelineSource, build_pipelines_repository
-
-    out = tmp_path_factory.mktemp("instruct") / "model_repository"
-    build_pipelines_repository([PipelineSource("instruct", tiny_instruct_pipeline, "tiny InstructPix2Pix"),
-                                PipelineSource("tiny", tiny_pipeline, "smartedit-tiny")], out)
-    with serving(out, out.parent / "tritonserver.log") as running:
-        yield running
 
 
 @pytest.fixture
@@ -147,6 +136,7 @@ def test_streaming_an_instruction_edit_sends_previews_and_the_unary_bytes(instru
                                        "its tasks: instruct"),
     ("instruct", dict(strength=0.5), "strength: 0.5 is not taken by task instruct"),
     ("instruct", dict(image_guidance_scale=-1.0), "image_guidance_scale: must be >= 0, got -1.0"),
+    ("instruct", dict(invert_mask=True), "invert_mask: true needs a mask_image to invert"),
     ("tiny", dict(task="instruct"), "task: instruct is not served by this pipeline (family sd-inpaint); its tasks: "
                                     "inpaint, remove, replace_background"),
     ("tiny", dict(image_guidance_scale=2.0), "image_guidance_scale: is not taken by this pipeline (family sd-inpaint)"),

@@ -39,9 +39,13 @@ def photo_folder(tmp_path_factory):
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)), ids=lambda index: f"snippet-{index + 1}")
 def test_a_readme_snippet_runs_as_written(request, photo_folder, index):
-    # The snippet of "Several pipelines in one server" edits with the README's two pipelines, tiny and blend.
-    several = "pipeline=" in SNIPPETS[index]
-    server = request.getfixturevalue("two_pipelines_server" if several else "server")
+    # The snippet of "Instruction edits" edits with its InstructPix2Pix pipeline; that of "Several pipelines in
+    # one server" with the README's two pipelines, tiny and blend.
+    if 'pipeline="instruct"' in SNIPPETS[index]:
+        fixture = "instruct_server"
+    else:
+        fixture = "two_pipelines_server" if "pipeline=" in SNIPPETS[index] else "server"
+    server = request.getfixturevalue(fixture)
     code = SNIPPETS[index].replace(DOCUMENTED_ADDRESS, server.address.grpc)
     completed = subprocess.run([sys.executable, "-c", code], cwd=photo_folder, capture_output=True, text=True,
                                timeout=600)

@@ -156,6 +156,9 @@ def prepare_request(read: Callable[[str], Any], tokenizers: Sequence, info: Pipe
     if mask_bytes is None and params.task not in MASK_OPTIONAL:
         raise RequestError(wire.MASK_IMAGE.name, f"is required for task {params.task} (only task instruct edits the "
                                                  f"whole photo without one)")
+    if mask_bytes is None and params.invert_mask:
+        raise RequestError(wire.INVERT_MASK.name, "true needs a mask_image to invert: without one the whole photo is "
+                                                  "edited")
     images = prepare_images(_required(read, wire.IMAGE.name), mask_bytes, info, settings, params)
     check_cost(params, images.region, info, settings)
     width, height = images.photo.rgb.size
