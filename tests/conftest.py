@@ -26,19 +26,28 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return write_tiny_pipeline(tmp_path_factory.mktemp("tiny-model"), seed=0)
 
 
+def _tiny_sd_variant(tmp_path_factory, name: str, **shape) -> Path:
+    """The tiny model's weights in another UNet layout (``write_tiny_pipeline``'s ``text_to_image`` / ``instruct``)."""
+    from smartedit.export.tiny_model import write_tiny_pipeline
+
+    return write_tiny_pipeline(tmp_path_factory.mktemp(name), seed=0, **shape)
+
+
+def _loaded(folder: Path):
+    from smartedit.export.pipeline_loader import load_pipeline
+
+    return load_pipeline(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_text_to_image_dir(tmp_path_factory) -> Path:
     """The tiny model's weights with a 4-channel UNet, as a text-to-image SD folder (sd-latent-blend)."""
-    from smartedit.export.tiny_model import write_tiny_pipeline
-
-    return write_tiny_pipeline(tmp_path_factory.mktemp("tiny-text-to-image"), seed=0, text_to_image=True)
+    return _tiny_sd_variant(tmp_path_factory, "tiny-text-to-image", text_to_image=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_text_to_image_pipeline(tiny_text_to_image_dir):
-    from smartedit.export.pipeline_loader import load_pipeline
-
-    return load_pipeline(tiny_text_to_image_dir)
+    return _loaded(tiny_text_to_image_dir)
 
 
 @pytest.fixture(scope="session")
@@ -51,16 +60,12 @@ def tiny_pipeline(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tiny_instruct_dir(tmp_path_factory) -> Path:
     """The tiny model's weights with an 8-channel UNet, as an InstructPix2Pix folder (instruct-pix2pix)."""
-    from smartedit.export.tiny_model import write_tiny_pipeline
-
-    return write_tiny_pipeline(tmp_path_factory.mktemp("tiny-instruct"), seed=0, instruct=True)
+    return _tiny_sd_variant(tmp_path_factory, "tiny-instruct", instruct=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_instruct_pipeline(tiny_instruct_dir):
-    from smartedit.export.pipeline_loader import load_pipeline
-
-    return load_pipeline(tiny_instruct_dir)
+    return _loaded(tiny_instruct_dir)
 
 
 @pytest.fixture(scope="session")
@@ -227,6 +232,16 @@ def client(server):
 
     with InpaintClient(server.address.grpc, timeout_s=120) as c:
         yield c
+
+
+def assert_together_equals_alone(edits: list, send) -> None:
+    """``send(*edit)`` for every edit at once (the engine batches them), then each alone: the same bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(edits)) as pool:
+        together = list(pool.map(lambda edit: send(*edit), edits))
+    for edit, result in zip(edits, together):
+        assert result == send(*edit), f"{edit}: differs from the same edit sent alone"
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -4,13 +4,11 @@ diffusers' ``StableDiffusionInstructPix2PixPipeline`` on the same weights."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import scene
+from conftest import assert_together_equals_alone, scene
 from reference import diffusers_instruct, psnr
 from smartedit.edit.masks import shape_mask
 
@@ -113,10 +111,7 @@ def _batched_edit(client, pipeline, task, size, scheduler, steps, guidance_scale
 
 
 def test_instruction_edits_sent_together_equal_the_same_edits_sent_alone(instruct_client):
-    with ThreadPoolExecutor(len(BATCHED_EDITS)) as pool:
-        together = list(pool.map(lambda edit: _batched_edit(instruct_client, *edit), BATCHED_EDITS))
-    for edit, png in zip(BATCHED_EDITS, together):
-        assert png == _batched_edit(instruct_client, *edit), f"{edit}: differs from the same edit sent alone"
+    assert_together_equals_alone(BATCHED_EDITS, lambda *edit: _batched_edit(instruct_client, *edit))
 
 
 def test_streaming_an_instruction_edit_sends_previews_and_the_unary_bytes(instruct_client):

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import png_bytes, scene, serving
+from conftest import assert_together_equals_alone, png_bytes, scene, serving
 from reference import diffusers_inpaint, psnr
 from smartedit.edit.masks import shape_mask
 from test_serving import _documented_region, _edited_in_place, _photo
@@ -146,10 +145,7 @@ def _batched_edit(client, pipeline, width, height, sampler, steps, seed) -> byte
 
 
 def test_sdxl_edits_sent_together_equal_the_same_edits_sent_alone(sdxl_client):
-    with ThreadPoolExecutor(len(BATCHED_EDITS)) as pool:
-        together = list(pool.map(lambda edit: _batched_edit(sdxl_client, *edit), BATCHED_EDITS))
-    for edit, png in zip(BATCHED_EDITS, together):
-        assert png == _batched_edit(sdxl_client, *edit), f"{edit}: differs from the same edit sent alone"
+    assert_together_equals_alone(BATCHED_EDITS, lambda *edit: _batched_edit(sdxl_client, *edit))
 
 
 def test_remove_replace_background_and_variations_work_on_sdxl(sdxl_client):
