@@ -60,3 +60,44 @@ def diffusers_instruct(pipeline, image: Image.Image, *, prompt: str, negative_pr
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def diffedit_reference(pipeline):
+    """diffusers' ``StableDiffusionDiffEditPipeline`` on ``pipeline``'s weights (a 4-channel SD pipeline), DDIM both
+    ways, as diffusers' DiffEdit documentation builds it."""
+    from diffusers import DDIMInverseScheduler, StableDiffusionDiffEditPipeline
+
+    reference = StableDiffusionDiffEditPipeline(
+        vae=pipeline.vae, text_encoder=pipeline.text_encoder, tokenizer=pipeline.tokenizer, unet=pipeline.unet,
+        scheduler=DDIMScheduler.from_config(pipeline.scheduler.config),
+        inverse_scheduler=DDIMInverseScheduler.from_config(pipeline.scheduler.config),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    reference.set_progress_bar_config(disable=True)
+    return reference
+
+
+def diffusers_inversion(pipeline, image: Image.Image, *, source_prompt: str, num_inference_steps: int,
+                        strength: float, generator: torch.Generator) -> torch.Tensor:
+    """DiffEdit's ``invert``: the photo's latents (drawn from ``generator``) run back with ``DDIMInverseScheduler``
+    under ``source_prompt`` without guidance (``guidance_scale=1``, no regularization steps): ``[1, steps, C, h,
+    w]``, the most inverted first."""
+    return diffedit_reference(pipeline).invert(
+        prompt=source_prompt, image=image, num_inference_steps=num_inference_steps, inpaint_strength=strength,
+        guidance_scale=1.0, num_reg_steps=0, generator=generator).latents
+
+
+def diffusers_text_edit(pipeline, image: Image.Image, latent_mask: torch.Tensor | None, *, prompt: str,
+                        source_prompt: str, negative_prompt: str | None, num_inference_steps: int,
+                        guidance_scale: float, strength: float, seed: int, eta: float = 0.0) -> np.ndarray:
+    """A text edit from diffusers' pieces: DiffEdit's inversion, then DiffEdit's ``__call__`` given those latents and
+    ``latent_mask`` ([1, 1, h, w], 1 = edit; None: the whole photo); one generator through both, as a caller would."""
+    generator = torch.Generator().manual_seed(seed)
+    inverted = diffusers_inversion(pipeline, image, source_prompt=source_prompt,
+                                   num_inference_steps=num_inference_steps, strength=strength, generator=generator)
+    if latent_mask is None:
+        latent_mask = torch.ones((1, 1) + tuple(inverted.shape[-2:]))
+    result = diffedit_reference(pipeline)(
+        prompt=prompt, negative_prompt=negative_prompt, mask_image=latent_mask, image_latents=inverted,
+        inpaint_strength=strength, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
+        generator=generator).images[0]
+    return np.asarray(result)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import png_bytes, scene
-from reference import diffusers_inpaint, psnr
+from reference import diffusers_inpaint, diffusers_text_edit, psnr
 from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
 from smartedit.diffusion.families import start_denoising
 from smartedit.edit.parameters import EditParameters
@@ -70,6 +70,72 @@ def test_latent_blending_loop_matches_diffusers_on_a_4_channel_unet(tiny_text_to
     pipe = tiny_text_to_image_pipeline
     assert pipe.unet.config.in_channels == 4 and PipelineInfo.from_pipeline(pipe).family == "sd-latent-blend"
     _assert_loop_matches_diffusers(pipe, sampler, strength, guidance)
+
+
+def _text_edit_with_torch(pipe, image, mask, params):
+    """A text edit's loop (inversion, then denoising) on the PyTorch modules: (the edit composed into the photo,
+    the repainted area, the latent mask the loop saw)."""
+    info = PipelineInfo.from_pipeline(pipe)
+    prepared = prepare_images(png_bytes(image), None if mask is None else png_bytes(mask), info,
+                              PreprocessSettings(), params)
+    ids = SD_PROMPTS.tokenize([pipe.tokenizer], params.negative_prompt, params.prompt, params.source_prompt)
+    latent_mask = torch.from_numpy(prepared.latent_mask)
+    with torch.inference_mode():
+        embeds = pipe.text_encoder(torch.from_numpy(ids["input_ids"]))[0]
+        init = pipe.vae.encode(torch.from_numpy(prepared.init_image)).latent_dist
+        unused = torch.full((1, 4) + tuple(latent_mask.shape[-2:]), float("nan"))  # the masked image: not read
+        inputs = EditInputs({"prompt_embeds": embeds}, unused, unused, latent_mask)
+        state = start_denoising(info, pipe.scheduler.config, params, inputs, lambda: (init.mean, init.std))
+        rows = []
+        assert run_to_end(state, lambda inputs: rows.append(inputs["sample"].shape[0]) or pipe.unet(**inputs).sample)
+        decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
+    steps = params.denoising_steps
+    assert rows == [1] * steps + [2 if params.guidance_scale > 1 else 1] * steps  # inversion: the source prompt alone
+    edited = compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box)
+    return edited, prepared.repaint_mask, latent_mask
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["whole-photo", "masked"])
+@pytest.mark.parametrize("strength,guidance,eta", [(1.0, 7.5, 0.0), (0.6, 5.0, 0.0), (1.0, 1.0, 0.5)])
+def test_a_text_edit_loop_matches_diffedit_s_inversion_and_denoising(tiny_text_to_image_pipeline, masked, strength,
+                                                                     guidance, eta):
+    """DDIM inversion under the source prompt, then DDIM under the prompt from the inverted latents; with a mask,
+    outside it the inversion's trajectory: diffusers' DiffEdit ``invert`` then ``__call__`` on the same weights."""
+    pipe = tiny_text_to_image_pipeline
+    image, mask = scene(64, 48, seed=4)
+    params = EditParameters(task="text_edit", prompt="a red chair", source_prompt="a photo of a room",
+                            negative_prompt="ugly", num_inference_steps=5, strength=strength, guidance_scale=guidance,
+                            eta=eta, seed=7)
+    ours, inside, latent_mask = _text_edit_with_torch(pipe, image, mask if masked else None, params)
+    edit = dict(prompt="a red chair", negative_prompt="ugly", num_inference_steps=5, guidance_scale=guidance,
+                strength=strength, seed=7, eta=eta)
+    reference = diffusers_text_edit(pipe, image, latent_mask if masked else None, source_prompt="a photo of a room",
+                                    **edit)
+    assert psnr(ours[inside], reference[inside]) >= 40
+    assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
+    assert inside.all() != masked
+    # The inversion's prompt counts: inverted under another, the edit differs.
+    other = diffusers_text_edit(pipe, image, latent_mask if masked else None, source_prompt="a dog", **edit)
+    assert psnr(ours[inside], other[inside]) < 40
+
+
+@pytest.mark.parametrize("steps,strength", [(10, 1.0), (7, 0.6), (990, 1.0)])
+def test_inverting_then_denoising_under_one_prompt_gives_back_the_photo_s_latents_where_ddim_inverts_exactly(
+        tiny_text_to_image_pipeline, steps, strength):
+    """DDIM inversion is exact when the UNet's prediction does not change along the path (here a constant): the
+    inversion's timesteps must then mirror the denoising's one for one, at any length the server accepts."""
+    pipe = tiny_text_to_image_pipeline
+    info = PipelineInfo.from_pipeline(pipe)
+    generator = torch.Generator().manual_seed(3)
+    mean, std = torch.randn(1, 4, 6, 8, generator=generator), torch.zeros(1, 4, 6, 8)  # std 0: the latents are known
+    params = EditParameters(task="text_edit", prompt="", num_inference_steps=steps, strength=strength,
+                            guidance_scale=1.0, seed=0)
+    inputs = EditInputs({"prompt_embeds": torch.zeros(3, 77, 32)}, mean, std, torch.ones(1, 1, 6, 8))
+    state = start_denoising(info, pipe.scheduler.config, params, inputs, lambda: (mean, std))
+    epsilon = torch.randn(1, 4, 6, 8, generator=generator)
+    assert run_to_end(state, lambda inputs: epsilon)
+    assert state.total_steps == 2 * params.denoising_steps
+    assert torch.allclose(state.latents, mean * info.vae_scaling_factor, atol=1e-4)
 
 
 def test_cancellation_stops_between_steps(tiny_pipeline):

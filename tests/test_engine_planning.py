@@ -263,6 +263,26 @@ def test_an_edit_that_stays_in_place_is_not_copied_again_and_one_that_moves_is()
     assert np.array_equal(built["encoder_hidden_states"][4:], b.hidden.numpy())
 
 
+def test_an_edit_that_swaps_its_constants_mid_loop_has_the_new_ones_copied_in_place():
+    """A text edit turns from inverting to denoising: same place, same rows (no guidance), but new row inputs and
+    conditioning objects, which must reach the call even though the edit did not move."""
+    builder = UNetBatchBuilder()
+    a, b = _Edit(1, 1), _Edit(1, 2)
+    builder.inputs("key", [a.step_input(10.0), b.step_input(10.0)])
+    a.state.row_inputs = {name: torch.full_like(value, 7.0) for name, value in a.state.row_inputs.items()}
+    a.state.conditioning = torch.full_like(a.state.conditioning, 7.0)
+    built = builder.inputs("key", [a.step_input(9.0), b.step_input(9.0)])
+    for name, value in a.state.row_inputs.items():
+        assert (built[name][:1] == 7.0).all() and np.array_equal(built[name][1:], b.state.row_inputs[name].numpy())
+    assert (built["sample"][:1, 4:] == 7.0).all()
+    grown = _Edit(2, 1)  # ... and when it takes another row (guidance starts), both are copied
+    grown.state.row_inputs["encoder_hidden_states"].fill_(3.0)
+    a.rows, a.state = 2, grown.state
+    built = builder.inputs("key", [a.step_input(8.0), b.step_input(8.0)])
+    assert (built["encoder_hidden_states"][:2] == 3.0).all()
+    assert np.array_equal(built["encoder_hidden_states"][2:], b.hidden.numpy())
+
+
 def test_arrays_are_reused_while_they_fit_and_remade_when_they_do_not():
     builder = UNetBatchBuilder()
     edits = [_Edit(2, seed) for seed in range(6)]

@@ -135,7 +135,8 @@ def test_streaming_an_instruction_edit_sends_previews_and_the_unary_bytes(instru
     ("tiny", dict(task="instruct"), "task: instruct is not served by this pipeline (family sd-inpaint); its tasks: "
                                     "inpaint, remove, replace_background"),
     ("tiny", dict(image_guidance_scale=2.0), "image_guidance_scale: is not taken by this pipeline (family sd-inpaint)"),
-    ("tiny", {}, "mask_image: is required for task inpaint (only task instruct edits the whole photo without one)"),
+    ("tiny", {}, "mask_image: is required for task inpaint (only tasks instruct and text_edit edit the whole photo "
+                 "without one)"),
 ])
 def test_bad_instruction_requests_are_refused_naming_the_field(instruct_client, pipeline, options, message):
     from smartedit_client import InvalidRequestError

@@ -137,7 +137,8 @@ class EditInputs:
     """The tensors one edit's loop starts from, made by the ensemble's steps before it."""
 
     # The prompt's embeddings by name, as the family's encoder answers them (its PROMPTS.embeddings), each
-    # with two rows, negative then positive: {"prompt_embeds": [2, L, D]} for SD.
+    # with two rows, negative then positive: {"prompt_embeds": [2, L, D]} for SD (a text edit's have a third,
+    # its source prompt: prompts.SOURCE_ROW).
     prompt: Mapping[str, torch.Tensor]
     masked_image_mean: torch.Tensor  # [1, C, h, w]: the masked image's latent distribution
     masked_image_std: torch.Tensor

@@ -1,12 +1,12 @@
 """How a family's prompts become the tensors its loop reads (a family's ``PROMPTS``).
 
 Preprocess tokenizes the negative prompt and the prompt with each of the pipeline's tokenizers (rows 0
-and 1, padded and truncated as diffusers' ``encode_prompt`` does); one served model, the family's
-encoder, takes the ids of every tokenizer and answers the prompt's embeddings, under the names the loop
-reads them by (``EditInputs.prompt``). SD: one CLIP tokenizer, the encoder's last hidden state as
-``prompt_embeds``. SDXL: two tokenizers, one encoder graph that runs both CLIP models and answers their
-penultimate states concatenated (``prompt_embeds``) and the second's pooled projection
-(``pooled_prompt_embeds``), which the family passes to its UNet as ``text_embeds``.
+and 1, padded and truncated as diffusers' ``encode_prompt`` does; a text edit adds its source prompt as
+row 2); one served model, the family's encoder, takes the ids of every tokenizer and answers the prompt's
+embeddings, under the names the loop reads them by (``EditInputs.prompt``). SD: one CLIP tokenizer, the
+encoder's last hidden state as ``prompt_embeds``. SDXL: two tokenizers, one encoder graph that runs both
+CLIP models and answers their penultimate states concatenated (``prompt_embeds``) and the second's pooled
+projection (``pooled_prompt_embeds``), which the family passes to its UNet as ``text_embeds``.
 
 The step tensors follow from the declaration (``smartedit.serving.steps``): the ids tensors are named as
 the encoder's inputs, the embeddings as ``embeddings`` maps the encoder's outputs.
@@ -22,8 +22,10 @@ import numpy as np
 
 from smartedit.diffusion.spec import SDXL_TEXT_ENCODER, TEXT_ENCODER, ComponentSpec, TensorSpec
 
-# The rows of every ids and embeddings tensor: the negative prompt, then the prompt.
-PROMPT_ROWS = 2
+# The rows of every ids and embeddings tensor: the negative prompt, then the prompt (then, for a text edit,
+# its source prompt: smartedit.diffusion.inversion). Declared -1: two or three.
+NEGATIVE_ROW, PROMPT_ROW, SOURCE_ROW = 0, 1, 2
+PROMPT_ROWS = -1
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,12 @@ class PromptEncoding:
 
     @property
     def ids_tensors(self) -> tuple[TensorSpec, ...]:
-        """What preprocess hands the encoder: ``[2, tokens]`` ids per tokenizer."""
+        """What preprocess hands the encoder: ``[rows, tokens]`` ids per tokenizer."""
         return tuple(TensorSpec(spec.name, spec.datatype, (PROMPT_ROWS, -1)) for spec in self.encoder.inputs)
 
     @property
     def embedding_tensors(self) -> tuple[TensorSpec, ...]:
-        """What the encoder hands the loop: each embedding with its two rows, its other axes as they come."""
+        """What the encoder hands the loop: each embedding with its rows, its other axes as they come."""
         outputs = {spec.name: spec for spec in self.encoder.outputs}
         return tuple(TensorSpec(loop_name, outputs[name].datatype, (PROMPT_ROWS,) + (-1,) * len(outputs[name].dims))
                      for name, loop_name in self.embeddings.items())
@@ -65,13 +67,14 @@ class PromptEncoding:
 
         return [AutoTokenizer.from_pretrained(Path(folder) / module) for module in self.tokenizers]
 
-    def tokenize(self, tokenizers: Sequence, negative_prompt: str, prompt: str) -> dict[str, np.ndarray]:
-        """The ids tensors by name: ``tokenizers`` (loaded in ``self.tokenizers``' order) on both prompts,
-        padded and truncated to each tokenizer's ``model_max_length`` as ``encode_prompt`` does."""
+    def tokenize(self, tokenizers: Sequence, negative_prompt: str, prompt: str, *more: str) -> dict[str, np.ndarray]:
+        """The ids tensors by name: ``tokenizers`` (loaded in ``self.tokenizers``' order) on both prompts (and
+        ``more``, rows after them), padded and truncated to each tokenizer's ``model_max_length`` as
+        ``encode_prompt`` does."""
         ids = {}
         for spec, tokenizer in zip(self.ids_tensors, tokenizers, strict=True):
             ids[spec.name] = tokenizer(
-                [negative_prompt, prompt],
+                [negative_prompt, prompt, *more],
                 padding="max_length",
                 max_length=tokenizer.model_max_length,
                 truncation=True,

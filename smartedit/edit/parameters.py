@@ -21,7 +21,9 @@ import numpy as np
 from smartedit.errors import RequestError
 from smartedit.diffusion.samplers import SAMPLERS, SAMPLERS_WITH_ETA
 from smartedit.serving.settings import PreprocessSettings
-from smartedit.edit.tasks import INPAINT, INPAINTING_TASKS, INSTRUCT, REPLACE_BACKGROUND, TASK_DEFAULTS
+from smartedit.edit.tasks import (
+    INPAINT, INPAINTING_TASKS, INSTRUCT, REPLACE_BACKGROUND, TASK_DEFAULTS, TEXT_EDIT, TEXT_EDIT_SCHEDULER,
+)
 from smartedit_client import _contract as wire
 
 INT64_MAX = 2**63 - 1
@@ -51,8 +53,13 @@ class _EditRecord:
 
     @property
     def denoising_steps(self) -> int:
-        """The steps the loop runs: ``num_inference_steps`` less the part ``strength`` skips."""
+        """The denoising steps the loop runs: ``num_inference_steps`` less the part ``strength`` skips."""
         return int(self.num_inference_steps * self.strength)
+
+    @property
+    def loop_steps(self) -> int:
+        """Every step the loop runs: the denoising steps, after as many inversion steps for a text edit."""
+        return self.denoising_steps * (2 if self.task == TEXT_EDIT else 1)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, ensure_ascii=False)
@@ -101,7 +108,7 @@ def _decoded(spec: wire.WireTensor, raw: Any, settings: PreprocessSettings) -> A
     name = spec.name
     if spec.datatype == "BYTES":
         raw = bytes(raw)
-        prompt = name in (wire.PROMPT.name, wire.NEGATIVE_PROMPT.name)
+        prompt = name in (wire.PROMPT.name, wire.NEGATIVE_PROMPT.name, wire.SOURCE_PROMPT.name)
         limit = settings.max_prompt_bytes if prompt else MAX_NAME_BYTES
         if len(raw) > limit:
             detail = " (a CLIP text encoder reads only a prompt's first 77 tokens)" if prompt else ""
@@ -216,6 +223,13 @@ def _check_combinations(params: EditParameters) -> None:
     if params.denoising_steps < 1:
         raise RequestError("strength", f"{params.strength} with num_inference_steps {params.num_inference_steps} "
                                        f"leaves no step to run; raise either so that steps x strength >= 1")
+    if params.task == TEXT_EDIT and params.scheduler != TEXT_EDIT_SCHEDULER:
+        raise RequestError("scheduler", f"{params.scheduler} is not taken by task text_edit: the photo is inverted "
+                                        f"with DDIM and denoised with it (scheduler {TEXT_EDIT_SCHEDULER}, its "
+                                        f"default)")
+    if params.source_prompt and params.task != TEXT_EDIT:
+        raise RequestError("source_prompt", f"is taken by task text_edit only (what the photo shows, to invert it "
+                                            f"under), not by task {params.task}")
     if params.scheduler not in SAMPLERS:
         raise RequestError("scheduler", f"unknown scheduler {params.scheduler!r}; known: {', '.join(sorted(SAMPLERS))}")
     if params.eta and params.scheduler not in SAMPLERS_WITH_ETA:

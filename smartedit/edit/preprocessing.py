@@ -23,7 +23,7 @@ from smartedit.edit.regions import EditRegion, plan_edit_region
 from smartedit.serving.settings import PreprocessSettings
 from smartedit.diffusion.families import family_parameters, prompts_of
 from smartedit.diffusion.spec import PipelineInfo, TensorSpec
-from smartedit.edit.tasks import MASK_OPTIONAL, REMOVE, prefill_hole
+from smartedit.edit.tasks import MASK_OPTIONAL, REMOVE, TEXT_EDIT, prefill_hole
 from smartedit_client import _contract as wire
 
 @dataclass(frozen=True)
@@ -113,14 +113,15 @@ def _normalized(pixels: np.ndarray) -> np.ndarray:
 
 
 def check_cost(params: EditParameters, region: EditRegion, info: PipelineInfo, settings: PreprocessSettings) -> None:
-    """Refuse an edit whose latent area x denoising steps exceeds the budget: what the model costs.
+    """Refuse an edit whose latent area x loop steps exceeds the budget: what the model costs.
 
     The budget is ``max_steps_at_working_resolution`` steps at the working resolution's latent area; an
-    edit at a smaller size may run proportionally more steps. Each of ``num_images`` variations counts.
+    edit at a smaller size may run proportionally more steps. Each of ``num_images`` variations counts, and
+    a text edit's inversion steps count as much as its denoising steps.
     """
     factor = info.vae_scale_factor
     latent_area = (region.width // factor) * (region.height // factor)
-    steps_each = params.denoising_steps
+    steps_each = params.loop_steps
     budget = settings.max_steps_at_working_resolution * (info.working_resolution // factor) ** 2
     if latent_area * steps_each * params.num_images <= budget:
         return
@@ -128,10 +129,13 @@ def check_cost(params: EditParameters, region: EditRegion, info: PipelineInfo, s
         raise RequestError("num_images", f"{params.num_images} images x {steps_each} denoising steps at "
                                          f"{region.width}x{region.height} exceed the budget of this server: at most "
                                          f"{budget // (latent_area * steps_each)} images at these settings")
+    inverted = " (and as many inversion steps)" if steps_each != params.denoising_steps else ""
+    limited = ("inversion and denoising steps together" if inverted else
+               "denoising steps (num_inference_steps x strength)")
     raise RequestError("num_inference_steps", f"{params.num_inference_steps} x strength {params.strength:g} = "
-                                              f"{steps_each} denoising steps at {region.width}x{region.height} "
-                                              f"exceed the budget of this server: at most {budget // latent_area} "
-                                              f"denoising steps (num_inference_steps x strength) at that size")
+                                              f"{params.denoising_steps} denoising steps{inverted} at "
+                                              f"{region.width}x{region.height} exceed the budget of this server: at "
+                                              f"most {budget // latent_area} {limited} at that size")
 
 
 def prepare_request(read: Callable[[str], Any], tokenizers: Sequence, info: PipelineInfo, settings: PreprocessSettings,
@@ -154,8 +158,9 @@ def prepare_request(read: Callable[[str], Any], tokenizers: Sequence, info: Pipe
     params = params or resolve_parameters(read, settings, family_parameters(info))
     mask_bytes = read(wire.MASK_IMAGE.name)
     if mask_bytes is None and params.task not in MASK_OPTIONAL:
-        raise RequestError(wire.MASK_IMAGE.name, f"is required for task {params.task} (only task instruct edits the "
-                                                 f"whole photo without one)")
+        raise RequestError(wire.MASK_IMAGE.name, f"is required for task {params.task} (only tasks "
+                                                 f"{' and '.join(sorted(MASK_OPTIONAL))} edit the whole photo "
+                                                 f"without one)")
     if mask_bytes is None and params.invert_mask:
         raise RequestError(wire.INVERT_MASK.name, "true needs a mask_image to invert: without one the whole photo is "
                                                   "edited")
@@ -163,7 +168,9 @@ def prepare_request(read: Callable[[str], Any], tokenizers: Sequence, info: Pipe
     check_cost(params, images.region, info, settings)
     width, height = images.photo.rgb.size
     prompts = prompts_of(info)
-    ids = prompts.tokenize(tokenizers, params.negative_prompt, params.prompt)
+    # A text edit's third row: the prompt its photo is inverted under.
+    extra = (params.source_prompt,) if params.task == TEXT_EDIT else ()
+    ids = prompts.tokenize(tokenizers, params.negative_prompt, params.prompt, *extra)
     tensors = {
         **{spec: ids[spec.name] for spec in prompts.ids_tensors},
         steps.MASKED_IMAGE: images.masked_image,

@@ -11,6 +11,10 @@
 - ``instruct``: the prompt is an instruction ("make it winter"), the whole photo the model's condition
   (InstructPix2Pix); the mask is optional: without one the whole photo is the edit, with one only the
   masked part is pasted back. Only families that take the photo as a condition serve it.
+- ``text_edit``: the photo's latents are inverted with DDIM under ``source_prompt`` (what the photo shows),
+  then denoised under ``prompt`` (what it should show) from the inverted latents; with a mask, outside it
+  the latents follow the inversion's trajectory (DiffEdit's rule) and the pixels are pasted back; without
+  one the whole photo is edited. Served by families with a 4-channel text-to-image UNet; DDIM only.
 
 Each task only sets defaults (a request's own values win) and, for ``remove``, the image the loop
 starts from.
@@ -21,11 +25,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-INPAINT, REMOVE, REPLACE_BACKGROUND, INSTRUCT = "inpaint", "remove", "replace_background", "instruct"
+INPAINT, REMOVE, REPLACE_BACKGROUND = "inpaint", "remove", "replace_background"
+INSTRUCT, TEXT_EDIT = "instruct", "text_edit"
 # The tasks of a family whose UNet repaints a mask (inpainting and latent-blending families).
 INPAINTING_TASKS = (INPAINT, REMOVE, REPLACE_BACKGROUND)
 # The tasks that edit the whole photo when the request sends no mask; the others need one.
-MASK_OPTIONAL = frozenset({INSTRUCT})
+MASK_OPTIONAL = frozenset({INSTRUCT, TEXT_EDIT})
+# The sampler a text edit runs with: DDIM's deterministic step is what inverts (and what diffusers' DiffEdit uses).
+TEXT_EDIT_SCHEDULER = "ddim"
 
 REMOVAL_PROMPT = "empty background, seamless continuation of the surroundings"
 REMOVAL_NEGATIVE_PROMPT = "object, person, animal, text, watermark, logo, frame, duplicate, blurry"
@@ -37,6 +44,7 @@ TASK_DEFAULTS: dict[str, dict] = {
              "mask_grow": 8},
     REPLACE_BACKGROUND: {"mask_blur": 8},
     INSTRUCT: {},
+    TEXT_EDIT: {"scheduler": TEXT_EDIT_SCHEDULER},
 }
 
 

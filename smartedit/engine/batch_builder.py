@@ -22,6 +22,9 @@ class UNetBatchBuilder:
     own constants. A row whose edit sat at the same place in the same call last iteration keeps them;
     only edits that moved (joined, or took a leaver's place) have theirs copied. That saves most of the
     memory traffic of a step: at SD 1.5 shapes the embeddings alone are 15 MB per 64 rows.
+
+    An edit whose constants change mid-loop (a text edit, from inverting to denoising) holds them in new
+    objects from then on: a row counts as held only while it holds the edit's current ones.
     """
 
     def __init__(self):
@@ -69,21 +72,25 @@ class _CallArrays:
         self._row_shapes = _row_shapes(state)
         self.row_inputs = {name: np.empty((capacity,) + shape, dtype=value.numpy().dtype)
                            for (name, (shape, _)), value in zip(self._row_shapes.items(), state.row_inputs.values())}
-        self._owners: list = [None] * capacity  # the edit whose constants row i holds
+        # (the edit, its row inputs, its conditioning) whose constants row i holds
+        self._owners: list = [None] * capacity
 
     def fits(self, state: DenoiseState, rows: int) -> bool:
         return (rows <= len(self._owners) and _row_shapes(state) == self._row_shapes
                 and self.sample.shape[1] == state.latents.shape[1] + state.conditioning.shape[1])
 
     def holds(self, edit, offset: int) -> bool:
-        return all(self._owners[offset + row] is edit for row in range(edit.rows))
+        state = edit.state
+        return all(owner is not None and owner[0] is edit and owner[1] is state.row_inputs
+                   and owner[2] is state.conditioning
+                   for owner in self._owners[offset:offset + edit.rows])
 
     def place(self, edit, offset: int) -> None:
         state, stop = edit.state, offset + edit.rows
         self.sample[offset:stop, state.latents.shape[1]:] = state.conditioning.numpy()
         for name, value in state.row_inputs.items():
             self.row_inputs[name][offset:stop] = value.numpy()
-        self._owners[offset:stop] = [edit] * edit.rows
+        self._owners[offset:stop] = [(edit, state.row_inputs, state.conditioning)] * edit.rows
 
     def forget_from(self, offset: int) -> None:
         # Rows past this call's end hold no one: drop references to edits that have left.

@@ -16,7 +16,7 @@ MODEL_NAME = "inpaint"
 PIPELINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 DEFAULT_CROP_PADDING = 32
 MAX_NUM_IMAGES = 8
-TASKS = ("inpaint", "remove", "replace_background", "instruct")
+TASKS = ("inpaint", "remove", "replace_background", "instruct", "text_edit")
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,17 @@ PYTHON_TYPES = {"BYTES": str, "BOOL": bool, "INT32": int, "INT64": int, "FP32": 
 IMAGE = WireTensor("image", "BYTES", True, "encoded PNG / JPEG / WebP")
 MASK_IMAGE = WireTensor("mask_image", "BYTES", False,
                         "encoded image; white (>=128) = repaint, black = keep; with transparency, a painted layer: "
-                        "transparent = keep, opaque white = repaint (composited over black). Required, except for task "
-                        "instruct: without one the whole photo is edited")
+                        "transparent = keep, opaque white = repaint (composited over black). Required, except for "
+                        "tasks instruct and text_edit: without one the whole photo is edited")
 PROMPT = WireTensor("prompt", "BYTES", True, "UTF-8 text (may be empty)")
 NEGATIVE_PROMPT = WireTensor("negative_prompt", "BYTES", False, 'default ""', default="")
 TASK = WireTensor("task", "BYTES", False,
                   "inpaint (default): repaint the mask as the prompt says; remove: erase the masked object, "
                   "continuing the background; replace_background: keep the masked subject, repaint the rest; "
                   "instruct: edit the photo as the prompt instructs (InstructPix2Pix pipelines: their only task and "
-                  "their default), inside the mask if one is sent",
+                  "their default), inside the mask if one is sent; text_edit: invert the photo under source_prompt "
+                  "(DDIM) and denoise it under prompt, inside the mask if one is sent (4-channel SD pipelines; "
+                  "scheduler ddim)",
                   choices=TASKS, default="inpaint")
 NUM_INFERENCE_STEPS = WireTensor("num_inference_steps", "INT32", False, "default from the model's config",
                                  minimum=1, default=50)
@@ -71,6 +73,9 @@ STRENGTH = WireTensor("strength", "FP32", False, "in (0, 1]; default 1.0 (0.75 f
 IMAGE_GUIDANCE_SCALE = WireTensor("image_guidance_scale", "FP32", False,
                                   "InstructPix2Pix only: how closely the edit keeps to the photo; default 1.5; "
                                   "guidance is off unless guidance_scale > 1 and this >= 1", minimum=0.0, default=1.5)
+SOURCE_PROMPT = WireTensor("source_prompt", "BYTES", False,
+                           "task text_edit only (4-channel SD pipelines): what the photo shows, the prompt it is "
+                           'inverted under; default ""', default="")
 ETA = WireTensor("eta", "FP32", False, "DDIM's eta: the noise each step adds back (ddim only); default 0",
                  minimum=0.0, maximum=1.0, default=0.0)
 SEED = WireTensor("seed", "INT64", False, "random when absent", default=0)  # the server draws one: never 0 by default
@@ -98,6 +103,7 @@ SEED_USED = WireTensor("seed_used", "INT64", True, "[num_images] the seed each i
 INPUTS: tuple[WireTensor, ...] = (
     IMAGE, MASK_IMAGE, PROMPT, NEGATIVE_PROMPT, TASK, NUM_INFERENCE_STEPS, GUIDANCE_SCALE, STRENGTH, ETA, SEED,
     SCHEDULER, CROP_PADDING, MASK_GROW, MASK_BLUR, INVERT_MASK, NUM_IMAGES, IMAGE_GUIDANCE_SCALE,
+    SOURCE_PROMPT,
 )
 OUTPUTS: tuple[WireTensor, ...] = (EDITED_IMAGE, SEED_USED)
 # The inputs that are one scalar parameter of the edit (not the images): what the server resolves

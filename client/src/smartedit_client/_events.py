@@ -13,7 +13,8 @@ class ProgressEvent:
 
     Attributes:
         step: steps done so far, from 1.
-        total_steps: steps the edit runs (``num_inference_steps`` x ``strength``, rounded down).
+        total_steps: steps the edit runs (``num_inference_steps`` x ``strength``, rounded down; twice that for
+            task text_edit, whose inversion steps come first).
     """
 
     step: int

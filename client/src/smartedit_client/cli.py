@@ -29,8 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default=None,
                    help="which of the server's pipelines edits, by name (--info lists them; default: the first)")
     p.add_argument("--image", help="image to edit (PNG, JPEG or WebP)")
-    p.add_argument("--mask", help="mask, same size: white = repaint, black = keep (optional with --task instruct: "
-                                  "without one the whole photo is edited)")
+    p.add_argument("--mask", help="mask, same size: white = repaint, black = keep (optional with --task instruct or "
+                                  "text_edit: without one the whole photo is edited)")
     p.add_argument("--prompt", default=None, help="what to paint in the masked region (required unless --replay)")
     p.add_argument("--replay", metavar="PNG", default=None,
                    help="send again the edit whose parameters this result PNG carries (on --image and --mask); "

@@ -14,12 +14,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from smartedit.diffusion.denoise import (
     DenoiseState, EditInputs, EncodeFn, guidance_rows, sample_latents, schedule,
 )
+from smartedit.diffusion.inversion import start_text_edit
 from smartedit.diffusion.prompts import SD_PROMPTS
 from smartedit.diffusion.recognize import SD_LATENT_BLEND
 from smartedit.diffusion.samplers import step_kwargs
 from smartedit.diffusion.spec import SD_COMPONENTS, SD_WEIGHTS, PipelineInfo
 from smartedit.edit.parameters import EditParameters
-from smartedit.edit.tasks import INPAINTING_TASKS
+from smartedit.edit.tasks import INPAINTING_TASKS, TEXT_EDIT
 
 FAMILY = SD_LATENT_BLEND
 # The models it serves besides the steps (their ONNX graphs: smartedit.export.onnx_export.GRAPHS), and the
@@ -28,11 +29,13 @@ COMPONENTS = SD_COMPONENTS
 WEIGHTS = SD_WEIGHTS
 # How its prompts become embeddings: one CLIP tokenizer and text model.
 PROMPTS = SD_PROMPTS
-# Its defaults where they differ from the contract's (which are SD's), and the parameters only it takes: none.
+# Its defaults where they differ from the contract's (which are SD's), and the parameters only it takes: a text
+# edit's source prompt.
 DEFAULTS: dict = {}
-OWN_PARAMETERS: tuple[str, ...] = ()
-# The tasks it serves: those of a UNet that repaints a mask.
-TASKS = INPAINTING_TASKS
+OWN_PARAMETERS: tuple[str, ...] = ("source_prompt",)
+# The tasks it serves: those of a UNet that repaints a mask, and text edits by inversion (a UNet that sees the
+# latents alone is what DDIM inverts).
+TASKS = INPAINTING_TASKS + (TEXT_EDIT,)
 # Whether its VAE is kept in FP32 on the FP16 profiles when the VAE's config says ``force_upcast`` (diffusers'
 # SD pipelines never upcast: SD's VAE runs in FP16).
 UPCASTS_VAE = False
@@ -61,7 +64,12 @@ class BlendOutsideMask:
 
 def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters, inputs: EditInputs,
           encode_init_image: EncodeFn) -> DenoiseState:
-    """Stages 4-9 of diffusers' ``__call__`` with a 4-channel UNet, drawing random numbers in the same order."""
+    """Stages 4-9 of diffusers' ``__call__`` with a 4-channel UNet, drawing random numbers in the same order; a
+    text edit's inversion and denoising (smartedit.diffusion.inversion)."""
+    if params.task == TEXT_EDIT:
+        prompt_embeds = inputs.prompt["prompt_embeds"]
+        return start_text_edit(scheduler_config, params, *encode_init_image(), info.vae_scaling_factor,
+                               lambda rows: {"encoder_hidden_states": prompt_embeds[list(rows)]}, inputs.latent_mask)
     generator = torch.Generator().manual_seed(params.seed)
     prompt_embeds = inputs.prompt["prompt_embeds"]
     scheduler, timesteps = schedule(params, scheduler_config)

@@ -49,9 +49,16 @@ const TASKS = {
     placeholder: "an instruction, e.g. make it winter",
     overlay: "repaint",
   },
+  text_edit: {
+    hint: "Say what the photo shows (Source prompt, under More settings) and what it should show. Paint an area to change only that, or paint nothing to edit the whole photo.",
+    placeholder: "what the photo should show, e.g. a room at sunset",
+    overlay: "repaint",
+  },
 };
 // The tasks that edit the whole photo when nothing is painted (the server's smartedit.edit.tasks.MASK_OPTIONAL).
-const MASK_OPTIONAL = new Set(["instruct"]);
+const MASK_OPTIONAL = new Set(["instruct", "text_edit"]);
+// Fields of one task only (the server refuses them with another): shown and sent with that task alone.
+const TASK_FIELDS = { source_prompt: "text_edit" };
 
 const state = {
   info: null, // GET info, or null while unknown
@@ -666,6 +673,7 @@ function editFields() {
     const element = formField(name);
     if (name === "pipeline" && $("pipeline-choice").hidden) continue; // one pipeline: the plain entry points
     if ((state.moreFields || []).includes(name) && !takesParameter(name)) continue; // another pipeline's
+    if (name in TASK_FIELDS && currentTask() !== TASK_FIELDS[name]) continue; // another task's
     if (element.type === "checkbox") {
       if (element.checked) fields[name] = "true";
       continue;
@@ -950,6 +958,13 @@ function showTaskHint() {
                  box: " Drag a box around the object." }[state.tool] || "";
   $("hint").textContent = task.hint + tool;
   $("prompt").placeholder = task.placeholder;
+  for (const [name, only] of Object.entries(TASK_FIELDS)) {
+    const field = formField(name);
+    if (!field) continue; // this server declares no such field
+    const shown = takesParameter(name) && currentTask() === only;
+    field.closest("label").hidden = !shown;
+    if (shown) $("more-settings").open = true;
+  }
   render();
 }
 
