@@ -292,3 +292,45 @@ def test_the_editor_edits_a_whole_photo_by_text_and_sends_the_source_prompt_with
     result = blend_client.replay(edited, image=photo.read_bytes())
     assert result.parameters["parameters"]["task"] == "text_edit"
     assert result.parameters["parameters"]["source_prompt"] == "a photo of shapes" and result.png == edited
+
+
+def test_smartedit_eval_measures_a_folders_edits_against_the_server(blend_server, blend_client, tiny_model_dir,
+                                                                    tmp_path):
+    """`smartedit eval` as the README runs it: byte-exact outside every mask (feathered too: inf and 1), a text
+    edit's reconstruction as measured here by hand, a CLIP score for each."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import png_bytes
+    from smartedit.evaluation.metrics import psnr as eval_psnr
+    from test_evaluation import write_tiny_clip
+
+    image, mask = scene(64, 48, seed=6)
+    (tmp_path / "photo.png").write_bytes(png_bytes(image))
+    (tmp_path / "mask.png").write_bytes(png_bytes(mask))
+    text_edit = dict(task="text_edit", source_prompt="a room", prompt="a room at dusk", num_inference_steps=4, seed=5)
+    (tmp_path / "edits.json").write_text(json.dumps([
+        dict(image="photo.png", mask="mask.png", prompt="a lamp", num_inference_steps=3, seed=2),
+        dict(text_edit, image="photo.png", name="whole photo"),
+        dict(text_edit, image="photo.png", mask="mask.png", mask_blur=4),
+    ]))
+    clip = write_tiny_clip(tmp_path / "clip", tiny_model_dir / "tokenizer")
+    done = subprocess.run([sys.executable, "-m", "smartedit", "eval", str(tmp_path), "--url",
+                           blend_server.address.grpc, "--clip", str(clip), "--out", str(tmp_path / "report.md")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "report.md").read_text() == done.stdout
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in done.stdout.splitlines()[2:]]
+    masked, whole, masked_text, means = rows
+    assert masked[:5] == ["1: photo.png", "inpaint", "a lamp", "∞", "1.0000"] and masked[5:7] == ["—", "—"]
+    assert masked_text[3:5] == ["∞", "1.0000"] and whole[:5] == ["whole photo", "text_edit", "a room at dusk", "—", "—"]
+    rebuilt = blend_client.inpaint(image=image, **dict(text_edit, prompt="a room", guidance_scale=1.0)).image
+    assert float(whole[5]) == pytest.approx(eval_psnr(np.asarray(image), np.asarray(rebuilt)), abs=0.01)
+    assert all(0.0 <= float(row[7]) <= 100.0 for row in (masked, whole, masked_text))
+    assert means[0] == "mean of 3"
+    # a wrong edits file: refused before any edit, naming the entry and key
+    (tmp_path / "edits.json").write_text(json.dumps([dict(image="photo.png", prompt="x", seeed=1)]))
+    refused = subprocess.run([sys.executable, "-m", "smartedit", "eval", str(tmp_path), "--url",
+                              blend_server.address.grpc], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "edit 0: unknown key 'seeed'" in refused.stderr

@@ -5,6 +5,7 @@
     smartedit serve       [--model-repository build/model_repository] [--host 127.0.0.1] [--grpc-port 8001]
     smartedit demo        [--model <folder|hub id>] [--out out/demo.png]
     smartedit loadtest    [--run-time 30] [--users 4] [--out out/loadtest]
+    smartedit eval        FOLDER [--url 127.0.0.1:8001] [--pipeline NAME] [--clip FOLDER] [--out report.md]
 """
 
 from __future__ import annotations
@@ -189,6 +190,39 @@ def cmd_loadtest(args) -> int:
     return run_local_loadtest(args)
 
 
+def cmd_eval(args) -> int:
+    try:
+        from smartedit.evaluation.metrics import ClipScorer
+    except ModuleNotFoundError as error:  # the [eval] extra: scikit-image
+        print(f"smartedit eval: {error}; install it with pip install 'smartedit[eval]' (scripts/setup.sh does)",
+              file=sys.stderr)
+        return 2
+    from smartedit.evaluation.suite import markdown_table, measure, read_edits
+    from smartedit_client import InpaintClient, SmartEditError
+
+    try:
+        edits = read_edits(args.edits)
+    except ValueError as error:
+        print(f"smartedit eval: {error}", file=sys.stderr)
+        return 2
+    clip = ClipScorer(args.clip) if args.clip else None
+    rows = []
+    with InpaintClient(args.url, pipeline=args.pipeline, timeout_s=args.timeout) as client:
+        for edit in edits:
+            try:
+                rows.append(measure(client, edit, clip))
+            except SmartEditError as error:
+                print(f"smartedit eval: {edit.name}: {error}", file=sys.stderr)
+                return 1
+            log.info("%s: done (%d of %d)", edit.name, len(rows), len(edits))
+    table = markdown_table(rows)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table)
+    print(table, end="")
+    return 0
+
+
 def _add_server_arguments(p: argparse.ArgumentParser, grpc: int, http: int, metrics: int) -> None:
     p.add_argument("--host", default=LOOPBACK,
                    help=f"address the server listens on (default {LOOPBACK}: this machine only; 0.0.0.0 for all)")
@@ -325,6 +359,19 @@ def parser() -> argparse.ArgumentParser:
     loadtest.add_argument("--out", default="out/loadtest", help="folder for the CSV and HTML reports")
     _add_server_arguments(loadtest, 8001, 8000, 8002)
     loadtest.set_defaults(func=cmd_loadtest)
+
+    evaluate = sub.add_parser("eval", help="send a folder's edits (its edits.json) to a running server and print "
+                                           "how each kept the photo, reconstructed it and met its prompt")
+    evaluate.add_argument("edits", help="a folder holding edits.json and its photos (or that file)")
+    evaluate.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address (default 127.0.0.1:8001)")
+    evaluate.add_argument("--pipeline", default=None, help="the pipeline to edit with (default: the server's first; "
+                                                          "an edit's own \"pipeline\" wins)")
+    evaluate.add_argument("--clip", default=None, metavar="FOLDER",
+                          help="a CLIP model's folder (CLIPModel + CLIPProcessor): adds each result's CLIP score "
+                               "against its prompt (default: none)")
+    evaluate.add_argument("--timeout", type=float, default=600.0, help="seconds each edit may take (default 600)")
+    evaluate.add_argument("--out", default=None, help="also write the markdown table here (default: stdout only)")
+    evaluate.set_defaults(func=cmd_eval)
     return p
 
 
