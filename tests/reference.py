@@ -101,3 +101,52 @@ def diffusers_text_edit(pipeline, image: Image.Image, latent_mask: torch.Tensor 
         inpaint_strength=strength, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, eta=eta,
         generator=generator).images[0]
     return np.asarray(result)
+
+
+def diffusers_sdxl_text_edit(pipeline, image: Image.Image, latent_mask: torch.Tensor | None, *, prompt: str,
+                             source_prompt: str, negative_prompt: str | None, num_inference_steps: int,
+                             guidance_scale: float, strength: float, seed: int) -> np.ndarray:
+    """A text edit on an SDXL pipeline from diffusers' own pieces, as DiffEdit runs one on SD (diffusers has no
+    DiffEdit for SDXL): ``StableDiffusionXLPipeline``'s ``encode_prompt`` and ``_get_add_time_ids``, the photo's
+    latents drawn from the generator, ``DDIMInverseScheduler`` steps under the source prompt without guidance, then
+    ``DDIMScheduler`` steps under guidance, the inversion's latents kept outside ``latent_mask`` after each."""
+    from diffusers import DDIMInverseScheduler, StableDiffusionXLPipeline
+
+    xl = StableDiffusionXLPipeline.from_pipe(pipeline)
+    generator = torch.Generator().manual_seed(seed)
+    width, height = image.size
+    with torch.inference_mode():
+        latents = xl.vae.encode(xl.image_processor.preprocess(image)).latent_dist.sample(generator)
+        latents = latents * xl.vae.config.scaling_factor
+        source, _, source_pooled, _ = xl.encode_prompt(source_prompt, do_classifier_free_guidance=False)
+        text, negative, pooled, negative_pooled = xl.encode_prompt(prompt, negative_prompt=negative_prompt,
+                                                                   do_classifier_free_guidance=True)
+        time_ids = xl._get_add_time_ids((height, width), (0, 0), (height, width), dtype=text.dtype,
+                                        text_encoder_projection_dim=xl.text_encoder_2.config.projection_dim)
+        inverse = DDIMInverseScheduler.from_config(xl.scheduler.config)
+        inverse.set_timesteps(num_inference_steps)
+        skipped = num_inference_steps - int(num_inference_steps * strength)
+        trajectory = []
+        for t in inverse.timesteps[:len(inverse.timesteps) - skipped]:
+            noise = xl.unet(inverse.scale_model_input(latents, t), t, encoder_hidden_states=source,
+                            added_cond_kwargs={"text_embeds": source_pooled, "time_ids": time_ids}).sample
+            latents = inverse.step(noise, t, latents).prev_sample
+            trajectory.append(latents)
+        forward = DDIMScheduler.from_config(xl.scheduler.config)
+        forward.set_timesteps(num_inference_steps)
+        guided = guidance_scale > 1.0
+        embeds = torch.cat([negative, text]) if guided else text
+        added = {"text_embeds": torch.cat([negative_pooled, pooled]) if guided else pooled,
+                 "time_ids": torch.cat([time_ids] * (2 if guided else 1))}
+        for index, t in enumerate(forward.timesteps[skipped:]):
+            rows = torch.cat([latents] * 2) if guided else latents
+            noise = xl.unet(forward.scale_model_input(rows, t), t, encoder_hidden_states=embeds,
+                            added_cond_kwargs=added).sample
+            if guided:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + guidance_scale * (cond - uncond)
+            latents = forward.step(noise, t, latents).prev_sample
+            if latent_mask is not None:
+                latents = latents * latent_mask + trajectory[len(trajectory) - 1 - index] * (1 - latent_mask)
+        decoded = xl.vae.decode(latents / xl.vae.config.scaling_factor).sample
+    return np.asarray(xl.image_processor.postprocess(decoded, output_type="pil")[0])

@@ -132,16 +132,56 @@ def test_a_4_channel_sdxl_checkpoint_is_served_by_latent_blending_as_diffusers_d
     assert np.array_equal(served[~inside], np.asarray(image)[~inside])
 
 
+@pytest.mark.parametrize("masked, strength, guidance_scale", [(False, 1.0, 5.0), (True, 0.6, 5.0), (False, 0.8, 1.0)])
+def test_a_text_edit_on_a_4_channel_sdxl_checkpoint_matches_diffusers_pieces(sdxl_client, tiny_sdxl_base_pipeline,
+                                                                           masked, strength, guidance_scale):
+    """Task text_edit on SDXL base: DDIM inversion under the source prompt (with SDXL's pooled embeddings and size
+    ids), then DDIM under the prompt, the inversion's trajectory kept outside a mask; no negative prompt: zeros."""
+    import torch
+
+    from reference import diffusers_sdxl_text_edit
+
+    image, mask = scene(64, 48, seed=11)
+    edit = dict(prompt="a red chair", source_prompt="a photo of a room", num_inference_steps=5, strength=strength,
+                guidance_scale=guidance_scale, seed=3)
+    served = np.asarray(sdxl_client.inpaint(image=image, mask_image=mask if masked else None, task="text_edit",
+                                            pipeline="sdxl_base", **edit).image)
+    factor = tiny_sdxl_base_pipeline.vae_scale_factor
+    binary = torch.from_numpy((np.asarray(mask) >= 128).astype(np.float32))[None, None]
+    latent_mask = torch.nn.functional.interpolate(binary, size=(48 // factor, 64 // factor)) if masked else None
+    reference = diffusers_sdxl_text_edit(tiny_sdxl_base_pipeline, image, latent_mask, negative_prompt=None, **edit)
+    inside = np.asarray(mask) >= 128 if masked else np.ones(served.shape[:2], dtype=bool)
+    assert psnr(served[inside], reference[inside]) >= 40
+    assert np.array_equal(served[~inside], np.asarray(image)[~inside])
+    other = diffusers_sdxl_text_edit(tiny_sdxl_base_pipeline, image, latent_mask, negative_prompt=None,
+                                     **dict(edit, source_prompt="a dog"))
+    assert psnr(served[inside], other[inside]) < 40  # the source prompt counts: the parity can fail
+
+
+def test_the_sdxl_inpainting_model_refuses_text_edits_and_the_base_lists_them(sdxl_client):
+    from smartedit_client import InvalidRequestError
+
+    assert "text_edit" in sdxl_client.server_info(pipeline="sdxl_base").tasks
+    assert "text_edit" not in sdxl_client.server_info(pipeline="sdxl").tasks
+    image, _ = scene(64, 48)
+    with pytest.raises(InvalidRequestError, match="task: text_edit is not served by this pipeline"):
+        sdxl_client.inpaint(image=image, prompt="x", task="text_edit", pipeline="sdxl", num_inference_steps=2)
+
+
 # (pipeline, width, height, sampler, steps, seed): sizes, samplers, step counts and both SDXL families mixed.
+# Text edits (sampler "text_edit": ddim, inverted first) of the 4-channel model among them.
 BATCHED_EDITS = [("sdxl", 64, 48, "euler", 4, 1), ("sdxl", 48, 64, "ddim", 6, 2), ("sdxl", 64, 64, "dpmpp_2m", 5, 3),
                  ("sdxl_base", 64, 48, "euler", 5, 4), ("sdxl", 80, 48, "euler_ancestral", 3, 5),
-                 ("sdxl_base", 48, 48, "ddim", 4, 6)]
+                 ("sdxl_base", 48, 48, "ddim", 4, 6), ("sdxl_base", 64, 48, "text_edit", 4, 7),
+                 ("sdxl_base", 48, 64, "text_edit", 3, 8)]
 
 
 def _batched_edit(client, pipeline, width, height, sampler, steps, seed) -> bytes:
     image, mask = scene(width, height, seed=seed)
+    task = dict(task="text_edit", source_prompt="a room", scheduler="ddim") if sampler == "text_edit" else dict(
+        scheduler=sampler)
     return client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), pipeline=pipeline, prompt=f"edit {seed}",
-                          scheduler=sampler, num_inference_steps=steps, seed=seed).png
+                          num_inference_steps=steps, seed=seed, **task).png
 
 
 def test_sdxl_edits_sent_together_equal_the_same_edits_sent_alone(sdxl_client):

@@ -14,7 +14,8 @@
 - ``text_edit``: the photo's latents are inverted with DDIM under ``source_prompt`` (what the photo shows),
   then denoised under ``prompt`` (what it should show) from the inverted latents; with a mask, outside it
   the latents follow the inversion's trajectory (DiffEdit's rule) and the pixels are pasted back; without
-  one the whole photo is edited. Served by families with a 4-channel text-to-image UNet; DDIM only.
+  one the whole photo is edited. Served by families with a 4-channel text-to-image UNet (SD and SDXL);
+  DDIM only, strength 1 by default.
 
 Each task only sets defaults (a request's own values win) and, for ``remove``, the image the loop
 starts from.
@@ -44,7 +45,8 @@ TASK_DEFAULTS: dict[str, dict] = {
              "mask_grow": 8},
     REPLACE_BACKGROUND: {"mask_blur": 8},
     INSTRUCT: {},
-    TEXT_EDIT: {"scheduler": TEXT_EDIT_SCHEDULER},
+    # strength 1: the whole schedule, whatever the family's default (SDXL's 0.9999 would skip a step)
+    TEXT_EDIT: {"scheduler": TEXT_EDIT_SCHEDULER, "strength": 1.0},
 }
 
 

@@ -211,8 +211,8 @@ class InpaintClient:
         Args:
             image: the image to edit: encoded bytes (PNG, JPEG, WebP), a file path or a PIL image.
             mask_image: same size as ``image``; white (>= 128) is repainted, black is kept. Required except
-                for ``task="instruct"`` (an InstructPix2Pix pipeline) and ``task="text_edit"`` (a 4-channel SD
-                pipeline), which edit the whole photo without one.
+                for ``task="instruct"`` (an InstructPix2Pix pipeline) and ``task="text_edit"`` (a 4-channel SD or
+                SDXL pipeline), which edit the whole photo without one.
             prompt: what to paint in the masked region (may be empty: ``remove`` then uses a neutral one).
             pipeline: the pipeline to edit with (``server_info().pipelines``), overriding the client's.
             timeout_s: this call's timeout, overriding the client's.

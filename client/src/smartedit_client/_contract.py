@@ -61,8 +61,8 @@ TASK = WireTensor("task", "BYTES", False,
                   "continuing the background; replace_background: keep the masked subject, repaint the rest; "
                   "instruct: edit the photo as the prompt instructs (InstructPix2Pix pipelines: their only task and "
                   "their default), inside the mask if one is sent; text_edit: invert the photo under source_prompt "
-                  "(DDIM) and denoise it under prompt, inside the mask if one is sent (4-channel SD pipelines; "
-                  "scheduler ddim)",
+                  "(DDIM) and denoise it under prompt, inside the mask if one is sent (4-channel SD and SDXL "
+                  "pipelines; scheduler ddim)",
                   choices=TASKS, default="inpaint")
 NUM_INFERENCE_STEPS = WireTensor("num_inference_steps", "INT32", False, "default from the model's config",
                                  minimum=1, default=50)
@@ -74,8 +74,8 @@ IMAGE_GUIDANCE_SCALE = WireTensor("image_guidance_scale", "FP32", False,
                                   "InstructPix2Pix only: how closely the edit keeps to the photo; default 1.5; "
                                   "guidance is off unless guidance_scale > 1 and this >= 1", minimum=0.0, default=1.5)
 SOURCE_PROMPT = WireTensor("source_prompt", "BYTES", False,
-                           "task text_edit only (4-channel SD pipelines): what the photo shows, the prompt it is "
-                           'inverted under; default ""', default="")
+                           "task text_edit only (4-channel SD and SDXL pipelines): what the photo shows, the "
+                           'prompt it is inverted under; default ""', default="")
 ETA = WireTensor("eta", "FP32", False, "DDIM's eta: the noise each step adds back (ddim only); default 0",
                  minimum=0.0, maximum=1.0, default=0.0)
 SEED = WireTensor("seed", "INT64", False, "random when absent", default=0)  # the server draws one: never 0 by default

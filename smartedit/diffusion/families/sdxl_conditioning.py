@@ -5,9 +5,12 @@ their latents start and are kept (those they take from the SD families)."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from smartedit.diffusion.denoise import EditInputs
+from smartedit.diffusion.prompts import NEGATIVE_ROW, PROMPT_ROW
 from smartedit.diffusion.spec import PipelineInfo
 from smartedit.edit.parameters import EditParameters
 
@@ -33,11 +36,20 @@ def time_ids(info: PipelineInfo, height: int, width: int) -> torch.Tensor:
 
 
 def row_inputs(info: PipelineInfo, params: EditParameters, inputs: EditInputs, rows: int) -> dict[str, torch.Tensor]:
-    """The UNet's inputs besides the sample and timestep, by name, for an edit of ``rows`` rows a step.
+    """The UNet's inputs besides the sample and timestep, by name, for an edit of ``rows`` rows a step (the
+    negative and positive prompt under guidance, else the positive alone)."""
+    return prompt_row_inputs(info, params, inputs, [NEGATIVE_ROW, PROMPT_ROW][2 - rows:])
+
+
+def prompt_row_inputs(info: PipelineInfo, params: EditParameters, inputs: EditInputs,
+                      prompt_rows: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The UNet's inputs besides the sample and timestep, by name, one row per prompt row asked for
+    (``prompts.NEGATIVE_ROW``, ``PROMPT_ROW``, a text edit's ``SOURCE_ROW``).
 
     With no negative prompt and a model whose config says ``force_zeros_for_empty_prompt`` (SDXL's do), the
     negative row's embeddings are zeros, as diffusers makes them when ``negative_prompt`` is None: an empty
     negative prompt here is "none" (diffusers encodes an explicit "" instead; there is no way to send None).
+    Every row but the negative one is told the positive row's size ids (and aesthetic score).
     """
     prompt_embeds = inputs.prompt["prompt_embeds"]
     pooled = inputs.prompt["pooled_prompt_embeds"]
@@ -46,5 +58,6 @@ def row_inputs(info: PipelineInfo, params: EditParameters, inputs: EditInputs, r
         pooled = torch.cat([torch.zeros_like(pooled[:1]), pooled[1:]])
     latent_height, latent_width = inputs.latent_mask.shape[-2:]
     ids = time_ids(info, latent_height * info.vae_scale_factor, latent_width * info.vae_scale_factor)
-    return {"encoder_hidden_states": prompt_embeds[2 - rows:], "text_embeds": pooled[2 - rows:],
-            "time_ids": ids[2 - rows:]}
+    rows = list(prompt_rows)
+    ids_rows = [0 if row == NEGATIVE_ROW else 1 for row in rows]
+    return {"encoder_hidden_states": prompt_embeds[rows], "text_embeds": pooled[rows], "time_ids": ids[ids_rows]}
