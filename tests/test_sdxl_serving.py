@@ -137,18 +137,15 @@ def test_a_text_edit_on_a_4_channel_sdxl_checkpoint_matches_diffusers_pieces(sdx
                                                                            masked, strength, guidance_scale):
     """Task text_edit on SDXL base: DDIM inversion under the source prompt (with SDXL's pooled embeddings and size
     ids), then DDIM under the prompt, the inversion's trajectory kept outside a mask; no negative prompt: zeros."""
-    import torch
-
     from reference import diffusers_sdxl_text_edit
+    from test_latent_blend_serving import _latent_mask
 
     image, mask = scene(64, 48, seed=11)
     edit = dict(prompt="a red chair", source_prompt="a photo of a room", num_inference_steps=5, strength=strength,
                 guidance_scale=guidance_scale, seed=3)
     served = np.asarray(sdxl_client.inpaint(image=image, mask_image=mask if masked else None, task="text_edit",
                                             pipeline="sdxl_base", **edit).image)
-    factor = tiny_sdxl_base_pipeline.vae_scale_factor
-    binary = torch.from_numpy((np.asarray(mask) >= 128).astype(np.float32))[None, None]
-    latent_mask = torch.nn.functional.interpolate(binary, size=(48 // factor, 64 // factor)) if masked else None
+    latent_mask = _latent_mask(mask, tiny_sdxl_base_pipeline.vae_scale_factor) if masked else None
     reference = diffusers_sdxl_text_edit(tiny_sdxl_base_pipeline, image, latent_mask, negative_prompt=None, **edit)
     inside = np.asarray(mask) >= 128 if masked else np.ones(served.shape[:2], dtype=bool)
     assert psnr(served[inside], reference[inside]) >= 40

@@ -66,12 +66,11 @@ def start(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditP
           encode_init_image: EncodeFn) -> DenoiseState:
     """Stages 4-9 of diffusers' ``__call__`` with a 4-channel UNet, drawing random numbers in the same order; a
     text edit's inversion and denoising (smartedit.diffusion.inversion)."""
+    prompt_embeds = inputs.prompt["prompt_embeds"]
     if params.task == TEXT_EDIT:
-        prompt_embeds = inputs.prompt["prompt_embeds"]
         return start_text_edit(scheduler_config, params, *encode_init_image(), info.vae_scaling_factor,
                                lambda rows: {"encoder_hidden_states": prompt_embeds[list(rows)]}, inputs.latent_mask)
     generator = torch.Generator().manual_seed(params.seed)
-    prompt_embeds = inputs.prompt["prompt_embeds"]
     scheduler, timesteps = schedule(params, scheduler_config)
     # 6. prepare latents: the photo's latents first (drawn whatever the strength), then the noise
     init_mean, init_std = encode_init_image()
