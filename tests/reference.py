@@ -150,3 +150,34 @@ def diffusers_sdxl_text_edit(pipeline, image: Image.Image, latent_mask: torch.Te
                 latents = latents * latent_mask + trajectory[len(trajectory) - 1 - index] * (1 - latent_mask)
         decoded = xl.vae.decode(latents / xl.vae.config.scaling_factor).sample
     return np.asarray(xl.image_processor.postprocess(decoded, output_type="pil")[0])
+
+
+def diffusers_inpaint_resumed(pipeline, image: Image.Image, mask: Image.Image, *, step: int, checkpoint: Image.Image,
+                              painted: Image.Image, prompt: str, negative_prompt: str | None, num_inference_steps: int,
+                              guidance_scale: float, seed: int, scheduler: str) -> np.ndarray:
+    """``diffusers_inpaint``, its latents moved after ``step`` steps by the change from ``checkpoint`` to
+    ``painted`` (a callback on diffusers' own loop): ``z_t + add_noise(E(painted) - E(checkpoint), 0, t)``, E the
+    VAE's latent mean, scaled; t the step's next timestep (``sqrt(alpha_bar_t)`` for DDIM)."""
+    reference = type(pipeline).from_pipe(pipeline,
+                                         scheduler=SCHEDULERS[scheduler].from_config(pipeline.scheduler.config))
+    reference.set_progress_bar_config(disable=True)
+
+    def encoded(picture: Image.Image) -> torch.Tensor:
+        with torch.inference_mode():
+            pixels = reference.image_processor.preprocess(picture.convert("RGB"))
+            return reference.vae.encode(pixels).latent_dist.mean * reference.vae.config.scaling_factor
+
+    delta = encoded(painted) - encoded(checkpoint)
+
+    def move(pipe, index, timestep, tensors):
+        if index + 1 != step:
+            return tensors
+        t = pipe.scheduler.timesteps[step:step + 1]
+        return {"latents": tensors["latents"] + pipe.scheduler.add_noise(delta, torch.zeros_like(delta), t)}
+
+    result = reference(
+        prompt=prompt, negative_prompt=negative_prompt, image=image, mask_image=mask, height=image.size[1],
+        width=image.size[0], num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(seed), callback_on_step_end=move,
+        callback_on_step_end_tensor_inputs=["latents"]).images[0]
+    return np.asarray(result)

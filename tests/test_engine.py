@@ -37,7 +37,7 @@ class RecordingSink:
         self.ended = threading.Event()
         self.state = None
 
-    def progress(self, step, total_steps, preview_latents):
+    def progress(self, step, total_steps, preview_latents, checkpoint=None):
         self.events.append(("progress", step, total_steps, preview_latents is not None))
 
     def finished(self, state):

@@ -78,6 +78,9 @@ class DenoiseState:
     pred_original: torch.Tensor | None = None
     keep: KeepFn | None = None
     guide: GuideFn | None = None
+    # The last step's guided prediction and the latents it stepped from: what ``clean_latents`` estimates
+    # the clean latents from where the sampler gives none.
+    last_prediction: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -122,6 +125,7 @@ class DenoiseState:
         elif self.do_classifier_free_guidance:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
             noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
+        self.last_prediction = (noise_pred, self.latents)
         output = self.scheduler.step(noise_pred, t, self.latents, **self.extra_step_kwargs, return_dict=False)
         self.latents = output[0] if self.keep is None else self.keep(self, output[0])
         self.pred_original = output[1] if len(output) > 1 else None
@@ -130,6 +134,23 @@ class DenoiseState:
     def preview_latents(self) -> torch.Tensor:
         """The latents a preview should show: the predicted clean latents, else the current ones."""
         return self.latents if self.pred_original is None else self.pred_original
+
+    def clean_latents(self) -> torch.Tensor:
+        """The predicted clean latents after the last step: the sampler's own estimate where it gives one,
+        else DDIM's from the last prediction and the noise schedule (the samplers without one, DPM-Solver,
+        PNDM and UniPC, step in that schedule's space)."""
+        if self.pred_original is not None or self.last_prediction is None:
+            return self.preview_latents()
+        prediction, sample = self.last_prediction
+        t = int(self.timesteps[self.step_index - 1])
+        alpha_prod = self.scheduler.alphas_cumprod[t]
+        beta_prod = 1 - alpha_prod
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return (sample - beta_prod ** 0.5 * prediction) / alpha_prod ** 0.5
+        if kind == "v_prediction":
+            return alpha_prod ** 0.5 * sample - beta_prod ** 0.5 * prediction
+        return prediction  # "sample": the prediction is the clean latents
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def prepare_images(image_bytes: bytes, mask_bytes: bytes | None, info: PipelineI
         mask = mask.resize((region.width, region.height), resample=Image.LANCZOS)
     mask_condition = (np.asarray(mask, dtype=np.float32) / 255.0 >= 0.5).astype(np.float32)[None, None]
     pixels = np.asarray(image, dtype=np.uint8)
-    masked_image = _normalized(pixels) * (mask_condition < 0.5)
+    masked_image = normalized(pixels) * (mask_condition < 0.5)
     if params.task == REMOVE:
         # Denoising starts from the hole filled from its surroundings (smartedit.edit.tasks), not from the object.
         pixels = prefill_hole(pixels, mask_condition[0, 0] >= 0.5)
@@ -86,7 +86,7 @@ def prepare_images(image_bytes: bytes, mask_bytes: bytes | None, info: PipelineI
     return PreparedImages(
         photo=photo,
         region=region,
-        init_image=np.ascontiguousarray(_normalized(pixels), dtype=np.float32),
+        init_image=np.ascontiguousarray(normalized(pixels), dtype=np.float32),
         masked_image=np.ascontiguousarray(masked_image, dtype=np.float32),
         latent_mask=np.ascontiguousarray(latent_mask, dtype=np.float32),
         repaint=repaint,
@@ -107,7 +107,7 @@ def _nothing_to_repaint(photo: Photo, params: EditParameters) -> RequestError:
     return RequestError("mask_grow", f"{params.mask_grow} shrinks the mask to nothing")
 
 
-def _normalized(pixels: np.ndarray) -> np.ndarray:
+def normalized(pixels: np.ndarray) -> np.ndarray:
     """[h, w, 3] uint8 to [1, 3, h, w] float32 in [-1, 1], as ``VaeImageProcessor``."""
     return (2.0 * (pixels.astype(np.float32) / 255.0) - 1.0).transpose(2, 0, 1)[None]
 

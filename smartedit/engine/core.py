@@ -51,12 +51,14 @@ import numpy as np
 import torch
 
 from smartedit.diffusion.denoise import SAMPLE, DenoiseState
+from smartedit.diffusion.resume import checkpoint
+from smartedit.diffusion.resume_state import ResumeState
 from smartedit.engine.batch_builder import UNetBatchBuilder
 from smartedit.engine.costs import CostEstimates, CostFit, Load, PlanRecord
 from smartedit.engine.planner import (
     check_against_record, choose_lane, choose_lane_count, plan_unet_calls, predicted_rounds,
 )
-from smartedit.errors import ServiceInterrupted
+from smartedit.errors import RequestError, ServiceInterrupted
 from smartedit.serving.structured_log import log_event
 
 # The UNet's inputs by name (sample [rows, C, h, w], timestep [rows], the family's row inputs such as
@@ -65,6 +67,7 @@ BatchedUNet = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 # INTERRUPTED: a fault outside the edit stopped it (a model process died); sending it again may succeed.
 OK, FAILED, CANCELLED, INTERRUPTED = "ok", "failed", "cancelled", "interrupted"
+INVALID = "invalid"  # the reason of a failure that is the request's: its sink answers INVALID_ARG
 
 
 class AtCapacity(Exception):
@@ -118,7 +121,8 @@ class EditSink(Protocol):
     ``shutting_down`` (cancelled); ``model_process_died`` (interrupted); ``prepare``, ``denoise`` (failed).
     """
 
-    def progress(self, step: int, total_steps: int, preview_latents: torch.Tensor | None) -> None: ...
+    def progress(self, step: int, total_steps: int, preview_latents: torch.Tensor | None,
+                 checkpoint: ResumeState | None = None) -> None: ...
 
     def finished(self, state: DenoiseState) -> None: ...
 
@@ -159,6 +163,8 @@ class EditRequest:
         cancelled: whether the caller has gone (checked between steps); never, by default.
         preview_every: None: no progress messages; 0: progress after every step; n > 0: progress after
             every step and the preview latents every n steps and at the last.
+        checkpoint_every: n > 0: a checkpoint of the loop (``smartedit.diffusion.resume``) with the progress
+            of every n-th step but the last (progress messages must be on); 0: none.
         reservation: the token of the place ``reserve`` kept for this edit, if any.
         log_fields: extra fields of the edit's log line (sampler, steps, ...).
     """
@@ -169,6 +175,7 @@ class EditRequest:
     deadline: float | None = None
     cancelled: Callable[[], bool] = lambda: False
     preview_every: int | None = None
+    checkpoint_every: int = 0
     reservation: str | None = None
     log_fields: dict = field(default_factory=dict)
 
@@ -204,6 +211,10 @@ class _Edit:
         if not every:
             return False
         return self.state.step_index % every == 0 or self.state.done
+
+    def wants_checkpoint(self) -> bool:
+        every = self.request.checkpoint_every
+        return bool(every) and self.state.step_index % every == 0 and not self.state.done
 
 
 class DenoiseEngine:
@@ -365,6 +376,8 @@ class DenoiseEngine:
                 self._lock.notify()
             if isinstance(error, ServiceInterrupted):
                 self._end(edit, INTERRUPTED, str(error), reason="model_process_died")
+            elif isinstance(error, RequestError):  # what only the started edit can check (a resume state's fit)
+                self._end(edit, FAILED, str(error), reason=INVALID)
             else:
                 self._end(edit, FAILED, f"could not start denoising: {error}", exc_info=True, reason="prepare")
             return
@@ -595,13 +608,15 @@ class DenoiseEngine:
                 try:
                     state.advance(rows)
                     preview = state.preview_latents().clone() if edit.wants_preview() else None
+                    saved = checkpoint(state) if edit.wants_checkpoint() else None
                 except Exception as error:
                     self._leave(edit, FAILED, f"step {state.step_index} failed: {error}", exc_info=True,
                                 reason="denoise")
                     continue
                 stepped += 1
                 if edit.request.preview_every is not None:
-                    self._outbox.put((edit.request.sink.progress, (state.step_index, state.total_steps, preview)))
+                    self._outbox.put((edit.request.sink.progress,
+                                      (state.step_index, state.total_steps, preview, saved)))
                 if state.done:
                     self._leave(edit, OK)
             step.host_s += time.perf_counter() - started

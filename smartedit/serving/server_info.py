@@ -52,6 +52,10 @@ def describe_pipeline(names: PipelineNames, info: PipelineInfo, settings: Prepro
         "tasks": list(family.tasks),
         "task_defaults": {task: dict(TASK_DEFAULTS[task]) for task in family.tasks},
         "parameters": parameters,
+        # What the stream takes besides the parameters: how it reports, and what it resumes from.
+        "stream_inputs": {spec.name: {"type": spec.datatype, "meaning": spec.meaning,
+                                      **({"minimum": spec.minimum} if spec.minimum is not None else {})}
+                          for spec in wire.STREAM_ONLY_INPUTS},
     }
 
 

@@ -91,9 +91,19 @@ CANCEL_TOKEN = TensorSpec("cancel_token", "BYTES", (1,), optional=True)
 ADMISSION = TensorSpec("admission", "BYTES", (1,), optional=True)
 RESERVE, RELEASE = b"reserve", b"release"
 PLACES = TensorSpec("places", "INT32", (1,), optional=True)  # with "reserve": one per image of the edit, default 1
+# From the streaming entry, for checkpoints: how often, and the header fields its states carry besides the
+# engine's own (JSON: the model's identity, the photo's digests; smartedit.diffusion.resume).
+CHECKPOINT_EVERY = TensorSpec(wire.CHECKPOINT_EVERY.name, wire.CHECKPOINT_EVERY.datatype, (1,), optional=True)
+CHECKPOINT_HEADER = TensorSpec("checkpoint_header", "BYTES", (1,), optional=True)
+# To resume: the state sent back, and the painter's change in latent space (scaled, E(edited) - E(checkpoint)).
+RESUME_STATE = TensorSpec(wire.RESUME_STATE.name, wire.RESUME_STATE.datatype, (1,), optional=True)
+RESUME_DELTA = TensorSpec("resume_delta", "FP32", (1, -1, -1, -1), optional=True)
 STEP = TensorSpec(wire.STEP.name, wire.STEP.datatype, (1,))
 TOTAL_STEPS = TensorSpec(wire.TOTAL_STEPS.name, wire.TOTAL_STEPS.datatype, (1,))
 PREVIEW_PIXELS = TensorSpec("preview_pixels", "UINT8", (-1, -1, 3))  # RGB at latent resolution
+# At a checkpoint: the state's bytes, and the predicted clean latents as the decoder takes them (unscaled).
+CHECKPOINT_STATE = TensorSpec(wire.CHECKPOINT_STATE.name, wire.CHECKPOINT_STATE.datatype, (1,))
+CHECKPOINT_LATENTS = TensorSpec("checkpoint_latents", "FP32", (1, -1, -1, -1))
 # As the stream's, but the engine's code is a TritonError code name (its callers rebuild the error).
 ERROR_CODE = TensorSpec(wire.ERROR_CODE.name, wire.ERROR_CODE.datatype, (1,))
 ERROR_MESSAGE = TensorSpec(wire.ERROR_MESSAGE.name, wire.ERROR_MESSAGE.datatype, (1,))
@@ -106,10 +116,13 @@ def engine_inputs(prompts: PromptEncoding) -> tuple[TensorSpec, ...]:
     """The engine's inputs, every one optional to Triton: an admission request carries two of them; the
     engine checks the rest."""
     return tuple(replace(t, optional=True) for t in scheduler_inputs(prompts)) + (PREVIEW_EVERY, CANCEL_TOKEN,
-                                                                                  ADMISSION, PLACES)
+                                                                                  ADMISSION, PLACES,
+                                                                                  CHECKPOINT_EVERY, CHECKPOINT_HEADER,
+                                                                                  RESUME_STATE, RESUME_DELTA)
 
 
-ENGINE_OUTPUTS = (LATENTS, STEP, TOTAL_STEPS, PREVIEW_PIXELS, ERROR_CODE, ERROR_MESSAGE, ERROR_REASON)
+ENGINE_OUTPUTS = (LATENTS, STEP, TOTAL_STEPS, PREVIEW_PIXELS, CHECKPOINT_STATE, CHECKPOINT_LATENTS, ERROR_CODE,
+                  ERROR_MESSAGE, ERROR_REASON)
 
 DECODED_IMAGE = TensorSpec("decoded_image", "FP32", (-1, 3, -1, -1))  # in [-1, 1], one row per image
 EDITED_IMAGE = TensorSpec(wire.EDITED_IMAGE.name, wire.EDITED_IMAGE.datatype, wire.OUTPUT_SHAPE)

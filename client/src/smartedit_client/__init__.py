@@ -7,7 +7,7 @@
         result.save("edited.png")
 
         with client.inpaint_stream(image="photo.png", mask_image="mask.png", prompt="a red sofa") as stream:
-            for event in stream:  # ProgressEvent, PreviewEvent, ..., then the InpaintResult
+            for event in stream:  # ProgressEvent, PreviewEvent, CheckpointEvent, ..., then the InpaintResult
                 print(event)
 """
 
@@ -23,7 +23,7 @@ from smartedit_client._errors import (
     ServerUnavailableError,
     SmartEditError,
 )
-from smartedit_client._events import PreviewEvent, ProgressEvent
+from smartedit_client._events import CheckpointEvent, PreviewEvent, ProgressEvent
 from smartedit_client._info import ParameterInfo, ServerInfo
 from smartedit_client._options import EditOptions
 from smartedit_client._result import EditedImage, InpaintResult, png_parameters
@@ -33,6 +33,7 @@ from smartedit_client._stream import InpaintStream
 __all__ = [
     "AsyncInpaintClient",
     "AsyncInpaintStream",
+    "CheckpointEvent",
     "DEFAULT_TIMEOUT_S",
     "DEFAULT_URL",
     "EditOptions",

@@ -20,7 +20,7 @@ from smartedit_client import _contract as wire
 from smartedit_client._channel import RETRY_ATTEMPTS, channel, stream_backoff_s
 from smartedit_client._client import (
     DEFAULT_TIMEOUT_S, DEFAULT_URL, LIVENESS_PROBE_S, ImageLike, deadline_arguments, edit_failure, edit_inputs,
-    call_models, configure_client, edit_result, encoded, replay_of, requested, server_info_of,
+    call_models, configure_client, edit_result, encoded, replay_of, requested, resume_inputs, server_info_of,
 )
 from smartedit_client._errors import (
     RequestTimeoutError, ServerOverloadedError, ServerUnavailableError, SmartEditError, from_triton, unreachable,
@@ -116,8 +116,8 @@ class AsyncInpaintClient:
         return await self.inpaint(image=image, mask_image=mask_image, **{**replay_of(png), **overrides})
 
     def inpaint_stream(self, *, image: ImageLike, mask_image: ImageLike | None = None, prompt: str,
-                       preview_every: int | None = None, pipeline: str | None = None, timeout_s: float | None = None,
-                       request_id: str | None = None,
+                       preview_every: int | None = None, checkpoint_every: int | None = None,
+                       pipeline: str | None = None, timeout_s: float | None = None, request_id: str | None = None,
                        **options: Unpack[EditOptions]) -> "AsyncInpaintStream":
         """As ``InpaintClient.inpaint_stream``; iterate the stream with ``async for`` (and use it as
         ``async with``). Leaving it early cancels the edit.
@@ -126,7 +126,30 @@ class AsyncInpaintClient:
             InvalidRequestError: a field is invalid, found before sending (the rest while iterating).
         """
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
-                                                     preview_every=preview_every))
+                                                     preview_every=preview_every, checkpoint_every=checkpoint_every))
+        return self._stream(inputs, pipeline, timeout_s, request_id)
+
+    def resume_stream(self, resume_state, *, image: ImageLike, mask_image: ImageLike | None = None,
+                      resume_image: ImageLike | None = None, preview_every: int | None = None,
+                      checkpoint_every: int | None = None, pipeline: str | None = None, timeout_s: float | None = None,
+                      request_id: str | None = None) -> "AsyncInpaintStream":
+        """As ``InpaintClient.resume_stream``."""
+        inputs = resume_inputs(resume_state, image, mask_image, resume_image, preview_every, checkpoint_every)
+        return self._stream(inputs, pipeline, timeout_s, request_id)
+
+    async def resume(self, resume_state, *, image: ImageLike, mask_image: ImageLike | None = None,
+                     resume_image: ImageLike | None = None, pipeline: str | None = None, timeout_s: float | None = None,
+                     request_id: str | None = None) -> InpaintResult:
+        """As ``InpaintClient.resume``: the same arguments, result and errors."""
+        async with self.resume_stream(resume_state, image=image, mask_image=mask_image, resume_image=resume_image,
+                                      preview_every=0, pipeline=pipeline, timeout_s=timeout_s,
+                                      request_id=request_id) as stream:
+            async for _ in stream:
+                pass
+        return stream.result
+
+    def _stream(self, inputs: list, pipeline: str | None, timeout_s: float | None,
+                request_id: str | None) -> "AsyncInpaintStream":
         return AsyncInpaintStream(self._client, self.url, model_name=call_models(self, pipeline)[1], inputs=inputs,
                                   request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
                                   resends=RETRY_ATTEMPTS - 1 if self._balanced else 0)
@@ -172,6 +195,7 @@ class AsyncInpaintStream:
     async def _events(self) -> AsyncIterator[StreamEvent]:
         started = time.perf_counter()
         began, resent = False, 0
+        checkpoints: list = []
         try:
             while True:
                 self._finished = asyncio.Event()  # each call's request side, open until that call ends
@@ -181,7 +205,7 @@ class AsyncInpaintStream:
                     async for result, error in self._responses:
                         if error is not None:
                             raise await failure_of(error, self._client, self._url)
-                        for event in stream_events(result, self.request_id, started):
+                        for event in stream_events(result, self.request_id, started, checkpoints):
                             began = True
                             if isinstance(event, InpaintResult):
                                 self.result = event

@@ -263,6 +263,7 @@ class InpaintClient:
         mask_image: ImageLike | None = None,
         prompt: str,
         preview_every: int | None = None,
+        checkpoint_every: int | None = None,
         pipeline: str | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
@@ -270,12 +271,15 @@ class InpaintClient:
     ) -> InpaintStream:
         """The same edit as ``inpaint``, streamed: progress after every step, previews, then the result.
 
-        Takes ``inpaint``'s arguments (``pipeline`` among them), plus ``preview_every``. The result is the same PNG bytes
-        ``inpaint`` returns for the same arguments and seed.
+        Takes ``inpaint``'s arguments (``pipeline`` among them), plus ``preview_every`` and ``checkpoint_every``.
+        The result is the same PNG bytes ``inpaint`` returns for the same arguments and seed.
 
         Args:
             preview_every: steps between previews (the server's default, 5, when None); 0 for progress
                 events only. Progress and previews follow the first image when ``num_images`` > 1.
+            checkpoint_every: steps between ``CheckpointEvent``s (none when None or 0), each an image to paint
+                on and the state to continue from (``resume``); one image only (``num_images`` 1), any task
+                but ``text_edit``. The result lists them (``InpaintResult.checkpoints``).
 
         Returns:
             InpaintStream: iterate it for ``ProgressEvent`` / ``PreviewEvent`` and, last, the
@@ -288,10 +292,59 @@ class InpaintClient:
             ServerUnavailableError: the server is unreachable.
         """
         inputs = edit_inputs(image, mask_image, dict(checked_options("inpaint_stream", options), prompt=prompt,
-                                                     preview_every=preview_every))
+                                                     preview_every=preview_every, checkpoint_every=checkpoint_every))
         return InpaintStream(self.url, tls=self._tls, model_name=call_models(self, pipeline)[1], inputs=inputs,
                              request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
                              channel=(self._target, self._channel_args))
+
+    def resume_stream(self, resume_state, *, image: ImageLike, mask_image: ImageLike | None = None,
+                      resume_image: ImageLike | None = None, preview_every: int | None = None,
+                      checkpoint_every: int | None = None, pipeline: str | None = None, timeout_s: float | None = None,
+                      request_id: str | None = None) -> InpaintStream:
+        """Continue a streamed edit from a checkpoint, streamed: progress, previews (and checkpoints again),
+        then the result. See ``resume``.
+
+        Raises:
+            InvalidRequestError: a field is invalid, found before sending (server-side ones while iterating).
+            ServerUnavailableError: the server is unreachable.
+        """
+        inputs = resume_inputs(resume_state, image, mask_image, resume_image, preview_every, checkpoint_every)
+        return InpaintStream(self.url, tls=self._tls, model_name=call_models(self, pipeline)[1], inputs=inputs,
+                             request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
+                             channel=(self._target, self._channel_args))
+
+    def resume(self, resume_state, *, image: ImageLike, mask_image: ImageLike | None = None,
+               resume_image: ImageLike | None = None, pipeline: str | None = None, timeout_s: float | None = None,
+               request_id: str | None = None) -> InpaintResult:
+        """Continue an edit from one of its checkpoints (``inpaint_stream(..., checkpoint_every=N)``).
+
+        With no ``resume_image`` the edit continues from the saved step exactly: the result is the PNG the
+        uninterrupted edit gave, byte for byte. With the checkpoint's image painted on, it continues from the
+        saved latents moved by the change (the noise they hold kept), and the pixels outside the mask still
+        come back as sent.
+
+        Args:
+            resume_state: ``CheckpointEvent.resume_state`` (bytes, or a path to a file holding them), or the
+                ``CheckpointEvent`` itself.
+            image, mask_image: the ones the checkpoint's edit was sent with (the same bytes); its parameters
+                come from the state.
+            resume_image: the checkpoint's ``image`` painted on (same size): bytes, a path or a PIL image.
+            pipeline: the pipeline that made the checkpoint, when it is not the client's.
+
+        Returns:
+            InpaintResult: as ``inpaint``'s.
+
+        Raises:
+            InvalidRequestError: a state that is truncated, changed, another model's, or from another image or
+                mask (the message says which); a resume_image of another size.
+            and as ``inpaint``.
+        """
+        with self.resume_stream(resume_state, image=image, mask_image=mask_image, resume_image=resume_image,
+                                preview_every=0, pipeline=pipeline, timeout_s=timeout_s,
+                                request_id=request_id) as stream:
+            for _ in stream:
+                pass
+        return stream.result
 
 
 def configure_client(client, url: str, timeout_s: float, pipeline: str | None, model_name: str,
@@ -391,6 +444,21 @@ def replay_of(png: ImageLike) -> dict:
     return replayable(carried)
 
 
+def resume_inputs(resume_state, image: ImageLike, mask_image: ImageLike | None, resume_image: ImageLike | None,
+                  preview_every: int | None, checkpoint_every: int | None) -> list[grpcclient.InferInput]:
+    """A resuming request's tensors: the photo, the state and the stream's own inputs (no parameter)."""
+    state = getattr(resume_state, "resume_state", resume_state)  # a CheckpointEvent
+    if isinstance(state, Image.Image):
+        raise InvalidRequestError(f"{wire.RESUME_STATE.name}: expected a checkpoint's resume_state (bytes or a "
+                                  f"path), got an image", field=wire.RESUME_STATE.name)
+    values = {wire.IMAGE: encoded("image", image),
+              wire.MASK_IMAGE: None if mask_image is None else encoded("mask_image", mask_image),
+              wire.RESUME_STATE: encoded(wire.RESUME_STATE.name, state),
+              wire.RESUME_IMAGE: None if resume_image is None else encoded(wire.RESUME_IMAGE.name, resume_image),
+              wire.PREVIEW_EVERY: preview_every, wire.CHECKPOINT_EVERY: checkpoint_every}
+    return encoded_tensors(values)
+
+
 def edit_inputs(image: ImageLike, mask_image: ImageLike | None, parameters: dict) -> list[grpcclient.InferInput]:
     """The request's tensors, checked and encoded; ``parameters`` are named as the contract's inputs, and
     those left None are left out (the server applies its defaults)."""
@@ -403,6 +471,15 @@ def edit_inputs(image: ImageLike, mask_image: ImageLike | None, parameters: dict
     missing = [spec.name for spec in wire.INPUTS if spec.required and values.get(spec) is None]
     if missing:
         raise InvalidRequestError(f"{missing[0]}: is required")
+    return encoded_tensors(values)
+
+
+def encoded_tensors(values: dict) -> list[grpcclient.InferInput]:
+    """The request's tensors from ``{WireTensor: value}``, those None left out.
+
+    Raises:
+        InvalidRequestError: a value that cannot be sent as its tensor's type, naming it.
+    """
     tensors = []
     for spec, value in values.items():
         if value is None:

@@ -160,9 +160,32 @@ ERROR_CODE = WireTensor("error_code", "BYTES", False,
                         "on failure: the gRPC status name (INVALID_ARGUMENT, UNAVAILABLE, CANCELLED, INTERNAL)")
 ERROR_MESSAGE = WireTensor("error_message", "BYTES", False, "on failure: what went wrong, naming the field if one")
 
-STREAM_INPUTS: tuple[WireTensor, ...] = INPUTS + (PREVIEW_EVERY,)
-STREAM_OUTPUTS: tuple[WireTensor, ...] = (STEP, TOTAL_STEPS, PREVIEW_IMAGE, EDITED_IMAGE, SEED_USED, ERROR_CODE,
-                                          ERROR_MESSAGE)
+# Checkpoints and resuming (the stream only): every checkpoint_every steps a progress response carries
+# checkpoint_image (the decoded predicted clean image, at the edit's working size) and checkpoint_state;
+# a request that sends that state back as resume_state (with the same image and mask_image, and no
+# parameter: they come from the state) continues the edit from that step, and with resume_image (the
+# checkpoint image, painted on) from the latents moved by the painter's change.
+CHECKPOINT_EVERY = WireTensor("checkpoint_every", "INT32", False,
+                              "steps between checkpoints (a checkpoint_image and its checkpoint_state); default 0, "
+                              "none; one image (num_images 1), any task but text_edit", minimum=0, default=0)
+RESUME_STATE = WireTensor("resume_state", "BYTES", False,
+                          "a checkpoint's checkpoint_state, as sent: continue that edit from its step (send the "
+                          "same image and mask_image, and no parameter; they come from the state)")
+RESUME_IMAGE = WireTensor("resume_image", "BYTES", False,
+                          "with resume_state: the checkpoint's checkpoint_image, painted on (PNG, same size); the "
+                          "edit continues from the latents moved by the change")
+CHECKPOINT_IMAGE = WireTensor("checkpoint_image", "BYTES", False,
+                              "PNG at the edit's working size: the predicted clean image at this step (the edited "
+                              "region, before it is scaled back and pasted)")
+CHECKPOINT_STATE = WireTensor("checkpoint_state", "BYTES", False,
+                              "the edit's state at this step (the README's resume-state format): send it back as "
+                              "resume_state")
+# The stream's inputs besides the edit's own: how it reports, and what it resumes from.
+STREAM_ONLY_INPUTS: tuple[WireTensor, ...] = (PREVIEW_EVERY, CHECKPOINT_EVERY, RESUME_STATE, RESUME_IMAGE)
+
+STREAM_INPUTS: tuple[WireTensor, ...] = INPUTS + STREAM_ONLY_INPUTS
+STREAM_OUTPUTS: tuple[WireTensor, ...] = (STEP, TOTAL_STEPS, PREVIEW_IMAGE, CHECKPOINT_IMAGE, CHECKPOINT_STATE,
+                                          EDITED_IMAGE, SEED_USED, ERROR_CODE, ERROR_MESSAGE)
 
 # What the server offers: a model with no inputs answering JSON (model, family, working resolution,
 # samplers, tasks, each parameter's type, range and default, limits). On the inference API, so that the

@@ -110,11 +110,14 @@ class InpaintResult:
         images: every image of the edit, in order.
         request_id: the id the server's log lines for this edit carry.
         elapsed_s: wall-clock seconds of the call, as the client saw it.
+        checkpoints: the ``CheckpointEvent``s a streamed edit sent (``checkpoint_every``), in order; none
+            otherwise.
     """
 
     images: tuple[EditedImage, ...]
     request_id: str
     elapsed_s: float
+    checkpoints: tuple = ()  # a streamed edit's CheckpointEvents (checkpoint_every), in order
 
     @classmethod
     def from_pngs(cls, pngs, seeds, request_id: str, elapsed_s: float) -> "InpaintResult":

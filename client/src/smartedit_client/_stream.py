@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import queue
 import time
@@ -17,10 +18,10 @@ from smartedit_client._errors import (
     RequestTimeoutError, ServerOverloadedError, ServerUnavailableError, SmartEditError, from_status, from_triton,
     reachability,
 )
-from smartedit_client._events import PreviewEvent, ProgressEvent
+from smartedit_client._events import CheckpointEvent, PreviewEvent, ProgressEvent
 from smartedit_client._result import InpaintResult
 
-StreamEvent = Union[ProgressEvent, PreviewEvent, InpaintResult]
+StreamEvent = Union[ProgressEvent, PreviewEvent, CheckpointEvent, InpaintResult]
 
 
 def _scalar(result, tensor: wire.WireTensor):
@@ -34,8 +35,15 @@ def resendable(failure: SmartEditError) -> bool:
     return isinstance(failure, (ServerUnavailableError, ServerOverloadedError)) and failure.detail is None
 
 
-def stream_events(result, request_id: str, started: float) -> list[StreamEvent]:
-    """The events one response of the stream holds: progress (and a preview), or the ``InpaintResult``.
+def _image(png: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image
+
+
+def stream_events(result, request_id: str, started: float, checkpoints: list) -> list[StreamEvent]:
+    """The events one response of the stream holds: progress (and a preview, a checkpoint), or the
+    ``InpaintResult``, which carries the ``checkpoints`` collected before it (this list, appended to).
 
     Raises:
         SmartEditError: the response is the edit's failure (its status travels as ``error_code``).
@@ -45,17 +53,21 @@ def stream_events(result, request_id: str, started: float) -> list[StreamEvent]:
         raise from_status(status.decode(), _scalar(result, wire.ERROR_MESSAGE).decode())
     pngs = result.as_numpy(wire.EDITED_IMAGE.name)
     if pngs is not None:
-        return [InpaintResult.from_pngs(pngs.reshape(-1), result.as_numpy(wire.SEED_USED.name).reshape(-1),
-                                        request_id=request_id, elapsed_s=time.perf_counter() - started)]
+        final = InpaintResult.from_pngs(pngs.reshape(-1), result.as_numpy(wire.SEED_USED.name).reshape(-1),
+                                        request_id=request_id, elapsed_s=time.perf_counter() - started)
+        return [dataclasses.replace(final, checkpoints=tuple(checkpoints))]
     step, total = _scalar(result, wire.STEP), _scalar(result, wire.TOTAL_STEPS)
     if step is None:
         return []  # nothing for the caller (an empty final flag)
     events: list[StreamEvent] = [ProgressEvent(step=int(step), total_steps=int(total))]
     preview = _scalar(result, wire.PREVIEW_IMAGE)
     if preview is not None:
-        image = Image.open(io.BytesIO(preview))
-        image.load()
-        events.append(PreviewEvent(step=int(step), total_steps=int(total), image=image, png=bytes(preview)))
+        events.append(PreviewEvent(step=int(step), total_steps=int(total), image=_image(preview), png=bytes(preview)))
+    png = _scalar(result, wire.CHECKPOINT_IMAGE)
+    if png is not None:
+        checkpoints.append(CheckpointEvent(step=int(step), total_steps=int(total), image=_image(png), png=bytes(png),
+                                           resume_state=bytes(_scalar(result, wire.CHECKPOINT_STATE))))
+        events.append(checkpoints[-1])
     return events
 
 
@@ -84,6 +96,7 @@ class InpaintStream:
         self.result: InpaintResult | None = None
         self._timeout_s = timeout_s
         self._responses: queue.SimpleQueue = queue.SimpleQueue()
+        self._checkpoints: list[CheckpointEvent] = []
         self._open = True
         self._started = time.perf_counter()
         target, channel_args = channel or (url, None)  # the client's: balanced or not (smartedit_client._channel)
@@ -164,7 +177,7 @@ class InpaintStream:
                 try:
                     if error is not None:
                         raise self._failure(error)
-                    events = stream_events(result, self.request_id, self._started)
+                    events = stream_events(result, self.request_id, self._started, self._checkpoints)
                 except (ServerUnavailableError, ServerOverloadedError) as failure:
                     # Refused, or its connection lost, before it began: sent again, to the next server.
                     if began or resent >= self._resends or not resendable(failure):

@@ -9,7 +9,7 @@ from pathlib import Path
 from smartedit_client import _contract as wire
 from smartedit_client._client import DEFAULT_TIMEOUT_S, DEFAULT_URL, InpaintClient
 from smartedit_client._errors import SmartEditError
-from smartedit_client._events import PreviewEvent, ProgressEvent
+from smartedit_client._events import CheckpointEvent, PreviewEvent, ProgressEvent
 from smartedit_client._result import SAVE_FORMATS, InpaintResult, check_output_path, png_parameters, replayable
 
 
@@ -57,19 +57,45 @@ def parser() -> argparse.ArgumentParser:
                         "(preview-STEP.png); Ctrl-C cancels the edit on the server")
     p.add_argument("--preview-every", type=int, default=None,
                    help="with --previews: steps between previews (server default 5; 0: progress only)")
+    p.add_argument("--checkpoints", metavar="DIR", default=None,
+                   help="stream the edit and write a checkpoint every --checkpoint-every steps to DIR: "
+                        "checkpoint-STEP.png (the image so far, to paint on) and checkpoint-STEP.state (for --resume)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help=f"with --checkpoints: steps between checkpoints (default {DEFAULT_CHECKPOINT_EVERY})")
+    p.add_argument("--resume", metavar="STATE", default=None,
+                   help="continue the edit a checkpoint's .state file holds (give the same --image and --mask, no "
+                        "parameter: they come from the state)")
+    p.add_argument("--resume-image", metavar="PNG", default=None,
+                   help="with --resume: the checkpoint's PNG, painted on; the edit continues from the change")
     return p
 
 
-def _streamed(client: InpaintClient, edit: dict, previews: Path, preview_every: int | None) -> InpaintResult:
-    with client.inpaint_stream(**edit, preview_every=preview_every) as stream:
+DEFAULT_CHECKPOINT_EVERY = 5
+
+
+def _streamed(stream, previews: Path | None, checkpoints: Path | None) -> InpaintResult:
+    with stream:
         for event in stream:
             if isinstance(event, ProgressEvent):
                 print(f"step {event.step}/{event.total_steps}", file=sys.stderr, flush=True)
-            elif isinstance(event, PreviewEvent):
+            elif isinstance(event, PreviewEvent) and previews is not None:
                 path = previews / f"preview-{event.step:04d}.png"
                 path.write_bytes(event.png)
                 print(f"preview {path}", file=sys.stderr, flush=True)
+            elif isinstance(event, CheckpointEvent) and checkpoints is not None:
+                image_path, state_path = event.save(checkpoints)
+                print(f"checkpoint {image_path} {state_path}", file=sys.stderr, flush=True)
     return stream.result
+
+
+def _folder(cli: argparse.ArgumentParser, flag: str, folder: str | None) -> Path | None:
+    if folder is None:
+        return None
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        cli.error(f"{flag} {folder!r}: cannot create it: {error.strerror}")
+    return Path(folder)
 
 
 def output_paths(out: str, count: int) -> list[Path]:
@@ -128,10 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         cli.error(f"{', '.join(missing)} required (or --info)")
     if args.preview_every is not None and not args.previews:
         cli.error("--preview-every needs --previews DIR (previews come only with a streamed edit)")
+    if args.checkpoint_every is not None and not args.checkpoints:
+        cli.error("--checkpoint-every needs --checkpoints DIR")
+    if args.resume_image is not None and not args.resume:
+        cli.error("--resume-image needs --resume STATE (the checkpoint it paints on)")
     given = {spec.name: getattr(args, spec.name) for spec in wire.PARAMETERS if getattr(args, spec.name) is not None}
+    if args.resume and (given or args.replay):
+        cli.error(f"--resume takes no parameter (the state holds them), got "
+                  f"{', '.join('--' + name.replace('_', '-') for name in given) or '--replay'}")
     parameters = {**_replayed(cli, args.replay), **given} if args.replay else given
-    if wire.PROMPT.name not in parameters:
-        cli.error("--prompt is required (or --replay PNG)")
+    if wire.PROMPT.name not in parameters and not args.resume:
+        cli.error("--prompt is required (or --replay PNG, or --resume STATE)")
     count = parameters.get(wire.NUM_IMAGES.name) or 1
     paths = output_paths(args.out, count)
     try:  # before the edit: a bad --out must not cost the edit
@@ -139,19 +172,22 @@ def main(argv: list[str] | None = None) -> int:
             check_output_path(path)
     except ValueError as error:
         cli.error(f"--out {error}")
-    if args.previews:
-        try:
-            Path(args.previews).mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            cli.error(f"--previews {args.previews!r}: cannot create it: {error.strerror}")
-    edit = dict(image=args.image, mask_image=args.mask, request_id=args.request_id, **parameters)
+    previews = _folder(cli, "--previews", args.previews)
+    checkpoints = _folder(cli, "--checkpoints", args.checkpoints)
+    stream_options = dict(preview_every=args.preview_every if previews else 0,
+                          checkpoint_every=(args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY) if checkpoints else None)
+    edit = dict(image=args.image, mask_image=args.mask, request_id=args.request_id)
     client = _connect(cli, args)
     try:
         with client:
-            if args.previews:
-                result = _streamed(client, edit, Path(args.previews), args.preview_every)
+            if args.resume:
+                result = _streamed(client.resume_stream(args.resume, resume_image=args.resume_image, **edit,
+                                                        **stream_options), previews, checkpoints)
+            elif previews or checkpoints:
+                result = _streamed(client.inpaint_stream(**edit, **parameters, **stream_options), previews,
+                                   checkpoints)
             else:
-                result = client.inpaint(**edit)
+                result = client.inpaint(**edit, **parameters)
     except SmartEditError as error:
         print(f"smartedit-edit: {type(error).__name__}: {error}", file=sys.stderr)
         return 2

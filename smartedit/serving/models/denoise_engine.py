@@ -22,7 +22,10 @@ from smartedit.serving import steps
 from smartedit.engine.cancellation import CancelBoard
 from smartedit.diffusion.denoise import EditInputs, decoder_input
 from smartedit.diffusion.families import family_of, prompts_of, start_denoising
-from smartedit.engine.core import AtCapacity, DenoiseEngine, EditRequest, EngineLimits, TooManyImages
+from smartedit.diffusion.resume import CLEAN, resume
+from smartedit.diffusion.resume_state import ResumeState
+from smartedit.engine.core import INVALID, AtCapacity, DenoiseEngine, EditRequest, EngineLimits, TooManyImages
+from smartedit.errors import RequestError
 from smartedit.ops.model_processes import Callees
 from smartedit.ops.server_state import ServerState
 from smartedit.edit.parameters import EditParameters
@@ -56,8 +59,10 @@ class ResponseSink:
     answer the latents of all of them in order, or the first failure, after which the others stop.
     """
 
-    def __init__(self, sender, info: PipelineInfo, preview: LatentPreview, num_images: int):
+    def __init__(self, sender, info: PipelineInfo, preview: LatentPreview, num_images: int,
+                 checkpoint_header: dict | None = None):
         self._sender, self._info, self._preview = sender, info, preview
+        self._checkpoint_header = checkpoint_header or {}  # what a checkpoint's state says besides the loop's
         self._latents: list = [None] * num_images
         self._lock = threading.Lock()
         self.ended = False  # answered: a variation failed or all finished; the others are stopped
@@ -65,13 +70,19 @@ class ResponseSink:
     def variation(self, index: int) -> "_VariationSink":
         return _VariationSink(self, index)
 
-    def progress(self, index, step, total_steps, preview_latents):
+    def progress(self, index, step, total_steps, preview_latents, checkpoint=None):
         if index != 0:
             return
         tensors = [pb_utils.Tensor(steps.STEP.name, np.array([step], dtype=np.int32)),
                    pb_utils.Tensor(steps.TOTAL_STEPS.name, np.array([total_steps], dtype=np.int32))]
         if preview_latents is not None:
             tensors.append(pb_utils.Tensor(steps.PREVIEW_PIXELS.name, self._preview.render(preview_latents)))
+        if checkpoint is not None:
+            checkpoint.header.update(self._checkpoint_header)
+            clean = checkpoint.tensors[CLEAN] / self._info.vae_scaling_factor
+            tensors += [pb_utils.Tensor(steps.CHECKPOINT_STATE.name,
+                                        np.array([checkpoint.to_bytes()], dtype=np.object_)),
+                        pb_utils.Tensor(steps.CHECKPOINT_LATENTS.name, clean.numpy().astype(np.float32))]
         with self._lock:  # never after the final answer
             if not self.ended:
                 self._sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
@@ -104,6 +115,9 @@ class ResponseSink:
             self._sender.send(response, flags=FINAL)
 
     def failed(self, index, message, reason="denoise"):
+        if reason == INVALID:  # the request's fault, found once its edit started (a resume state that does not fit)
+            self._end(error_as_tensors("INVALID_ARG", message, reason))
+            return
         self._end(error_as_tensors("INTERNAL", f"denoising failed: {message}", reason or "denoise"))
 
     def cancelled(self, index, message, reason=""):
@@ -123,8 +137,8 @@ class _VariationSink:
     def __init__(self, edit: ResponseSink, index: int):
         self._edit, self._index = edit, index
 
-    def progress(self, step, total_steps, preview_latents):
-        self._edit.progress(self._index, step, total_steps, preview_latents)
+    def progress(self, step, total_steps, preview_latents, checkpoint=None):
+        self._edit.progress(self._index, step, total_steps, preview_latents, checkpoint)
 
     def finished(self, state):
         self._edit.finished(self._index, state)
@@ -188,6 +202,8 @@ class TritonPythonModel:
                 sender.send(error_as_tensors("INVALID_ARG", f"num_images: {error}", "num_images"), flags=FINAL)
             except EditAnswered:
                 pass  # a variation already failed and answered the request
+            except RequestError as error:  # a resume state that is not one (the stream checks it first)
+                sender.send(error_as_tensors("INVALID_ARG", str(error), INVALID), flags=FINAL)
             except Exception as error:  # malformed inputs from a caller: answer it, keep serving
                 sender.send(error_as_tensors("INTERNAL", f"denoise_engine could not take the edit: {error}", "denoise"),
                             flags=FINAL)
@@ -241,26 +257,37 @@ class TritonPythonModel:
             return encoded[0]
 
         preview_every = _scalar(request, steps.PREVIEW_EVERY)
+        checkpoint_every = _scalar(request, steps.CHECKPOINT_EVERY)
+        header = _scalar(request, steps.CHECKPOINT_HEADER)
+        header = dict(json.loads(header), record=json.loads(params.to_json())) if header is not None else None
+        prepare = functools.partial(start_denoising, self.info, self.scheduler_config)
+        resume_state = _scalar(request, steps.RESUME_STATE)
+        if resume_state is not None:  # the stream checked it against the request; its fit is checked on start
+            saved = ResumeState.from_bytes(resume_state)
+            delta = _input(request, steps.RESUME_DELTA)
+            delta = None if delta is None else torch.from_numpy(delta)
+            prepare = lambda *args: resume(start_denoising(self.info, self.scheduler_config, *args),  # noqa: E731
+                                           saved, delta)
         token = _scalar(request, steps.CANCEL_TOKEN)
         token = token.decode() if token is not None else None
         reservation = _scalar(request, steps.RESERVATION)
         if params.num_images > self.engine.capacity:  # else the first would be admitted, the rest refused
             self.engine.check_places(params.num_images)
-        sink = ResponseSink(sender, self.info, self.preview, params.num_images)
+        sink = ResponseSink(sender, self.info, self.preview, params.num_images, checkpoint_header=header)
         caller_gone = (lambda: self.cancel_board.is_cancelled(token)) if token else (lambda: False)
         try:
             for index in range(params.num_images):
                 variation = params.variation(index)
                 self.engine.submit(EditRequest(
                     request_id=request_id,
-                    prepare=functools.partial(start_denoising, self.info, self.scheduler_config, variation, inputs,
-                                              encode_init_image),
+                    prepare=functools.partial(prepare, variation, inputs, encode_init_image),
                     sink=sink.variation(index),
                     deadline=deadline or None,
                     # A variation stops when its caller left, or when another variation ended the edit.
                     cancelled=lambda: sink.ended or caller_gone(),
                     # Progress and previews follow the first variation; the others report nothing.
                     preview_every=None if preview_every is None or index else int(preview_every),
+                    checkpoint_every=0 if checkpoint_every is None or index else int(checkpoint_every),
                     reservation=reservation.decode() if reservation else None,
                     log_fields={"task": params.task, "sampler": params.scheduler,
                                 "num_inference_steps": params.num_inference_steps, "seed": variation.seed},

@@ -24,6 +24,7 @@ left, and is refused at once while the server drains (smartedit.ops.server_state
 that loses its process fails the edit with UNAVAILABLE, "send again" (smartedit.ops.model_processes).
 """
 
+import json
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -38,10 +39,15 @@ from smartedit.engine.cancellation import CancelBoard
 from smartedit.errors import RequestError, ServiceInterrupted
 from smartedit.ops.model_processes import Callees
 from smartedit.ops.server_state import ServerState
-from smartedit.edit.postprocessing import encode_png, finish_edit
+from smartedit.edit.postprocessing import encode_png, finish_edit, to_pixels
+from smartedit.edit.resume_request import check_resumable, checkpoint_header, record_reader, resume_image_pixels
+from smartedit.edit.tasks import TEXT_EDIT
+from smartedit.diffusion.resume import CLEAN
+from smartedit.diffusion.resume_state import ResumeState
+from smartedit.diffusion.spec import VAE_DECODER, VAE_ENCODER
 from smartedit.diffusion.families import family_parameters, prompts_of
 from smartedit.edit.parameters import resolve_parameters
-from smartedit.edit.preprocessing import prepare_request
+from smartedit.edit.preprocessing import normalized, prepare_request
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance
 from smartedit.serving.request_metrics import RequestCounter, outcome_of
 from smartedit.serving.settings import StreamSettings
@@ -55,6 +61,10 @@ from smartedit_client import _contract as wire
 
 log = model_logger("inpaint_stream")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# The engine's inputs for checkpoints and resuming, when the edit has them.
+RESUMING = (steps.CHECKPOINT_EVERY, steps.CHECKPOINT_HEADER, steps.RESUME_STATE, steps.RESUME_DELTA)
+# A state holds the latents twice, the sampler's history and schedule: ~40 KB at 512 px, a few MB at 4096 px.
+MAX_RESUME_STATE_BYTES = 64 << 20
 WATCH_INTERVAL_S = 0.25  # how soon a client that left is noticed while its edit waits for a slot
 
 
@@ -172,8 +182,12 @@ class TritonPythonModel:
         if preview_every < 0:
             raise RequestError(wire.PREVIEW_EVERY.name, f"must be >= 0 (0: no previews), got {preview_every}")
         read = lambda name: optional_scalar(request, name)  # noqa: E731
+        saved = self._resume_state(read)
+        if saved is not None:  # the parameters are the state's
+            read = record_reader(saved, read)
         # The scalars first: cheap, checked first.
         params = resolve_parameters(read, self.settings.preprocess, self.family_parameters)
+        checkpoint_every = self._checkpoint_every(read, params)
         # Before any decoding: a server at capacity refuses now, not after the work (as preprocess does).
         refusal = admission_call(self.settings.engine_model, steps.RESERVE, reservation, request_id,
                                  places=params.num_images, callees=self.callees)
@@ -190,7 +204,16 @@ class TritonPythonModel:
         # The edit's tensors by name, as the ensemble's graph names them (smartedit.serving.ensembles).
         edit = {spec.name: value for spec, value in tensors.items()}
         edit[steps.PREVIEW_EVERY.name] = np.array([preview_every], dtype=np.int32)
+        if checkpoint_every:
+            header = checkpoint_header(self.info, self.provenance, read(wire.IMAGE.name), read(wire.MASK_IMAGE.name))
+            edit[steps.CHECKPOINT_EVERY.name] = np.array([checkpoint_every], dtype=np.int32)
+            edit[steps.CHECKPOINT_HEADER.name] = np.array([json.dumps(header).encode()], dtype=np.object_)
         self._run_components(component_steps(self.prompts, before_loop=True), edit, request_id)
+        if saved is not None:
+            edit[steps.RESUME_STATE.name] = np.array([read(wire.RESUME_STATE.name)], dtype=np.object_)
+            painted = read(wire.RESUME_IMAGE.name)
+            if painted is not None:
+                edit[steps.RESUME_DELTA.name] = self._painted_change(saved, painted, edit, request_id)
         edit[steps.LATENTS.name] = self._denoise(request, sender, request_id, edit)
         self._run_components(component_steps(self.prompts, before_loop=False), edit, request_id)
         pngs = finish_edit(edit[steps.DECODED_IMAGE.name], read(wire.IMAGE.name), read(wire.MASK_IMAGE.name),
@@ -199,6 +222,56 @@ class TritonPythonModel:
             _tensor(wire.EDITED_IMAGE, np.array(pngs, dtype=np.object_)),
             _tensor(wire.SEED_USED, edit[steps.SEED_USED.name]),
         ])
+
+    def _resume_state(self, read) -> ResumeState | None:
+        """The state a resuming request sent, checked against this pipeline and the request's photo."""
+        raw = read(wire.RESUME_STATE.name)
+        if raw is None:
+            if read(wire.RESUME_IMAGE.name) is not None:
+                raise RequestError(wire.RESUME_IMAGE.name, "is taken only with resume_state (the checkpoint it "
+                                                           "paints on)")
+            return None
+        if len(raw) > MAX_RESUME_STATE_BYTES:
+            raise RequestError(wire.RESUME_STATE.name, f"is {len(raw)} bytes; the limit is {MAX_RESUME_STATE_BYTES}")
+        image = read(wire.IMAGE.name)
+        if image is None:
+            raise RequestError(wire.IMAGE.name, "is required (the photo the checkpoint's edit was sent with)")
+        saved = ResumeState.from_bytes(raw)
+        check_resumable(saved, self.info, self.provenance, image, read(wire.MASK_IMAGE.name))
+        return saved
+
+    @staticmethod
+    def _checkpoint_every(read, params) -> int:
+        value = read(wire.CHECKPOINT_EVERY.name)
+        every = 0 if value is None else int(value)
+        if every < 0:
+            raise RequestError(wire.CHECKPOINT_EVERY.name, f"must be >= 0 (0: no checkpoints), got {every}")
+        if every and params.num_images != 1:
+            raise RequestError(wire.CHECKPOINT_EVERY.name, f"{every} needs num_images 1 (a checkpoint continues one "
+                                                           f"image), got num_images {params.num_images}")
+        if every and params.task == TEXT_EDIT:
+            raise RequestError(wire.CHECKPOINT_EVERY.name, f"{every}: a text edit cannot be checkpointed (its "
+                                                           f"state holds the inversion's whole trajectory)")
+        return every
+
+    def _painted_change(self, saved: ResumeState, painted: bytes, edit: dict, request_id: str) -> np.ndarray:
+        """``E(painted) - E(checkpoint image)`` in the loop's (scaled) latents: the checkpoint image made
+        again from the state's predicted clean latents, as it was sent, and both encoded (the latent
+        distribution's mean, so that an unchanged image moves nothing)."""
+        factor, scaling = self.info.vae_scale_factor, self.info.vae_scaling_factor
+        height, width = (side * factor for side in edit[steps.LATENT_MASK.name].shape[-2:])
+        edited = resume_image_pixels(painted, (width, height), self.settings.preprocess)
+        clean = saved.tensor(CLEAN).numpy()
+        if clean.shape[-2:] != edit[steps.LATENT_MASK.name].shape[-2:]:
+            raise RequestError(wire.RESUME_STATE.name, f"its checkpoint latents are {clean.shape}, not this edit's "
+                                                       f"size")
+        (decoded,) = self._call(self.settings.model(VAE_DECODER.name),
+                                {VAE_DECODER.inputs[0].name: np.ascontiguousarray(clean / scaling, dtype=np.float32)},
+                                [VAE_DECODER.outputs[0].name], request_id)
+        shown = normalized(to_pixels(decoded))
+        means = [self._call(self.settings.model(VAE_ENCODER.name), {VAE_ENCODER.inputs[0].name: pixels},
+                            [VAE_ENCODER.outputs[0].name], request_id)[0] for pixels in (edited, shown)]
+        return (scaling * (means[0] - means[1])).astype(np.float32)
 
     def _run_components(self, graph_steps, edit: dict, request_id: str) -> None:
         """The graph's component steps, each a BLS call to this pipeline's model, their outputs added to
@@ -225,6 +298,7 @@ class TritonPythonModel:
         inputs = [pb_utils.Tensor(spec.name, edit[spec.name]) for spec in steps.scheduler_inputs(self.prompts)]
         inputs += [pb_utils.Tensor(steps.PREVIEW_EVERY.name, edit[steps.PREVIEW_EVERY.name]),
                    pb_utils.Tensor(steps.CANCEL_TOKEN.name, np.array([token.encode()], dtype=np.object_))]
+        inputs += [pb_utils.Tensor(spec.name, edit[spec.name]) for spec in RESUMING if spec.name in edit]
         engine_request = pb_utils.InferenceRequest(
             model_name=self.settings.engine_model, inputs=inputs, request_id=request_id,
             requested_output_names=[t.name for t in steps.ENGINE_OUTPUTS])
@@ -245,7 +319,7 @@ class TritonPythonModel:
                 try:
                     if request.is_cancelled():
                         raise StreamClosed("the client closed the stream")
-                    self._relay_progress(sender, response, step)
+                    self._relay_progress(sender, response, step, request_id)
                 except Exception as reason:  # the client left, or its stream broke: stop the edit
                     outcome["closed"] = True
                     self.cancel_board.cancel(token)
@@ -295,10 +369,17 @@ class TritonPythonModel:
                         self._closed_tokens.add(token)
                         self.cancel_board.cancel(token)
 
-    def _relay_progress(self, sender, response, step):
+    def _relay_progress(self, sender, response, step, request_id):
         total = pb_utils.get_output_tensor_by_name(response, steps.TOTAL_STEPS.name)
         outputs = [_tensor(wire.STEP, step.as_numpy()), _tensor(wire.TOTAL_STEPS, total.as_numpy())]
         pixels = pb_utils.get_output_tensor_by_name(response, steps.PREVIEW_PIXELS.name)
         if pixels is not None:
             outputs.append(_tensor(wire.PREVIEW_IMAGE, np.array([encode_png(pixels.as_numpy())], dtype=np.object_)))
+        state = pb_utils.get_output_tensor_by_name(response, steps.CHECKPOINT_STATE.name)
+        if state is not None:  # the checkpoint image: the predicted clean latents, decoded
+            clean = pb_utils.get_output_tensor_by_name(response, steps.CHECKPOINT_LATENTS.name).as_numpy()
+            (decoded,) = self._call(self.settings.model(VAE_DECODER.name), {VAE_DECODER.inputs[0].name: clean},
+                                    [VAE_DECODER.outputs[0].name], request_id)
+            outputs += [_tensor(wire.CHECKPOINT_IMAGE, np.array([encode_png(to_pixels(decoded))], dtype=np.object_)),
+                        _tensor(wire.CHECKPOINT_STATE, state.as_numpy())]
         sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
