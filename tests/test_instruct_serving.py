@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_together_equals_alone, scene
+from conftest import assert_together_equals_alone, png_bytes, scene
 from reference import diffusers_instruct, psnr
 from smartedit.edit.masks import shape_mask
+from test_resume_serving import assert_every_checkpoint_resumes
 
 pytestmark = pytest.mark.functional
 
@@ -235,3 +236,8 @@ def test_the_editor_edits_a_whole_photo_by_instruction_and_offers_each_pipeline_
         _run_to_result(page, prompt="a kite", num_inference_steps=3, seed=2)  # sent without image_guidance_scale
     original = _rgb(photo.read_bytes())
     assert (np.abs(_rgb(edited) - original).sum(axis=-1) > 0).mean() > 0.9  # a new photo, not a paste
+
+
+def test_an_instruction_edit_resumes_from_its_checkpoints(instruct_client):
+    image, _ = scene(64, 48, seed=4)
+    assert_every_checkpoint_resumes(instruct_client, png_bytes(image), every=2, **dict(EDIT, guidance_scale=7.5))

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import scene, serving
+from conftest import png_bytes, scene, serving
 from reference import diffusers_inpaint, psnr
 from smartedit.edit.masks import shape_mask
+from smartedit_client import InvalidRequestError
+from test_resume_serving import assert_every_checkpoint_resumes
 from test_serving import EDIT, _documented_region, _edited_in_place, _photo
 
 pytestmark = pytest.mark.functional
@@ -334,3 +336,18 @@ def test_smartedit_eval_measures_a_folders_edits_against_the_server(blend_server
     refused = subprocess.run([sys.executable, "-m", "smartedit", "eval", str(tmp_path), "--url",
                               blend_server.address.grpc], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "edit 0: unknown key 'seeed'" in refused.stderr
+
+
+@pytest.mark.parametrize("scheduler", ["euler_ancestral", "dpmpp_2m"])
+def test_an_edit_on_a_4_channel_model_resumes_from_its_checkpoints(blend_client, scheduler):
+    # strength < 1: the kept photo latents and their noise come from the generator at the start, the
+    # ancestral sampler draws from it at every step; both must come back as they were.
+    image, mask = scene(64, 48, seed=4)
+    assert_every_checkpoint_resumes(blend_client, png_bytes(image), png_bytes(mask), every=2,
+                                    **dict(EDIT, strength=0.8, scheduler=scheduler))
+
+
+def test_a_text_edit_is_refused_checkpoints_by_name(blend_client):
+    image, _ = scene(64, 48, seed=4)
+    with pytest.raises(InvalidRequestError, match="checkpoint_every: 2: a text edit cannot be checkpointed"):
+        list(blend_client.inpaint_stream(image=png_bytes(image), task="text_edit", prompt="a cat", checkpoint_every=2))

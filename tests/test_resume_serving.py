@@ -33,6 +33,18 @@ def photo(seed=3):
     return dict(image=png_bytes(image), mask_image=png_bytes(mask))
 
 
+def assert_every_checkpoint_resumes(client, image, mask_image=None, every=2, pipeline=None, **edit):
+    """Stream ``edit`` with checkpoints; resume from each: the uninterrupted PNG, byte for byte, every time."""
+    photo_inputs = dict(image=image, mask_image=mask_image)
+    with client.inpaint_stream(**photo_inputs, **edit, checkpoint_every=every, preview_every=0,
+                               pipeline=pipeline) as stream:
+        list(stream)
+    assert stream.result.checkpoints, "no checkpoint came"
+    for checkpoint in stream.result.checkpoints:
+        resumed = client.resume(checkpoint, **photo_inputs, pipeline=pipeline)
+        assert resumed.png == stream.result.png, f"resumed from step {checkpoint.step} of {checkpoint.total_steps}"
+
+
 def checkpointed(client, every=2, **change):
     """(the uninterrupted result, its checkpoints), from one stream."""
     with client.inpaint_stream(**photo(), **dict(EDIT, **change), checkpoint_every=every, preview_every=0) as stream:

@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import assert_together_equals_alone, png_bytes, scene, serving
 from reference import diffusers_inpaint, psnr
 from smartedit.edit.masks import shape_mask
+from test_resume_serving import assert_every_checkpoint_resumes
 from test_serving import _documented_region, _edited_in_place, _photo
 
 pytestmark = pytest.mark.functional
@@ -283,3 +284,10 @@ def test_the_editor_runs_an_sdxl_edit_with_its_defaults(sdxl_server, browser, tm
     original = _rgb(photo.read_bytes())
     assert mask.any() and np.array_equal(_rgb(edited)[~mask], original[~mask])
     assert not np.array_equal(_rgb(edited)[mask], original[mask])
+
+
+@pytest.mark.parametrize("pipeline", [None, "sdxl_base"])
+def test_an_sdxl_edit_resumes_from_its_checkpoints(sdxl_client, pipeline):
+    image, mask = scene(64, 48, seed=9)
+    assert_every_checkpoint_resumes(sdxl_client, png_bytes(image), png_bytes(mask), every=2, pipeline=pipeline,
+                                    **dict(EDIT, scheduler="unipc"))
