@@ -63,7 +63,7 @@ log = model_logger("inpaint_stream")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # The engine's inputs for checkpoints and resuming, when the edit has them.
 RESUMING = (steps.CHECKPOINT_EVERY, steps.CHECKPOINT_HEADER, steps.RESUME_STATE, steps.RESUME_DELTA)
-# A state holds the latents twice, the sampler's history and schedule: ~40 KB at 512 px, a few MB at 4096 px.
+# A state holds the latents twice, the sampler's history and its schedule: 146-467 KB at 512 px (README).
 MAX_RESUME_STATE_BYTES = 64 << 20
 WATCH_INTERVAL_S = 0.25  # how soon a client that left is noticed while its edit waits for a slot
 
@@ -197,6 +197,10 @@ class TritonPythonModel:
             tensors, log_fields = prepare_request(read, self.tokenizers, self.info, self.settings.preprocess,
                                                   deadline=request_deadline(request), reservation=reservation,
                                                   params=params)
+            painted = None
+            if saved is not None and read(wire.RESUME_IMAGE.name) is not None:  # checked at the edit's working size
+                height, width = (side * self.info.vae_scale_factor for side in tensors[steps.LATENT_MASK].shape[-2:])
+                painted = resume_image_pixels(read(wire.RESUME_IMAGE.name), (width, height), self.settings.preprocess)
         except Exception:  # a bad field, or a fault: the places go back at once, not after their TTL
             admission_call(self.settings.engine_model, steps.RELEASE, reservation, request_id, callees=self.callees)
             raise
@@ -211,7 +215,6 @@ class TritonPythonModel:
         self._run_components(component_steps(self.prompts, before_loop=True), edit, request_id)
         if saved is not None:
             edit[steps.RESUME_STATE.name] = np.array([read(wire.RESUME_STATE.name)], dtype=np.object_)
-            painted = read(wire.RESUME_IMAGE.name)
             if painted is not None:
                 edit[steps.RESUME_DELTA.name] = self._painted_change(saved, painted, edit, request_id)
         edit[steps.LATENTS.name] = self._denoise(request, sender, request_id, edit)
@@ -254,23 +257,22 @@ class TritonPythonModel:
                                                            f"state holds the inversion's whole trajectory)")
         return every
 
-    def _painted_change(self, saved: ResumeState, painted: bytes, edit: dict, request_id: str) -> np.ndarray:
+    def _painted_change(self, saved: ResumeState, painted: np.ndarray, edit: dict, request_id: str) -> np.ndarray:
         """``E(painted) - E(checkpoint image)`` in the loop's (scaled) latents: the checkpoint image made
         again from the state's predicted clean latents, as it was sent, and both encoded (the latent
         distribution's mean, so that an unchanged image moves nothing)."""
-        factor, scaling = self.info.vae_scale_factor, self.info.vae_scaling_factor
-        height, width = (side * factor for side in edit[steps.LATENT_MASK.name].shape[-2:])
-        edited = resume_image_pixels(painted, (width, height), self.settings.preprocess)
+        scaling = self.info.vae_scaling_factor
         clean = saved.tensor(CLEAN).numpy()
-        if clean.shape[-2:] != edit[steps.LATENT_MASK.name].shape[-2:]:
-            raise RequestError(wire.RESUME_STATE.name, f"its checkpoint latents are {clean.shape}, not this edit's "
-                                                       f"size")
+        expected = edit[steps.MASKED_IMAGE_MEAN.name].shape  # [1, latent channels, h, w]
+        if clean.shape != expected:
+            raise RequestError(wire.RESUME_STATE.name, f"its checkpoint latents are {clean.shape}; this edit's are "
+                                                       f"{expected}")
         (decoded,) = self._call(self.settings.model(VAE_DECODER.name),
                                 {VAE_DECODER.inputs[0].name: np.ascontiguousarray(clean / scaling, dtype=np.float32)},
                                 [VAE_DECODER.outputs[0].name], request_id)
         shown = normalized(to_pixels(decoded))
         means = [self._call(self.settings.model(VAE_ENCODER.name), {VAE_ENCODER.inputs[0].name: pixels},
-                            [VAE_ENCODER.outputs[0].name], request_id)[0] for pixels in (edited, shown)]
+                            [VAE_ENCODER.outputs[0].name], request_id)[0] for pixels in (painted, shown)]
         return (scaling * (means[0] - means[1])).astype(np.float32)
 
     def _run_components(self, graph_steps, edit: dict, request_id: str) -> None:
