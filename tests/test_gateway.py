@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import socket
 import subprocess
@@ -15,7 +16,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import pip_install_offline, png_bytes, scene, serving
 from smartedit.ops.server import free_port
@@ -272,6 +275,85 @@ def test_the_stream_sends_progress_previews_and_the_unary_result_as_server_sent_
     kind, result = events[-1]
     assert kind == "result"
     assert base64.b64decode(result["images"][0]["png_base64"]) == client.inpaint(image=image, mask_image=mask, **EDIT).png
+
+
+def _events(raw: bytes) -> list[tuple[str, dict]]:
+    return [(block.split("\n")[0].removeprefix("event: "), json.loads(block.split("\n")[1].removeprefix("data: ")))
+            for block in raw.decode().strip().split("\n\n")]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_checkpoint_events_resume_through_the_gateway_to_the_uninterrupted_result(gateway_url, tmp_path):
+    image, mask = _files(tmp_path, seed=8)
+    photo = {"image": _b64(png_bytes(image)), "mask_image": _b64(png_bytes(mask))}
+    status, _, raw = _post_json(gateway_url + "/edit/inpaint/stream", {**photo, **EDIT, "checkpoint_every": 2})
+    assert status == 200, raw
+    events = _events(raw)
+    checkpoints = [data for kind, data in events if kind == "checkpoint"]
+    assert [c["step"] for c in checkpoints] == [2] and checkpoints[0]["total_steps"] == 4, [k for k, _ in events]
+    assert events[-1][0] == "result"
+    finished = base64.b64decode(events[-1][1]["images"][0]["png_base64"])
+    first = checkpoints[0]
+    # Unpainted: the uninterrupted edit, byte for byte (JSON body, base64 state).
+    status, headers, raw = _post_json(gateway_url + "/edit/resume/stream",
+                                      {**photo, "resume_state": first["resume_state_base64"], "preview_every": 0})
+    assert status == 200 and headers.get("Content-Type").startswith("text/event-stream"), raw
+    resumed = _events(raw)
+    assert [d["step"] for k, d in resumed if k == "progress"] == [3, 4] and resumed[-1][0] == "result", resumed[-1]
+    assert base64.b64decode(resumed[-1][1]["images"][0]["png_base64"]) == finished
+    # Painted, as a multipart form with the state as a file: the edit moves inside the mask only.
+    checkpoint_image = Image.open(io.BytesIO(base64.b64decode(first["png_base64"]))).convert("RGB")
+    pixels = 255 - np.asarray(checkpoint_image)
+    pixels[20:44, 20:44] = (255, 0, 0)
+    (tmp_path / "state.bin").write_bytes(base64.b64decode(first["resume_state_base64"]))
+    (tmp_path / "painted.png").write_bytes(png_bytes(Image.fromarray(pixels)))
+    run = subprocess.run(["curl", "-sS", "-N", "-F", f"image=@{tmp_path / 'image.png'}",
+                          "-F", f"mask_image=@{tmp_path / 'mask.png'}", "-F", f"resume_state=@{tmp_path / 'state.bin'}",
+                          "-F", f"resume_image=@{tmp_path / 'painted.png'}", f"{gateway_url}/edit/resume/stream"],
+                         capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    kind, result = _events(run.stdout)[-1]
+    assert kind == "result", result
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["images"][0]["png_base64"]))).convert("RGB"))
+    inside = np.asarray(mask) >= 128
+    assert np.array_equal(served[~inside], np.asarray(image.convert("RGB"))[~inside])
+    untouched = np.asarray(Image.open(io.BytesIO(finished)).convert("RGB"))
+    assert not np.array_equal(served[inside], untouched[inside])
+
+
+@pytest.mark.parametrize("changes,field,fragment", [
+    ({"prompt": "a blue chair"}, "prompt", "the state holds the edit's parameters"),
+    ({"seed": 5}, "seed", "the state holds the edit's parameters"),
+    ({"resume_state": "not base64!"}, "resume_state", "is not valid base64"),
+    ({"resume_state": _b64(b"SMARTEDIT-not-a-state")}, "resume_state", "resume_state"),
+    ({"resume_image": "%%%"}, "resume_image", "is not valid base64"),
+    ({"checkpoint_every": "two"}, "checkpoint_every", "must be an integer"),
+    ({"resume_state": None}, "resume_state", "is required"),
+])
+def test_the_resume_endpoint_refuses_parameters_and_bad_states_naming_the_field(gateway_url, tmp_path, changes, field,
+                                                                                fragment):
+    image, mask = _files(tmp_path, seed=9)
+    body = {"image": _b64(png_bytes(image)), "mask_image": _b64(png_bytes(mask)),
+            "resume_state": _b64(b"\x00" * 64), **changes}
+    status, _, raw = _post_json(gateway_url + "/edit/resume/stream", {k: v for k, v in body.items() if v is not None})
+    assert status == 400, raw
+    answer = json.loads(raw)
+    assert answer["field"] == field and fragment in answer["message"], answer
+
+
+def test_a_corrupted_checkpoint_state_is_refused_naming_resume_state(gateway_url, tmp_path):
+    image, mask = _files(tmp_path, seed=10)
+    photo = {"image": _b64(png_bytes(image)), "mask_image": _b64(png_bytes(mask))}
+    status, _, raw = _post_json(gateway_url + "/edit/inpaint/stream", {**photo, **EDIT, "checkpoint_every": 2})
+    state = bytearray(base64.b64decode(next(d for k, d in _events(raw) if k == "checkpoint")["resume_state_base64"]))
+    state[len(state) // 2] ^= 0xFF
+    status, _, raw = _post_json(gateway_url + "/edit/resume/stream", {**photo, "resume_state": _b64(bytes(state))})
+    assert status == 400, raw
+    answer = json.loads(raw)
+    assert answer["field"] == "resume_state" and "resume_state" in answer["message"], answer
 
 
 def test_cors_preflight_allows_the_configured_origin_only(gateway_url):

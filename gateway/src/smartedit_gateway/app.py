@@ -2,7 +2,8 @@
 
     POST /edit/inpaint          multipart or JSON in (``smartedit_gateway.forms``); image/png out, or
                                 JSON (base64 images, seeds, parameters) with ``Accept: application/json``
-    POST /edit/inpaint/stream   the same edit as Server-Sent Events: progress, previews, the result
+    POST /edit/inpaint/stream   the same edit as Server-Sent Events: progress, previews, checkpoints, the result
+    POST /edit/resume/stream    a checkpoint's resume_state (and its image painted on) continued, as the stream
     POST /segment               click-to-mask: image + points and/or box -> mask PNG (Segment Anything)
     GET  /health                200 only while Triton and the model are ready
     GET  /info                  what the server offers (the SDK's ``server_info``; ?pipeline=NAME for one)
@@ -35,11 +36,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smartedit_client import (
-    AsyncInpaintClient, InpaintResult, PreviewEvent, ProgressEvent, SmartEditError,
+    AsyncInpaintClient, CheckpointEvent, InpaintResult, PreviewEvent, ProgressEvent, SmartEditError,
 )
 from smartedit_gateway import logs
 from smartedit_gateway.errors import GatewayError, from_sdk
-from smartedit_gateway.forms import EDIT_FIELDS, STREAM_FIELDS, openapi_schema, read_edit, read_segment, segment_openapi_schema
+from smartedit_gateway.forms import (
+    EDIT_FIELDS, STREAM_FIELDS, openapi_schema, read_edit, read_resume, resume_openapi_schema, read_segment,
+    segment_openapi_schema,
+)
 from smartedit_gateway.limits import RequestSizeLimit
 from smartedit_gateway.pages import add_pages
 
@@ -79,6 +83,55 @@ def result_json(result: InpaintResult) -> dict:
 
 def _sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _sse_event(event) -> bytes:
+    if isinstance(event, CheckpointEvent):  # matched first: the branches below must not take it
+        return _sse("checkpoint", {"step": event.step, "total_steps": event.total_steps,
+                                   "png_base64": base64.b64encode(event.png).decode(),
+                                   "resume_state_base64": base64.b64encode(event.resume_state).decode()})
+    if isinstance(event, PreviewEvent):
+        return _sse("preview", {"step": event.step, "total_steps": event.total_steps,
+                                "png_base64": base64.b64encode(event.png).decode()})
+    if isinstance(event, ProgressEvent):
+        return _sse("progress", {"step": event.step, "total_steps": event.total_steps})
+    return _sse("result", result_json(event))
+
+
+def _event_stream(stream, first=None, events=None) -> StreamingResponse:
+    """A streamed edit's events as Server-Sent Events. ``first`` and ``events``: an event already read
+    (see ``_first_event``) and the iterator it came from."""
+    async def sent():
+        try:
+            async with stream:
+                if first is not None:
+                    yield _sse_event(first)
+                async for event in (events if events is not None else stream):
+                    yield _sse_event(event)
+        except SmartEditError as error:
+            failure = from_sdk(error)
+            yield _sse("error", {"status": failure.status, **failure.body()})
+        except Exception:  # the headers are sent: the failure can only travel as an event
+            log.exception("the stream failed")
+            yield _sse("error", {"status": 502, "field": None, "message": "the edit's stream failed"})
+
+    return StreamingResponse(sent(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _first_event(stream):
+    """The stream's first event and its iterator, read before any header is sent: the server checks a request
+    (a resume_state above all) before its first step, so a refusal is answered as a 400 naming the field, not
+    as an ``error`` event after a 200.
+
+    Raises:
+        GatewayError: the SDK's error, mapped.
+    """
+    events = aiter(stream)
+    try:
+        return await anext(events), events
+    except SmartEditError as error:
+        await stream.cancel()
+        raise from_sdk(error) from None
 
 
 def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
@@ -145,37 +198,42 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
 
     @app.post("/edit/inpaint/stream", openapi_extra={"requestBody": openapi_schema(with_stream_fields=True)},
               responses={200: {"content": {"text/event-stream": {}},
-                               "description": "events: progress, preview (base64 PNG), then result or error"}})
+                               "description": "events: progress, preview (base64 PNG), checkpoint (base64 PNG "
+                                              "and resume state), then result or error"}})
     async def edit_inpaint_stream(request: Request):
         """The same edit as Server-Sent Events: ``progress`` {step, total_steps} after every step,
-        ``preview`` {step, png_base64} every ``preview_every`` steps, then ``result`` (as the JSON of
-        /edit/inpaint) or ``error`` {status, field, message}. Closing the connection cancels the edit."""
+        ``preview`` {step, total_steps, png_base64} every ``preview_every`` steps, ``checkpoint`` {step,
+        total_steps, png_base64, resume_state_base64} every ``checkpoint_every`` steps (default 0, none; for
+        /edit/resume/stream), then ``result`` (as the JSON of /edit/inpaint) or ``error`` {status, field,
+        message}. Closing the connection cancels the edit."""
         form = await read_edit(request, extra=STREAM_FIELDS)
         try:
             stream = request.app.state.client.inpaint_stream(image=form.image, mask_image=form.mask_image,
                                                              request_id=logs.request_id.get(), **form.parameters)
         except SmartEditError as error:  # found before sending (a value out of its wire type's range)
             raise from_sdk(error) from None
+        return _event_stream(stream)
 
-        async def events():
-            try:
-                async with stream:
-                    async for event in stream:
-                        if isinstance(event, PreviewEvent):
-                            yield _sse("preview", {"step": event.step, "total_steps": event.total_steps,
-                                                   "png_base64": base64.b64encode(event.png).decode()})
-                        elif isinstance(event, ProgressEvent):
-                            yield _sse("progress", {"step": event.step, "total_steps": event.total_steps})
-                        else:
-                            yield _sse("result", result_json(event))
-            except SmartEditError as error:
-                failure = from_sdk(error)
-                yield _sse("error", {"status": failure.status, **failure.body()})
-            except Exception:  # the headers are sent: the failure can only travel as an event
-                log.exception("the stream failed")
-                yield _sse("error", {"status": 502, "field": None, "message": "the edit's stream failed"})
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    @app.post("/edit/resume/stream", openapi_extra={"requestBody": resume_openapi_schema()},
+              responses={200: {"content": {"text/event-stream": {}},
+                               "description": "events as /edit/inpaint/stream's: progress, preview, checkpoint, "
+                                              "then result or error"}})
+    async def edit_resume_stream(request: Request):
+        """Continue an edit from a checkpoint: ``image`` and ``mask_image`` exactly as the first edit sent them,
+        ``resume_state`` (a ``checkpoint`` event's ``resume_state_base64``, decoded: a file, or base64 text)
+        and optionally ``resume_image`` (the checkpoint's PNG painted on, same size); ``pipeline``,
+        ``preview_every`` and ``checkpoint_every`` as the stream's. No edit parameter: the state holds them
+        (one sent is refused, 400 naming it). The same events as /edit/inpaint/stream; a state, photo or mask
+        the server refuses is a 400 JSON answer naming the field, before any event."""
+        form = await read_resume(request)
+        try:
+            stream = request.app.state.client.resume_stream(
+                form.resume_state, image=form.image, mask_image=form.mask_image, resume_image=form.resume_image,
+                request_id=logs.request_id.get(), **form.fields)
+        except SmartEditError as error:
+            raise from_sdk(error) from None
+        first, events = await _first_event(stream)
+        return _event_stream(stream, first, events)
 
     @app.post("/segment", openapi_extra={"requestBody": segment_openapi_schema()},
               responses={200: {"content": {"image/png": {}, "application/json": {}},

@@ -31,7 +31,10 @@ PIPELINE = wire.WireTensor("pipeline", "BYTES", False,
                            "the pipeline to edit with, by the name /info lists; default: the server's first")
 EDIT_FIELDS = (PIPELINE,)
 # Extra fields of the stream endpoint.
-STREAM_FIELDS = EDIT_FIELDS + (wire.PREVIEW_EVERY,)
+STREAM_FIELDS = EDIT_FIELDS + (wire.PREVIEW_EVERY, wire.CHECKPOINT_EVERY)
+# The fields of /edit/resume/stream besides the photo, the mask and the state's own images: no edit parameter
+# (the state holds them).
+RESUME_FIELDS = STREAM_FIELDS
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,102 @@ async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -
         parameters = _parameters(body, from_text=False, extra=extra)
         return EditForm(images[wire.IMAGE.name], images.get(wire.MASK_IMAGE.name), parameters)
     raise GatewayError(415, f"send multipart/form-data or application/json, not {content_type or 'no Content-Type'}")
+
+
+@dataclass(frozen=True)
+class ResumeForm:
+    image: bytes
+    mask_image: bytes | None
+    resume_state: bytes
+    resume_image: bytes | None
+    fields: dict[str, Any]  # pipeline, preview_every, checkpoint_every: only those sent
+
+
+_RESUME_BYTES = (wire.RESUME_STATE.name, wire.RESUME_IMAGE.name)
+
+
+def _resume_fields(values: dict[str, Any], from_text: bool) -> dict[str, Any]:
+    specs = {spec.name: spec for spec in RESUME_FIELDS}
+    edit_parameters = {spec.name for spec in wire.PARAMETERS}
+    for name in sorted(set(values) - set(specs) - {wire.IMAGE.name, wire.MASK_IMAGE.name, *_RESUME_BYTES}):
+        if name in edit_parameters:
+            raise _bad(name, "is not sent with resume_state: the state holds the edit's parameters")
+        raise _bad(name, f"is not a field of /edit/resume/stream; known: "
+                         f"{', '.join(sorted([wire.IMAGE.name, wire.MASK_IMAGE.name, *_RESUME_BYTES, *specs]))}")
+    return {name: _typed(specs[name], value, from_text) for name, value in values.items()
+            if name in specs and value is not None}
+
+
+async def read_resume(request: Request) -> ResumeForm:
+    """A resuming request: ``image`` and ``mask_image`` (the first edit's, as sent), ``resume_state`` (a
+    checkpoint's state: a file, or base64 text) and optionally ``resume_image`` (the checkpoint's image painted
+    on: a file, or base64), plus ``pipeline``, ``preview_every`` and ``checkpoint_every``; no edit parameter.
+
+    Raises:
+        GatewayError: 400 naming the field; 415 for another body type.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await _form(request)
+        files, fields = {}, {}
+        try:
+            for name, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    files[name] = await value.read()
+                else:
+                    fields[name] = value
+        finally:
+            await form.close()
+        for name in _RESUME_BYTES:  # a text field: base64 (a state is binary)
+            if name in fields:
+                files[name] = _decoded_base64(name, fields.pop(name))
+        for name in (*_REQUIRED_IMAGES, wire.RESUME_STATE.name):
+            if name not in files:
+                raise _bad(name, "is required: send it as a file field of the form")
+        unexpected = sorted(set(files) - {wire.IMAGE.name, wire.MASK_IMAGE.name, *_RESUME_BYTES})
+        if unexpected:
+            fields.setdefault(unexpected[0], "")  # named by _resume_fields
+        parameters = _resume_fields(fields, from_text=True)
+    elif content_type == "application/json":
+        body = await _json_object(request)
+        files = {}
+        for name in (wire.IMAGE.name, wire.MASK_IMAGE.name, *_RESUME_BYTES):
+            if body.get(name) is None:
+                if name in (*_REQUIRED_IMAGES, wire.RESUME_STATE.name):
+                    raise _bad(name, "is required: base64" + (" of the encoded image" if "image" in name else ""))
+                continue
+            files[name] = _decoded_base64(name, body[name])
+        parameters = _resume_fields(body, from_text=False)
+    else:
+        raise GatewayError(415, f"send multipart/form-data or application/json, not "
+                                f"{content_type or 'no Content-Type'}")
+    return ResumeForm(files[wire.IMAGE.name], files.get(wire.MASK_IMAGE.name), files[wire.RESUME_STATE.name],
+                      files.get(wire.RESUME_IMAGE.name), parameters)
+
+
+def resume_openapi_schema() -> dict:
+    """/edit/resume/stream's request body in OpenAPI: what ``read_resume`` takes, in either body type."""
+    kinds = {"BYTES": {"type": "string"}, "INT32": {"type": "integer"}}
+    properties = {}
+    for spec in RESUME_FIELDS:
+        schema = dict(kinds[spec.datatype], description=spec.meaning)
+        if spec.minimum is not None:
+            schema["minimum"] = spec.minimum
+        properties[spec.name] = schema
+    docs = {spec.name: spec.meaning for spec in (wire.IMAGE, wire.MASK_IMAGE, wire.RESUME_STATE, wire.RESUME_IMAGE)}
+    multipart = {name: {"type": "string", "format": "binary", "description": doc} for name, doc in docs.items()}
+    for name in _RESUME_BYTES:
+        multipart[name]["description"] += " (a file, or its base64 as a text field)"
+    as_json = {name: {"type": "string", "format": "byte", "description": f"base64: {doc}"}
+               for name, doc in docs.items()}
+    required = [*_REQUIRED_IMAGES, wire.RESUME_STATE.name]
+    meaning = "no edit parameter: the state holds them (one sent is refused, 400 naming it)"
+    return {"required": True, "description": meaning, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": required,
+                                           "properties": {**multipart, **properties}}},
+        "application/json": {"schema": {"type": "object", "required": required,
+                                        "properties": {**as_json, **properties}}},
+    }}
 
 
 def openapi_schema(with_stream_fields: bool = False) -> dict:

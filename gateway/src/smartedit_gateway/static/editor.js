@@ -2,7 +2,8 @@
 // gateway it is served by (relative URLs, so it also works under an Ingress path prefix):
 //   GET  info                what the server offers: samplers, defaults, the photo size limits
 //   POST segment             clicks / a box -> the object's mask (Segment Anything)
-//   POST edit/inpaint/stream the edit as Server-Sent Events: progress, previews, the result
+//   POST edit/inpaint/stream the edit as Server-Sent Events: progress, previews, checkpoints, the result
+//   POST edit/resume/stream  a checkpoint (painted on) continued: the same events
 //
 // Seeds are strings from the form to the download's name: they are 64-bit, and a JavaScript number
 // holds integers exactly only up to 2^53 (7899758643369034638 would become 7899758643369035000).
@@ -26,7 +27,9 @@ const ACCEPTED = "a PNG, JPEG or WebP image";
 // The fields laid out by hand (index.html); every other parameter the server declares (GET info) gets an
 // input of its own under "More settings" (moreFields), so a parameter added to the contract shows here.
 const EDIT_FIELDS = ["pipeline", "task", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength",
-                     "scheduler", "seed", "mask_grow", "mask_blur", "preview_every"];
+                     "scheduler", "seed", "mask_grow", "mask_blur", "preview_every", "checkpoint_every"];
+// How each edit reports, not what it does: not recorded in its PNG, not reloaded, not sent with a resume's fields.
+const STREAM_FIELDS = new Set(["preview_every", "checkpoint_every"]);
 
 const TASKS = {
   inpaint: {
@@ -76,6 +79,7 @@ const state = {
   running: null, // the AbortController of the edit in progress
   history: [],
   split: 0.5, // the before / after divider, as a fraction of the width
+  touchUp: null, // {checkpoint, sent, fields, stroke}: the checkpoint being painted on
 };
 
 // ---------------------------------------------------------------- messages
@@ -315,6 +319,7 @@ async function usePhoto(blob, name, image) {
   context.drawImage(image, 0, 0, width, height); // the one full decode; upright (EXIF orientation applied)
   const view = await createImageBitmap(scaled);
   state.photo = { blob, name, width: image.naturalWidth, height: image.naturalHeight, view };
+  clearCheckpoints(); // they continue another photo's edit
   for (const canvas of [stage, mask, tint]) {
     canvas.width = width;
     canvas.height = height;
@@ -674,6 +679,7 @@ function editFields() {
     if (name === "pipeline" && $("pipeline-choice").hidden) continue; // one pipeline: the plain entry points
     if ((state.moreFields || []).includes(name) && !takesParameter(name)) continue; // another pipeline's
     if (name in TASK_FIELDS && currentTask() !== TASK_FIELDS[name]) continue; // another task's
+    if (name === "checkpoint_every" && (!checkpointsOffered() || Number(element.value) <= 0)) continue;
     if (element.type === "checkbox") {
       if (element.checked) fields[name] = "true";
       continue;
@@ -729,9 +735,9 @@ async function* serverEvents(response) {
   }
 }
 
-function pngBlob(base64) {
+function pngBlob(base64, type = "image/png") {
   const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
-  return new Blob([bytes], { type: "image/png" });
+  return new Blob([bytes], { type });
 }
 
 function newRequestId() {
@@ -771,6 +777,22 @@ async function runEdit(event) {
     return;
   }
   const photo = state.photo;
+  clearCheckpoints();
+  await streamEdit("edit/inpaint/stream", fields, async () => {
+    // Nothing painted for a task that needs no mask: none sent, and the whole photo is edited.
+    const unpainted = MASK_OPTIONAL.has(fields.task) && !state.exactMask && maskPixelCount() === 0;
+    const maskBlob = unpainted ? null : await maskForSending();
+    const form = new FormData();
+    form.append("image", photo.blob, photo.name);
+    if (maskBlob) form.append("mask_image", maskBlob, "mask.png");
+    for (const [name, value] of Object.entries(fields)) form.append(name, value);
+    return [form, { photo, maskBlob }];
+  });
+}
+
+// One streamed edit (a new one, or one resumed from a checkpoint): ``build`` makes the form and what was
+// sent ({photo, maskBlob}: kept with the result and its checkpoints).
+async function streamEdit(url, fields, build) {
   const controller = new AbortController();
   const requestId = newRequestId();
   stage.dataset.requestId = requestId;
@@ -781,17 +803,11 @@ async function runEdit(event) {
   showProgress("waiting for the server…");
   setStatus("Editing…");
   try {
-    // Nothing painted for a task that needs no mask: none sent, and the whole photo is edited.
-    const unpainted = MASK_OPTIONAL.has(fields.task) && !state.exactMask && maskPixelCount() === 0;
-    const maskBlob = unpainted ? null : await maskForSending();
-    const form = new FormData();
-    form.append("image", photo.blob, photo.name);
-    if (maskBlob) form.append("mask_image", maskBlob, "mask.png");
-    for (const [name, value] of Object.entries(fields)) form.append(name, value);
-    const response = await fetch("edit/inpaint/stream", { method: "POST", body: form, signal: controller.signal,
-                                                          headers: { "X-Request-Id": requestId } });
+    const [form, sent] = await build();
+    const response = await fetch(url, { method: "POST", body: form, signal: controller.signal,
+                                        headers: { "X-Request-Id": requestId } });
     if (!response.ok) throw await responseError(response);
-    const done = await followEdit(response, fields, { photo, maskBlob, requestId });
+    const done = await followEdit(response, fields, { ...sent, requestId });
     if (!done) throw new RequestError("the edit's stream ended without a result");
   } catch (error) {
     if (controller.signal.aborted) {
@@ -812,7 +828,9 @@ async function followEdit(response, fields, sent) {
       $("bar").value = data.step;
       showProgress(progressText(data.step, data.total_steps, fields));
     }
-    if (kind === "preview") {
+    if (kind === "checkpoint") {
+      addCheckpoint(data, fields, sent);
+    } else if (kind === "preview") {
       $("preview").src = `data:image/png;base64,${data.png_base64}`;
       $("preview").hidden = false;
       $("preview").dataset.previews = String(Number($("preview").dataset.previews) + 1);
@@ -940,7 +958,7 @@ async function reloadEdit(entry) {
     const value = entry.parameters[name];
     const element = formField(name);
     if (element.type === "checkbox") element.checked = value === true || value === "true";
-    else if (value !== undefined && value !== null && name !== "preview_every") element.value = String(value);
+    else if (value !== undefined && value !== null && !STREAM_FIELDS.has(name)) element.value = String(value);
   }
   showTaskHint();
   if (state.server) showPipeline();
@@ -948,6 +966,140 @@ async function reloadEdit(entry) {
   entry.view = null; // the stage may have another size now
   await showResult(entry);
   setStatus(`Reloaded: ${describeEdit(entry)}. Run reproduces it.`);
+}
+
+// ---------------------------------------------------------------- checkpoints
+
+// The server takes checkpoints of one image, and of every task but text_edit (its state would be the whole
+// inversion's trajectory).
+function checkpointsOffered() {
+  const count = formField("num_images");
+  return currentTask() !== "text_edit" && !(count && count.value.trim() !== "" && Number(count.value) > 1);
+}
+
+function showCheckpointChoice() {
+  $("checkpoint-choice").hidden = !checkpointsOffered();
+}
+
+function clearCheckpoints() {
+  $("checkpoint-list").replaceChildren();
+  $("checkpoints").hidden = true;
+  closeTouchUp();
+}
+
+// A checkpoint event: its image (the edited region at the edit's working size) with its step, and the action.
+function addCheckpoint(data, fields, sent) {
+  const checkpoint = { step: data.step, total: data.total_steps, png: data.png_base64, state: data.resume_state_base64 };
+  const item = document.createElement("li");
+  item.dataset.step = String(data.step);
+  const image = document.createElement("img");
+  image.src = `data:image/png;base64,${data.png_base64}`;
+  image.alt = `the edit at step ${data.step}`;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "continue-checkpoint";
+  button.textContent = "Continue from here";
+  button.addEventListener("click", () => openTouchUp(checkpoint, fields, sent));
+  item.append(image, `step ${data.step} of ${data.total_steps}`, button);
+  $("checkpoint-list").append(item);
+  $("checkpoints").hidden = false;
+}
+
+// The checkpoint on a canvas of its own size, to paint on with a coloured brush.
+async function openTouchUp(checkpoint, fields, sent) {
+  if (state.running) return;
+  const bitmap = await createImageBitmap(pngBlob(checkpoint.png));
+  const canvas = $("touch-canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  canvas.getContext("2d").drawImage(bitmap, 0, 0);
+  canvas.dataset.strokes = "0";
+  state.touchUp = { checkpoint, fields, sent, bitmap, stroke: null };
+  $("touch-up-title").textContent = `Touch up step ${checkpoint.step} of ${checkpoint.total}`;
+  $("touch-up").hidden = false;
+  $("touch-up").scrollIntoView({ block: "nearest" });
+  setStatus("Paint on the checkpoint, then Continue the edit: it carries on from that step with your change.");
+}
+
+function closeTouchUp() {
+  state.touchUp = null;
+  $("touch-up").hidden = true;
+}
+
+function touchPoint(event) {
+  const canvas = $("touch-canvas");
+  const box = canvas.getBoundingClientRect();
+  return [((event.clientX - box.left) * canvas.width) / box.width, ((event.clientY - box.top) * canvas.height) / box.height];
+}
+
+function touchPaint(point) {
+  const touch = state.touchUp;
+  const context = $("touch-canvas").getContext("2d");
+  context.strokeStyle = context.fillStyle = $("touch-colour").value;
+  context.lineWidth = Number($("touch-brush").value);
+  context.lineCap = context.lineJoin = "round";
+  context.beginPath();
+  context.moveTo(...(touch.stroke || point));
+  context.lineTo(...point);
+  context.stroke();
+  touch.stroke = point;
+}
+
+function touchDown(event) {
+  if (!state.touchUp || event.button !== 0) return;
+  $("touch-canvas").setPointerCapture(event.pointerId);
+  state.touchUp.stroke = null;
+  touchPaint(touchPoint(event));
+}
+
+function touchMove(event) {
+  if (state.touchUp && state.touchUp.stroke) touchPaint(touchPoint(event));
+}
+
+function touchUp() {
+  if (!state.touchUp || !state.touchUp.stroke) return;
+  state.touchUp.stroke = null;
+  const canvas = $("touch-canvas");
+  canvas.dataset.strokes = String(Number(canvas.dataset.strokes) + 1);
+}
+
+function touchReset() {
+  if (!state.touchUp) return;
+  const canvas = $("touch-canvas");
+  canvas.getContext("2d").drawImage(state.touchUp.bitmap, 0, 0);
+  canvas.dataset.strokes = "0";
+}
+
+// The edit continued from the checkpoint: the first edit's photo and mask (the very bytes it sent), the
+// state, and the painted canvas as resume_image; no parameter (the state holds them).
+async function resumeEdit() {
+  const touch = state.touchUp;
+  if (!touch || state.running) return;
+  const canvas = $("touch-canvas");
+  const painted = Number(canvas.dataset.strokes) > 0;
+  const resumeImage = painted ? await new Promise((resolve) => canvas.toBlob(resolve, "image/png")) : null;
+  const fields = { ...touch.fields };
+  const stream = {};
+  for (const name of STREAM_FIELDS) {
+    if (name in fields) stream[name] = fields[name];
+    delete fields[name];
+  }
+  const every = formField("checkpoint_every");
+  if (checkpointsOffered() && Number(every.value) > 0) stream.checkpoint_every = every.value.trim();
+  else delete stream.checkpoint_every;
+  if ($("preview_every").value.trim() !== "") stream.preview_every = $("preview_every").value.trim();
+  closeTouchUp();
+  clearCheckpoints();
+  await streamEdit("edit/resume/stream", touch.fields, async () => {
+    const form = new FormData();
+    form.append("image", touch.sent.photo.blob, touch.sent.photo.name);
+    if (touch.sent.maskBlob) form.append("mask_image", touch.sent.maskBlob, "mask.png");
+    form.append("resume_state", pngBlob(touch.checkpoint.state, "application/octet-stream"), "checkpoint.state");
+    if (resumeImage) form.append("resume_image", resumeImage, "painted.png");
+    if (fields.pipeline) form.append("pipeline", fields.pipeline);
+    for (const [name, value] of Object.entries(stream)) form.append(name, value);
+    return [form, { photo: touch.sent.photo, maskBlob: touch.sent.maskBlob }];
+  });
 }
 
 // ---------------------------------------------------------------- controls
@@ -965,6 +1117,7 @@ function showTaskHint() {
     field.closest("label").hidden = !shown;
     if (shown) $("more-settings").open = true;
   }
+  showCheckpointChoice();
   render();
 }
 
@@ -1049,6 +1202,14 @@ function setUp() {
     showTaskHint();
     maskChanged();
   });
+  $("edit").addEventListener("input", showCheckpointChoice);
+  $("touch-canvas").addEventListener("pointerdown", touchDown);
+  $("touch-canvas").addEventListener("pointermove", touchMove);
+  $("touch-canvas").addEventListener("pointerup", touchUp);
+  $("touch-canvas").addEventListener("pointercancel", touchUp);
+  $("touch-reset").addEventListener("click", touchReset);
+  $("touch-close").addEventListener("click", closeTouchUp);
+  $("resume").addEventListener("click", resumeEdit);
   $("pipeline").addEventListener("change", showPipeline);
   $("split").addEventListener("input", (event) => {
     state.split = Number(event.target.value) / 100;
