@@ -35,7 +35,7 @@ def start(sampler: str, scheduler_config) -> DenoiseState:
     latents = torch.randn(1, 4, 8, 8, generator=generator) * scheduler.init_noise_sigma
     return DenoiseState(scheduler=scheduler, timesteps=scheduler.timesteps, latents=latents,
                         conditioning=torch.zeros(1, 0, 8, 8), row_inputs={}, guidance_scale=1.0, generator=generator,
-                        extra_step_kwargs=step_kwargs(scheduler, generator))
+                        extra_step_kwargs=step_kwargs(scheduler, generator), track_prediction=True)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,12 @@ def test_a_tensor_table_pointing_past_the_payload_is_refused():
     body = struct.pack("<16sII", MAGIC, 2, len(header)) + header
     with pytest.raises(ResumeStateError, match="format version 2"):
         ResumeState.from_bytes(body + hashlib.sha256(body).digest())
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "pndm", "unipc"])
+def test_a_checkpoint_of_a_sampler_without_its_own_estimate_shows_ddims(sampler, scheduler_config):
+    state = stepped(sampler, scheduler_config, 3)
+    prediction, sample = state.last_prediction
+    alpha_bar = state.scheduler.alphas_cumprod[int(state.timesteps[2])]
+    expected = (sample - (1 - alpha_bar) ** 0.5 * prediction) / alpha_bar ** 0.5
+    assert state.pred_original is None and torch.allclose(checkpoint(state).tensors["clean_latents"], expected)

@@ -78,8 +78,10 @@ class DenoiseState:
     pred_original: torch.Tensor | None = None
     keep: KeepFn | None = None
     guide: GuideFn | None = None
-    # The last step's guided prediction and the latents it stepped from: what ``clean_latents`` estimates
-    # the clean latents from where the sampler gives none.
+    # With ``track_prediction`` (an edit that takes checkpoints), the last step's guided prediction and the
+    # latents it stepped from: what ``clean_latents`` estimates the clean latents from where the sampler
+    # gives none. Off otherwise: two more latents per edit, at 4096 px 8 MB.
+    track_prediction: bool = False
     last_prediction: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -125,7 +127,8 @@ class DenoiseState:
         elif self.do_classifier_free_guidance:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
             noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
-        self.last_prediction = (noise_pred, self.latents)
+        if self.track_prediction:
+            self.last_prediction = (noise_pred, self.latents)
         output = self.scheduler.step(noise_pred, t, self.latents, **self.extra_step_kwargs, return_dict=False)
         self.latents = output[0] if self.keep is None else self.keep(self, output[0])
         self.pred_original = output[1] if len(output) > 1 else None

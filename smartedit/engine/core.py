@@ -369,6 +369,7 @@ class DenoiseEngine:
     def _prepare(self, edit: _Edit) -> None:
         try:
             edit.state = edit.request.prepare()
+            edit.state.track_prediction = bool(edit.request.checkpoint_every)  # what a checkpoint image needs
             edit.request.prepare = None  # its closure holds the request's copies of the inputs
         except Exception as error:  # a bad edit fails alone; the request already passed validation
             with self._lock:
