@@ -169,6 +169,21 @@ def _decoded_base64(field: str, value: Any) -> bytes:
 _REQUIRED_IMAGES = tuple(spec.name for spec in (wire.IMAGE, wire.MASK_IMAGE) if spec.required)
 
 
+async def _multipart(request: Request) -> tuple[dict[str, bytes], dict[str, str]]:
+    """A multipart body's (file fields' bytes, text fields), by name."""
+    form = await _form(request)
+    files, fields = {}, {}
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files[name] = await value.read()
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
+    return files, fields
+
+
 async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -> EditForm:
     """The edit a request carries, its body's kind chosen by its Content-Type.
 
@@ -177,16 +192,7 @@ async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await _form(request)
-        files, fields = {}, {}
-        try:
-            for name, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    files[name] = await value.read()
-                else:
-                    fields[name] = value
-        finally:
-            await form.close()
+        files, fields = await _multipart(request)
         for name in _REQUIRED_IMAGES:
             if name not in files:
                 raise _bad(name, "is required: send it as a file field of the form")
@@ -240,16 +246,7 @@ async def read_resume(request: Request) -> ResumeForm:
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await _form(request)
-        files, fields = {}, {}
-        try:
-            for name, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    files[name] = await value.read()
-                else:
-                    fields[name] = value
-        finally:
-            await form.close()
+        files, fields = await _multipart(request)
         for name in _RESUME_BYTES:  # a text field: base64 (a state is binary)
             if name in fields:
                 files[name] = _decoded_base64(name, fields.pop(name))
