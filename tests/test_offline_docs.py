@@ -36,7 +36,7 @@ def test_swagger_ui_renders_every_endpoint_and_segments_request_body_offline(lon
         page.goto(lonely_gateway + "/docs")
         page.wait_for_selector(".opblock-summary-path >> text=/segment", timeout=30_000)
         paths = page.locator(".opblock-summary-path").all_inner_texts()
-        assert paths == ["/edit/inpaint", "/edit/inpaint/stream", "/segment", "/health", "/info"]
+        assert paths == ["/edit/inpaint", "/edit/inpaint/stream", "/edit/resume/stream", "/segment", "/health", "/info"]
         page.click(".opblock-summary-path >> text=/segment")
         operation = page.locator(".opblock.is-open")
         expect(operation).to_contain_text("Request body")  # it unfolds over a few frames
