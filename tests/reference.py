@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from diffusers import (
     DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-    HeunDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler,
+    HeunDiscreteScheduler, LCMScheduler, PNDMScheduler, TCDScheduler, UniPCMultistepScheduler,
 )
 from PIL import Image
 
@@ -22,6 +22,8 @@ SCHEDULERS = {
     "pndm": PNDMScheduler,
     "unipc": UniPCMultistepScheduler,
     "heun": HeunDiscreteScheduler,
+    "lcm": LCMScheduler,
+    "tcd": TCDScheduler,
 }
 
 

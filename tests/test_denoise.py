@@ -20,7 +20,7 @@ from smartedit.serving.settings import PreprocessSettings
 from smartedit.diffusion.spec import PipelineInfo
 
 
-def _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=4, seed=7):
+def _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=4, seed=7, eta=0.0):
     info = PipelineInfo.from_pipeline(pipe)
     prepared = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings())
     ids = torch.from_numpy(SD_PROMPTS.tokenize([pipe.tokenizer], "ugly", "a red chair")["input_ids"])
@@ -33,7 +33,8 @@ def _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=4, se
             return dist.mean, dist.std
 
         params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler=sampler,
-                                num_inference_steps=steps, strength=strength, guidance_scale=guidance, seed=seed)
+                                num_inference_steps=steps, strength=strength, guidance_scale=guidance, seed=seed,
+                                eta=eta)
         inputs = EditInputs({"prompt_embeds": embeds}, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
         state = start_denoising(info, pipe.scheduler.config, params, inputs, encode_init)
         assert run_to_end(state, lambda inputs: pipe.unet(**inputs).sample)
@@ -42,13 +43,13 @@ def _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=4, se
             prepared.repaint_mask)
 
 
-def _assert_loop_matches_diffusers(pipe, sampler, strength, guidance):
+def _assert_loop_matches_diffusers(pipe, sampler, strength, guidance, steps=4, eta=0.0):
     """The loop's edit against diffusers' pipeline on the same weights: >= 40 dB inside, exact outside."""
     image, mask = scene(40, 24)
-    ours, inside = _loop_with_torch(pipe, image, mask, sampler, strength, guidance)
+    ours, inside = _loop_with_torch(pipe, image, mask, sampler, strength, guidance, steps=steps, eta=eta)
     reference = diffusers_inpaint(pipe, image, mask, prompt="a red chair", negative_prompt="ugly",
-                                  num_inference_steps=4, guidance_scale=guidance, seed=7, scheduler=sampler,
-                                  strength=strength)
+                                  num_inference_steps=steps, guidance_scale=guidance, seed=7, scheduler=sampler,
+                                  strength=strength, eta=eta)
     assert psnr(ours[inside], reference[inside]) >= 40
     assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
 
@@ -59,6 +60,30 @@ def _assert_loop_matches_diffusers(pipe, sampler, strength, guidance):
 ])
 def test_loop_matches_diffusers(tiny_pipeline, sampler, strength, guidance):
     _assert_loop_matches_diffusers(tiny_pipeline, sampler, strength, guidance)
+
+
+# The consistency samplers at the step counts they are made for; TCD's gamma (eta) at 0 and at its authors' 0.3
+# (stochastic: it draws from the edit's generator, in diffusers' order).
+@pytest.mark.parametrize("sampler,steps,strength,guidance,eta", [
+    ("lcm", 4, 1.0, 1.0, 0.0), ("lcm", 8, 1.0, 2.0, 0.0), ("lcm", 8, 0.75, 1.0, 0.0),
+    ("tcd", 4, 1.0, 1.0, 0.3), ("tcd", 8, 1.0, 2.0, 0.0), ("tcd", 8, 0.75, 1.0, 0.3),
+])
+def test_few_step_samplers_match_diffusers(tiny_pipeline, tiny_text_to_image_pipeline, sampler, steps, strength,
+                                           guidance, eta):
+    for pipe in (tiny_pipeline, tiny_text_to_image_pipeline):  # the 9-channel UNet and latent blending
+        _assert_loop_matches_diffusers(pipe, sampler, strength, guidance, steps=steps, eta=eta)
+
+
+@pytest.mark.parametrize("sampler", ["lcm", "tcd"])
+def test_few_step_samplers_refuse_more_steps_than_their_distillation_by_name(tiny_pipeline, sampler):
+    from smartedit.diffusion.denoise import schedule
+    from smartedit.errors import RequestError
+
+    config = tiny_pipeline.scheduler.config
+    assert len(schedule(EditParameters(prompt="", scheduler=sampler, num_inference_steps=50), config)[1]) == 50
+    with pytest.raises(RequestError, match="num_inference_steps: 51 is more than scheduler") as refused:
+        schedule(EditParameters(prompt="", scheduler=sampler, num_inference_steps=51), config)
+    assert refused.value.field == "num_inference_steps"
 
 
 @pytest.mark.parametrize("sampler,strength,guidance", [
@@ -185,7 +210,7 @@ def test_a_family_s_guide_combines_its_rows_in_place_of_classifier_free_guidance
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "euler", "euler_ancestral", "dpmpp_2m", "pndm", "unipc", "heun"])
-def test_every_sampler_runs_the_most_steps_the_server_accepts(tiny_pipeline, sampler):
+def test_every_multi_step_sampler_runs_the_most_steps_the_server_accepts(tiny_pipeline, sampler):
     """SD's scheduler config (1000 training timesteps, "leading" spacing, steps_offset 1) at 999 or 1000
     steps makes DDIM and PNDM index past their tables and DPM++ 2M and UniPC return NaN: the server's
     bound stays below that edge."""

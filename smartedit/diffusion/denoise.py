@@ -20,7 +20,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from smartedit.edit.parameters import EditParameters
-from smartedit.diffusion.samplers import make_scheduler
+from smartedit.errors import RequestError
+from smartedit.diffusion.samplers import clean_estimate, make_scheduler
 from smartedit.diffusion.spec import PipelineInfo
 
 # The UNet's inputs by name ({"sample", "timestep", **row_inputs}) -> noise_pred
@@ -74,7 +75,7 @@ class DenoiseState:
     extra_step_kwargs: dict = field(default_factory=dict)
     step_index: int = 0
     # The scheduler's estimate of the clean latents after the last step, where the sampler gives one
-    # (DDIM, Euler, Heun do; DPM-Solver, PNDM, UniPC do not): what a cheap preview shows.
+    # (DDIM, Euler, Heun, LCM do; DPM-Solver, PNDM, UniPC, TCD do not): what a cheap preview shows.
     pred_original: torch.Tensor | None = None
     keep: KeepFn | None = None
     guide: GuideFn | None = None
@@ -129,9 +130,9 @@ class DenoiseState:
             noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
         if self.track_prediction:
             self.last_prediction = (noise_pred, self.latents)
-        output = self.scheduler.step(noise_pred, t, self.latents, **self.extra_step_kwargs, return_dict=False)
-        self.latents = output[0] if self.keep is None else self.keep(self, output[0])
-        self.pred_original = output[1] if len(output) > 1 else None
+        output = self.scheduler.step(noise_pred, t, self.latents, **self.extra_step_kwargs)
+        self.latents = output.prev_sample if self.keep is None else self.keep(self, output.prev_sample)
+        self.pred_original = clean_estimate(output)
         self.step_index += 1
 
     def preview_latents(self) -> torch.Tensor:
@@ -141,7 +142,7 @@ class DenoiseState:
     def clean_latents(self) -> torch.Tensor:
         """The predicted clean latents after the last step: the sampler's own estimate where it gives one,
         else DDIM's from the last prediction and the noise schedule (the samplers without one, DPM-Solver,
-        PNDM and UniPC, step in that schedule's space)."""
+        PNDM, UniPC and TCD, step in that schedule's space)."""
         if self.pred_original is not None or self.last_prediction is None:
             return self.preview_latents()
         prediction, sample = self.last_prediction
@@ -174,10 +175,16 @@ def schedule(params: EditParameters, scheduler_config: Mapping[str, Any]) -> tup
     ``strength`` leaves out (the same for every family).
 
     Raises:
+        RequestError: more steps than the sampler takes (LCM and TCD take at most the ``original_inference_steps``
+            of their distillation, 50 unless the model's scheduler config says otherwise).
         ValueError: ``strength`` leaves no step to run.
     """
     scheduler = make_scheduler(params.scheduler, scheduler_config)
-    scheduler.set_timesteps(params.num_inference_steps)
+    try:
+        scheduler.set_timesteps(params.num_inference_steps)
+    except ValueError as error:
+        raise RequestError("num_inference_steps", f"{params.num_inference_steps} is more than scheduler "
+                                                  f"{params.scheduler} takes with this model: {error}") from None
     timesteps = strength_timesteps(scheduler, params.num_inference_steps, params.strength)
     if len(timesteps) == 0:
         raise ValueError(f"strength {params.strength} with {params.num_inference_steps} steps leaves no step to run")

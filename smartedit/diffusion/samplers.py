@@ -19,10 +19,40 @@ SAMPLERS: dict[str, str] = {
     "pndm": "PNDMScheduler",
     "unipc": "UniPCMultistepScheduler",
     "heun": "HeunDiscreteScheduler",
+    # Consistency samplers, for latent-consistency (LCM) and trajectory-consistency (TCD) distilled weights: a
+    # distilled checkpoint or a base model with an LCM-/TCD-LoRA fused at export. 4-8 steps at guidance 1-2.
+    "lcm": "LCMScheduler",
+    "tcd": "TCDScheduler",
 }
 DEFAULT_SAMPLER = "ddim"
-# The samplers whose step takes DDIM's eta (the others would ignore it, as diffusers' pipelines do silently).
-SAMPLERS_WITH_ETA = frozenset({"ddim"})
+# The samplers that suit only consistency-distilled weights (on other weights their few steps give a blur),
+# and that such weights need (the others take 20+ steps to what they give in 4).
+FEW_STEP_SAMPLERS = frozenset({"lcm", "tcd"})
+# The samplers whose step takes ``eta`` (the others would ignore it, as diffusers' pipelines do silently):
+# DDIM's eta, and TCD's gamma (its stochasticity: 0 is deterministic, 0.3 what TCD's authors suggest).
+SAMPLERS_WITH_ETA = frozenset({"ddim", "tcd"})
+# What a scheduler's step output calls its estimate of the clean latents: DDIM, Euler and Heun's
+# ``pred_original_sample``, LCM's ``denoised``. (TCD's second output, ``pred_noised_sample``, is not one; DPM-Solver,
+# PNDM and UniPC give none.)
+_CLEAN_ESTIMATE_FIELDS = ("pred_original_sample", "denoised")
+
+
+def clean_estimate(step_output):
+    """The clean-latents estimate in a scheduler's ``step`` output (``return_dict=True``), or None."""
+    for name in _CLEAN_ESTIMATE_FIELDS:
+        value = getattr(step_output, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def suited_samplers(scheduler_class: str) -> list[str]:
+    """The samplers that suit weights exported with the scheduler ``scheduler_class`` (the class name in the
+    model's scheduler config): the consistency samplers for distilled weights, every other one otherwise."""
+    few_step = {SAMPLERS[name] for name in FEW_STEP_SAMPLERS}
+    if scheduler_class in few_step:
+        return sorted(FEW_STEP_SAMPLERS)
+    return [name for name in SAMPLERS if name not in FEW_STEP_SAMPLERS]
 
 
 def make_scheduler(name: str, scheduler_config: Mapping[str, Any]):
