@@ -74,32 +74,78 @@ def pipeline_arguments(models: list[str] | None, tiny: str | None = None) -> lis
     return found
 
 
+def _per_pipeline(flag: str, arguments: list[str] | None, pipelines: list[str]) -> list[tuple[str, str]]:
+    """(pipeline name, value) per ``flag [NAME=]VALUE``; a bare VALUE is the one pipeline's.
+
+    Raises:
+        ValueError: a bare VALUE with several pipelines, or a NAME no ``--model`` gives.
+    """
+    from smartedit_client._contract import PIPELINE_NAME
+
+    found = []
+    for argument in arguments or ():
+        name, separator, value = argument.partition("=")
+        if separator and name not in pipelines and PIPELINE_NAME.fullmatch(name) and not Path(argument).exists():
+            raise ValueError(f"{flag} {argument!r}: no pipeline is named {name!r} (pipelines: {', '.join(pipelines)})")
+        if not separator or name not in pipelines:
+            if len(pipelines) != 1:
+                raise ValueError(f"{flag} {argument!r}: which pipeline's? Give {flag} NAME={argument} with NAME one "
+                                 f"of {', '.join(pipelines)}")
+            name, value = pipelines[0], argument
+        found.append((name, value))
+    return found
+
+
 def vae_arguments(vaes: list[str] | None, pipelines: list[str]) -> dict[str, str]:
     """Pipeline name -> VAE source per ``--vae [NAME=]PATH``; a bare PATH is the one pipeline's.
 
     Raises:
         ValueError: a bare PATH with several pipelines, a NAME no ``--model`` gives, or a pipeline given two.
     """
-    from smartedit_client._contract import PIPELINE_NAME
-
     found: dict[str, str] = {}
-    for argument in vaes or ():
-        name, separator, source = argument.partition("=")
-        if separator and name not in pipelines and PIPELINE_NAME.fullmatch(name) and not Path(argument).exists():
-            raise ValueError(f"--vae {argument!r}: no pipeline is named {name!r} (pipelines: {', '.join(pipelines)})")
-        if not separator or name not in pipelines:
-            if len(pipelines) != 1:
-                raise ValueError(f"--vae {argument!r}: which pipeline's? Give --vae NAME=PATH with NAME one of "
-                                 f"{', '.join(pipelines)}")
-            name, source = pipelines[0], argument
+    for name, source in _per_pipeline("--vae", vaes, pipelines):
         if name in found:
             raise ValueError(f"--vae: pipeline {name!r} is given two VAEs")
         found[name] = source
     return found
 
 
+def lora_arguments(loras: list[str] | None, pipelines: list[str]) -> dict[str, list]:
+    """Pipeline name -> its LoRA adapters, in the order given, per ``--lora [NAME=]FILE[:SCALE]``.
+
+    Raises:
+        ValueError: as ``_per_pipeline``; a file that is missing or not .safetensors, a scale that is no number.
+    """
+    from smartedit.export.lora import LoraAdapter
+
+    found: dict[str, list] = {}
+    for name, value in _per_pipeline("--lora", loras, pipelines):
+        found.setdefault(name, []).append(LoraAdapter.parse(value))
+    return found
+
+
+def scheduler_arguments(schedulers: list[str] | None, pipelines: list[str]) -> dict[str, str]:
+    """Pipeline name -> the sampler its weights are made for, per ``--scheduler [NAME=]SAMPLER``.
+
+    Raises:
+        ValueError: as ``_per_pipeline``; an unknown sampler; a pipeline given two.
+    """
+    from smartedit.diffusion.samplers import SAMPLERS
+
+    found: dict[str, str] = {}
+    for name, sampler in _per_pipeline("--scheduler", schedulers, pipelines):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"--scheduler {sampler!r}: unknown sampler; known: {', '.join(SAMPLERS)}")
+        if name in found:
+            raise ValueError(f"--scheduler: pipeline {name!r} is given two samplers")
+        found[name] = sampler
+    return found
+
+
 def export_repository(args, out: Path) -> Path:
     """Export every ``args.model`` (or the embedded default) into a model repository at ``out``."""
+    from smartedit.diffusion.samplers import make_scheduler
+    from smartedit.export.lora import AdapterMismatch, fuse_adapters
     from smartedit.export.pipeline_loader import UnsupportedModel, load_pipeline, replace_vae
     from smartedit.export.repository import PipelineSource, build_pipelines_repository
     from smartedit.serving.triton_config import SIMULATED
@@ -114,7 +160,10 @@ def export_repository(args, out: Path) -> Path:
                                  "--latency-table")
             return build_simulated_repository(Path(args.latency_table), out, options)
         wanted = pipeline_arguments(args.model, getattr(args, "tiny", None))
-        vaes = vae_arguments(getattr(args, "vae", None), [name for name, _, _ in wanted])
+        names = [name for name, _, _ in wanted]
+        vaes = vae_arguments(getattr(args, "vae", None), names)
+        loras = lora_arguments(getattr(args, "lora", None), names)
+        schedulers = scheduler_arguments(getattr(args, "scheduler", None), names)
     except ValueError as error:
         raise SystemExit(f"smartedit: {error}") from None
     sources = []
@@ -131,7 +180,15 @@ def export_repository(args, out: Path) -> Path:
             except UnsupportedModel as error:
                 raise SystemExit(f"smartedit: --vae {error}") from None
             model_name = f"{model_name} + VAE {_model_name(vaes[name])}"
-        sources.append(PipelineSource(name, pipeline, model_name))
+        adapters = ()
+        if name in loras:
+            try:
+                adapters = tuple(fuse_adapters(pipeline, loras[name]))
+            except AdapterMismatch as error:
+                raise SystemExit(f"smartedit: {error}") from None
+        if name in schedulers:  # as diffusers' LCM-LoRA recipe: the sampler the weights are distilled for
+            pipeline.scheduler = make_scheduler(schedulers[name], pipeline.scheduler.config)
+        sources.append(PipelineSource(name, pipeline, model_name, adapters))
     return build_pipelines_repository(sources, out, options,
                                       onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
 

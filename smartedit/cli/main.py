@@ -253,6 +253,15 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
                         "folder's vae/, or a hub id), e.g. an FP16-safe SDXL VAE (madebyollin/sdxl-vae-fp16-fix), "
                         "which the FP16 profiles then run in FP16; a bare PATH with one pipeline is its (default: "
                         "the pipeline's own; SDXL's stays FP32 on the FP16 profiles)")
+    p.add_argument("--lora", action="append", default=None, metavar="[NAME=]FILE[:SCALE]",
+                   help="fuse this LoRA adapter (.safetensors, diffusers/PEFT or kohya format, UNet and text "
+                        "encoders, its alpha honoured) into pipeline NAME's weights at SCALE (default 1.0) before "
+                        "export; repeat it to fuse several, in order. Results record each file's name, SHA-256 and "
+                        "scale. A bare FILE with one pipeline is its")
+    p.add_argument("--scheduler", action="append", default=None, metavar="[NAME=]SAMPLER",
+                   help="the sampler pipeline NAME's weights are made for, exported as its scheduler: lcm or tcd "
+                        "for an LCM-/TCD-LoRA or a distilled checkpoint whose config names another; server_info then "
+                        "lists the few-step samplers as the ones that suit it")
     p.add_argument("--sam-model", default=None,
                    help="Segment Anything checkpoint for click-to-mask, a folder or hub id such as "
                         "facebook/sam-vit-base (default: an embedded tiny SAM)")

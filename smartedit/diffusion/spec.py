@@ -61,6 +61,9 @@ class PipelineInfo:
     time_ids: int = 0
     requires_aesthetics_score: bool = False
     force_zeros_for_empty_prompt: bool = False
+    # The scheduler class the weights were exported with (diffusers' name): "LCMScheduler" / "TCDScheduler" for
+    # consistency-distilled weights, which only the few-step samplers suit (smartedit.diffusion.samplers).
+    scheduler_class: str = ""
 
     @classmethod
     def from_pipeline(cls, pipeline) -> "PipelineInfo":
@@ -81,6 +84,7 @@ class PipelineInfo:
             # The resolution the UNet was trained at: its sample size in latent pixels.
             working_resolution=int(pipeline.unet.config.sample_size) * vae_scale_factor,
             family=identify(read_found(dict(pipeline.config), dict(pipeline.unet.config), dict(vae_config))).name,
+            scheduler_class=type(pipeline.scheduler).__name__,
             **_added_conditioning(pipeline),
         )
 

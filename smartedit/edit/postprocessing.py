@@ -62,10 +62,12 @@ def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None) -> bytes:
 
 def parameters_text(params: EditParameters, provenance: Provenance) -> str:
     """What a result PNG carries under ``wire.PNG_PARAMETERS_KEY``: one image's record (its own seed),
-    the model, its weights' digest and the server's version. Deterministic: the same edit gives the
-    same bytes."""
+    the model, its weights' digest, the LoRA adapters fused into them (when there are any) and the server's
+    version. Deterministic: the same edit gives the same bytes."""
+    adapters = {"adapters": list(provenance.adapters)} if provenance.adapters else {}
     return json.dumps({"parameters": json.loads(params.to_json()), "model": provenance.model,
-                       "weights_sha256": provenance.weights_sha256, "smartedit_version": smartedit_version()},
+                       "weights_sha256": provenance.weights_sha256, **adapters,
+                       "smartedit_version": smartedit_version()},
                       sort_keys=True, ensure_ascii=False)
 
 

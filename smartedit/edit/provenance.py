@@ -40,7 +40,10 @@ def weights_digest(pipeline, modules: tuple[str, ...]) -> str:
 @dataclass(frozen=True)
 class Provenance:
     model: str  # what the export was given: a folder's name, a hub id, or the embedded tiny model's name
-    weights_sha256: str
+    weights_sha256: str  # of the weights served: with adapters, after they were fused
+    # The LoRA adapters fused into the weights at export, in order (smartedit.export.lora): each file's name, its
+    # SHA-256 and the scale it was fused at.
+    adapters: tuple[dict, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -50,4 +53,5 @@ class Provenance:
         path = Path(path)
         if not path.exists():  # a repository exported before results carried their provenance
             return cls(model="unknown", weights_sha256="unknown")
-        return cls(**json.loads(path.read_text()))
+        fields = json.loads(path.read_text())
+        return cls(**{**fields, "adapters": tuple(fields.get("adapters", ()))})

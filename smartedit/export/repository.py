@@ -277,6 +277,7 @@ class PipelineSource:
     name: str
     pipeline: Any
     model_name: str = "unknown"
+    adapters: tuple[dict, ...] = ()  # the LoRA adapters fused into its weights (smartedit.export.lora)
 
 
 def build_repository(pipeline, out: Path, options: RepositoryOptions = RepositoryOptions(),
@@ -302,7 +303,8 @@ def build_pipelines_repository(sources: list[PipelineSource], out: Path,
         for names, source in zip(pipelines, sources):
             pipeline = source.pipeline
             info = PipelineInfo.from_pipeline(pipeline)
-            provenance = Provenance(model=source.model_name, weights_sha256=weights_digest(pipeline, weights_of(info)))
+            provenance = Provenance(model=source.model_name, weights_sha256=weights_digest(pipeline, weights_of(info)),
+                                    adapters=source.adapters)
             log.info("exporting pipeline %r (%s, family %s)", names.pipeline, source.model_name, info.family)
             _write_components(pipeline, info, staging, options, onnx_dir, names)
             preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)

@@ -10,7 +10,7 @@ from typing import Any
 from smartedit.edit.parameters import bounds, default_values
 from smartedit.edit.provenance import Provenance, smartedit_version
 from smartedit.diffusion.families import family_parameters
-from smartedit.diffusion.samplers import SAMPLERS
+from smartedit.diffusion.samplers import SAMPLERS, suited_samplers
 from smartedit.serving.pipelines import PipelineNames
 from smartedit.serving.settings import PreprocessSettings
 from smartedit.diffusion.spec import PipelineInfo
@@ -49,6 +49,9 @@ def describe_pipeline(names: PipelineNames, info: PipelineInfo, settings: Prepro
         "working_resolution": info.working_resolution,
         "vae_scale_factor": info.vae_scale_factor,
         "samplers": list(SAMPLERS),
+        # The samplers its weights are made for: the consistency samplers (lcm, tcd; 4-8 steps) for distilled
+        # weights (an LCM/TCD checkpoint, or an LCM-/TCD-LoRA fused at export with --scheduler), the others else.
+        "suited_samplers": suited_samplers(info.scheduler_class),
         "tasks": list(family.tasks),
         "task_defaults": {task: dict(TASK_DEFAULTS[task]) for task in family.tasks},
         "parameters": parameters,

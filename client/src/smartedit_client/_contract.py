@@ -76,10 +76,12 @@ IMAGE_GUIDANCE_SCALE = WireTensor("image_guidance_scale", "FP32", False,
 SOURCE_PROMPT = WireTensor("source_prompt", "BYTES", False,
                            "task text_edit only (4-channel SD and SDXL pipelines): what the photo shows, the "
                            'prompt it is inverted under; default ""', default="")
-ETA = WireTensor("eta", "FP32", False, "DDIM's eta: the noise each step adds back (ddim only); default 0",
+ETA = WireTensor("eta", "FP32", False,
+                 "DDIM's eta: the noise each step adds back (ddim), or TCD's gamma (tcd); default 0",
                  minimum=0.0, maximum=1.0, default=0.0)
 SEED = WireTensor("seed", "INT64", False, "random when absent", default=0)  # the server draws one: never 0 by default
-SCHEDULER = WireTensor("scheduler", "BYTES", False, "ddim (default), euler, ...", default="ddim")
+SCHEDULER = WireTensor("scheduler", "BYTES", False,
+                       "ddim (default), euler, ...; lcm, tcd for LCM/TCD-distilled weights", default="ddim")
 CROP_PADDING = WireTensor("crop_padding", "INT32", False,
                           "pixels of context around the mask's box when a large photo is edited as a crop; "
                           f"default {DEFAULT_CROP_PADDING}", minimum=0, maximum=2048, default=DEFAULT_CROP_PADDING)

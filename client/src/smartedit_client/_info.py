@@ -35,6 +35,8 @@ class ServerInfo:
         working_resolution: the side, in pixels, of the area edits run at (larger photos are cropped
             around the mask or downscaled to it).
         samplers, tasks: the values ``scheduler`` and ``task`` take.
+        suited_samplers: the samplers the pipeline's weights are made for: ``lcm`` and ``tcd`` (4-8 steps) for
+            consistency-distilled weights (an LCM/TCD checkpoint or LoRA), the multi-step samplers otherwise.
         parameters: each request parameter by name.
         task_defaults: what each task sets when the request leaves a parameter out.
         limits: the largest image (pixels), longest prompt (bytes), most variations, cost budget.
@@ -55,6 +57,7 @@ class ServerInfo:
     limits: dict[str, int] = field(default_factory=dict)
     pipeline: str = ""
     pipelines: dict[str, "ServerInfo"] = field(default_factory=dict)
+    suited_samplers: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, text: str | bytes, pipeline: str | None = None) -> "ServerInfo":
@@ -84,14 +87,16 @@ class ServerInfo:
                    smartedit_version=server["smartedit_version"], working_resolution=entry["working_resolution"],
                    samplers=tuple(entry["samplers"]), tasks=tuple(entry["tasks"]), parameters=parameters,
                    task_defaults=entry.get("task_defaults", {}), limits=server.get("limits", {}),
-                   pipeline=entry["name"])
+                   pipeline=entry["name"],
+                   # A server from before it said which suit: every sampler it has.
+                   suited_samplers=tuple(entry.get("suited_samplers", entry["samplers"])))
 
     def describe(self) -> str:
         """A readable summary, one fact per line (what ``smartedit-edit --info`` prints)."""
         lines = [f"pipeline: {self.pipeline}" + (f" (of {', '.join(self.pipelines)})" if len(self.pipelines) > 1 else ""),
                  f"model: {self.model} ({self.family}), weights sha256 {self.weights_sha256[:16]}...",
                  f"server: SmartEdit {self.smartedit_version}; edits run at {self.working_resolution} px",
-                 f"samplers: {', '.join(self.samplers)}",
+                 f"samplers: {', '.join(self.samplers)} (suited to its weights: {', '.join(self.suited_samplers)})",
                  f"tasks: {', '.join(self.tasks)}",
                  "limits: " + ", ".join(f"{name} {value}" for name, value in self.limits.items()),
                  "parameters:"]

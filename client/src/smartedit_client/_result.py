@@ -78,7 +78,8 @@ class EditedImage:
     @property
     def parameters(self) -> dict | None:
         """What the PNG carries: ``{"parameters": {...}, "model": ..., "weights_sha256": ...,
-        "smartedit_version": ...}`` (None from a server that does not write them)."""
+        "smartedit_version": ...}``, with ``"adapters": [{"file", "sha256", "scale"}, ...]`` when LoRA adapters
+        were fused into the model at export (None from a server that does not write them)."""
         return png_parameters(self.png)
 
     def save(self, path) -> None:

@@ -1,0 +1,193 @@
+"""LoRA adapters fused at export (smartedit.export.lora) and the few-step samplers on a served pipeline.
+
+A random adapter made offline with PEFT on the tiny model (rank 4, alpha 8, non-zero up weights, UNet and text
+encoder: smartedit.export.tiny_lora), saved in diffusers/PEFT and kohya format, is fused by ``smartedit export
+--lora`` into pipelines served side by side with their base; each served edit is compared with diffusers' own
+pipeline given the same file through ``load_lora_weights`` + ``fuse_lora`` at the same scale.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import png_bytes, scene, serving
+from reference import diffusers_inpaint, psnr
+from smartedit.export.lora import AdapterMismatch, LoraAdapter, check_adapter, file_sha256
+
+
+@pytest.fixture(scope="module")
+def adapter_files(tiny_model_dir, tmp_path_factory):
+    from smartedit.export.tiny_lora import write_tiny_lora
+
+    return write_tiny_lora(tiny_model_dir, tmp_path_factory.mktemp("tiny-lora"))
+
+
+@pytest.fixture(scope="module")
+def wrong_base_adapter(tiny_sdxl_dir, tmp_path_factory):
+    """An adapter made the same way for another base model (the tiny SDXL)."""
+    from smartedit.export.tiny_lora import write_tiny_lora
+
+    return write_tiny_lora(tiny_sdxl_dir, tmp_path_factory.mktemp("sdxl-lora"))[0]
+
+
+def _export(*arguments, out) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "smartedit", "export", *map(str, arguments), "--no-segmentation",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+
+
+# --- the adapter file, before any export -------------------------------------------------------------------
+
+def test_both_formats_name_layers_of_the_pipeline_and_a_file_for_another_base_does_not(
+        tiny_pipeline, tiny_sdxl_pipeline, adapter_files, wrong_base_adapter):
+    from safetensors.torch import load_file
+
+    for file in adapter_files:
+        check_adapter(tiny_pipeline, load_file(str(file)), str(file))
+    check_adapter(tiny_sdxl_pipeline, load_file(str(wrong_base_adapter)), "sdxl.safetensors")  # its own base
+    with pytest.raises(AdapterMismatch, match=r"do not fit their layer|name no layer") as refused:
+        check_adapter(tiny_pipeline, load_file(str(wrong_base_adapter)), "sdxl.safetensors")
+    assert "unet." in str(refused.value) and "sdxl.safetensors" in str(refused.value)
+
+
+def test_an_unknown_key_is_refused_by_name(tiny_pipeline, adapter_files):
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(adapter_files[1]))
+    tensors["lora_unet_no_such_block_to_q.lora_down.weight"] = torch.zeros(4, 32)
+    tensors["lycoris_something.hada_w1_a"] = torch.zeros(4, 4)
+    with pytest.raises(AdapterMismatch, match="2 key.s. name no layer") as refused:
+        check_adapter(tiny_pipeline, tensors, "extra.safetensors")
+    assert "lora_unet_no_such_block_to_q.lora_down.weight" in str(refused.value)
+    assert "lycoris_something.hada_w1_a" in str(refused.value)
+
+
+def test_a_lora_argument_takes_a_scale_and_refuses_what_is_not_an_adapter_file(adapter_files, tmp_path):
+    peft_file = adapter_files[0]
+    assert LoraAdapter.parse(str(peft_file)) == LoraAdapter(peft_file, 1.0)
+    assert LoraAdapter.parse(f"{peft_file}:0.5") == LoraAdapter(peft_file, 0.5)
+    assert LoraAdapter.parse(f"{peft_file}:-1e-1").scale == -0.1
+    with pytest.raises(ValueError, match="no such file"):
+        LoraAdapter.parse(str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ValueError, match="expected a .safetensors file"):
+        LoraAdapter.parse(f"{peft_file}:half")
+
+
+def test_export_refuses_an_adapter_for_another_base_naming_its_keys_and_writes_nothing(
+        tiny_model_dir, wrong_base_adapter, tmp_path):
+    out = tmp_path / "model_repository"
+    result = _export("--model", f"tiny={tiny_model_dir}", "--lora", wrong_base_adapter, out=out)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"smartedit: --lora {wrong_base_adapter}") and "unet." in last, last
+    assert not out.exists()
+
+
+# --- served: the adapters fused at export, side by side with their base ---------------------------------------
+
+KOHYA_SCALE = 0.5
+
+
+@pytest.fixture(scope="module")
+def adapted_server(tiny_model_dir, adapter_files, tmp_path_factory):
+    """Pipelines ``tiny`` (the base), ``peft`` (the diffusers-format file at scale 1), ``kohya`` (the kohya file at
+    0.5) and ``lcm`` (the base exported for the LCM sampler), exported by the command line."""
+    peft_file, kohya_file = adapter_files
+    out = tmp_path_factory.mktemp("lora") / "model_repository"
+    result = _export(*[argument for name in ("tiny", "peft", "kohya", "lcm")
+                       for argument in ("--model", f"{name}={tiny_model_dir}")],
+                     "--lora", f"peft={peft_file}", "--lora", f"kohya={kohya_file}:{KOHYA_SCALE}",
+                     "--scheduler", "lcm=lcm", out=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with serving(out, out.parent / "tritonserver.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def adapted_client(adapted_server):
+    from smartedit_client import InpaintClient
+
+    with InpaintClient(adapted_server.address.grpc, timeout_s=120) as client:
+        yield client
+
+
+def _fused_reference(tiny_model_dir, file, scale):
+    """diffusers' pipeline on the tiny weights with the adapter loaded and fused at ``scale``, as its docs do."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipeline = StableDiffusionInpaintPipeline.from_pretrained(str(tiny_model_dir))
+    pipeline.load_lora_weights(str(file))
+    pipeline.fuse_lora(lora_scale=scale)
+    return pipeline
+
+
+EDIT = dict(prompt="a red chair", negative_prompt="ugly", num_inference_steps=4, guidance_scale=7.5, seed=7,
+            scheduler="ddim")
+
+
+@pytest.mark.functional
+@pytest.mark.parametrize("pipeline,file_index,scale", [("peft", 0, 1.0), ("kohya", 1, KOHYA_SCALE)])
+def test_an_adapted_pipeline_matches_diffusers_with_the_adapter_fused(adapted_client, tiny_model_dir, adapter_files,
+                                                                      pipeline, file_index, scale):
+    image, mask = scene(40, 24)
+    served = adapted_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), pipeline=pipeline, **EDIT)
+    base = adapted_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), pipeline="tiny", **EDIT)
+    ours, base_pixels = np.asarray(served.image), np.asarray(base.image)
+    reference = diffusers_inpaint(_fused_reference(tiny_model_dir, adapter_files[file_index], scale), image, mask,
+                                  **EDIT)
+    inside = np.asarray(mask) >= 128
+    assert psnr(ours[inside], reference[inside]) >= 40
+    assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
+    assert psnr(base_pixels[inside], reference[inside]) < 40  # the adapter matters: the base alone does not match
+
+
+@pytest.mark.functional
+def test_results_name_the_adapters_fused_into_their_model(adapted_client, adapter_files):
+    image, mask = scene(40, 24)
+    carried = {name: adapted_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), pipeline=name,
+                                            **EDIT).parameters
+               for name in ("tiny", "peft", "kohya")}
+    assert "adapters" not in carried["tiny"]
+    for name, file, scale in (("peft", adapter_files[0], 1.0), ("kohya", adapter_files[1], KOHYA_SCALE)):
+        assert carried[name]["adapters"] == [{"file": file.name, "sha256": file_sha256(file), "scale": scale}]
+    digests = {values["weights_sha256"] for values in carried.values()}
+    assert len(digests) == 3  # the served weights are the fused ones
+
+
+@pytest.mark.functional
+def test_server_info_says_which_samplers_suit_each_pipeline(adapted_client):
+    info = adapted_client.server_info()
+    suited = {name: pipeline.suited_samplers for name, pipeline in info.pipelines.items()}
+    assert suited["lcm"] == ("lcm", "tcd")
+    assert "lcm" not in suited["tiny"] and "ddim" in suited["tiny"] and suited["peft"] == suited["tiny"]
+    assert {"lcm", "tcd"} <= set(info.samplers)
+
+
+@pytest.mark.functional
+@pytest.mark.parametrize("sampler,steps,guidance,eta", [("lcm", 4, 1.0, 0.0), ("lcm", 8, 2.0, 0.0),
+                                                         ("tcd", 4, 1.0, 0.3), ("tcd", 8, 1.5, 0.0)])
+def test_few_step_samplers_served_match_diffusers(adapted_client, tiny_pipeline, sampler, steps, guidance, eta):
+    image, mask = scene(40, 24, seed=3)
+    edit = dict(prompt="a red chair", negative_prompt="ugly", num_inference_steps=steps, guidance_scale=guidance,
+                seed=11, scheduler=sampler, eta=eta)
+    served = np.asarray(adapted_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), pipeline="lcm",
+                                               **edit).image)
+    reference = diffusers_inpaint(tiny_pipeline, image, mask, **edit)
+    inside = np.asarray(mask) >= 128
+    assert psnr(served[inside], reference[inside]) >= 40
+    assert np.array_equal(served[~inside], np.asarray(image)[~inside])
+
+
+@pytest.mark.functional
+def test_more_steps_than_a_consistency_sampler_takes_are_refused_by_name(adapted_client):
+    from smartedit_client import InvalidRequestError
+
+    image, mask = scene(40, 24)
+    with pytest.raises(InvalidRequestError, match="51 is more than scheduler lcm takes") as refused:
+        adapted_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), pipeline="lcm", prompt="x",
+                               scheduler="lcm", num_inference_steps=51)
+    assert refused.value.field == "num_inference_steps"
