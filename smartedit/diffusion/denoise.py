@@ -84,6 +84,9 @@ class DenoiseState:
     # gives none. Off otherwise: two more latents per edit, at 4096 px 8 MB.
     track_prediction: bool = False
     last_prediction: tuple[torch.Tensor, torch.Tensor] | None = None
+    # The UNet-call inputs that change from step to step besides the latents and the timestep, one row per UNet
+    # row (a controlled edit's conditioning scales: smartedit.diffusion.control). None: there are none.
+    step_inputs: Callable[["DenoiseState"], dict[str, torch.Tensor]] | None = None
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -118,7 +121,8 @@ class DenoiseState:
         latent_model_input = scaled.expand(self.rows, -1, -1, -1)
         sample = torch.cat([latent_model_input, self.conditioning], dim=1)
         timestep = t.to(torch.float32).reshape(1).expand(self.rows).contiguous()
-        return {SAMPLE: sample, TIMESTEP: timestep, **self.row_inputs}
+        stepping = {} if self.step_inputs is None else self.step_inputs(self)
+        return {SAMPLE: sample, TIMESTEP: timestep, **self.row_inputs, **stepping}
 
     def advance(self, noise_pred: torch.Tensor) -> None:
         """Apply guidance to this step's UNet output and take the scheduler step."""

@@ -1,0 +1,169 @@
+"""ControlNet in the loop (smartedit.diffusion.control) against diffusers' ``StableDiffusionControlNetInpaintPipeline``,
+with the PyTorch modules: no server involved.
+
+The tiny ControlNet is built from the tiny UNet's config with every weight drawn at random
+(smartedit.export.tiny_controlnet), so its residuals change the edit and a loop that dropped or misplaced them fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import png_bytes, scene
+from reference import SCHEDULERS, psnr
+from smartedit.diffusion.control import (
+    DOWN_RESIDUALS, MID_RESIDUAL, ControlledUNet, ControlSettings, attach, unet_residual_shapes, uncontrolled,
+)
+from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
+from smartedit.diffusion.families import start_denoising
+from smartedit.diffusion.prompts import SD_PROMPTS
+from smartedit.diffusion.spec import PipelineInfo
+from smartedit.edit.control_images import canny_condition, image_condition, inpaint_condition
+from smartedit.edit.parameters import EditParameters
+from smartedit.edit.postprocessing import compose, to_pixels
+from smartedit.edit.preprocessing import prepare_images
+from smartedit.serving.settings import PreprocessSettings
+
+
+@pytest.fixture(scope="module")
+def tiny_controlnet(tiny_pipeline):
+    from smartedit.export.tiny_controlnet import build_tiny_controlnet
+
+    return build_tiny_controlnet(tiny_pipeline.unet, PipelineInfo.from_pipeline(tiny_pipeline).vae_scale_factor)
+
+
+def _torch_controlled_unet(pipe, controlnet) -> ControlledUNet:
+    def unet(inputs):
+        return pipe.unet(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["encoder_hidden_states"],
+                         down_block_additional_residuals=inputs[DOWN_RESIDUALS],
+                         mid_block_additional_residual=inputs[MID_RESIDUAL]).sample
+
+    def control(inputs):
+        return controlnet(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["encoder_hidden_states"],
+                          controlnet_cond=inputs["controlnet_cond"], conditioning_scale=1.0, return_dict=False)
+
+    return ControlledUNet(unet, control, pipe.vae.config.latent_channels, unet_residual_shapes(pipe.unet.config))
+
+
+def _controlled_loop(pipe, controlnet, image, mask, control_image, settings: dict, params: EditParameters):
+    info = PipelineInfo.from_pipeline(pipe)
+    prepared = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings())
+    ids = torch.from_numpy(SD_PROMPTS.tokenize([pipe.tokenizer], params.negative_prompt, params.prompt)["input_ids"])
+    with torch.inference_mode():
+        embeds = pipe.text_encoder(ids)[0]
+        masked = pipe.vae.encode(torch.from_numpy(prepared.masked_image)).latent_dist
+
+        def encode_init():
+            dist = pipe.vae.encode(torch.from_numpy(prepared.init_image)).latent_dist
+            return dist.mean, dist.std
+
+        inputs = EditInputs({"prompt_embeds": embeds}, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
+        state = start_denoising(info, pipe.scheduler.config, params, inputs, encode_init)
+        if control_image is None:
+            uncontrolled(state, (image.size[1], image.size[0]))
+        else:
+            attach(state, ControlSettings(image=torch.from_numpy(control_image), **settings))
+        assert run_to_end(state, _torch_controlled_unet(pipe, controlnet))
+        decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
+    return (compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box),
+            prepared.repaint_mask)
+
+
+def _reference(pipe, controlnet, image, mask, control_image, settings: dict, params: EditParameters) -> np.ndarray:
+    from diffusers import StableDiffusionControlNetInpaintPipeline
+
+    reference = StableDiffusionControlNetInpaintPipeline(
+        **{**pipe.components, "scheduler": SCHEDULERS[params.scheduler].from_config(pipe.scheduler.config)},
+        controlnet=controlnet)
+    reference.set_progress_bar_config(disable=True)
+    names = {"conditioning_scale": "controlnet_conditioning_scale", "guidance_start": "control_guidance_start",
+             "guidance_end": "control_guidance_end", "guess_mode": "guess_mode"}
+    result = reference(
+        prompt=params.prompt, negative_prompt=params.negative_prompt, image=image, mask_image=mask,
+        control_image=torch.from_numpy(control_image), height=image.size[1], width=image.size[0],
+        num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
+        strength=params.strength, eta=params.eta, generator=torch.Generator().manual_seed(params.seed),
+        **{names[key]: value for key, value in settings.items()},
+    ).images[0]
+    return np.asarray(result)
+
+
+def _control_image(kind: str, image, mask) -> np.ndarray:
+    photo = np.asarray(image)
+    if kind == "image":
+        return image_condition(np.asarray(scene(image.size[0], image.size[1], seed=5)[0]))
+    if kind == "canny":
+        return image_condition(canny_condition(photo, 50, 150))
+    return inpaint_condition(photo, np.asarray(mask) >= 128)
+
+
+@pytest.mark.parametrize("kind,settings,sampler,strength,guidance", [
+    ("image", {}, "ddim", 1.0, 7.5),  # the reference's defaults: scale 0.5, the whole schedule
+    ("image", {"conditioning_scale": 1.0, "guidance_start": 0.2, "guidance_end": 0.8}, "euler", 1.0, 7.5),
+    ("canny", {"conditioning_scale": 0.8}, "ddim", 0.6, 5.0),
+    ("inpaint", {"conditioning_scale": 1.0, "guidance_end": 0.5}, "dpmpp_2m", 1.0, 7.5),
+    ("image", {"guess_mode": True, "conditioning_scale": 0.9}, "ddim", 1.0, 7.5),
+    ("image", {"guess_mode": True, "conditioning_scale": 1.0}, "ddim", 1.0, 1.0),  # no guidance: its one row
+])
+def test_controlled_loop_matches_diffusers_controlnet_inpaint(tiny_pipeline, tiny_controlnet, kind, settings, sampler,
+                                                              strength, guidance):
+    image, mask = scene(40, 24)
+    control_image = _control_image(kind, image, mask)
+    params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler=sampler, num_inference_steps=5,
+                            strength=strength, guidance_scale=guidance, seed=7)
+    ours, inside = _controlled_loop(tiny_pipeline, tiny_controlnet, image, mask, control_image, settings, params)
+    reference = _reference(tiny_pipeline, tiny_controlnet, image, mask, control_image, settings, params)
+    assert psnr(ours[inside], reference[inside]) >= 40
+    assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
+    # the control matters: the same edit without it is another picture
+    plain, _ = _controlled_loop(tiny_pipeline, tiny_controlnet, image, mask, None, {}, params)
+    assert psnr(plain[inside], reference[inside]) < 40
+
+
+def test_canny_condition_is_opencvs_edges_in_three_channels():
+    import cv2
+
+    image, _ = scene(40, 24)
+    photo = np.asarray(image)
+    edges = canny_condition(photo, 50, 150)
+    assert edges.shape == (24, 40, 3) and set(np.unique(edges)) <= {0, 255} and edges.any()
+    assert np.array_equal(edges[:, :, 1], cv2.Canny(photo, 50, 150))
+
+
+def test_residual_shapes_are_the_controlnets(tiny_pipeline, tiny_controlnet):
+    shapes = unet_residual_shapes(tiny_pipeline.unet.config)(12, 20)
+    with torch.inference_mode():
+        down, mid = tiny_controlnet(torch.zeros(1, 4, 12, 20), torch.tensor([1.0]),
+                                    encoder_hidden_states=torch.zeros(1, 77, 32),
+                                    controlnet_cond=torch.zeros(1, 3, 96, 160), return_dict=False)
+    assert shapes == [tuple(residual.shape[1:]) for residual in list(down) + [mid]]
+
+
+def test_an_edit_without_control_on_a_controlled_unet_is_the_plain_edit(tiny_pipeline, tiny_controlnet):
+    """Zero residuals leave the UNet's sums as they are: an uncontrolled edit sharing a pipeline with a ControlNet
+    (``uncontrolled`` rows, no ControlNet call) gives the plain loop's latents, bit for bit."""
+    from test_denoise import _loop_with_torch
+
+    image, mask = scene(40, 24)
+    params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler="ddim", num_inference_steps=4,
+                            strength=1.0, guidance_scale=7.5, seed=7)
+    ours, _ = _controlled_loop(tiny_pipeline, tiny_controlnet, image, mask, None, {}, params)
+    plain, _ = _loop_with_torch(tiny_pipeline, image, mask, "ddim", 1.0, 7.5)
+    assert np.array_equal(ours, plain)
+
+
+@pytest.mark.parametrize("kind,settings", [("canny", {"conditioning_scale": 1.0}),
+                                           ("inpaint", {"guidance_start": 0.4, "guess_mode": True})])
+def test_controlled_latent_blending_matches_diffusers_on_a_4_channel_unet(tiny_text_to_image_pipeline, tiny_controlnet,
+                                                                          kind, settings):
+    pipe = tiny_text_to_image_pipeline
+    image, mask = scene(40, 24, seed=2)
+    control_image = _control_image(kind, image, mask)
+    params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler="ddim", num_inference_steps=5,
+                            strength=1.0, guidance_scale=7.5, seed=3)
+    ours, inside = _controlled_loop(pipe, tiny_controlnet, image, mask, control_image, settings, params)
+    reference = _reference(pipe, tiny_controlnet, image, mask, control_image, settings, params)
+    assert psnr(ours[inside], reference[inside]) >= 40
+    assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
