@@ -13,9 +13,8 @@ import torch
 
 from conftest import png_bytes, scene
 from reference import SCHEDULERS, psnr
-from smartedit.diffusion.control import (
-    DOWN_RESIDUALS, MID_RESIDUAL, ControlledUNet, ControlSettings, attach, unet_residual_shapes, uncontrolled,
-)
+from smartedit.diffusion.control import ControlledUNet, ControlSettings, attach, uncontrolled
+from smartedit.diffusion.spec import DOWN_RESIDUAL, MID_RESIDUAL, residual_layout
 from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
 from smartedit.diffusion.families import start_denoising
 from smartedit.diffusion.prompts import SD_PROMPTS
@@ -35,37 +34,62 @@ def tiny_controlnet(tiny_pipeline):
 
 
 def _torch_controlled_unet(pipe, controlnet) -> ControlledUNet:
+    """The controlled UNet function on the PyTorch modules (numpy in and out, as the engine's BLS calls)."""
+    layout = residual_layout(pipe.unet.config)
+    down_names = [DOWN_RESIDUAL.format(index) for index in range(len(layout) - 1)]
+
     def unet(inputs):
-        return pipe.unet(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["encoder_hidden_states"],
-                         down_block_additional_residuals=inputs[DOWN_RESIDUALS],
-                         mid_block_additional_residual=inputs[MID_RESIDUAL]).sample
+        tensors = {name: torch.from_numpy(value) for name, value in inputs.items()}
+        with torch.inference_mode():
+            return pipe.unet(tensors["sample"], tensors["timestep"],
+                             encoder_hidden_states=tensors["encoder_hidden_states"],
+                             down_block_additional_residuals=[tensors[name] for name in down_names],
+                             mid_block_additional_residual=tensors[MID_RESIDUAL]).sample.numpy()
 
     def control(inputs):
-        return controlnet(inputs["sample"], inputs["timestep"], encoder_hidden_states=inputs["encoder_hidden_states"],
-                          controlnet_cond=inputs["controlnet_cond"], conditioning_scale=1.0, return_dict=False)
+        tensors = {name: torch.from_numpy(value) for name, value in inputs.items()}
+        with torch.inference_mode():
+            down, mid = controlnet(tensors["sample"], tensors["timestep"],
+                                   encoder_hidden_states=tensors["encoder_hidden_states"],
+                                   controlnet_cond=tensors["controlnet_cond"], conditioning_scale=1.0,
+                                   return_dict=False)
+        return {name: residual.numpy() for name, residual in zip(down_names + [MID_RESIDUAL], [*down, mid])}
 
-    return ControlledUNet(unet, control, pipe.vae.config.latent_channels, unet_residual_shapes(pipe.unet.config))
+    return ControlledUNet(unet, control, pipe.vae.config.latent_channels, layout)
 
 
-def _controlled_loop(pipe, controlnet, image, mask, control_image, settings: dict, params: EditParameters):
+def _loop_unet(controlled):
+    """A numpy UNet function as the loop's ``UNetFn`` (torch in and out)."""
+    return lambda inputs: torch.from_numpy(controlled({name: value.numpy() for name, value in inputs.items()}))
+
+
+def _preparer(pipe, image, mask, control_image, settings: dict, params: EditParameters):
+    """(a function starting the edit's controlled DenoiseState, as the engine's prepare does; what the result is
+    composed with)."""
     info = PipelineInfo.from_pipeline(pipe)
     prepared = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings())
     ids = torch.from_numpy(SD_PROMPTS.tokenize([pipe.tokenizer], params.negative_prompt, params.prompt)["input_ids"])
     with torch.inference_mode():
         embeds = pipe.text_encoder(ids)[0]
         masked = pipe.vae.encode(torch.from_numpy(prepared.masked_image)).latent_dist
+        init = pipe.vae.encode(torch.from_numpy(prepared.init_image)).latent_dist
+    inputs = EditInputs({"prompt_embeds": embeds}, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
 
-        def encode_init():
-            dist = pipe.vae.encode(torch.from_numpy(prepared.init_image)).latent_dist
-            return dist.mean, dist.std
-
-        inputs = EditInputs({"prompt_embeds": embeds}, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
-        state = start_denoising(info, pipe.scheduler.config, params, inputs, encode_init)
+    def prepare():
+        state = start_denoising(info, pipe.scheduler.config, params, inputs, lambda: (init.mean, init.std))
         if control_image is None:
-            uncontrolled(state, (image.size[1], image.size[0]))
-        else:
-            attach(state, ControlSettings(image=torch.from_numpy(control_image), **settings))
-        assert run_to_end(state, _torch_controlled_unet(pipe, controlnet))
+            return uncontrolled(state, (image.size[1], image.size[0]))
+        return attach(state, ControlSettings(image=torch.from_numpy(control_image), **settings))
+
+    return prepare, prepared
+
+
+def _controlled_loop(pipe, controlnet, image, mask, control_image, settings: dict, params: EditParameters):
+    info = PipelineInfo.from_pipeline(pipe)
+    prepare, prepared = _preparer(pipe, image, mask, control_image, settings, params)
+    with torch.inference_mode():
+        state = prepare()
+        assert run_to_end(state, _loop_unet(_torch_controlled_unet(pipe, controlnet)))
         decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
     return (compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box),
             prepared.repaint_mask)
@@ -132,13 +156,18 @@ def test_canny_condition_is_opencvs_edges_in_three_channels():
     assert np.array_equal(edges[:, :, 1], cv2.Canny(photo, 50, 150))
 
 
-def test_residual_shapes_are_the_controlnets(tiny_pipeline, tiny_controlnet):
-    shapes = unet_residual_shapes(tiny_pipeline.unet.config)(12, 20)
-    with torch.inference_mode():
-        down, mid = tiny_controlnet(torch.zeros(1, 4, 12, 20), torch.tensor([1.0]),
-                                    encoder_hidden_states=torch.zeros(1, 77, 32),
-                                    controlnet_cond=torch.zeros(1, 3, 96, 160), return_dict=False)
-    assert shapes == [tuple(residual.shape[1:]) for residual in list(down) + [mid]]
+def test_the_declared_residuals_are_the_controlnets(tiny_pipeline, tiny_controlnet):
+    from smartedit.diffusion.spec import controlnet_spec
+
+    info = PipelineInfo.from_pipeline(tiny_pipeline)
+    spec = controlnet_spec("controlnet", residual_layout(tiny_pipeline.unet.config))
+    for height, width in ((96, 160), (88, 136)):  # latents 12 x 20, and 11 x 17 (halved rounding up)
+        with torch.inference_mode():
+            down, mid = tiny_controlnet(torch.zeros(1, 4, height // 8, width // 8), torch.tensor([1.0]),
+                                        encoder_hidden_states=torch.zeros(1, 77, 32),
+                                        controlnet_cond=torch.zeros(1, 3, height, width), return_dict=False)
+        assert [output.shape(info, 1, height, width) for output in spec.outputs] == [
+            tuple(residual.shape) for residual in [*down, mid]]
 
 
 def test_an_edit_without_control_on_a_controlled_unet_is_the_plain_edit(tiny_pipeline, tiny_controlnet):
@@ -167,3 +196,79 @@ def test_controlled_latent_blending_matches_diffusers_on_a_4_channel_unet(tiny_t
     reference = _reference(pipe, tiny_controlnet, image, mask, control_image, settings, params)
     assert psnr(ours[inside], reference[inside]) >= 40
     assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
+
+
+@pytest.fixture(scope="module")
+def controlled_graphs(tiny_pipeline, tiny_controlnet, tmp_path_factory):
+    """The controlled UNet and the ControlNet exported to ONNX (smartedit.export.onnx_export.export_controlled)."""
+    from smartedit.export.onnx_export import export_controlled
+
+    return export_controlled(tiny_pipeline, {"controlnet": tiny_controlnet}, PipelineInfo.from_pipeline(tiny_pipeline),
+                             tmp_path_factory.mktemp("controlled-onnx"))
+
+
+def _onnx_controlled_unet(graphs, pipe) -> ControlledUNet:
+    import onnxruntime as ort
+
+    unet, controlnet = (ort.InferenceSession(str(graphs[name]), providers=["CPUExecutionProvider"])
+                        for name in ("unet", "controlnet"))
+    outputs = [output.name for output in controlnet.get_outputs()]
+    return ControlledUNet(lambda inputs: unet.run(None, dict(inputs))[0],
+                          lambda inputs: dict(zip(outputs, controlnet.run(None, dict(inputs)))),
+                          pipe.vae.config.latent_channels, residual_layout(pipe.unet.config))
+
+
+def test_the_exported_graphs_match_pytorch(tiny_pipeline, tiny_controlnet, controlled_graphs):
+    """One controlled step through ONNX Runtime against the same step on the PyTorch modules, rows of several
+    settings together."""
+    image, mask = scene(40, 24)
+    states = []
+    for kind, settings in (("canny", {"conditioning_scale": 1.0}), (None, {}), ("image", {"guess_mode": True})):
+        params = EditParameters(prompt="a red chair", negative_prompt="ugly", num_inference_steps=4, seed=1)
+        control_image = None if kind is None else _control_image(kind, image, mask)
+        states.append(_preparer(tiny_pipeline, image, mask, control_image, settings, params)[0]())
+    inputs = {name: np.concatenate([state.unet_inputs()[name].numpy() for state in states])
+              for name in states[0].unet_inputs()}
+    ours = _onnx_controlled_unet(controlled_graphs, tiny_pipeline)(inputs)
+    reference = _torch_controlled_unet(tiny_pipeline, tiny_controlnet)(inputs)
+    assert np.abs(ours - reference).max() < 1e-4
+
+
+def test_controlled_and_uncontrolled_edits_batched_by_the_engine_equal_each_alone(tiny_pipeline, controlled_graphs):
+    """The engine steps edits with different control images, scales, windows and guess modes, and edits without
+    control, in shared calls (the ControlNet on the controlled rows only): each edit's latents equal the same edit
+    run alone, bit for bit."""
+    from smartedit.engine.core import DenoiseEngine, EngineLimits
+    from test_engine import AllPrepared, run_all
+
+    controlled = _onnx_controlled_unet(controlled_graphs, tiny_pipeline)
+    calls = []
+
+    def batched(inputs):  # the engine's UNet: numpy in and out, as a BLS call is
+        calls.append(inputs["sample"].shape[0])
+        return controlled(inputs)
+
+    image, mask = scene(40, 24)
+    cases = [("image", {}), (None, {}), ("canny", {"conditioning_scale": 1.0, "guidance_start": 0.25}),
+             ("inpaint", {"guess_mode": True}), (None, {}), ("image", {"guidance_end": 0.5})]
+    prepares = []
+    for index, (kind, settings) in enumerate(cases):
+        params = EditParameters(prompt=f"edit {index}", negative_prompt="ugly", scheduler="ddim", num_inference_steps=4,
+                                guidance_scale=7.5, seed=index)
+        control_image = None if kind is None else _control_image(kind, image, mask)
+        prepares.append(_preparer(tiny_pipeline, image, mask, control_image, settings, params)[0])
+    alone = []
+    for prepare in prepares:
+        state = prepare()
+        assert run_to_end(state, lambda inputs: torch.from_numpy(batched(
+            {name: value.numpy() for name, value in inputs.items()})))
+        alone.append(state.latents)
+    prepared = AllPrepared(prepares)
+    engine = DenoiseEngine(prepared.gate(batched), EngineLimits(max_active_edits=8, max_queued_edits=0,
+                                                                max_unet_rows=12))
+    calls.clear()
+    sinks = run_all(engine, prepared.prepares)
+    for case, sink, reference in zip(cases, sinks, alone):
+        assert sink.outcome == "finished", (case, sink.events)
+        assert torch.equal(sink.state.latents, reference), case
+    assert max(calls) > 2  # rows of several edits shared calls

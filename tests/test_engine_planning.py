@@ -210,7 +210,8 @@ class _Edit:
             conditioning=torch.randn((rows, channels[1]) + size, generator=generator),
             row_inputs={"encoder_hidden_states": torch.randn((rows,) + hidden, generator=generator),
                         "text_embeds": torch.randn((rows, 3), generator=generator),
-                        "time_ids": torch.randn((rows, 6), generator=generator)})
+                        "time_ids": torch.randn((rows, 6), generator=generator)},
+            step_inputs=None)
 
     @property
     def hidden(self) -> torch.Tensor:
@@ -261,6 +262,20 @@ def test_an_edit_that_stays_in_place_is_not_copied_again_and_one_that_moves_is()
     # b comes back at the end: copied, as every newcomer is
     built = builder.inputs("key", [a.step_input(8.0), c.step_input(8.0), b.step_input(8.0)])
     assert np.array_equal(built["encoder_hidden_states"][4:], b.hidden.numpy())
+
+
+def test_per_step_inputs_are_written_at_every_step_even_for_an_edit_that_stays_in_place():
+    """A controlled edit's conditioning scale changes as its guidance window opens and closes: each call has the
+    value its state gives for that step, though the edit never moved."""
+    builder = UNetBatchBuilder()
+    a, b = _Edit(2, 1), _Edit(1, 2)
+    for edit, base in ((a, 1.0), (b, 100.0)):
+        edit.state.step_inputs = lambda state, base=base: {"control_scale": torch.full((state.latents.shape[0],),
+                                                                                       base + state.step)}
+    for step in range(3):
+        a.state.step = b.state.step = step
+        built = builder.inputs("key", [a.step_input(10.0 - step), b.step_input(10.0 - step)])
+        assert built["control_scale"].tolist() == [1.0 + step] * 2 + [100.0 + step]
 
 
 def test_an_edit_that_swaps_its_constants_mid_loop_has_the_new_ones_copied_in_place():

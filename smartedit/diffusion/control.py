@@ -23,17 +23,17 @@ import numpy as np
 import torch
 
 from smartedit.diffusion.denoise import SAMPLE, TIMESTEP, DenoiseState
+from smartedit.diffusion.spec import DOWN_RESIDUAL, MID_RESIDUAL
 
 CONTROL_IMAGE, CONTROL_SCALE, CONTROL_GUESS = "controlnet_cond", "control_scale", "control_guess"
 CONTROL_INPUTS = (CONTROL_IMAGE, CONTROL_SCALE, CONTROL_GUESS)
 PROMPT_STATES = "encoder_hidden_states"
-DOWN_RESIDUALS, MID_RESIDUAL = "down_block_additional_residuals", "mid_block_additional_residual"
 
-# (the ControlNet's inputs by name: sample, timestep, encoder_hidden_states, controlnet_cond) -> (its down-block
-# residuals, its mid-block residual), unscaled
-ControlNetFn = Callable[[Mapping[str, torch.Tensor]], tuple[list[torch.Tensor], torch.Tensor]]
-# (the UNet's inputs by name, the residuals' included: DOWN_RESIDUALS a list) -> noise_pred
-ResidualUNetFn = Callable[[Mapping[str, object]], torch.Tensor]
+# (the ControlNet's inputs by name: sample, timestep, encoder_hidden_states, controlnet_cond) -> its residuals by
+# name (spec.controlnet_spec's outputs), unscaled
+ControlNetFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+# (the UNet's inputs by name, the residuals' included) -> noise_pred
+ResidualUNetFn = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -94,54 +94,42 @@ def level_scales(levels: int, guess_mode: bool) -> torch.Tensor:
 
 class ControlledUNet:
     """A UNet function (``denoise.UNetFn``) whose rows may be under control: the ControlNet on the rows that ask
-    for it, then the UNet with every row's residuals."""
+    for it, then the UNet with every row's residuals, by the names the controlled UNet takes them
+    (``spec.controlled_unet_spec``). Inputs and outputs are numpy arrays, as a BLS call's are."""
 
-    def __init__(self, unet: ResidualUNetFn, controlnet: ControlNetFn, latent_channels: int,
-                 residual_shapes: Callable[[int, int], list[tuple[int, int, int]]]):
-        """``residual_shapes(latent_height, latent_width)``: the (channels, height, width) of each residual, the
-        down blocks' then the mid block's (what zero residuals are made of when no row is under control)."""
+    def __init__(self, unet: ResidualUNetFn, controlnet: ControlNetFn, latent_channels: int, layout):
+        """``layout``: the residuals' (channels, times halved), ``spec.residual_layout`` of the UNet's config."""
         self._unet, self._controlnet = unet, controlnet
         self._latent_channels = latent_channels
-        self._residual_shapes = residual_shapes
+        self._names = [DOWN_RESIDUAL.format(index) for index in range(len(layout) - 1)] + [MID_RESIDUAL]
+        self._layout = layout
 
-    def __call__(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _zeros(self, rows: int, height: int, width: int) -> dict[str, np.ndarray]:
+        found = {}
+        for name, (channels, halved) in zip(self._names, self._layout):
+            size = [height, width]
+            for _ in range(halved):
+                size = [(side + 1) // 2 for side in size]
+            found[name] = np.zeros((rows, channels, *size), dtype=np.float32)
+        return found
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         inputs = dict(inputs)
-        image = torch.as_tensor(np.asarray(inputs.pop(CONTROL_IMAGE)))
-        scales = torch.as_tensor(np.asarray(inputs.pop(CONTROL_SCALE)))
-        guess = torch.as_tensor(np.asarray(inputs.pop(CONTROL_GUESS)))
-        sample = torch.as_tensor(np.asarray(inputs[SAMPLE]))
-        rows, height, width = sample.shape[0], sample.shape[2], sample.shape[3]
-        residuals = [torch.zeros((rows,) + shape, dtype=torch.float32)
-                     for shape in self._residual_shapes(height, width)]
-        active = torch.nonzero(scales != 0).flatten()
+        image, scales, guess = (inputs.pop(name) for name in CONTROL_INPUTS)
+        sample = inputs[SAMPLE]
+        residuals = self._zeros(sample.shape[0], sample.shape[2], sample.shape[3])
+        active = np.flatnonzero(scales != 0)
         if len(active):
-            down, mid = self._controlnet({
-                SAMPLE: sample[active, :self._latent_channels],
-                TIMESTEP: torch.as_tensor(np.asarray(inputs[TIMESTEP]))[active],
-                PROMPT_STATES: torch.as_tensor(np.asarray(inputs[PROMPT_STATES]))[active],
+            answered = self._controlnet({
+                SAMPLE: np.ascontiguousarray(sample[active, :self._latent_channels]),
+                TIMESTEP: inputs[TIMESTEP][active],
+                PROMPT_STATES: inputs[PROMPT_STATES][active],
                 CONTROL_IMAGE: image[active],
             })
             for position, row in enumerate(active.tolist()):
-                factors = level_scales(len(down), bool(guess[row])) * scales[row]
-                for level, residual in enumerate(list(down) + [mid]):
-                    residuals[level][row] = residual[position] * factors[level]
-        return self._unet({**inputs, DOWN_RESIDUALS: residuals[:-1], MID_RESIDUAL: residuals[-1]})
-
-
-def unet_residual_shapes(unet_config: Mapping):
-    """``residual_shapes`` for a diffusers ``UNet2DConditionModel`` config: the residuals its down blocks take
-    (conv_in's output, then each resnet's and each downsampler's) and its mid block's."""
-    channels = list(unet_config["block_out_channels"])
-    layers = unet_config["layers_per_block"]
-    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
-
-    def shapes(height: int, width: int) -> list[tuple[int, int, int]]:
-        found = [(channels[0], height, width)]
-        for level, (out_channels, count) in enumerate(zip(channels, layers)):
-            found += [(out_channels, height, width)] * count
-            if level < len(channels) - 1:  # every block but the last ends in a downsampler
-                height, width = (height + 1) // 2, (width + 1) // 2
-                found.append((out_channels, height, width))
-        return found + [(channels[-1], height, width)]
-
-    return shapes
+                # float32 factors times the float32 scale, then one multiplication: diffusers' arithmetic
+                factors = (level_scales(len(self._names) - 1, bool(guess[row]))
+                           * torch.tensor(scales[row], dtype=torch.float32)).numpy()
+                for name, factor in zip(self._names, factors):
+                    residuals[name][row] = answered[name][position] * factor
+        return self._unet({**inputs, **residuals})

@@ -31,8 +31,11 @@ Dim = Union[int, str]
 
 # Axes that change with the request's resolution; everything else is fixed once a model is chosen.
 SPATIAL_AXES = ("image_height", "image_width", "latent_height", "latent_width")
+# The latent axes halved k times (rounded up, as a stride-2 convolution does), k = 1..3: where a UNet's down
+# blocks and a ControlNet's residuals live ("latent_height_1" is half the latent height).
+DOWNSAMPLED_AXES = tuple(f"latent_{side}_{k}" for k in (1, 2, 3) for side in ("height", "width"))
 # Every axis that varies per call: the spatial ones, and the number of prompt points of a SAM call.
-DYNAMIC_AXES = SPATIAL_AXES + ("num_points",)
+DYNAMIC_AXES = SPATIAL_AXES + DOWNSAMPLED_AXES + ("num_points",)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,12 @@ class PipelineInfo:
         }
         if dim in spatial:
             return spatial[dim]
+        if dim in DOWNSAMPLED_AXES:
+            _, side, times = dim.split("_")
+            size = spatial[f"latent_{side}"]
+            for _ in range(int(times)):
+                size = (size + 1) // 2
+            return size
         return int(getattr(self, dim))
 
 
@@ -252,6 +261,56 @@ SDXL_UNET = ComponentSpec(
                           TensorSpec("time_ids", "FP32", ("time_ids",))),
     outputs=UNET.outputs,
 )
+
+# ControlNet residuals: what a ControlNet answers and a controlled UNet takes besides its inputs, one tensor per
+# down-block residual and the mid block's. Their layout (channels, and how many times the latents were halved)
+# comes from the UNet's config: ``residual_layout``.
+DOWN_RESIDUAL, MID_RESIDUAL = "down_block_residual_{}", "mid_block_residual"
+
+
+def residual_layout(unet_config) -> tuple[tuple[int, int], ...]:
+    """(channels, times halved) of each residual a diffusers ``UNet2DConditionModel`` with this config takes from a
+    ControlNet: conv_in's output, then each down block's resnets' and downsampler's, then the mid block's."""
+    channels = list(unet_config["block_out_channels"])
+    layers = unet_config["layers_per_block"]
+    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
+    found = [(channels[0], 0)]
+    for level, (out_channels, count) in enumerate(zip(channels, layers)):
+        found += [(out_channels, level)] * count
+        if level < len(channels) - 1:  # every block but the last ends in a downsampler
+            found.append((out_channels, level + 1))
+    if found[-1][1] > 3:
+        raise ValueError(f"a UNet that halves its latents {found[-1][1]} times: at most 3 are declared")
+    return tuple(found + [(channels[-1], found[-1][1])])
+
+
+def _residual_specs(layout) -> tuple[TensorSpec, ...]:
+    def dims(channels: int, halved: int) -> tuple[Dim, ...]:
+        suffix = f"_{halved}" if halved else ""
+        return (channels, f"latent_height{suffix}", f"latent_width{suffix}")
+
+    down = tuple(TensorSpec(DOWN_RESIDUAL.format(index), "FP32", dims(*entry))
+                 for index, entry in enumerate(layout[:-1]))
+    return down + (TensorSpec(MID_RESIDUAL, "FP32", dims(*layout[-1])),)
+
+
+def controlnet_spec(name: str, layout) -> ComponentSpec:
+    """A ControlNet served as component ``name``: the 4 latent channels (scaled, before any mask channels), the
+    timestep, the prompt's states and the conditioning image in; its residuals out, unscaled."""
+    return ComponentSpec(
+        name=name,
+        inputs=(TensorSpec("sample", "FP32", ("latent_channels", "latent_height", "latent_width")),
+                TensorSpec("timestep", "FP32", ()),
+                TensorSpec("encoder_hidden_states", "FP32", ("text_length", "text_hidden_size")),
+                TensorSpec("controlnet_cond", "FP32", (3, "image_height", "image_width"))),
+        outputs=_residual_specs(layout),
+    )
+
+
+def controlled_unet_spec(unet: ComponentSpec, layout) -> ComponentSpec:
+    """``unet`` taking a ControlNet's residuals besides its own inputs (zeros for rows without control)."""
+    return ComponentSpec(name=unet.name, inputs=unet.inputs + _residual_specs(layout), outputs=unet.outputs)
+
 
 # Stable Diffusion's components (both SD families serve them), and the pipeline's modules whose weights
 # they hold. A family declares its own (smartedit.diffusion.families); these are the ones every tool that

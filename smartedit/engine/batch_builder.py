@@ -1,8 +1,9 @@
 """The engine's batch builder: the only owner of the UNet calls' row layout.
 
 Each call's rows are its edits' rows, in the planner's order (``smartedit.engine.planner``); a row holds
-the edit's latents with its conditioning channels after them (``sample``), its timestep, and its family's
-named row inputs (``DenoiseState.row_inputs``: the prompt embeddings for SD), each an array of its own.
+the edit's latents with its conditioning channels after them (``sample``), its timestep, its family's
+named row inputs (``DenoiseState.row_inputs``: the prompt embeddings for SD) and its per-step ones
+(``DenoiseState.step_inputs``: a controlled edit's conditioning scales), each an array of its own.
 Arrays are kept from one step to the next so that an edit's constants are copied only when it joins or
 moves.
 """
@@ -44,10 +45,13 @@ class UNetBatchBuilder:
                 arrays.place(edit, offset)
             arrays.sample[offset:offset + edit.rows, :state.latents.shape[1]] = scaled.numpy()
             arrays.timestep[offset:offset + edit.rows] = float(t)
+            for name, value in _step_inputs(state).items():
+                arrays.step_inputs[name][offset:offset + edit.rows] = value.numpy()
             offset += edit.rows
         arrays.forget_from(offset)
         return {SAMPLE: arrays.sample[:offset], TIMESTEP: arrays.timestep[:offset],
-                **{name: array[:offset] for name, array in arrays.row_inputs.items()}}
+                **{name: array[:offset] for name, array in arrays.row_inputs.items()},
+                **{name: array[:offset] for name, array in arrays.step_inputs.items()}}
 
     def keep_only(self, lane: int, keys) -> None:
         """Free the arrays of ``lane``'s calls that its last step did not make (a latent size it no
@@ -58,6 +62,14 @@ class UNetBatchBuilder:
 
 def _row_shapes(state: DenoiseState) -> dict[str, tuple]:
     return {name: (tuple(value.shape[1:]), value.dtype) for name, value in state.row_inputs.items()}
+
+
+def _step_inputs(state: DenoiseState) -> dict:
+    return {} if state.step_inputs is None else state.step_inputs(state)
+
+
+def _step_shapes(state: DenoiseState) -> dict[str, tuple]:
+    return {name: (tuple(value.shape[1:]), value.dtype) for name, value in _step_inputs(state).items()}
 
 
 class _CallArrays:
@@ -72,11 +84,15 @@ class _CallArrays:
         self._row_shapes = _row_shapes(state)
         self.row_inputs = {name: np.empty((capacity,) + shape, dtype=value.numpy().dtype)
                            for (name, (shape, _)), value in zip(self._row_shapes.items(), state.row_inputs.values())}
+        self._step_shapes = _step_shapes(state)
+        self.step_inputs = {name: np.empty((capacity,) + value.shape[1:], dtype=value.numpy().dtype)
+                            for name, value in _step_inputs(state).items()}
         # (the edit, its row inputs, its conditioning) whose constants row i holds
         self._owners: list = [None] * capacity
 
     def fits(self, state: DenoiseState, rows: int) -> bool:
         return (rows <= len(self._owners) and _row_shapes(state) == self._row_shapes
+                and _step_shapes(state) == self._step_shapes
                 and self.sample.shape[1] == state.latents.shape[1] + state.conditioning.shape[1])
 
     def holds(self, edit, offset: int) -> bool:

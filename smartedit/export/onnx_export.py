@@ -81,6 +81,39 @@ class SdxlUNetGraph(torch.nn.Module):
                          added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}, return_dict=False)[0]
 
 
+class ControlNetGraph(torch.nn.Module):
+    """A ControlNet answering its residuals unscaled (``conditioning_scale`` 1: the engine scales each row's,
+    smartedit.diffusion.control), as one flat tuple: the down blocks', then the mid block's."""
+
+    def __init__(self, controlnet):
+        super().__init__()
+        self.controlnet = controlnet
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond):
+        down, mid = self.controlnet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                                    controlnet_cond=controlnet_cond, conditioning_scale=1.0, return_dict=False)
+        return (*down, mid)
+
+
+class ControlledUNetGraph(torch.nn.Module):
+    """A UNet taking, after its own inputs (``input_names``: SD's three, SDXL's five), a ControlNet's residuals."""
+
+    _ADDED = ("text_embeds", "time_ids")  # SDXL's added conditioning
+
+    def __init__(self, unet, input_names: list[str]):
+        super().__init__()
+        self.unet = unet
+        self.input_names = list(input_names)
+
+    def forward(self, *tensors):
+        named = dict(zip(self.input_names, tensors))
+        residuals = list(tensors[len(self.input_names):])
+        added = {name: named[name] for name in self._ADDED if name in named}
+        return self.unet(named["sample"], named["timestep"], encoder_hidden_states=named["encoder_hidden_states"],
+                         added_cond_kwargs=added or None, down_block_additional_residuals=residuals[:-1],
+                         mid_block_additional_residual=residuals[-1], return_dict=False)[0]
+
+
 class VaeDecoderGraph(torch.nn.Module):
     def __init__(self, vae):
         super().__init__()
@@ -165,10 +198,17 @@ def example_inputs(spec: ComponentSpec, info: PipelineInfo, batch: int, height: 
 
 def export_component(pipeline, spec: ComponentSpec, info: PipelineInfo, folder: Path) -> Path:
     """Export one component to ``folder/model.onnx`` (FP32) and return its path."""
+    return export_module(component_module(pipeline, spec.name, info.family), spec, info, folder,
+                         trace_resolution(pipeline, info))
+
+
+def export_module(module: torch.nn.Module, spec: ComponentSpec, info: PipelineInfo, folder: Path,
+                  trace_size: tuple[int, int]) -> Path:
+    """Export ``module`` (whose positional inputs and outputs are ``spec``'s) to ``folder/model.onnx``, traced at
+    ``trace_size`` (image pixels: ``trace_resolution``)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ONNX_FILENAME
-    module = component_module(pipeline, spec.name, info.family)
-    height, width = trace_resolution(pipeline, info)
+    height, width = trace_size
     inputs = example_inputs(spec, info, 2, height, width, torch.Generator().manual_seed(0))
     dynamic_axes = {t.name: t.dynamic_axes() for t in spec.inputs + spec.outputs}
     with torch.inference_mode():
@@ -186,6 +226,22 @@ def export_component(pipeline, spec: ComponentSpec, info: PipelineInfo, folder: 
     consolidate_external_data(path)
     log.info("exported %s to %s", spec.name, path)
     return path
+
+
+def export_controlled(pipeline, controlnets: dict, info: PipelineInfo, out_dir: Path) -> dict[str, Path]:
+    """Export ``pipeline``'s UNet taking ControlNet residuals (as component ``unet``) and each of ``controlnets``
+    (component name -> ``ControlNetModel``) under ``out_dir/<component>/model.onnx``."""
+    from smartedit.diffusion.spec import controlled_unet_spec, controlnet_spec, residual_layout
+
+    layout = residual_layout(pipeline.unet.config)
+    unet_spec = next(spec for spec in components_of(info) if spec.name == "unet")
+    size = trace_resolution(pipeline, info)
+    paths = {"unet": export_module(ControlledUNetGraph(pipeline.unet, unet_spec.input_names).eval().float(),
+                                   controlled_unet_spec(unet_spec, layout), info, out_dir / "unet", size)}
+    for name, controlnet in controlnets.items():
+        paths[name] = export_module(ControlNetGraph(controlnet).eval().float(), controlnet_spec(name, layout), info,
+                                    out_dir / name, size)
+    return paths
 
 
 # Where each weight starts in a graph's external data file: ONNX Runtime maps a weight whose offset is a
