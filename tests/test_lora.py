@@ -165,6 +165,25 @@ def test_server_info_says_which_samplers_suit_each_pipeline(adapted_client):
     assert suited["lcm"] == ("lcm", "tcd")
     assert "lcm" not in suited["tiny"] and "ddim" in suited["tiny"] and suited["peft"] == suited["tiny"]
     assert {"lcm", "tcd"} <= set(info.samplers)
+    # the few-step pipeline's defaults are its sampler's; the others keep the server's
+    defaults = {name: {key: pipeline.parameters[key].default
+                       for key in ("scheduler", "num_inference_steps", "guidance_scale")}
+                for name, pipeline in info.pipelines.items()}
+    assert defaults["lcm"] == {"scheduler": "lcm", "num_inference_steps": 4, "guidance_scale": 1.0}
+    assert defaults["tiny"] == {"scheduler": "ddim", "num_inference_steps": 50, "guidance_scale": 7.5}
+
+
+@pytest.mark.functional
+def test_an_edit_that_names_no_sampler_gets_the_few_step_pipelines_defaults(adapted_client, tiny_pipeline):
+    image, mask = scene(40, 24, seed=4)
+    result = adapted_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), pipeline="lcm",
+                                    prompt="a red chair", seed=5)
+    record = result.parameters["parameters"]
+    assert (record["scheduler"], record["num_inference_steps"], record["guidance_scale"]) == ("lcm", 4, 1.0)
+    reference = diffusers_inpaint(tiny_pipeline, image, mask, prompt="a red chair", negative_prompt="",
+                                  num_inference_steps=4, guidance_scale=1.0, seed=5, scheduler="lcm")
+    inside = np.asarray(mask) >= 128
+    assert psnr(np.asarray(result.image)[inside], reference[inside]) >= 40
 
 
 @pytest.mark.functional

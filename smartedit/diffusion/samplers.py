@@ -48,10 +48,11 @@ def clean_estimate(step_output):
 
 def suited_samplers(scheduler_class: str) -> list[str]:
     """The samplers that suit weights exported with the scheduler ``scheduler_class`` (the class name in the
-    model's scheduler config): the consistency samplers for distilled weights, every other one otherwise."""
-    few_step = {SAMPLERS[name] for name in FEW_STEP_SAMPLERS}
-    if scheduler_class in few_step:
-        return sorted(FEW_STEP_SAMPLERS)
+    model's scheduler config): the consistency samplers for distilled weights, the weights' own first; every
+    other one otherwise."""
+    few_step = [name for name in sorted(FEW_STEP_SAMPLERS) if SAMPLERS[name] == scheduler_class]
+    if few_step:
+        return few_step + [name for name in sorted(FEW_STEP_SAMPLERS) if name not in few_step]
     return [name for name in SAMPLERS if name not in FEW_STEP_SAMPLERS]
 
 

@@ -34,8 +34,9 @@ from smartedit.serving.pipelines import PipelineNames, pipeline_names, read_pipe
 from smartedit.diffusion.preview import PREVIEW_FILENAME, LatentPreview, fit_latent_preview
 from smartedit.edit.provenance import PROVENANCE_FILENAME, Provenance, weights_digest
 from smartedit.serving.settings import (
-    BATCHED, ENGINES, PER_REQUEST, PIPELINE_PARAMETER, EngineSettings, PreprocessSettings,
+    BATCHED, ENGINES, PER_REQUEST, PIPELINE_PARAMETER, EngineSettings, PreprocessSettings, pipeline_settings,
 )
+from smartedit.diffusion.samplers import suited_samplers
 from smartedit.diffusion.families import components_of, fp32_components, prompts_of, weights_of
 from smartedit.diffusion.spec import UNET, PipelineInfo
 from smartedit.serving.triton_config import (
@@ -309,7 +310,10 @@ def build_pipelines_repository(sources: list[PipelineSource], out: Path,
             _write_components(pipeline, info, staging, options, onnx_dir, names)
             preview = fit_latent_preview(pipeline.vae, info.vae_scaling_factor, info.vae_scale_factor)
             tokenizers = {module: getattr(pipeline, module) for module in prompts_of(info).tokenizers}
-            _write_steps(info, tokenizers, dict(pipeline.scheduler.config), preview, staging, options,
+            # A pipeline of few-step weights defaults to its sampler (smartedit.serving.settings.pipeline_settings)
+            own_options = dataclasses.replace(options, preprocess=pipeline_settings(
+                options.preprocess, suited_samplers(info.scheduler_class)))
+            _write_steps(info, tokenizers, dict(pipeline.scheduler.config), preview, staging, own_options,
                          provenance, names)
             served.append((names, info, provenance))
         _write_server_info(staging, options, served)

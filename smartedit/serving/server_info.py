@@ -12,7 +12,7 @@ from smartedit.edit.provenance import Provenance, smartedit_version
 from smartedit.diffusion.families import family_parameters
 from smartedit.diffusion.samplers import SAMPLERS, suited_samplers
 from smartedit.serving.pipelines import PipelineNames
-from smartedit.serving.settings import PreprocessSettings
+from smartedit.serving.settings import PreprocessSettings, pipeline_settings
 from smartedit.diffusion.spec import PipelineInfo
 from smartedit.edit.tasks import TASK_DEFAULTS
 from smartedit_client import _contract as wire
@@ -21,6 +21,8 @@ from smartedit_client import _contract as wire
 def describe_pipeline(names: PipelineNames, info: PipelineInfo, settings: PreprocessSettings,
                       provenance: Provenance) -> dict[str, Any]:
     """One pipeline: its model and family, the names it is served as, and what its edits take."""
+    suited = suited_samplers(info.scheduler_class)
+    settings = pipeline_settings(settings, suited)  # as the export wrote its preprocess's
     family = family_parameters(info)
     defaults = default_values(settings, family)
     parameters = {}
@@ -51,7 +53,7 @@ def describe_pipeline(names: PipelineNames, info: PipelineInfo, settings: Prepro
         "samplers": list(SAMPLERS),
         # The samplers its weights are made for: the consistency samplers (lcm, tcd; 4-8 steps) for distilled
         # weights (an LCM/TCD checkpoint, or an LCM-/TCD-LoRA fused at export with --scheduler), the others else.
-        "suited_samplers": suited_samplers(info.scheduler_class),
+        "suited_samplers": suited,
         "tasks": list(family.tasks),
         "task_defaults": {task: dict(TASK_DEFAULTS[task]) for task in family.tasks},
         "parameters": parameters,

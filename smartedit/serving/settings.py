@@ -7,6 +7,8 @@ example is ``bool("false") == True``.)
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
@@ -135,6 +137,24 @@ class PreprocessSettings:
                 get("max_steps_at_working_resolution", str(d.max_steps_at_working_resolution)), 1),
             admission_model=get("admission_model", d.admission_model).strip(),
         )
+
+
+# What a pipeline whose weights suit only the consistency samplers (an LCM/TCD checkpoint, or --scheduler lcm
+# with an LCM-LoRA) defaults to instead of the server's multi-step defaults: its own sampler, the 4 steps and
+# guidance 1 (one UNet row a step) that LCM-LoRA's authors recommend.
+FEW_STEP_DEFAULT_STEPS, FEW_STEP_DEFAULT_GUIDANCE = 4, 1.0
+
+
+def pipeline_settings(settings: PreprocessSettings, suited_samplers: list[str]) -> PreprocessSettings:
+    """``settings`` as one pipeline applies them: where the server's default sampler does not suit its weights
+    (``samplers.suited_samplers``) but a few-step one does, that one, at its steps and guidance."""
+    from smartedit.diffusion.samplers import FEW_STEP_SAMPLERS
+
+    if settings.default_scheduler in suited_samplers or not set(suited_samplers) <= FEW_STEP_SAMPLERS:
+        return settings
+    return dataclasses.replace(settings, default_scheduler=suited_samplers[0],
+                               default_num_inference_steps=FEW_STEP_DEFAULT_STEPS,
+                               default_guidance_scale=FEW_STEP_DEFAULT_GUIDANCE)
 
 
 BATCHED, PER_REQUEST = "batched", "per_request"
