@@ -60,10 +60,71 @@ def test_an_unknown_key_is_refused_by_name(tiny_pipeline, adapter_files):
     tensors = load_file(str(adapter_files[1]))
     tensors["lora_unet_no_such_block_to_q.lora_down.weight"] = torch.zeros(4, 32)
     tensors["lycoris_something.hada_w1_a"] = torch.zeros(4, 4)
-    with pytest.raises(AdapterMismatch, match="2 key.s. name no layer") as refused:
+    tensors["lora_unet_conv_norm_out.lora_down.weight"] = torch.zeros(4, 32)  # a norm layer: no LoRA adapts it
+    with pytest.raises(AdapterMismatch, match="3 key.s. name no layer") as refused:
         check_adapter(tiny_pipeline, tensors, "extra.safetensors")
-    assert "lora_unet_no_such_block_to_q.lora_down.weight" in str(refused.value)
-    assert "lycoris_something.hada_w1_a" in str(refused.value)
+    for key in ("lora_unet_no_such_block_to_q.lora_down.weight", "lycoris_something.hada_w1_a",
+                "lora_unet_conv_norm_out.lora_down.weight"):
+        assert key in str(refused.value)
+
+
+def test_a_layer_without_its_pair_and_a_file_of_two_formats_are_refused(tiny_pipeline, adapter_files):
+    from safetensors.torch import load_file
+
+    kohya = load_file(str(adapter_files[1]))
+    up = next(key for key in kohya if key.endswith("lora_up.weight"))
+    with pytest.raises(AdapterMismatch, match=r"1 layer.s. lack a down/up pair.*\(down only\)"):
+        check_adapter(tiny_pipeline, {key: value for key, value in kohya.items() if key != up}, "half.safetensors")
+    down = up.replace("lora_up", "lora_down")
+    with pytest.raises(AdapterMismatch, match=r"down rank 2, up rank 4"):
+        check_adapter(tiny_pipeline, {**kohya, down: kohya[down][:2]}, "ranks.safetensors")
+    mixed = {**kohya, **load_file(str(adapter_files[0]))}
+    with pytest.raises(AdapterMismatch, match="mixes kohya keys"):
+        check_adapter(tiny_pipeline, mixed, "mixed.safetensors")
+
+
+def test_diffusers_older_attention_processor_names_are_read(tiny_pipeline, adapter_files):
+    """diffusers <= 0.20 saved ``attn1.processor.to_q_lora.down.weight`` (UNet) and ``self_attn.to_q_lora.down.weight``
+    (text encoder), which it still loads."""
+    from safetensors.torch import load_file
+
+    renames = [(".to_out.0.lora_A.weight", ".processor.to_out_lora.down.weight"),
+               (".to_out.0.lora_B.weight", ".processor.to_out_lora.up.weight")]
+    renames += [(f".to_{x}.lora_{side}.weight", f".processor.to_{x}_lora.{name}.weight")
+                for x in "qkv" for side, name in (("A", "down"), ("B", "up"))]
+    renames += [(f".self_attn.{x}_proj.lora_{side}.weight", f".self_attn.to_{x}_lora.{name}.weight")
+                for x in ("q", "k", "v", "out") for side, name in (("A", "down"), ("B", "up"))]
+    old = {}
+    for key, value in load_file(str(adapter_files[0])).items():
+        for new, previous in renames:
+            key = key.replace(new, previous)
+        old[key] = value
+    assert any(".processor.to_q_lora.down.weight" in key for key in old)
+    assert any(".self_attn.to_q_lora.down.weight" in key for key in old)
+    check_adapter(tiny_pipeline, old, "old.safetensors")
+
+
+@pytest.mark.parametrize("file_index,scale", [(0, 1.0), (1, 0.5)])
+def test_a_fused_layer_is_its_weight_plus_scale_alpha_over_rank_up_down(tiny_model_dir, adapter_files, file_index,
+                                                                       scale):
+    """By hand from the file, for a UNet layer and a text encoder layer: W + scale * alpha / rank * up @ down (the
+    alpha from the PEFT file's metadata, or the kohya file's alpha tensor)."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from safetensors.torch import load_file
+    from smartedit.export.lora import fuse_adapters
+    from smartedit.export.tiny_lora import ALPHA, RANK
+
+    base = StableDiffusionInpaintPipeline.from_pretrained(str(tiny_model_dir))
+    fused = StableDiffusionInpaintPipeline.from_pretrained(str(tiny_model_dir))
+    fuse_adapters(fused, [LoraAdapter(adapter_files[file_index], scale)])
+    peft = load_file(str(adapter_files[0]))  # the same numbers in both files
+    for component, layer in (("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"),
+                             ("text_encoder", "encoder.layers.1.self_attn.q_proj")):
+        down, up = peft[f"{component}.{layer}.lora_A.weight"], peft[f"{component}.{layer}.lora_B.weight"]
+        weight = dict(getattr(base, component).named_modules())[layer].weight
+        expected = weight + scale * ALPHA / RANK * up @ down
+        assert torch.allclose(dict(getattr(fused, component).named_modules())[layer].weight, expected, atol=1e-6)
+        assert not torch.allclose(weight, expected, atol=1e-3)
 
 
 def test_a_lora_argument_takes_a_scale_and_refuses_what_is_not_an_adapter_file(adapter_files, tmp_path):
@@ -73,8 +134,24 @@ def test_a_lora_argument_takes_a_scale_and_refuses_what_is_not_an_adapter_file(a
     assert LoraAdapter.parse(f"{peft_file}:-1e-1").scale == -0.1
     with pytest.raises(ValueError, match="no such file"):
         LoraAdapter.parse(str(tmp_path / "missing.safetensors"))
-    with pytest.raises(ValueError, match="expected a .safetensors file"):
+    with pytest.raises(ValueError, match="its scale 'half' is not a finite number"):
         LoraAdapter.parse(f"{peft_file}:half")
+    with pytest.raises(ValueError, match="its scale '1e400' is not a finite number"):
+        LoraAdapter.parse(f"{peft_file}:1e400")
+    with pytest.raises(ValueError, match="expected a .safetensors file"):
+        LoraAdapter.parse(str(tmp_path / "adapter.ckpt"))
+
+
+def test_a_checkpoint_whose_unet_takes_a_guidance_embedding_is_refused_naming_it(tiny_pipeline):
+    """A fully LCM-distilled UNet (``time_cond_proj_dim``) takes an input the served UNet does not have."""
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+    from smartedit.export.pipeline_loader import UnsupportedModel, check_servable
+
+    unet = UNet2DConditionModel.from_config(dict(tiny_pipeline.unet.config, time_cond_proj_dim=32))
+    with pytest.raises(UnsupportedModel, match="unet time_cond_proj_dim 32"):
+        check_servable(SimpleNamespace(unet=unet, vae=tiny_pipeline.vae), "lcm-dreamshaper")
 
 
 def test_export_refuses_an_adapter_for_another_base_naming_its_keys_and_writes_nothing(

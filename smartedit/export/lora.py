@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 log = logging.getLogger("smartedit")
 
@@ -28,9 +31,15 @@ _KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_"
 # or its alpha. PEFT's, diffusers' older ones, kohya's.
 _ENDINGS = {".lora_A.weight": "down", ".lora_B.weight": "up", ".lora.down.weight": "down", ".lora.up.weight": "up",
             ".lora_linear_layer.down.weight": "down", ".lora_linear_layer.up.weight": "up",
-            ".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
-# diffusers' attention-processor LoRA (before PEFT): ``attn1.processor.to_q_lora`` adapts ``attn1.to_q``.
-_PROCESSOR_LORA = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")
+            ".lora_down.weight": "down", ".lora_up.weight": "up", "_lora.down.weight": "down",
+            "_lora.up.weight": "up", ".alpha": "alpha"}
+# diffusers' attention-processor LoRA (before PEFT, up to 0.20): ``attn1.processor.to_q_lora`` adapts the UNet's
+# ``attn1.to_q``, ``self_attn.to_q_lora`` the text encoder's ``self_attn.q_proj``.
+_UNET_PROCESSOR_LORA = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)$")
+_TEXT_PROCESSOR_LORA = re.compile(r"\.self_attn\.to_(q|k|v|out)$")
+# kohya files for SDXL name the UNet's blocks as Stability's code does (input_blocks, middle_block,
+# output_blocks); diffusers maps those to its own names with the UNet's config, and so does the check.
+_SGM_BLOCKS = ("input_blocks", "middle_block", "output_blocks")
 # A CLIP text encoder's layers were ``text_model.encoder...`` before transformers 5 flattened the model;
 # files made then still name them so, and diffusers maps them.
 _TEXT_MODEL = "text_model."
@@ -57,8 +66,13 @@ class LoraAdapter:
         """
         path, separator, scale_text = argument.rpartition(":")
         scale = 1.0
-        if separator and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", scale_text):
-            scale = float(scale_text)
+        if separator and path.endswith(".safetensors"):
+            try:
+                scale = float(scale_text)
+            except ValueError:
+                scale = math.nan
+            if not math.isfinite(scale):
+                raise ValueError(f"--lora {argument!r}: its scale {scale_text!r} is not a finite number")
         else:
             path = argument
         path = Path(path)
@@ -82,8 +96,11 @@ def _layer_name(key: str) -> tuple[str, str, str] | None:
     ending = next((end for end in _ENDINGS if key.endswith(end)), None)
     if ending is None:
         return None
-    stem = _PROCESSOR_LORA.sub(lambda found: f".{found.group(1)}" + (".0" if found.group(1) == "to_out" else ""),
-                               key[:-len(ending)])
+    stem = key[:-len(ending)]
+    if ending.startswith("_lora."):
+        stem = _UNET_PROCESSOR_LORA.sub(lambda found: f".{found.group(1)}" + (".0" if found.group(1) == "to_out"
+                                                                              else ""), stem)
+        stem = _TEXT_PROCESSOR_LORA.sub(lambda found: f".self_attn.{found.group(1)}_proj", stem)
     for prefix, component in _KOHYA_PREFIXES.items():
         if stem.startswith(prefix):
             return component, "_" + stem[len(prefix):], _ENDINGS[ending]  # "_" marks a flattened name
@@ -100,7 +117,9 @@ def _layers(pipeline) -> dict[str, dict[str, object]]:
         module = getattr(pipeline, component, None)
         if module is None:
             continue
-        layers = {name: layer for name, layer in module.named_modules() if hasattr(layer, "weight")}
+        # the layers a LoRA adapts: linear and convolution weights (a norm's 1-D weight is none of them)
+        layers = {name: layer for name, layer in module.named_modules()
+                  if isinstance(getattr(layer, "weight", None), torch.Tensor) and layer.weight.dim() >= 2}
         found[component] = {**layers, **{"_" + name.replace(".", "_"): layer for name, layer in layers.items()}}
     return found
 
@@ -122,10 +141,23 @@ def check_adapter(pipeline, tensors: dict, source: str) -> None:
         AdapterMismatch: naming the file and the keys (the first few, with how many).
     """
     layers = _layers(pipeline)
+    if any(block in key for key in tensors for block in _SGM_BLOCKS):
+        from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
+
+        try:  # diffusers' own mapping (private, as lora_state_dict calls it): the check sees the names it loads
+            tensors = _maybe_map_sgm_blocks_to_diffusers(dict(tensors), pipeline.unet.config)
+        except (ValueError, KeyError, IndexError) as error:
+            raise AdapterMismatch(f"--lora {source}: its UNet keys name blocks this UNet does not have: "
+                                  f"{error}") from None
+    kohya = any(key.startswith(tuple(_KOHYA_PREFIXES)) for key in tensors)
+    if kohya and any(key.startswith(_DIFFUSERS_PREFIXES) for key in tensors):  # diffusers would drop the kohya half
+        raise AdapterMismatch(f"--lora {source}: it mixes kohya keys (lora_unet_..., lora_te_...) with diffusers "
+                              f"keys (unet..., text_encoder...); one file holds one format")
     unknown, misfit = [], []
+    ranks: dict[tuple[str, str], dict[str, int]] = {}
     for key, tensor in sorted(tensors.items()):
         named = _layer_name(key)
-        if named is None:
+        if named is None or (named[2] == "alpha" and not kohya):  # diffusers-format files keep alpha in metadata
             unknown.append(key)
             continue
         component, path, side = named
@@ -139,6 +171,13 @@ def check_adapter(pipeline, tensors: dict, source: str) -> None:
             unknown.append(key)
         elif side != "alpha" and (why := _fits(layer, side, tuple(tensor.shape))):
             misfit.append(f"{key} ({why})")
+        elif side != "alpha":
+            rank = tensor.shape[0] if side == "down" else tensor.shape[1]
+            ranks.setdefault((component, path), {})[side] = int(rank)
+    unpaired = [f"{component} {path.lstrip('_')}" + (f" (down rank {sides.get('down')}, up rank {sides.get('up')})"
+                                                     if len(sides) == 2 else f" ({', '.join(sides)} only)")
+                for (component, path), sides in sorted(ranks.items())
+                if len(sides) != 2 or sides["down"] != sides["up"]]
     problems = []
     if unknown:
         problems.append(f"{len(unknown)} key(s) name no layer of this pipeline's UNet or text encoders: "
@@ -146,6 +185,8 @@ def check_adapter(pipeline, tensors: dict, source: str) -> None:
     if misfit:
         problems.append(f"{len(misfit)} key(s) do not fit their layer (an adapter for another base model?): "
                         f"{_some(misfit)}")
+    if unpaired:
+        problems.append(f"{len(unpaired)} layer(s) lack a down/up pair of one rank: {_some(unpaired)}")
     if not unknown and not misfit and not tensors:
         problems.append("it holds no tensors")
     if problems:
@@ -176,8 +217,11 @@ def fuse_adapters(pipeline, adapters: list[LoraAdapter]) -> list[dict]:
     for index, adapter in enumerate(adapters):
         name = f"adapter_{index}"
         log.info("fusing LoRA %s at scale %g", adapter.path, adapter.scale)
-        pipeline.load_lora_weights(str(adapter.path), adapter_name=name)
-        pipeline.fuse_lora(lora_scale=adapter.scale, adapter_names=[name])
+        try:
+            pipeline.load_lora_weights(str(adapter.path), adapter_name=name)
+            pipeline.fuse_lora(lora_scale=adapter.scale, adapter_names=[name])
+        except (ValueError, KeyError, RuntimeError) as error:  # what diffusers and PEFT raise for a file they refuse
+            raise AdapterMismatch(f"--lora {adapter.path}: diffusers could not load it: {error}") from None
         pipeline.unload_lora_weights()  # the merged weights stay; the adapter layers go
         records.append({"file": adapter.path.name, "sha256": file_sha256(adapter.path), "scale": adapter.scale})
     return records

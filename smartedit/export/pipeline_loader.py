@@ -116,11 +116,18 @@ def check_servable(pipeline, source: str) -> None:
     """Refuse, by name, a loaded pipeline whose shapes the server cannot take.
 
     Raises:
-        UnsupportedModel: its UNet's added embedding does not fit the ids its config makes, or its VAE
+        UnsupportedModel: its UNet's added embedding does not fit the ids its config makes, its VAE
             normalizes latents with ``latents_mean``/``latents_std`` (Playground v2.5's), which the loop does
-            not apply.
+            not apply, or its UNet takes a guidance embedding (``time_cond_proj_dim``: an LCM-distilled
+            checkpoint such as LCM_Dreamshaper_v7), which the served UNet has no input for.
     """
     from smartedit.diffusion.spec import PipelineInfo
+
+    if pipeline.unet.config.get("time_cond_proj_dim") is not None:
+        raise UnsupportedModel(f"{source}: its UNet takes a guidance embedding (unet time_cond_proj_dim "
+                               f"{pipeline.unet.config.time_cond_proj_dim}, as an LCM-distilled checkpoint's does), "
+                               f"which this server does not serve; an LCM-LoRA on its base model is served "
+                               f"(--lora FILE --scheduler lcm)")
 
     if pipeline.vae.config.get("latents_mean") is not None:
         raise UnsupportedModel(f"{source}: its VAE normalizes latents with latents_mean/latents_std (as Playground "
