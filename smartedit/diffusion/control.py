@@ -126,10 +126,12 @@ class ControlledUNet:
                 PROMPT_STATES: inputs[PROMPT_STATES][active],
                 CONTROL_IMAGE: image[active],
             })
-            for position, row in enumerate(active.tolist()):
-                # float32 factors times the float32 scale, then one multiplication: diffusers' arithmetic
-                factors = (level_scales(len(self._names) - 1, bool(guess[row]))
-                           * torch.tensor(scales[row], dtype=torch.float32)).numpy()
-                for name, factor in zip(self._names, factors):
-                    residuals[name][row] = answered[name][position] * factor
+            # Each row's factor per residual: the float32 level factor times the float32 scale, then one
+            # multiplication of the residual, as diffusers' ControlNet computes it.
+            levels = len(self._names) - 1
+            factors = torch.stack([level_scales(levels, bool(guess[row])) for row in active.tolist()])
+            factors = (factors * torch.from_numpy(np.ascontiguousarray(scales[active], dtype=np.float32))[:, None])
+            factors = factors.numpy()
+            for level, name in enumerate(self._names):
+                residuals[name][active] = answered[name] * factors[:, level, None, None, None]
         return self._unet({**inputs, **residuals})
