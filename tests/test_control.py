@@ -13,8 +13,10 @@ import torch
 
 from conftest import png_bytes, scene
 from reference import SCHEDULERS, psnr
-from smartedit.diffusion.control import ControlledUNet, ControlSettings, attach, uncontrolled
-from smartedit.diffusion.spec import DOWN_RESIDUAL, MID_RESIDUAL, residual_layout
+from smartedit.diffusion.control import (
+    DOWN_RESIDUAL, MID_RESIDUAL, ControlledUNet, ControlSettings, attach, uncontrolled,
+)
+from smartedit.diffusion.spec import residual_layout
 from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
 from smartedit.diffusion.families import start_denoising
 from smartedit.diffusion.prompts import SD_PROMPTS
@@ -156,18 +158,22 @@ def test_canny_condition_is_opencvs_edges_in_three_channels():
     assert np.array_equal(edges[:, :, 1], cv2.Canny(photo, 50, 150))
 
 
-def test_the_declared_residuals_are_the_controlnets(tiny_pipeline, tiny_controlnet):
-    from smartedit.diffusion.spec import controlnet_spec
-
-    info = PipelineInfo.from_pipeline(tiny_pipeline)
-    spec = controlnet_spec("controlnet", residual_layout(tiny_pipeline.unet.config))
-    for height, width in ((96, 160), (88, 136)):  # latents 12 x 20, and 11 x 17 (halved rounding up)
+def test_the_residual_layout_is_the_controlnets(tiny_pipeline, tiny_controlnet):
+    """What ControlledUNet makes zeros of for rows without control: the ControlNet's own residual shapes."""
+    layout = residual_layout(tiny_pipeline.unet.config)
+    for height, width in ((12, 20), (11, 17)):  # latents; odd sizes halve rounding up
         with torch.inference_mode():
-            down, mid = tiny_controlnet(torch.zeros(1, 4, height // 8, width // 8), torch.tensor([1.0]),
+            down, mid = tiny_controlnet(torch.zeros(1, 4, height, width), torch.tensor([1.0]),
                                         encoder_hidden_states=torch.zeros(1, 77, 32),
-                                        controlnet_cond=torch.zeros(1, 3, height, width), return_dict=False)
-        assert [output.shape(info, 1, height, width) for output in spec.outputs] == [
-            tuple(residual.shape) for residual in [*down, mid]]
+                                        controlnet_cond=torch.zeros(1, 3, height * 8, width * 8), return_dict=False)
+        shapes = [tuple(residual.shape[1:]) for residual in [*down, mid]]
+        expected = []
+        for channels, halved in layout:
+            size = (height, width)
+            for _ in range(halved):
+                size = tuple((side + 1) // 2 for side in size)
+            expected.append((channels, *size))
+        assert shapes == expected
 
 
 def test_an_edit_without_control_on_a_controlled_unet_is_the_plain_edit(tiny_pipeline, tiny_controlnet):
@@ -198,55 +204,65 @@ def test_controlled_latent_blending_matches_diffusers_on_a_4_channel_unet(tiny_t
     assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
 
 
+# --- one graph: the ControlNet and the UNet fused, as the served pipeline will run them --------------------------
+
 @pytest.fixture(scope="module")
-def controlled_graphs(tiny_pipeline, tiny_controlnet, tmp_path_factory):
-    """The controlled UNet and the ControlNet exported to ONNX (smartedit.export.onnx_export.export_controlled)."""
-    from smartedit.export.onnx_export import export_controlled
-
-    return export_controlled(tiny_pipeline, {"controlnet": tiny_controlnet}, PipelineInfo.from_pipeline(tiny_pipeline),
-                             tmp_path_factory.mktemp("controlled-onnx"))
-
-
-def _onnx_controlled_unet(graphs, pipe) -> ControlledUNet:
+def fused_graph(tiny_pipeline, tiny_controlnet, tmp_path_factory):
     import onnxruntime as ort
+    from smartedit.export.onnx_export import export_fused_control
 
-    unet, controlnet = (ort.InferenceSession(str(graphs[name]), providers=["CPUExecutionProvider"])
-                        for name in ("unet", "controlnet"))
-    outputs = [output.name for output in controlnet.get_outputs()]
-    return ControlledUNet(lambda inputs: unet.run(None, dict(inputs))[0],
-                          lambda inputs: dict(zip(outputs, controlnet.run(None, dict(inputs)))),
-                          pipe.vae.config.latent_channels, residual_layout(pipe.unet.config))
+    path = export_fused_control(tiny_pipeline, tiny_controlnet, PipelineInfo.from_pipeline(tiny_pipeline),
+                                tmp_path_factory.mktemp("fused-control"))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    calls = []
+
+    def unet(inputs):  # numpy in and out, as the engine's BLS call
+        calls.append(inputs["sample"].shape[0])
+        return session.run(None, {name: np.ascontiguousarray(value) for name, value in inputs.items()})[0]
+
+    unet.calls = calls
+    return unet
 
 
-def test_the_exported_graphs_match_pytorch(tiny_pipeline, tiny_controlnet, controlled_graphs):
-    """One controlled step through ONNX Runtime against the same step on the PyTorch modules, rows of several
-    settings together."""
+def test_the_fused_graph_is_the_controlnet_then_the_unet(tiny_pipeline, tiny_controlnet, fused_graph):
+    """Rows of a sent image, canny with a scale, guess mode and no control, in one call: the fused graph against
+    the two PyTorch modules called as ``ControlledUNet`` calls them."""
     image, mask = scene(40, 24)
     states = []
-    for kind, settings in (("canny", {"conditioning_scale": 1.0}), (None, {}), ("image", {"guess_mode": True})):
+    for kind, settings in (("canny", {"conditioning_scale": 1.0}), (None, {}), ("image", {"guess_mode": True}),
+                           ("inpaint", {"conditioning_scale": 0.3})):
         params = EditParameters(prompt="a red chair", negative_prompt="ugly", num_inference_steps=4, seed=1)
         control_image = None if kind is None else _control_image(kind, image, mask)
         states.append(_preparer(tiny_pipeline, image, mask, control_image, settings, params)[0]())
     inputs = {name: np.concatenate([state.unet_inputs()[name].numpy() for state in states])
               for name in states[0].unet_inputs()}
-    ours = _onnx_controlled_unet(controlled_graphs, tiny_pipeline)(inputs)
-    reference = _torch_controlled_unet(tiny_pipeline, tiny_controlnet)(inputs)
-    assert np.abs(ours - reference).max() < 1e-4
+    reference = _torch_controlled_unet(tiny_pipeline, tiny_controlnet)(dict(inputs))
+    assert np.abs(fused_graph(inputs) - reference).max() < 1e-4
 
 
-def test_controlled_and_uncontrolled_edits_batched_by_the_engine_equal_each_alone(tiny_pipeline, controlled_graphs):
-    """The engine steps edits with different control images, scales, windows and guess modes, and edits without
-    control, in shared calls (the ControlNet on the controlled rows only): each edit's latents equal the same edit
-    run alone, bit for bit."""
+@pytest.mark.parametrize("kind,settings", [("canny", {"conditioning_scale": 1.0, "guidance_end": 0.6}),
+                                           ("image", {"guess_mode": True, "conditioning_scale": 0.8})])
+def test_the_loop_on_the_fused_graph_matches_diffusers(tiny_pipeline, tiny_controlnet, fused_graph, kind, settings):
+    image, mask = scene(40, 24, seed=6)
+    control_image = _control_image(kind, image, mask)
+    params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler="ddim", num_inference_steps=5,
+                            guidance_scale=7.5, seed=9)
+    info = PipelineInfo.from_pipeline(tiny_pipeline)
+    prepare, prepared = _preparer(tiny_pipeline, image, mask, control_image, settings, params)
+    state = prepare()
+    assert run_to_end(state, _loop_unet(fused_graph))
+    with torch.inference_mode():
+        decoded = tiny_pipeline.vae.decode(decoder_input(state, info)).sample.numpy()
+    ours = compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box)
+    reference = _reference(tiny_pipeline, tiny_controlnet, image, mask, control_image, settings, params)
+    inside = prepared.repaint_mask
+    assert psnr(ours[inside], reference[inside]) >= 40
+    assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
+
+
+def test_edits_with_and_without_control_batched_on_the_fused_graph_equal_each_alone(tiny_pipeline, fused_graph):
     from smartedit.engine.core import DenoiseEngine, EngineLimits
     from test_engine import AllPrepared, run_all
-
-    controlled = _onnx_controlled_unet(controlled_graphs, tiny_pipeline)
-    calls = []
-
-    def batched(inputs):  # the engine's UNet: numpy in and out, as a BLS call is
-        calls.append(inputs["sample"].shape[0])
-        return controlled(inputs)
 
     image, mask = scene(40, 24)
     cases = [("image", {}), (None, {}), ("canny", {"conditioning_scale": 1.0, "guidance_start": 0.25}),
@@ -260,15 +276,14 @@ def test_controlled_and_uncontrolled_edits_batched_by_the_engine_equal_each_alon
     alone = []
     for prepare in prepares:
         state = prepare()
-        assert run_to_end(state, lambda inputs: torch.from_numpy(batched(
-            {name: value.numpy() for name, value in inputs.items()})))
+        assert run_to_end(state, _loop_unet(fused_graph))
         alone.append(state.latents)
     prepared = AllPrepared(prepares)
-    engine = DenoiseEngine(prepared.gate(batched), EngineLimits(max_active_edits=8, max_queued_edits=0,
-                                                                max_unet_rows=12))
-    calls.clear()
+    engine = DenoiseEngine(prepared.gate(fused_graph), EngineLimits(max_active_edits=8, max_queued_edits=0,
+                                                                    max_unet_rows=12))
+    fused_graph.calls.clear()
     sinks = run_all(engine, prepared.prepares)
     for case, sink, reference in zip(cases, sinks, alone):
         assert sink.outcome == "finished", (case, sink.events)
         assert torch.equal(sink.state.latents, reference), case
-    assert max(calls) > 2  # rows of several edits shared calls
+    assert max(fused_graph.calls) > 2

@@ -4,14 +4,18 @@ An edit under control carries, besides its family's UNet inputs, the conditionin
 (``CONTROL_IMAGE``, constant) and, at every step, each row's conditioning scale (``CONTROL_SCALE``: the request's
 ``controlnet_conditioning_scale`` times diffusers' ``controlnet_keep`` for the step, 0 outside the
 ``control_guidance_start``/``end`` window and, in guess mode, on the negative prompt's row) and whether it is in
-guess mode (``CONTROL_GUESS``). ``ControlledUNet`` turns those into the UNet's residual inputs: it calls the
-ControlNet on the rows whose scale is not 0 only (the 4 latent channels before the mask concatenation, the rows'
-timesteps and prompt embeddings, their conditioning images), scales each row's residuals as diffusers' ControlNet
-does, and gives every other row zero residuals, which leave the UNet's sum unchanged. So edits with and without
-control share one UNet call per step, and an edit's rows see the same arithmetic whatever else is in the batch.
+guess mode (``CONTROL_GUESS``). An edit without control on a pipeline with a ControlNet carries the same inputs,
+all off (``uncontrolled``), so that edits with and without control share one call per step.
 
-The ControlNet is called with ``conditioning_scale`` 1 and the scales are applied here, per row (diffusers
-multiplies inside the ControlNet: ``residual * scale``, the same one multiplication).
+What turns them into the UNet's output is one model: the ControlNet and the UNet fused in one graph
+(``smartedit.export.onnx_export.FusedControlGraph``), which runs the ControlNet on every row, scales each row's
+residuals as diffusers' ControlNet does (``residual * scale``, the guess-mode level factors first) and adds them
+in the UNet; a row of scale 0 gets zeros, which leave the UNet's sums unchanged. It is one model rather than two
+because the residuals are large (27 MB a row for SD 1.5 at 512 px): between two models every one of them would
+pass through the engine's memory at every step, which cost 8x the throughput on a simulated device
+(``benchmarks/control_engine.py``), while one graph costs the ControlNet's compute on the uncontrolled rows of a
+call. ``ControlledUNet`` is the same arithmetic with two models (the ControlNet on the controlled rows only): the
+reference on diffusers' PyTorch modules, and the two-model design in the benchmark.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ import numpy as np
 import torch
 
 from smartedit.diffusion.denoise import SAMPLE, TIMESTEP, DenoiseState
-from smartedit.diffusion.spec import DOWN_RESIDUAL, MID_RESIDUAL
+from smartedit.diffusion.spec import CONTROL_GUESS, CONTROL_IMAGE, CONTROL_SCALE
 
-CONTROL_IMAGE, CONTROL_SCALE, CONTROL_GUESS = "controlnet_cond", "control_scale", "control_guess"
 CONTROL_INPUTS = (CONTROL_IMAGE, CONTROL_SCALE, CONTROL_GUESS)
+# The residuals' names between the two models of ``ControlledUNet`` (the down blocks' by index, the mid block's).
+DOWN_RESIDUAL, MID_RESIDUAL = "down_block_residual_{}", "mid_block_residual"
 PROMPT_STATES = "encoder_hidden_states"
 
 # (the ControlNet's inputs by name: sample, timestep, encoder_hidden_states, controlnet_cond) -> its residuals by
-# name (spec.controlnet_spec's outputs), unscaled
+# name (DOWN_RESIDUAL, MID_RESIDUAL), unscaled
 ControlNetFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 # (the UNet's inputs by name, the residuals' included) -> noise_pred
 ResidualUNetFn = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -93,9 +98,9 @@ def level_scales(levels: int, guess_mode: bool) -> torch.Tensor:
 
 
 class ControlledUNet:
-    """A UNet function (``denoise.UNetFn``) whose rows may be under control: the ControlNet on the rows that ask
-    for it, then the UNet with every row's residuals, by the names the controlled UNet takes them
-    (``spec.controlled_unet_spec``). Inputs and outputs are numpy arrays, as a BLS call's are."""
+    """A UNet function whose rows may be under control, from two models: the ControlNet on the rows that ask for
+    it, then the UNet with every row's residuals (zeros for the others), by ``DOWN_RESIDUAL``/``MID_RESIDUAL``.
+    Inputs and outputs are numpy arrays, as a BLS call's are."""
 
     def __init__(self, unet: ResidualUNetFn, controlnet: ControlNetFn, latent_channels: int, layout):
         """``layout``: the residuals' (channels, times halved), ``spec.residual_layout`` of the UNet's config."""

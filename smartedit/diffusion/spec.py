@@ -31,11 +31,8 @@ Dim = Union[int, str]
 
 # Axes that change with the request's resolution; everything else is fixed once a model is chosen.
 SPATIAL_AXES = ("image_height", "image_width", "latent_height", "latent_width")
-# The latent axes halved k times (rounded up, as a stride-2 convolution does), k = 1..3: where a UNet's down
-# blocks and a ControlNet's residuals live ("latent_height_1" is half the latent height).
-DOWNSAMPLED_AXES = tuple(f"latent_{side}_{k}" for k in (1, 2, 3) for side in ("height", "width"))
 # Every axis that varies per call: the spatial ones, and the number of prompt points of a SAM call.
-DYNAMIC_AXES = SPATIAL_AXES + DOWNSAMPLED_AXES + ("num_points",)
+DYNAMIC_AXES = SPATIAL_AXES + ("num_points",)
 
 
 @dataclass(frozen=True)
@@ -124,12 +121,6 @@ class PipelineInfo:
         }
         if dim in spatial:
             return spatial[dim]
-        if dim in DOWNSAMPLED_AXES:
-            _, side, times = dim.split("_")
-            size = spatial[f"latent_{side}"]
-            for _ in range(int(times)):
-                size = (size + 1) // 2
-            return size
         return int(getattr(self, dim))
 
 
@@ -262,12 +253,6 @@ SDXL_UNET = ComponentSpec(
     outputs=UNET.outputs,
 )
 
-# ControlNet residuals: what a ControlNet answers and a controlled UNet takes besides its inputs, one tensor per
-# down-block residual and the mid block's. Their layout (channels, and how many times the latents were halved)
-# comes from the UNet's config: ``residual_layout``.
-DOWN_RESIDUAL, MID_RESIDUAL = "down_block_residual_{}", "mid_block_residual"
-
-
 def residual_layout(unet_config) -> tuple[tuple[int, int], ...]:
     """(channels, times halved) of each residual a diffusers ``UNet2DConditionModel`` with this config takes from a
     ControlNet: conv_in's output, then each down block's resnets' and downsampler's, then the mid block's."""
@@ -279,37 +264,20 @@ def residual_layout(unet_config) -> tuple[tuple[int, int], ...]:
         found += [(out_channels, level)] * count
         if level < len(channels) - 1:  # every block but the last ends in a downsampler
             found.append((out_channels, level + 1))
-    if found[-1][1] > 3:
-        raise ValueError(f"a UNet that halves its latents {found[-1][1]} times: at most 3 are declared")
     return tuple(found + [(channels[-1], found[-1][1])])
 
 
-def _residual_specs(layout) -> tuple[TensorSpec, ...]:
-    def dims(channels: int, halved: int) -> tuple[Dim, ...]:
-        suffix = f"_{halved}" if halved else ""
-        return (channels, f"latent_height{suffix}", f"latent_width{suffix}")
-
-    down = tuple(TensorSpec(DOWN_RESIDUAL.format(index), "FP32", dims(*entry))
-                 for index, entry in enumerate(layout[:-1]))
-    return down + (TensorSpec(MID_RESIDUAL, "FP32", dims(*layout[-1])),)
+# A controlled edit's row inputs (smartedit.diffusion.control): its conditioning image, and per step each row's
+# conditioning scale (0: no control on that row) and whether it is in guess mode (1.0) or not (0.0).
+CONTROL_IMAGE, CONTROL_SCALE, CONTROL_GUESS = "controlnet_cond", "control_scale", "control_guess"
 
 
-def controlnet_spec(name: str, layout) -> ComponentSpec:
-    """A ControlNet served as component ``name``: the 4 latent channels (scaled, before any mask channels), the
-    timestep, the prompt's states and the conditioning image in; its residuals out, unscaled."""
-    return ComponentSpec(
-        name=name,
-        inputs=(TensorSpec("sample", "FP32", ("latent_channels", "latent_height", "latent_width")),
-                TensorSpec("timestep", "FP32", ()),
-                TensorSpec("encoder_hidden_states", "FP32", ("text_length", "text_hidden_size")),
-                TensorSpec("controlnet_cond", "FP32", (3, "image_height", "image_width"))),
-        outputs=_residual_specs(layout),
-    )
-
-
-def controlled_unet_spec(unet: ComponentSpec, layout) -> ComponentSpec:
-    """``unet`` taking a ControlNet's residuals besides its own inputs (zeros for rows without control)."""
-    return ComponentSpec(name=unet.name, inputs=unet.inputs + _residual_specs(layout), outputs=unet.outputs)
+def fused_control_unet_spec(unet: ComponentSpec) -> ComponentSpec:
+    """``unet`` and a ControlNet as one model: the UNet's inputs and each row's conditioning image, scale and
+    guess flag; the residuals are made, scaled and added inside (they never leave the device)."""
+    return ComponentSpec(name=unet.name, outputs=unet.outputs, inputs=unet.inputs + (
+        TensorSpec(CONTROL_IMAGE, "FP32", (3, "image_height", "image_width")),
+        TensorSpec(CONTROL_SCALE, "FP32", ()), TensorSpec(CONTROL_GUESS, "FP32", ())))
 
 
 # Stable Diffusion's components (both SD families serve them), and the pipeline's modules whose weights

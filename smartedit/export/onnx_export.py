@@ -81,20 +81,6 @@ class SdxlUNetGraph(torch.nn.Module):
                          added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}, return_dict=False)[0]
 
 
-class ControlNetGraph(torch.nn.Module):
-    """A ControlNet answering its residuals unscaled (``conditioning_scale`` 1: the engine scales each row's,
-    smartedit.diffusion.control), as one flat tuple: the down blocks', then the mid block's."""
-
-    def __init__(self, controlnet):
-        super().__init__()
-        self.controlnet = controlnet
-
-    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond):
-        down, mid = self.controlnet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
-                                    controlnet_cond=controlnet_cond, conditioning_scale=1.0, return_dict=False)
-        return (*down, mid)
-
-
 class ControlledUNetGraph(torch.nn.Module):
     """A UNet taking, after its own inputs (``input_names``: SD's three, SDXL's five), a ControlNet's residuals."""
 
@@ -112,6 +98,33 @@ class ControlledUNetGraph(torch.nn.Module):
         return self.unet(named["sample"], named["timestep"], encoder_hidden_states=named["encoder_hidden_states"],
                          added_cond_kwargs=added or None, down_block_additional_residuals=residuals[:-1],
                          mid_block_additional_residual=residuals[-1], return_dict=False)[0]
+
+
+class FusedControlGraph(torch.nn.Module):
+    """A ControlNet and a UNet in one graph: after the UNet's own inputs (``input_names``), each row's conditioning
+    image, scale and guess flag (smartedit.diffusion.control's row inputs). The ControlNet runs on every row (the
+    4 latent channels, before any mask channels); each row's residuals are multiplied by its scale (times diffusers'
+    guess-mode level factors, ``logspace(-1, 0)``, on a guess-mode row) as diffusers' ControlNet multiplies them,
+    and the UNet adds them. A row of scale 0 gets zeros: its UNet sums are unchanged."""
+
+    def __init__(self, unet, controlnet, input_names: list[str], latent_channels: int):
+        super().__init__()
+        self.unet = ControlledUNetGraph(unet, input_names)
+        self.controlnet = controlnet
+        self.input_names = list(input_names)
+        self.latent_channels = latent_channels
+
+    def forward(self, *tensors):
+        unet_inputs = tensors[:len(self.input_names)]
+        named = dict(zip(self.input_names, unet_inputs))
+        image, scale, guess = tensors[len(self.input_names):]
+        down, mid = self.controlnet(named["sample"][:, :self.latent_channels], named["timestep"],
+                                    encoder_hidden_states=named["encoder_hidden_states"], controlnet_cond=image,
+                                    conditioning_scale=1.0, return_dict=False)
+        levels = torch.logspace(-1, 0, len(down) + 1)
+        factors = torch.where(guess[:, None] > 0.5, levels[None, :], torch.ones_like(levels)[None, :]) * scale[:, None]
+        residuals = [residual * factors[:, level, None, None, None] for level, residual in enumerate([*down, mid])]
+        return self.unet(*unet_inputs, *residuals)
 
 
 class VaeDecoderGraph(torch.nn.Module):
@@ -228,20 +241,14 @@ def export_module(module: torch.nn.Module, spec: ComponentSpec, info: PipelineIn
     return path
 
 
-def export_controlled(pipeline, controlnets: dict, info: PipelineInfo, out_dir: Path) -> dict[str, Path]:
-    """Export ``pipeline``'s UNet taking ControlNet residuals (as component ``unet``) and each of ``controlnets``
-    (component name -> ``ControlNetModel``) under ``out_dir/<component>/model.onnx``."""
-    from smartedit.diffusion.spec import controlled_unet_spec, controlnet_spec, residual_layout
+def export_fused_control(pipeline, controlnet, info: PipelineInfo, folder: Path) -> Path:
+    """Export ``pipeline``'s UNet and ``controlnet`` as one graph (``FusedControlGraph``) to ``folder/model.onnx``."""
+    from smartedit.diffusion.spec import fused_control_unet_spec
 
-    layout = residual_layout(pipeline.unet.config)
     unet_spec = next(spec for spec in components_of(info) if spec.name == "unet")
-    size = trace_resolution(pipeline, info)
-    paths = {"unet": export_module(ControlledUNetGraph(pipeline.unet, unet_spec.input_names).eval().float(),
-                                   controlled_unet_spec(unet_spec, layout), info, out_dir / "unet", size)}
-    for name, controlnet in controlnets.items():
-        paths[name] = export_module(ControlNetGraph(controlnet).eval().float(), controlnet_spec(name, layout), info,
-                                    out_dir / name, size)
-    return paths
+    module = FusedControlGraph(pipeline.unet, controlnet, unet_spec.input_names, info.latent_channels)
+    return export_module(module.eval().float(), fused_control_unet_spec(unet_spec), info, folder,
+                         trace_resolution(pipeline, info))
 
 
 # Where each weight starts in a graph's external data file: ONNX Runtime maps a weight whose offset is a
