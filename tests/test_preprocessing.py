@@ -83,7 +83,7 @@ def test_the_record_travels_as_one_tensor_and_names_its_variations():
     (dict(task=b"paint"), "task", "unknown task 'paint'; known: inpaint, remove, replace_background"),
     (dict(eta=1.5), "eta", "must be between 0 and 1, got 1.5"),
     (dict(eta=-0.1), "eta", "got -0.1"),
-    (dict(eta=0.5, scheduler=b"euler"), "eta", "0.5 has no effect with scheduler euler: only ddim takes it"),
+    (dict(eta=0.5, scheduler=b"euler"), "eta", "0.5 has no effect with scheduler euler: only ddim and tcd take it"),
     (dict(mask_grow=300), "mask_grow", "must be between -256 and 256, got 300"),
     (dict(mask_blur=-1), "mask_blur", "must be between 0 and 256, got -1"),
     (dict(num_images=0), "num_images", "must be between 1 and 8, got 0"),

@@ -234,7 +234,7 @@ def _check_combinations(params: EditParameters) -> None:
         raise RequestError("scheduler", f"unknown scheduler {params.scheduler!r}; known: {', '.join(sorted(SAMPLERS))}")
     if params.eta and params.scheduler not in SAMPLERS_WITH_ETA:
         raise RequestError("eta", f"{params.eta} has no effect with scheduler {params.scheduler}: only "
-                                  f"{', '.join(sorted(SAMPLERS_WITH_ETA))} takes it")
+                                  f"{' and '.join(sorted(SAMPLERS_WITH_ETA))} take it (DDIM's eta, TCD's gamma)")
     if params.seed + params.num_images - 1 > INT64_MAX:
         raise RequestError("seed", f"{params.seed} + num_images {params.num_images} - 1 is past the INT64 range "
                                    f"(variation i uses seed + i)")
