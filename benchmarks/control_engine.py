@@ -33,11 +33,10 @@ import numpy as np
 import torch
 
 from smartedit.diffusion.control import (
-    DOWN_RESIDUAL, MID_RESIDUAL, ControlledUNet, ControlSettings, attach, uncontrolled,
+    DOWN_RESIDUAL, MID_RESIDUAL, ControlledUNet, ControlSettings, attach, residual_layout, uncontrolled,
 )
 from smartedit.diffusion.denoise import EditInputs
 from smartedit.diffusion.families import start_denoising
-from smartedit.diffusion.spec import residual_layout
 from smartedit.edit.parameters import EditParameters
 from smartedit.engine.core import DenoiseEngine, EditRequest, EngineLimits
 from smartedit.engine.latency_table import SHIPPED_LATENCY_TABLE, LatencyTable

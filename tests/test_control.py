@@ -13,10 +13,10 @@ import torch
 
 from conftest import png_bytes, scene
 from reference import SCHEDULERS, psnr
+from test_engine import assert_batched_equal_alone, torch_unet_of
 from smartedit.diffusion.control import (
-    DOWN_RESIDUAL, MID_RESIDUAL, ControlledUNet, ControlSettings, attach, uncontrolled,
+    DOWN_RESIDUAL, MID_RESIDUAL, ControlledUNet, ControlSettings, attach, residual_layout, uncontrolled,
 )
-from smartedit.diffusion.spec import residual_layout
 from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
 from smartedit.diffusion.families import start_denoising
 from smartedit.diffusion.prompts import SD_PROMPTS
@@ -60,11 +60,6 @@ def _torch_controlled_unet(pipe, controlnet) -> ControlledUNet:
     return ControlledUNet(unet, control, pipe.vae.config.latent_channels, layout)
 
 
-def _loop_unet(controlled):
-    """A numpy UNet function as the loop's ``UNetFn`` (torch in and out)."""
-    return lambda inputs: torch.from_numpy(controlled({name: value.numpy() for name, value in inputs.items()}))
-
-
 def _preparer(pipe, image, mask, control_image, settings: dict, params: EditParameters):
     """(a function starting the edit's controlled DenoiseState, as the engine's prepare does; what the result is
     composed with)."""
@@ -91,7 +86,7 @@ def _controlled_loop(pipe, controlnet, image, mask, control_image, settings: dic
     prepare, prepared = _preparer(pipe, image, mask, control_image, settings, params)
     with torch.inference_mode():
         state = prepare()
-        assert run_to_end(state, _loop_unet(_torch_controlled_unet(pipe, controlnet)))
+        assert run_to_end(state, torch_unet_of(_torch_controlled_unet(pipe, controlnet)))
         decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
     return (compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box),
             prepared.repaint_mask)
@@ -250,7 +245,7 @@ def test_the_loop_on_the_fused_graph_matches_diffusers(tiny_pipeline, tiny_contr
     info = PipelineInfo.from_pipeline(tiny_pipeline)
     prepare, prepared = _preparer(tiny_pipeline, image, mask, control_image, settings, params)
     state = prepare()
-    assert run_to_end(state, _loop_unet(fused_graph))
+    assert run_to_end(state, torch_unet_of(fused_graph))
     with torch.inference_mode():
         decoded = tiny_pipeline.vae.decode(decoder_input(state, info)).sample.numpy()
     ours = compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box)
@@ -261,9 +256,6 @@ def test_the_loop_on_the_fused_graph_matches_diffusers(tiny_pipeline, tiny_contr
 
 
 def test_edits_with_and_without_control_batched_on_the_fused_graph_equal_each_alone(tiny_pipeline, fused_graph):
-    from smartedit.engine.core import DenoiseEngine, EngineLimits
-    from test_engine import AllPrepared, run_all
-
     image, mask = scene(40, 24)
     cases = [("image", {}), (None, {}), ("canny", {"conditioning_scale": 1.0, "guidance_start": 0.25}),
              ("inpaint", {"guess_mode": True}), (None, {}), ("image", {"guidance_end": 0.5})]
@@ -273,17 +265,4 @@ def test_edits_with_and_without_control_batched_on_the_fused_graph_equal_each_al
                                 guidance_scale=7.5, seed=index)
         control_image = None if kind is None else _control_image(kind, image, mask)
         prepares.append(_preparer(tiny_pipeline, image, mask, control_image, settings, params)[0])
-    alone = []
-    for prepare in prepares:
-        state = prepare()
-        assert run_to_end(state, _loop_unet(fused_graph))
-        alone.append(state.latents)
-    prepared = AllPrepared(prepares)
-    engine = DenoiseEngine(prepared.gate(fused_graph), EngineLimits(max_active_edits=8, max_queued_edits=0,
-                                                                    max_unet_rows=12))
-    fused_graph.calls.clear()
-    sinks = run_all(engine, prepared.prepares)
-    for case, sink, reference in zip(cases, sinks, alone):
-        assert sink.outcome == "finished", (case, sink.events)
-        assert torch.equal(sink.state.latents, reference), case
-    assert max(fused_graph.calls) > 2
+    assert_batched_equal_alone(cases, prepares, fused_graph, max_unet_rows=12)

@@ -168,18 +168,24 @@ class AllPrepared:
         return gated
 
 
-def test_edits_batched_together_equal_the_same_edits_alone(make_edit, onnx_unet):
-    prepares = [make_edit(**params) for params in MIXED]
-    alone = [run_alone(prepare, onnx_unet) for prepare in prepares]
+def assert_batched_equal_alone(cases: list, prepares: list, unet, max_unet_rows: int) -> None:
+    """Each edit (``cases``: what names it in a failure) run alone on ``unet`` (numpy in and out, recording its
+    calls' rows in ``unet.calls``), then all of them together in one engine: each ends with the same latents, bit
+    for bit, and rows of several edits did share calls."""
+    alone = [run_alone(prepare, unet) for prepare in prepares]
     prepared = AllPrepared(prepares)
-    engine = DenoiseEngine(prepared.gate(onnx_unet), EngineLimits(max_active_edits=8, max_queued_edits=0,
-                                                                  max_unet_rows=6))
-    onnx_unet.calls.clear()
+    engine = DenoiseEngine(prepared.gate(unet), EngineLimits(max_active_edits=8, max_queued_edits=0,
+                                                             max_unet_rows=max_unet_rows))
+    unet.calls.clear()
     sinks = run_all(engine, prepared.prepares)
-    for params, sink, reference in zip(MIXED, sinks, alone):
-        assert sink.outcome == "finished", (params, sink.events)
-        assert torch.equal(sink.state.latents, reference), params  # bit for bit, whatever shared the calls
-    assert max(onnx_unet.calls) > 2  # rows of several edits did share UNet calls
+    for case, sink, reference in zip(cases, sinks, alone):
+        assert sink.outcome == "finished", (case, sink.events)
+        assert torch.equal(sink.state.latents, reference), case  # bit for bit, whatever shared the calls
+    assert max(unet.calls) > 2  # rows of several edits did share UNet calls
+
+
+def test_edits_batched_together_equal_the_same_edits_alone(make_edit, onnx_unet):
+    assert_batched_equal_alone(MIXED, [make_edit(**params) for params in MIXED], onnx_unet, max_unet_rows=6)
     assert max(onnx_unet.calls) <= 6  # ... never more than the UNet's max rows
 
 

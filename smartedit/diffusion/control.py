@@ -97,13 +97,27 @@ def level_scales(levels: int, guess_mode: bool) -> torch.Tensor:
     return torch.ones(levels + 1)
 
 
+def residual_layout(unet_config) -> tuple[tuple[int, int], ...]:
+    """(channels, times halved) of each residual a diffusers ``UNet2DConditionModel`` with this config takes from a
+    ControlNet: conv_in's output, then each down block's resnets' and downsampler's, then the mid block's."""
+    channels = list(unet_config["block_out_channels"])
+    layers = unet_config["layers_per_block"]
+    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
+    found = [(channels[0], 0)]
+    for level, (out_channels, count) in enumerate(zip(channels, layers)):
+        found += [(out_channels, level)] * count
+        if level < len(channels) - 1:  # every block but the last ends in a downsampler
+            found.append((out_channels, level + 1))
+    return tuple(found + [(channels[-1], found[-1][1])])
+
+
 class ControlledUNet:
     """A UNet function whose rows may be under control, from two models: the ControlNet on the rows that ask for
     it, then the UNet with every row's residuals (zeros for the others), by ``DOWN_RESIDUAL``/``MID_RESIDUAL``.
     Inputs and outputs are numpy arrays, as a BLS call's are."""
 
     def __init__(self, unet: ResidualUNetFn, controlnet: ControlNetFn, latent_channels: int, layout):
-        """``layout``: the residuals' (channels, times halved), ``spec.residual_layout`` of the UNet's config."""
+        """``layout``: the residuals' (channels, times halved), ``residual_layout`` of the UNet's config."""
         self._unet, self._controlnet = unet, controlnet
         self._latent_channels = latent_channels
         self._names = [DOWN_RESIDUAL.format(index) for index in range(len(layout) - 1)] + [MID_RESIDUAL]

@@ -253,20 +253,6 @@ SDXL_UNET = ComponentSpec(
     outputs=UNET.outputs,
 )
 
-def residual_layout(unet_config) -> tuple[tuple[int, int], ...]:
-    """(channels, times halved) of each residual a diffusers ``UNet2DConditionModel`` with this config takes from a
-    ControlNet: conv_in's output, then each down block's resnets' and downsampler's, then the mid block's."""
-    channels = list(unet_config["block_out_channels"])
-    layers = unet_config["layers_per_block"]
-    layers = [layers] * len(channels) if isinstance(layers, int) else list(layers)
-    found = [(channels[0], 0)]
-    for level, (out_channels, count) in enumerate(zip(channels, layers)):
-        found += [(out_channels, level)] * count
-        if level < len(channels) - 1:  # every block but the last ends in a downsampler
-            found.append((out_channels, level + 1))
-    return tuple(found + [(channels[-1], found[-1][1])])
-
-
 # A controlled edit's row inputs (smartedit.diffusion.control): its conditioning image, and per step each row's
 # conditioning scale (0: no control on that row) and whether it is in guess mode (1.0) or not (0.0).
 CONTROL_IMAGE, CONTROL_SCALE, CONTROL_GUESS = "controlnet_cond", "control_scale", "control_guess"
