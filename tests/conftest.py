@@ -40,6 +40,22 @@ def _loaded(folder: Path):
 
 
 @pytest.fixture(scope="session")
+def tiny_controlnet_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A tiny ControlNet for the tiny model, its zero convolutions drawn at random
+    (smartedit.export.tiny_controlnet)."""
+    from smartedit.export.tiny_controlnet import write_tiny_controlnet
+
+    return write_tiny_controlnet(tiny_model_dir, tmp_path_factory.mktemp("tiny-controlnet"))
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tiny_controlnet_dir):
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(str(tiny_controlnet_dir)).eval()
+
+
+@pytest.fixture(scope="session")
 def tiny_text_to_image_dir(tmp_path_factory) -> Path:
     """The tiny model's weights with a 4-channel UNet, as a text-to-image SD folder (sd-latent-blend)."""
     return _tiny_sd_variant(tmp_path_factory, "tiny-text-to-image", text_to_image=True)

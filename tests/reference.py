@@ -43,6 +43,28 @@ def diffusers_inpaint(pipeline, image: Image.Image, mask: Image.Image, *, prompt
     return np.asarray(result)
 
 
+def diffusers_controlnet_inpaint(pipeline, controlnet, image: Image.Image, mask: Image.Image, control_image: np.ndarray,
+                                 *, prompt: str, negative_prompt: str | None, num_inference_steps: int,
+                                 guidance_scale: float, seed: int, scheduler: str, strength: float = 1.0,
+                                 eta: float = 0.0, **control) -> np.ndarray:
+    """diffusers' ``StableDiffusionControlNetInpaintPipeline`` on ``pipeline``'s weights and ``controlnet``, given
+    ``control_image`` as the ControlNet takes it (``[1, 3, H, W]``, [0, 1]; -1 = masked) and ``control``: its
+    ``controlnet_conditioning_scale``, ``control_guidance_start``/``end``, ``guess_mode``."""
+    from diffusers import StableDiffusionControlNetInpaintPipeline
+
+    reference = StableDiffusionControlNetInpaintPipeline(
+        **{**pipeline.components, "scheduler": SCHEDULERS[scheduler].from_config(pipeline.scheduler.config)},
+        controlnet=controlnet)
+    reference.set_progress_bar_config(disable=True)
+    result = reference(
+        prompt=prompt, negative_prompt=negative_prompt, image=image, mask_image=mask,
+        control_image=torch.from_numpy(control_image), height=image.size[1], width=image.size[0],
+        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, strength=strength, eta=eta,
+        generator=torch.Generator().manual_seed(seed), **control,
+    ).images[0]
+    return np.asarray(result)
+
+
 def diffusers_instruct(pipeline, image: Image.Image, *, prompt: str, negative_prompt: str | None,
                        num_inference_steps: int, guidance_scale: float, image_guidance_scale: float, seed: int,
                        scheduler: str, eta: float = 0.0) -> np.ndarray:

@@ -244,4 +244,6 @@ def test_the_sdks_options_are_the_contracts_parameters():
     from smartedit_client import EditOptions
     from smartedit_client import _contract as wire
 
-    assert set(EditOptions.__annotations__) == {spec.name for spec in wire.PARAMETERS} - {wire.PROMPT.name}
+    # and the images an edit may carry besides the photo and its mask (a ControlNet's control_image)
+    assert set(EditOptions.__annotations__) == ({spec.name for spec in wire.PARAMETERS + wire.IMAGE_OPTIONS}
+                                                - {wire.PROMPT.name})

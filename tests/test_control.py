@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import png_bytes, scene
-from reference import SCHEDULERS, psnr
+from reference import diffusers_controlnet_inpaint, psnr
 from test_engine import assert_batched_equal_alone, torch_unet_of
 from smartedit.diffusion.control import (
     DOWN_RESIDUAL, MID_RESIDUAL, ControlledUNet, ControlSettings, attach, residual_layout, uncontrolled,
@@ -26,13 +26,6 @@ from smartedit.edit.parameters import EditParameters
 from smartedit.edit.postprocessing import compose, to_pixels
 from smartedit.edit.preprocessing import prepare_images
 from smartedit.serving.settings import PreprocessSettings
-
-
-@pytest.fixture(scope="module")
-def tiny_controlnet(tiny_pipeline):
-    from smartedit.export.tiny_controlnet import build_tiny_controlnet
-
-    return build_tiny_controlnet(tiny_pipeline.unet, PipelineInfo.from_pipeline(tiny_pipeline).vae_scale_factor)
 
 
 def _torch_controlled_unet(pipe, controlnet) -> ControlledUNet:
@@ -93,22 +86,13 @@ def _controlled_loop(pipe, controlnet, image, mask, control_image, settings: dic
 
 
 def _reference(pipe, controlnet, image, mask, control_image, settings: dict, params: EditParameters) -> np.ndarray:
-    from diffusers import StableDiffusionControlNetInpaintPipeline
-
-    reference = StableDiffusionControlNetInpaintPipeline(
-        **{**pipe.components, "scheduler": SCHEDULERS[params.scheduler].from_config(pipe.scheduler.config)},
-        controlnet=controlnet)
-    reference.set_progress_bar_config(disable=True)
     names = {"conditioning_scale": "controlnet_conditioning_scale", "guidance_start": "control_guidance_start",
              "guidance_end": "control_guidance_end", "guess_mode": "guess_mode"}
-    result = reference(
-        prompt=params.prompt, negative_prompt=params.negative_prompt, image=image, mask_image=mask,
-        control_image=torch.from_numpy(control_image), height=image.size[1], width=image.size[0],
-        num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
-        strength=params.strength, eta=params.eta, generator=torch.Generator().manual_seed(params.seed),
-        **{names[key]: value for key, value in settings.items()},
-    ).images[0]
-    return np.asarray(result)
+    return diffusers_controlnet_inpaint(
+        pipe, controlnet, image, mask, control_image, prompt=params.prompt, negative_prompt=params.negative_prompt,
+        num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale, seed=params.seed,
+        scheduler=params.scheduler, strength=params.strength, eta=params.eta,
+        **{names[key]: value for key, value in settings.items()})
 
 
 def _control_image(kind: str, image, mask) -> np.ndarray:
@@ -266,3 +250,66 @@ def test_edits_with_and_without_control_batched_on_the_fused_graph_equal_each_al
         control_image = None if kind is None else _control_image(kind, image, mask)
         prepares.append(_preparer(tiny_pipeline, image, mask, control_image, settings, params)[0])
     assert_batched_equal_alone(cases, prepares, fused_graph, max_unet_rows=12)
+
+
+@pytest.mark.parametrize("size,box", [((40, 24), None), ((600, 400), (300, 220, 360, 280))])
+def test_the_conditioning_image_is_cropped_and_scaled_as_the_photo(tiny_pipeline, size, box):
+    """A control_image identical to the photo becomes the photo's region at the working size, pixel for pixel as
+    the photo does (the region cropped and scaled up); canny and inpaint are made from those pixels."""
+    from PIL import Image
+
+    image, mask = scene(*size)
+    if box is not None:
+        mask = Image.new("L", size, 0)
+        mask.paste(255, box)
+    info = PipelineInfo.from_pipeline(tiny_pipeline)
+    record = dict(prompt="", crop_padding=32)
+    sent = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings(),
+                          EditParameters(control="image", **record), control_bytes=png_bytes(image))
+    if box is not None:  # a crop, scaled
+        assert sent.region.box_size != size and (sent.region.width, sent.region.height) != sent.region.box_size
+    region_pixels = np.round((sent.init_image[0].transpose(1, 2, 0) + 1) * 127.5).astype(np.uint8)
+    assert np.array_equal(sent.control_condition, image_condition(region_pixels))
+    canny = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings(),
+                           EditParameters(control="canny", control_low_threshold=40, control_high_threshold=90,
+                                          **record))
+    assert np.array_equal(canny.control_condition, image_condition(canny_condition(region_pixels, 40, 90)))
+    inpaint = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings(),
+                             EditParameters(control="inpaint", **record))
+    repainted = (inpaint.masked_image[0] == 0).all(axis=0)  # the masked image is 0 exactly where repainted
+    assert repainted.any() and not repainted.all()
+    assert np.array_equal(inpaint.control_condition, inpaint_condition(region_pixels, repainted))
+    plain = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings(), EditParameters(**record))
+    assert plain.control_condition.shape == (1, 3, 1, 1) and not plain.control_condition.any()
+
+
+def test_controlnet_arguments_name_the_pipeline_and_the_controlnet(tmp_path):
+    from smartedit.cli.exporting import controlnet_arguments
+
+    folder = tmp_path / "canny-sd15"
+    folder.mkdir()
+    assert controlnet_arguments([str(folder)], ["sd"]) == {"sd": ("canny-sd15", str(folder))}
+    assert controlnet_arguments([f"edges={folder}"], ["sd"]) == {"sd": ("edges", str(folder))}
+    assert controlnet_arguments([f"b=edges={folder}"], ["a", "b"]) == {"b": ("edges", str(folder))}
+    assert controlnet_arguments([f"b={folder}"], ["a", "b"]) == {"b": ("canny-sd15", str(folder))}
+    with pytest.raises(ValueError, match="which pipeline's"):
+        controlnet_arguments([str(folder)], ["a", "b"])
+    with pytest.raises(ValueError, match="is given two ControlNets"):
+        controlnet_arguments([f"x={folder}", f"y={folder}"], ["sd"])
+
+
+def test_a_controlnet_for_another_base_is_refused_at_export_naming_what_differs(tiny_pipeline, tiny_sdxl_pipeline,
+                                                                                 tiny_controlnet_dir, tmp_path):
+    from smartedit.export.pipeline_loader import UnsupportedModel, attach_controlnet
+    from smartedit.export.tiny_controlnet import build_tiny_controlnet
+
+    other = tiny_pipeline.unet.config
+    wider = build_tiny_controlnet(type("UNet", (), {"config": {**other, "cross_attention_dim": 48}})(), 2)
+    wider.save_pretrained(tmp_path / "wider")
+    with pytest.raises(UnsupportedModel, match=r"another base model: cross_attention_dim 48 \(the UNet's: 32\)"):
+        attach_controlnet(tiny_pipeline, tmp_path / "wider")
+    with pytest.raises(UnsupportedModel, match="this pipeline's family is sdxl-inpaint"):
+        attach_controlnet(tiny_sdxl_pipeline, tiny_controlnet_dir)
+    with pytest.raises(UnsupportedModel, match="could not load it as a diffusers ControlNet"):
+        attach_controlnet(tiny_pipeline, tmp_path)
+    assert getattr(tiny_pipeline, "controlnet", None) is None  # nothing attached

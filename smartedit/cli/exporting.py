@@ -142,11 +142,44 @@ def scheduler_arguments(schedulers: list[str] | None, pipelines: list[str]) -> d
     return found
 
 
+def controlnet_arguments(controlnets: list[str] | None, pipelines: list[str]) -> dict[str, tuple[str, str]]:
+    """Pipeline name -> (the ControlNet's name, its source) per ``--controlnet [NAME=][CNAME=]PATH``.
+
+    Raises:
+        ValueError: no pipeline NAME with several pipelines; a name that cannot name a ControlNet; a pipeline given
+            two.
+    """
+    from smartedit_client._contract import PIPELINE_NAME
+
+    found: dict[str, tuple[str, str]] = {}
+    for argument in controlnets or ():
+        # A leading NAME= is a pipeline's name only when one is so named; else it may be the ControlNet's.
+        name, separator, value = argument.partition("=")
+        if not (separator and name in pipelines and not Path(argument).exists()):
+            if len(pipelines) != 1:
+                raise ValueError(f"--controlnet {argument!r}: which pipeline's? Give --controlnet NAME={argument} "
+                                 f"with NAME one of {', '.join(pipelines)}")
+            name, value = pipelines[0], argument
+        control_name, separator, source = value.partition("=")
+        if not separator or not PIPELINE_NAME.fullmatch(control_name) or Path(value).exists():
+            source = value
+            control_name = Path(source.rstrip("/")).name
+            if not PIPELINE_NAME.fullmatch(control_name):
+                raise ValueError(f"--controlnet {value!r}: its folder's name {control_name!r} cannot name a ControlNet "
+                                 f"(letters, digits, '_', '-'): give one, --controlnet CNAME={value}")
+        if name in found:
+            raise ValueError(f"--controlnet: pipeline {name!r} is given two ControlNets ({found[name][0]} and "
+                             f"{control_name}); a pipeline serves one: export the base again under another name "
+                             f"(--model OTHER=PATH) for the other")
+        found[name] = (control_name, source)
+    return found
+
+
 def export_repository(args, out: Path) -> Path:
     """Export every ``args.model`` (or the embedded default) into a model repository at ``out``."""
     from smartedit.diffusion.samplers import make_scheduler
     from smartedit.export.lora import AdapterMismatch, fuse_adapters
-    from smartedit.export.pipeline_loader import UnsupportedModel, load_pipeline, replace_vae
+    from smartedit.export.pipeline_loader import UnsupportedModel, attach_controlnet, load_pipeline, replace_vae
     from smartedit.export.repository import PipelineSource, build_pipelines_repository
     from smartedit.serving.triton_config import SIMULATED
 
@@ -164,6 +197,7 @@ def export_repository(args, out: Path) -> Path:
         vaes = vae_arguments(getattr(args, "vae", None), names)
         loras = lora_arguments(getattr(args, "lora", None), names)
         schedulers = scheduler_arguments(getattr(args, "scheduler", None), names)
+        controlnets = controlnet_arguments(getattr(args, "controlnet", None), names)
     except ValueError as error:
         raise SystemExit(f"smartedit: {error}") from None
     sources = []
@@ -188,7 +222,16 @@ def export_repository(args, out: Path) -> Path:
                 raise SystemExit(f"smartedit: {error}") from None
         if name in schedulers:  # as diffusers' LCM-LoRA recipe: the sampler the weights are distilled for
             pipeline.scheduler = make_scheduler(schedulers[name], pipeline.scheduler.config)
-        sources.append(PipelineSource(name, pipeline, model_name, adapters))
+        controlnet = ""
+        if name in controlnets:
+            controlnet, controlnet_source = controlnets[name]
+            log.info("pipeline %r: the ControlNet %r from %s", name, controlnet, controlnet_source)
+            try:
+                attach_controlnet(pipeline, controlnet_source)
+            except UnsupportedModel as error:
+                raise SystemExit(f"smartedit: --controlnet {error}") from None
+            model_name = f"{model_name} + ControlNet {_model_name(controlnet_source)}"
+        sources.append(PipelineSource(name, pipeline, model_name, adapters, controlnet))
     return build_pipelines_repository(sources, out, options,
                                       onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None)
 

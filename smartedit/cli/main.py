@@ -262,6 +262,13 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
                    help="the sampler pipeline NAME's weights are made for, exported as its scheduler: lcm or tcd "
                         "for an LCM-/TCD-LoRA or a distilled checkpoint whose config names another; server_info then "
                         "lists the few-step samplers as the ones that suit it")
+    p.add_argument("--controlnet", action="append", default=None, metavar="[NAME=][CNAME=]PATH",
+                   help="serve pipeline NAME (an SD 1.x/2.x one) with the ControlNet at PATH (a diffusers "
+                        "ControlNetModel folder), named CNAME (default: its folder's name): its UNet and the "
+                        "ControlNet "
+                        "are exported as one graph, and edits take control_image / control. One per pipeline: "
+                        "export the base again under another name for another ControlNet. A bare value with one "
+                        "pipeline is its")
     p.add_argument("--sam-model", default=None,
                    help="Segment Anything checkpoint for click-to-mask, a folder or hub id such as "
                         "facebook/sam-vit-base (default: an embedded tiny SAM)")

@@ -88,6 +88,27 @@ def uncontrolled(state: DenoiseState, image_size: tuple[int, int]) -> DenoiseSta
     return attach(state, ControlSettings(image=torch.zeros(1, 3, height, width), conditioning_scale=0.0))
 
 
+def apply(state: DenoiseState, params, image: torch.Tensor | None, image_size: tuple[int, int]) -> DenoiseState:
+    """An edit's control as its record says (``params``: ``control``, ``controlnet_conditioning_scale``,
+    ``control_guidance_start``/``end``, ``guess_mode``), with ``image`` its conditioning image; ``control`` none: the
+    same inputs, off, at ``image_size`` (height, width: the edit's working size)."""
+    if params.control in (None, "none"):
+        return uncontrolled(state, image_size)
+    if image is None:
+        raise ValueError(f"control {params.control} reached the loop without its conditioning image")
+    return attach(state, ControlSettings(image=image, conditioning_scale=params.controlnet_conditioning_scale,
+                                         guidance_start=params.control_guidance_start,
+                                         guidance_end=params.control_guidance_end, guess_mode=params.guess_mode))
+
+
+def control_image(condition, params) -> torch.Tensor | None:
+    """The edit's conditioning image as the loop takes it, from the step tensor preprocess made (``condition``, numpy
+    or None); None when the record (``params``) has no control (the tensor is then a placeholder)."""
+    if condition is None or params.control in (None, "none"):
+        return None
+    return torch.from_numpy(condition)
+
+
 def level_scales(levels: int, guess_mode: bool) -> torch.Tensor:
     """The factor of each residual (the down blocks' ``levels``, then the mid block's) before the conditioning scale:
     1 each, or in guess mode diffusers' ``logspace(-1, 0, levels + 1)`` (0.1 for the first down residual to 1

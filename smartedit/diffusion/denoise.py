@@ -172,6 +172,9 @@ class EditInputs:
     masked_image_mean: torch.Tensor  # [1, C, h, w]: the masked image's latent distribution
     masked_image_std: torch.Tensor
     latent_mask: torch.Tensor  # [1, 1, h, w], 1 = repaint
+    # A ControlNet's conditioning image at the edit's working size ([1, 3, H, W], the ControlNet's range), when the
+    # edit is under control (smartedit.diffusion.control); None otherwise.
+    control_image: torch.Tensor | None = None
 
 
 def schedule(params: EditParameters, scheduler_config: Mapping[str, Any]) -> tuple[Any, torch.Tensor]:

@@ -64,6 +64,9 @@ class PipelineInfo:
     # The scheduler class the weights were exported with (diffusers' name): "LCMScheduler" / "TCDScheduler" for
     # consistency-distilled weights, which only the few-step samplers suit (smartedit.diffusion.samplers).
     scheduler_class: str = ""
+    # The name of the ControlNet served with its UNet (``smartedit export --controlnet``), "" for none: its ``unet``
+    # is then the fused graph (``fused_control_unet_spec``) and its edits take the contract's control inputs.
+    controlnet: str = ""
 
     @classmethod
     def from_pipeline(cls, pipeline) -> "PipelineInfo":

@@ -154,6 +154,8 @@ class FamilyParameters:
     refused: frozenset[str] = frozenset()
     # The tasks its pipelines serve (the first is their default when the family's defaults name none).
     tasks: tuple[str, ...] = INPAINTING_TASKS
+    # Why it refuses a parameter, where the family is not the reason (a pipeline without a ControlNet), by name.
+    reasons: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def default_values(settings: PreprocessSettings, family: FamilyParameters = FamilyParameters()) -> dict[str, Any]:
@@ -193,8 +195,9 @@ def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings,
                 raise RequestError(spec.name, "is required")
             continue
         if spec.name in family.refused:
-            raise RequestError(spec.name, f"is not taken by this pipeline (family {family.family}); see "
-                                          f"server_info's pipelines for the parameters each takes")
+            why = family.reasons.get(spec.name, f"family {family.family}")
+            raise RequestError(spec.name, f"is not taken by this pipeline ({why}); see server_info's pipelines for "
+                                          f"the parameters each takes")
         sent[spec.name] = _decoded(spec, raw, settings)
     defaults = default_values(settings, family)
     task = sent.get(wire.TASK.name, defaults[wire.TASK.name])
@@ -207,9 +210,37 @@ def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings,
         values[wire.PROMPT.name] = TASK_DEFAULTS[task].get("prompt", "")
     if wire.SEED.name not in sent:
         values[wire.SEED.name] = secrets.randbelow(INT64_MAX - wire.MAX_NUM_IMAGES)
+    _resolve_control(values, sent, read(wire.CONTROL_IMAGE.name) is not None, family)
     params = EditParameters(**values)
     _check_combinations(params)
     return params
+
+
+def _resolve_control(values: dict, sent: dict, has_control_image: bool, family: FamilyParameters) -> None:
+    """The edit's ``control``: a sent ``control_image`` is the control unless the request names another; the
+    ``controlnet`` one of the pipeline's."""
+    name = wire.CONTROL.name
+    if wire.CONTROL.name in family.refused:
+        if has_control_image:
+            raise RequestError(wire.CONTROL_IMAGE.name, f"is not taken by this pipeline "
+                                                        f"({family.reasons.get(name, f'family {family.family}')})")
+        return
+    if has_control_image and name not in sent:
+        values[name] = "image"
+    if has_control_image and values[name] != "image":
+        raise RequestError(wire.CONTROL_IMAGE.name, f"is sent with control {values[name]}, which makes its own "
+                                                    f"conditioning image from the photo: send one or the other")
+    if values[name] == "image" and not has_control_image:
+        raise RequestError(wire.CONTROL_IMAGE.name, "is required for control image")
+    served = family.defaults.get(wire.CONTROLNET.name)
+    values[wire.CONTROLNET.name] = values[wire.CONTROLNET.name] or served
+    if values[wire.CONTROLNET.name] != served:
+        raise RequestError(wire.CONTROLNET.name, f"{values[wire.CONTROLNET.name]!r} is not served by this pipeline; "
+                                                 f"its ControlNet: {served!r}")
+    if values[wire.CONTROL_GUIDANCE_START.name] >= values[wire.CONTROL_GUIDANCE_END.name]:
+        raise RequestError(wire.CONTROL_GUIDANCE_START.name,
+                           f"{values[wire.CONTROL_GUIDANCE_START.name]} must be below control_guidance_end "
+                           f"{values[wire.CONTROL_GUIDANCE_END.name]} (the control acts between the two)")
 
 
 def _check_combinations(params: EditParameters) -> None:

@@ -7,7 +7,7 @@ the field and the bad value. The image arithmetic is diffusers' ``VaeImageProces
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,13 +18,18 @@ from smartedit.serving import steps
 from smartedit.errors import RequestError
 from smartedit.edit.masks import repaint_area
 from smartedit.edit.parameters import EditParameters, resolve_parameters
-from smartedit.edit.photos import Photo, decode_photo
+from smartedit.edit.control_images import CANNY, INPAINT, canny_condition, image_condition, inpaint_condition
+from smartedit.edit.photos import Photo, decode_image, decode_photo
 from smartedit.edit.regions import EditRegion, plan_edit_region
 from smartedit.serving.settings import PreprocessSettings
 from smartedit.diffusion.families import family_parameters, prompts_of
 from smartedit.diffusion.spec import PipelineInfo, TensorSpec
 from smartedit.edit.tasks import MASK_OPTIONAL, REMOVE, TEXT_EDIT, prefill_hole
 from smartedit_client import _contract as wire
+
+# What an edit without control carries as its conditioning image (every edit carries one through the ensemble).
+NO_CONTROL = np.zeros((1, 3, 1, 1), dtype=np.float32)
+
 
 @dataclass(frozen=True)
 class PreparedImages:
@@ -34,6 +39,9 @@ class PreparedImages:
     masked_image: np.ndarray  # [1, 3, h, w] float32, 0 where repainted
     latent_mask: np.ndarray  # [1, 1, h/f, w/f] float32, 1 = repaint
     repaint: np.ndarray  # [H, W] bool: the photo's pixels the models repaint (the mask, shaped)
+    # [1, 3, h, w] float32: a ControlNet's conditioning image for the region (smartedit.edit.control_images); [1, 3,
+    # 1, 1] zeros for an edit without control
+    control_condition: np.ndarray = field(default_factory=NO_CONTROL.copy)
 
     # Made on demand (postprocess makes them again from the request's bytes): a 24 MP photo's pixels
     # are 72 MB that preprocess need not hold.
@@ -50,12 +58,13 @@ class PreparedImages:
 
 
 def prepare_images(image_bytes: bytes, mask_bytes: bytes | None, info: PipelineInfo, settings: PreprocessSettings,
-                   params: EditParameters | None = None) -> PreparedImages:
+                   params: EditParameters | None = None, control_bytes: bytes | None = None) -> PreparedImages:
     """Decode image and mask (``smartedit.edit.photos``), shape the mask as the request's record says
     (``smartedit.edit.masks``), choose the region to edit (``smartedit.edit.regions``), and make the model inputs.
 
     ``mask_bytes``: None edits the whole photo (a task that needs no mask: ``tasks.MASK_OPTIONAL``).
     ``params``: the edit's record (a plain inpaint with the server's crop padding when None).
+    ``control_bytes``: the request's ``control_image``, for ``params.control`` image.
     """
     params = params or EditParameters(prompt="", crop_padding=settings.default_crop_padding)
     photo = decode_photo(image_bytes, mask_bytes, settings)
@@ -76,6 +85,8 @@ def prepare_images(image_bytes: bytes, mask_bytes: bytes | None, info: PipelineI
     mask_condition = (np.asarray(mask, dtype=np.float32) / 255.0 >= 0.5).astype(np.float32)[None, None]
     pixels = np.asarray(image, dtype=np.uint8)
     masked_image = normalized(pixels) * (mask_condition < 0.5)
+    control_condition = _control_condition(params, control_bytes, photo, region, pixels, mask_condition[0, 0] >= 0.5,
+                                           settings)
     if params.task == REMOVE:
         # Denoising starts from the hole filled from its surroundings (smartedit.edit.tasks), not from the object.
         pixels = prefill_hole(pixels, mask_condition[0, 0] >= 0.5)
@@ -90,7 +101,32 @@ def prepare_images(image_bytes: bytes, mask_bytes: bytes | None, info: PipelineI
         masked_image=np.ascontiguousarray(masked_image, dtype=np.float32),
         latent_mask=np.ascontiguousarray(latent_mask, dtype=np.float32),
         repaint=repaint,
+        control_condition=control_condition,
     )
+
+
+def _control_condition(params: EditParameters, control_bytes: bytes | None, photo: Photo, region: EditRegion,
+                       pixels: np.ndarray, repainted: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
+    """The edit's conditioning image for the region at its working size: the one sent (cropped and scaled as the
+    photo is, Lanczos as diffusers' control image processor), or the one ``control`` makes from the photo's
+    ``pixels`` (the region at its working size) and what is ``repainted`` there."""
+    control = params.control  # None on a pipeline without a ControlNet
+    if control == CANNY:
+        return image_condition(canny_condition(pixels, params.control_low_threshold, params.control_high_threshold))
+    if control == INPAINT:
+        return inpaint_condition(pixels, repainted)
+    if control != "image":
+        return NO_CONTROL
+    sent = decode_image(wire.CONTROL_IMAGE.name, control_bytes, settings).convert("RGB")
+    if sent.size != photo.rgb.size:
+        raise RequestError(wire.CONTROL_IMAGE.name, f"is {sent.size[0]}x{sent.size[1]} but image is "
+                                                    f"{photo.rgb.size[0]}x{photo.rgb.size[1]} (upright, after its EXIF "
+                                                    f"orientation); they must be the same size")
+    if region.box_size != sent.size:
+        sent = sent.crop(region.box)
+    if (region.width, region.height) != sent.size:
+        sent = sent.resize((region.width, region.height), resample=Image.LANCZOS)
+    return image_condition(np.asarray(sent, dtype=np.uint8))
 
 
 def _nothing_to_repaint(photo: Photo, params: EditParameters) -> RequestError:
@@ -164,7 +200,8 @@ def prepare_request(read: Callable[[str], Any], tokenizers: Sequence, info: Pipe
     if mask_bytes is None and params.invert_mask:
         raise RequestError(wire.INVERT_MASK.name, "true needs a mask_image to invert: without one the whole photo is "
                                                   "edited")
-    images = prepare_images(_required(read, wire.IMAGE.name), mask_bytes, info, settings, params)
+    images = prepare_images(_required(read, wire.IMAGE.name), mask_bytes, info, settings, params,
+                            read(wire.CONTROL_IMAGE.name))
     check_cost(params, images.region, info, settings)
     width, height = images.photo.rgb.size
     prompts = prompts_of(info)
@@ -176,6 +213,7 @@ def prepare_request(read: Callable[[str], Any], tokenizers: Sequence, info: Pipe
         steps.MASKED_IMAGE: images.masked_image,
         steps.INIT_IMAGE: images.init_image,
         steps.LATENT_MASK: images.latent_mask,
+        steps.CONTROL_CONDITION: images.control_condition,
         steps.EDIT_BOX: np.array(images.region.box, dtype=np.int32),
         steps.EDIT_PARAMETERS: params.as_tensor(),
         steps.SEED_USED: np.array(params.seeds, dtype=np.int64),

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from smartedit.diffusion.families import components_of
+from smartedit.diffusion.families import CONTROLNET_MODULE, components_of
 from smartedit.diffusion.recognize import (
     INSTRUCT_PIX2PIX, SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND,
 )
-from smartedit.diffusion.spec import PipelineInfo, ComponentSpec
+from smartedit.diffusion.spec import CONTROL_GUESS, CONTROL_SCALE, UNET, ComponentSpec, PipelineInfo
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,18 @@ class VaeDecoderGraph(torch.nn.Module):
         return self.vae.decode(latents, return_dict=False)[0]
 
 
+def _sd_unet_graph(pipeline) -> torch.nn.Module:
+    """The UNet's graph: with the ControlNet the pipeline is exported with (``export --controlnet``), both in one."""
+    controlnet = getattr(pipeline, CONTROLNET_MODULE, None)
+    if controlnet is None:
+        return UNetGraph(pipeline.unet)
+    return FusedControlGraph(pipeline.unet, controlnet, UNET.input_names, int(pipeline.vae.config.latent_channels))
+
+
 _SD_GRAPHS = {
     "text_encoder": lambda pipeline: TextEncoderGraph(pipeline.text_encoder),
     "vae_encoder": lambda pipeline: VaeEncoderGraph(pipeline.vae),
-    "unet": lambda pipeline: UNetGraph(pipeline.unet),
+    "unet": _sd_unet_graph,
     "vae_decoder": lambda pipeline: VaeDecoderGraph(pipeline.vae),
 }
 _SDXL_GRAPHS = dict(
@@ -202,6 +210,10 @@ def example_inputs(spec: ComponentSpec, info: PipelineInfo, batch: int, height: 
         if tensor.datatype == "INT64":
             # Token ids: any id below the smallest real vocabulary is valid.
             tensors.append(torch.randint(0, 256, shape, generator=generator, dtype=torch.int64))
+        elif tensor.name == CONTROL_SCALE:  # a conditioning scale per row, one row off
+            tensors.append(torch.rand(shape, generator=generator) * (torch.arange(shape[0]) > 0))
+        elif tensor.name == CONTROL_GUESS:  # guess mode on every other row
+            tensors.append((torch.arange(shape[0]) % 2).float())
         elif not tensor.dims:  # the UNet's timestep: one scalar per row
             tensors.append(torch.randint(0, 1000, shape, generator=generator).float())
         else:

@@ -193,3 +193,51 @@ def replace_vae(pipeline, source: str | Path) -> None:
         raise UnsupportedModel(f"{source}: its latents ({latents(new)}) are not the pipeline's ({latents(own)})")
     pipeline.register_modules(vae=vae.eval())
     check_servable(pipeline, source)
+
+
+# The ControlNet config entries that must be its UNet's: the residuals it makes are added to that UNet's blocks.
+_CONTROLNET_SHAPE = ("block_out_channels", "layers_per_block", "cross_attention_dim")
+
+
+def attach_controlnet(pipeline, source: str | Path) -> None:
+    """Give ``pipeline`` the ControlNet at ``source`` (a diffusers ``ControlNetModel`` folder or hub id) as its
+    ``controlnet``, which the export fuses with its UNet (smartedit.diffusion.control).
+
+    Raises:
+        UnsupportedModel: it cannot be loaded as a ControlNet; the pipeline's family has no served ControlNet (SD
+            1.x/2.x inpainting and 4-channel checkpoints do); a ControlNet of another base (its blocks or prompt
+            width are not the UNet's, or it takes other latents); one that pools its conditions (shuffle).
+    """
+    from diffusers import ControlNetModel
+
+    from smartedit.diffusion.recognize import SD_INPAINT, SD_LATENT_BLEND
+    from smartedit.diffusion.spec import PipelineInfo
+
+    source = str(source)
+    family = PipelineInfo.from_pipeline(pipeline).family
+    if family not in (SD_INPAINT.name, SD_LATENT_BLEND.name):
+        raise UnsupportedModel(f"{source}: a ControlNet is served with SD 1.x/2.x pipelines (families "
+                               f"{SD_INPAINT.name}, {SD_LATENT_BLEND.name}); this pipeline's family is {family}")
+    try:
+        controlnet = ControlNetModel.from_pretrained(source, torch_dtype=pipeline.unet.dtype)
+    except (OSError, ValueError, TypeError) as error:
+        raise UnsupportedModel(f"{source}: could not load it as a diffusers ControlNet (ControlNetModel): "
+                               f"{_first_line(error)}") from None
+    own, new = pipeline.unet.config, controlnet.config
+    differing = [f"{key} {new[key]} (the UNet's: {own[key]})" for key in _CONTROLNET_SHAPE
+                 if list(_as_list(new[key])) != list(_as_list(own[key]))]
+    if int(new["in_channels"]) != int(pipeline.vae.config.latent_channels):
+        differing.append(f"in_channels {new['in_channels']} (the latents': {pipeline.vae.config.latent_channels})")
+    if differing:
+        raise UnsupportedModel(f"{source}: a ControlNet for another base model: {'; '.join(differing)}")
+    if new.get("global_pool_conditions"):
+        raise UnsupportedModel(f"{source}: pools its conditions (global_pool_conditions, a shuffle ControlNet), "
+                               f"which the served graph does not do")
+    if new.get("addition_embed_type"):
+        raise UnsupportedModel(f"{source}: takes added conditioning ({new['addition_embed_type']}: an SDXL "
+                               f"ControlNet), which the served graph does not pass it")
+    pipeline.controlnet = controlnet.eval()
+
+
+def _as_list(value):
+    return value if isinstance(value, (list, tuple)) else [value]

@@ -279,6 +279,9 @@ class PipelineSource:
     pipeline: Any
     model_name: str = "unknown"
     adapters: tuple[dict, ...] = ()  # the LoRA adapters fused into its weights (smartedit.export.lora)
+    # The name of the ControlNet it is served with (``pipeline.controlnet``: smartedit.export.pipeline_loader), ""
+    # for none
+    controlnet: str = ""
 
 
 def build_repository(pipeline, out: Path, options: RepositoryOptions = RepositoryOptions(),
@@ -303,7 +306,7 @@ def build_pipelines_repository(sources: list[PipelineSource], out: Path,
         served = []
         for names, source in zip(pipelines, sources):
             pipeline = source.pipeline
-            info = PipelineInfo.from_pipeline(pipeline)
+            info = dataclasses.replace(PipelineInfo.from_pipeline(pipeline), controlnet=source.controlnet)
             provenance = Provenance(model=source.model_name, weights_sha256=weights_digest(pipeline, weights_of(info)),
                                     adapters=source.adapters)
             log.info("exporting pipeline %r (%s, family %s)", names.pipeline, source.model_name, info.family)

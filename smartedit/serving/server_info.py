@@ -54,6 +54,11 @@ def describe_pipeline(names: PipelineNames, info: PipelineInfo, settings: Prepro
         # The samplers its weights are made for: the consistency samplers (lcm, tcd; 4-8 steps) for distilled
         # weights (an LCM/TCD checkpoint, or an LCM-/TCD-LoRA fused at export with --scheduler), the others else.
         "suited_samplers": suited,
+        # The ControlNets its edits may name (``controlnet``), each with its UNet in one graph: none, or one.
+        "controlnets": [info.controlnet] if info.controlnet else [],
+        # The images an edit may carry besides the photo and its mask (a ControlNet pipeline's control_image).
+        "image_inputs": ({spec.name: {"meaning": spec.meaning} for spec in wire.IMAGE_OPTIONS}
+                         if info.controlnet else {}),
         "tasks": list(family.tasks),
         "task_defaults": {task: dict(TASK_DEFAULTS[task]) for task in family.tasks},
         "parameters": parameters,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from smartedit.diffusion.prompts import PromptEncoding
-from smartedit.diffusion.spec import TensorSpec
+from smartedit.diffusion.spec import CONTROL_IMAGE, TensorSpec
 from smartedit_client import _contract as wire
 
 PREPROCESS, SCHEDULER, POSTPROCESS = "preprocess", "scheduler", "postprocess"
@@ -35,6 +35,9 @@ def wire_input(tensor: wire.WireTensor) -> TensorSpec:
 MASKED_IMAGE = TensorSpec("masked_image", "FP32", (1, 3, -1, -1))  # in [-1, 1], 0 where repainted
 INIT_IMAGE = TensorSpec("init_image", "FP32", (1, 3, -1, -1))  # in [-1, 1]; encoded when the family needs it
 LATENT_MASK = TensorSpec("latent_mask", "FP32", (1, 1, -1, -1))  # 1 = repaint, at latent resolution
+# A controlled edit's conditioning image at the working size, in the ControlNet's range (smartedit.edit.control_images);
+# every edit carries it, [1, 3, 1, 1] zeros when it has no control (an ensemble passes every tensor it maps).
+CONTROL_CONDITION = TensorSpec(CONTROL_IMAGE, "FP32", (1, 3, -1, -1))
 # The box of the original that the models edit (left, top, right, bottom; smartedit.edit.regions). Postprocess
 # pastes the edit back into the request's own image and mask, which it decodes again: cheaper than
 # sending a 24 MP photo's pixels through the stubs' shared memory, which never shrinks.
@@ -56,8 +59,8 @@ PREPROCESS_INPUTS = tuple(wire_input(t) for t in wire.INPUTS)
 
 def preprocess_outputs(prompts: PromptEncoding) -> tuple[TensorSpec, ...]:
     """Preprocess's outputs for a family that encodes prompts as ``prompts`` says."""
-    return prompts.ids_tensors + (MASKED_IMAGE, INIT_IMAGE, LATENT_MASK, EDIT_BOX, EDIT_PARAMETERS, SEED_USED,
-                                  DEADLINE, RESERVATION)
+    return prompts.ids_tensors + (MASKED_IMAGE, INIT_IMAGE, LATENT_MASK, CONTROL_CONDITION, EDIT_BOX, EDIT_PARAMETERS,
+                                  SEED_USED, DEADLINE, RESERVATION)
 
 
 # The loop's inputs: what preprocess resolved, the prompt's embeddings (the family's,
@@ -72,8 +75,8 @@ LATENTS = TensorSpec("latents", "FP32", (-1, -1, -1, -1))
 
 def scheduler_inputs(prompts: PromptEncoding) -> tuple[TensorSpec, ...]:
     """The loop's inputs for a family that encodes prompts as ``prompts`` says."""
-    return prompts.embedding_tensors + (MASKED_IMAGE_MEAN, MASKED_IMAGE_STD, LATENT_MASK, INIT_IMAGE, EDIT_PARAMETERS,
-                                        DEADLINE, RESERVATION)
+    return prompts.embedding_tensors + (MASKED_IMAGE_MEAN, MASKED_IMAGE_STD, LATENT_MASK, INIT_IMAGE, CONTROL_CONDITION,
+                                        EDIT_PARAMETERS, DEADLINE, RESERVATION)
 
 
 SCHEDULER_OUTPUTS = (LATENTS,)

@@ -467,7 +467,8 @@ def edit_inputs(image: ImageLike, mask_image: ImageLike | None, parameters: dict
     values = {wire.IMAGE: encoded("image", image),
               wire.MASK_IMAGE: None if mask_image is None else encoded("mask_image", mask_image)}
     for name, value in parameters.items():
-        values[specs[name]] = value
+        spec = specs[name]
+        values[spec] = encoded(name, value) if spec in wire.IMAGE_OPTIONS and value is not None else value
     missing = [spec.name for spec in wire.INPUTS if spec.required and values.get(spec) is None]
     if missing:
         raise InvalidRequestError(f"{missing[0]}: is required")

@@ -98,6 +98,44 @@ NUM_IMAGES = WireTensor("num_images", "INT32", False,
                         f"variations to make, 1-{MAX_NUM_IMAGES}; variation i uses seed + i; default 1",
                         minimum=1, maximum=MAX_NUM_IMAGES, default=1)
 
+# ControlNet (a pipeline exported with ``--controlnet``; refused by name elsewhere). The conditioning image is sent
+# (control_image) or made on the server from the photo (control): either way cropped and scaled with the edit's region.
+CONTROL_IMAGE = WireTensor("control_image", "BYTES", False,
+                           "ControlNet pipelines: the conditioning image (PNG / JPEG / WebP, the size of image; an "
+                           "edge map, a depth map, ... as the ControlNet was trained on), cropped and scaled with the "
+                           "edit's "
+                           "region; or let the server make one with control")
+CONTROLNET = WireTensor("controlnet", "BYTES", False,
+                        "ControlNet pipelines: which ControlNet (server_info lists a pipeline's); default its own",
+                        default="")
+CONTROL = WireTensor("control", "BYTES", False,
+                     "ControlNet pipelines: none (default, unless control_image is sent: then image); image: the "
+                     "control_image sent; canny: the photo's Canny edges, made on the server; inpaint: the photo "
+                     "with the repainted pixels set to -1 (an inpainting ControlNet's condition)",
+                     choices=("none", "image", "canny", "inpaint"), default="none")
+CONTROL_LOW_THRESHOLD = WireTensor("control_low_threshold", "INT32", False,
+                                   "control canny: OpenCV Canny's low threshold; default 100", minimum=0, maximum=255,
+                                   default=100)
+CONTROL_HIGH_THRESHOLD = WireTensor("control_high_threshold", "INT32", False,
+                                    "control canny: OpenCV Canny's high threshold; default 200", minimum=0,
+                                    maximum=255, default=200)
+CONTROLNET_CONDITIONING_SCALE = WireTensor("controlnet_conditioning_scale", "FP32", False,
+                                           "ControlNet pipelines: how strongly the control steers the edit (its "
+                                           "residuals' factor); default 0.5", minimum=0.0, maximum=10.0, default=0.5)
+CONTROL_GUIDANCE_START = WireTensor("control_guidance_start", "FP32", False,
+                                    "ControlNet pipelines: the fraction of the steps after which the control starts; "
+                                    "default 0", minimum=0.0, maximum=1.0, default=0.0)
+CONTROL_GUIDANCE_END = WireTensor("control_guidance_end", "FP32", False,
+                                  "ControlNet pipelines: the fraction of the steps after which the control stops; "
+                                  "default 1", minimum=0.0, maximum=1.0, default=1.0)
+GUESS_MODE = WireTensor("guess_mode", "BOOL", False,
+                        "ControlNet pipelines: the control steers the prompt's row alone, its shallow residuals "
+                        "weakened (diffusers' guess mode); default false", default=False)
+# Every ControlNet input: a pipeline without a ControlNet refuses them by name.
+CONTROL_INPUTS: tuple[WireTensor, ...] = (
+    CONTROL_IMAGE, CONTROLNET, CONTROL, CONTROL_LOW_THRESHOLD, CONTROL_HIGH_THRESHOLD, CONTROLNET_CONDITIONING_SCALE,
+    CONTROL_GUIDANCE_START, CONTROL_GUIDANCE_END, GUESS_MODE)
+
 EDITED_IMAGE = WireTensor("edited_image", "BYTES", True,
                           "[num_images] PNGs, same size as image, each carrying its parameters (PNG_PARAMETERS_KEY)")
 SEED_USED = WireTensor("seed_used", "INT64", True, "[num_images] the seed each image used")
@@ -105,12 +143,14 @@ SEED_USED = WireTensor("seed_used", "INT64", True, "[num_images] the seed each i
 INPUTS: tuple[WireTensor, ...] = (
     IMAGE, MASK_IMAGE, PROMPT, NEGATIVE_PROMPT, TASK, NUM_INFERENCE_STEPS, GUIDANCE_SCALE, STRENGTH, ETA, SEED,
     SCHEDULER, CROP_PADDING, MASK_GROW, MASK_BLUR, INVERT_MASK, NUM_IMAGES, IMAGE_GUIDANCE_SCALE,
-    SOURCE_PROMPT,
+    SOURCE_PROMPT, *CONTROL_INPUTS,
 )
 OUTPUTS: tuple[WireTensor, ...] = (EDITED_IMAGE, SEED_USED)
 # The inputs that are one scalar parameter of the edit (not the images): what the server resolves
 # into its record of the edit, and what an output PNG's parameters hold.
-PARAMETERS: tuple[WireTensor, ...] = tuple(t for t in INPUTS if t not in (IMAGE, MASK_IMAGE))
+# The images besides the photo and its mask that an edit may carry (the SDK takes them as options).
+IMAGE_OPTIONS: tuple[WireTensor, ...] = (CONTROL_IMAGE,)
+PARAMETERS: tuple[WireTensor, ...] = tuple(t for t in INPUTS if t not in (IMAGE, MASK_IMAGE, *IMAGE_OPTIONS))
 
 # Each output PNG carries the edit's parameters as JSON in a PNG text chunk under this key.
 PNG_PARAMETERS_KEY = "smartedit"

@@ -58,6 +58,8 @@ class ServerInfo:
     pipeline: str = ""
     pipelines: dict[str, "ServerInfo"] = field(default_factory=dict)
     suited_samplers: tuple[str, ...] = ()
+    # The ControlNets its edits may name (``controlnet``): none, or the one exported with it.
+    controlnets: tuple[str, ...] = ()
 
     @classmethod
     def from_json(cls, text: str | bytes, pipeline: str | None = None) -> "ServerInfo":
@@ -89,7 +91,8 @@ class ServerInfo:
                    task_defaults=entry.get("task_defaults", {}), limits=server.get("limits", {}),
                    pipeline=entry["name"],
                    # A server from before it said which suit: every sampler it has.
-                   suited_samplers=tuple(entry.get("suited_samplers", entry["samplers"])))
+                   suited_samplers=tuple(entry.get("suited_samplers", entry["samplers"])),
+                   controlnets=tuple(entry.get("controlnets", ())))
 
     def describe(self) -> str:
         """A readable summary, one fact per line (what ``smartedit-edit --info`` prints)."""
@@ -98,6 +101,8 @@ class ServerInfo:
                  f"server: SmartEdit {self.smartedit_version}; edits run at {self.working_resolution} px",
                  f"samplers: {', '.join(self.samplers)} (suited to its weights: {', '.join(self.suited_samplers)})",
                  f"tasks: {', '.join(self.tasks)}",
+                 *([f"controlnet: {', '.join(self.controlnets)} (control_image, or control canny / inpaint)"]
+                   if self.controlnets else []),
                  "limits: " + ", ".join(f"{name} {value}" for name, value in self.limits.items()),
                  "parameters:"]
         for parameter in self.parameters.values():

@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="image to edit (PNG, JPEG or WebP)")
     p.add_argument("--mask", help="mask, same size: white = repaint, black = keep (optional with --task instruct or "
                                   "text_edit: without one the whole photo is edited)")
+    p.add_argument("--control-image", default=None,
+                   help="ControlNet pipelines: the conditioning image, the size of --image (or --control canny / "
+                        "inpaint to have the server make one)")
     p.add_argument("--prompt", default=None, help="what to paint in the masked region (required unless --replay)")
     p.add_argument("--replay", metavar="PNG", default=None,
                    help="send again the edit whose parameters this result PNG carries (on --image and --mask); "
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         cli.error(f"--resume takes no parameter (the state holds them), got "
                   f"{', '.join('--' + name.replace('_', '-') for name in given) or '--replay'}")
     parameters = {**_replayed(cli, args.replay), **given} if args.replay else given
+    if args.control_image is not None:
+        parameters[wire.CONTROL_IMAGE.name] = args.control_image
     if wire.PROMPT.name not in parameters and not args.resume:
         cli.error("--prompt is required (or --replay PNG, or --resume STATE)")
     count = parameters.get(wire.NUM_IMAGES.name) or 1

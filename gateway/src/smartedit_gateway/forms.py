@@ -100,7 +100,7 @@ def _typed(spec: wire.WireTensor, value: Any, from_text: bool) -> Any:
 
 def _parameters(values: dict[str, Any], from_text: bool, extra: tuple[wire.WireTensor, ...]) -> dict[str, Any]:
     specs = {spec.name: spec for spec in wire.PARAMETERS + extra}
-    unknown = sorted(set(values) - set(specs) - {wire.IMAGE.name, wire.MASK_IMAGE.name})
+    unknown = sorted(set(values) - set(specs) - set(_EDIT_IMAGES))
     if unknown:
         raise _bad(unknown[0], f"is not a parameter of this API; known: {', '.join(sorted(specs))}")
     parameters = {name: _typed(specs[name], value, from_text) for name, value in values.items()
@@ -167,6 +167,9 @@ def _decoded_base64(field: str, value: Any) -> bytes:
 # The images every edit needs: the photo (the mask only for the tasks that repaint one; the server names it
 # when a task needs it and none came).
 _REQUIRED_IMAGES = tuple(spec.name for spec in (wire.IMAGE, wire.MASK_IMAGE) if spec.required)
+# Every image an edit may carry: the photo, its mask and the contract's image options (a ControlNet's control_image,
+# handed to the SDK as an option).
+_EDIT_IMAGES = (wire.IMAGE.name, wire.MASK_IMAGE.name, *(spec.name for spec in wire.IMAGE_OPTIONS))
 
 
 async def _multipart(request: Request) -> tuple[dict[str, bytes], dict[str, str]]:
@@ -197,17 +200,19 @@ async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -
             if name not in files:
                 raise _bad(name, "is required: send it as a file field of the form")
         parameters = _parameters(fields, from_text=True, extra=extra)
+        parameters.update({spec.name: files[spec.name] for spec in wire.IMAGE_OPTIONS if spec.name in files})
         return EditForm(files[wire.IMAGE.name], files.get(wire.MASK_IMAGE.name), parameters)
     if content_type == "application/json":
         body = await _json_object(request)
         images = {}
-        for name in (wire.IMAGE.name, wire.MASK_IMAGE.name):
+        for name in _EDIT_IMAGES:
             if body.get(name) is None:
                 if name in _REQUIRED_IMAGES:
                     raise _bad(name, "is required: base64 of the encoded image")
                 continue
             images[name] = _decoded_base64(name, body[name])
         parameters = _parameters(body, from_text=False, extra=extra)
+        parameters.update({spec.name: images[spec.name] for spec in wire.IMAGE_OPTIONS if spec.name in images})
         return EditForm(images[wire.IMAGE.name], images.get(wire.MASK_IMAGE.name), parameters)
     raise GatewayError(415, f"send multipart/form-data or application/json, not {content_type or 'no Content-Type'}")
 
@@ -314,7 +319,7 @@ def openapi_schema(with_stream_fields: bool = False) -> dict:
         if spec.choices:
             schema["enum"] = list(spec.choices)
         properties[spec.name] = schema
-    image_doc = {wire.IMAGE.name: wire.IMAGE.meaning, wire.MASK_IMAGE.name: wire.MASK_IMAGE.meaning}
+    image_doc = {spec.name: spec.meaning for spec in (wire.IMAGE, wire.MASK_IMAGE, *wire.IMAGE_OPTIONS)}
     multipart = {name: {"type": "string", "format": "binary", "description": doc} for name, doc in image_doc.items()}
     as_json = {name: {"type": "string", "format": "byte", "description": f"base64: {doc}"}
                for name, doc in image_doc.items()}

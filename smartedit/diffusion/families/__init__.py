@@ -41,11 +41,16 @@ from smartedit.diffusion.families import (
 )
 from smartedit.diffusion.prompts import PromptEncoding
 from smartedit.diffusion.recognize import KNOWN
-from smartedit.diffusion.spec import VAE_DECODER, VAE_ENCODER, PipelineInfo
+from smartedit.diffusion import control
+from smartedit.diffusion.spec import UNET, VAE_DECODER, VAE_ENCODER, PipelineInfo, fused_control_unet_spec
 from smartedit.edit.parameters import EditParameters, FamilyParameters
+from smartedit.edit.tasks import TEXT_EDIT
+from smartedit_client import _contract as wire
 
 FAMILIES: dict[str, ModuleType] = {module.FAMILY.name: module for module in (
     sd_inpaint, sd_latent_blend, sdxl_inpaint, sdxl_latent_blend, instruct_pix2pix)}
+# The pipeline's attribute holding the ControlNet it is exported with (the name diffusers' ControlNet pipelines use).
+CONTROLNET_MODULE = "controlnet"
 assert set(FAMILIES) == {family.name for family in KNOWN}, "every family recognized has its module, and only those"
 
 
@@ -63,13 +68,17 @@ def family_of(info: PipelineInfo) -> ModuleType:
 
 
 def components_of(info: PipelineInfo) -> tuple:
-    """The ``ComponentSpec``s of the models ``info``'s family serves besides the steps."""
-    return family_of(info).COMPONENTS
+    """The ``ComponentSpec``s of the models ``info``'s family serves besides the steps; with a ControlNet, the UNet's
+    is the fused graph's (smartedit.diffusion.control)."""
+    components = family_of(info).COMPONENTS
+    if not info.controlnet:
+        return components
+    return tuple(fused_control_unet_spec(spec) if spec.name == UNET.name else spec for spec in components)
 
 
 def weights_of(info: PipelineInfo) -> tuple[str, ...]:
-    """The pipeline's modules whose weights ``info``'s family serves (what provenance hashes)."""
-    return family_of(info).WEIGHTS
+    """The pipeline's modules whose weights ``info``'s family serves (what provenance hashes): its ControlNet's too."""
+    return family_of(info).WEIGHTS + ((CONTROLNET_MODULE,) if info.controlnet else ())
 
 
 def fp32_components(info: PipelineInfo, vae_config: Mapping[str, Any]) -> frozenset[str]:
@@ -86,16 +95,32 @@ def prompts_of(info: PipelineInfo) -> PromptEncoding:
 
 
 def family_parameters(info: PipelineInfo) -> FamilyParameters:
-    """What ``info``'s family says about a request's parameters: its defaults, and the parameters of other
-    families, which it refuses."""
+    """What ``info``'s pipeline says about a request's parameters: its family's defaults, and the parameters of
+    other families, which it refuses; the ControlNet's parameters unless it serves one (which takes no text edit:
+    the inversion's rows would need their own control)."""
     module = family_of(info)
     others = {name for other in FAMILIES.values() if other is not module for name in other.OWN_PARAMETERS}
-    return FamilyParameters(family=info.family, defaults=dict(module.DEFAULTS),
-                            refused=frozenset(others - set(module.OWN_PARAMETERS)), tasks=tuple(module.TASKS))
+    refused = others - set(module.OWN_PARAMETERS)
+    reasons = {}
+    defaults = dict(module.DEFAULTS)
+    tasks = tuple(module.TASKS)
+    if info.controlnet:
+        defaults[wire.CONTROLNET.name] = info.controlnet
+        tasks = tuple(task for task in tasks if task != TEXT_EDIT)
+    else:
+        control = {spec.name for spec in wire.CONTROL_INPUTS if spec in wire.PARAMETERS}
+        refused |= control
+        reasons = {name: "it serves no ControlNet: export one with --controlnet" for name in control}
+    return FamilyParameters(family=info.family, defaults=defaults, refused=frozenset(refused), tasks=tasks,
+                            reasons=reasons)
 
 
 def start_denoising(info: PipelineInfo, scheduler_config: Mapping[str, Any], params: EditParameters,
                     inputs: EditInputs, encode_init_image: EncodeFn) -> DenoiseState:
     """The loop's state of one image of the edit ``params`` describes (its ``seed``: a variation's own),
-    started as its family starts it."""
-    return family_of(info).start(info, scheduler_config, params, inputs, encode_init_image)
+    started as its family starts it; on a pipeline with a ControlNet, with its control (or none) on its rows."""
+    state = family_of(info).start(info, scheduler_config, params, inputs, encode_init_image)
+    if info.controlnet:
+        size = tuple(side * info.vae_scale_factor for side in inputs.latent_mask.shape[-2:])
+        state = control.apply(state, params, inputs.control_image, size)
+    return state

@@ -20,6 +20,7 @@ import triton_python_backend_utils as pb_utils
 from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
 from smartedit.engine.cancellation import CancelBoard
+from smartedit.diffusion.control import control_image as _control_image
 from smartedit.diffusion.denoise import EditInputs, decoder_input
 from smartedit.diffusion.families import family_of, prompts_of, start_denoising
 from smartedit.diffusion.resume import CLEAN, resume
@@ -237,7 +238,8 @@ class TritonPythonModel:
         inputs = EditInputs(prompt=prompt,
                             masked_image_mean=torch.from_numpy(_input(request, steps.MASKED_IMAGE_MEAN)),
                             masked_image_std=torch.from_numpy(_input(request, steps.MASKED_IMAGE_STD)),
-                            latent_mask=torch.from_numpy(_input(request, steps.LATENT_MASK)))
+                            latent_mask=torch.from_numpy(_input(request, steps.LATENT_MASK)),
+                            control_image=_control_image(_input(request, steps.CONTROL_CONDITION), params))
         # Only encoded when the family needs the photo's latents; the request's copy stays out of memory otherwise.
         init_image = _input(request, steps.INIT_IMAGE) if family_of(self.info).encodes_init_image(params) else None
         request_id = request.request_id()

@@ -24,6 +24,7 @@ import triton_python_backend_utils as pb_utils
 from smartedit.serving.model_args import ModelArgs
 from smartedit.serving import steps
 from smartedit.serving.decoupled_calls import decoupled_responses, release_finished_calls
+from smartedit.diffusion.control import control_image
 from smartedit.diffusion.denoise import SAMPLE, EditInputs, decoder_input, run_to_end
 from smartedit.diffusion.families import prompts_of, start_denoising
 from smartedit.errors import ServiceInterrupted
@@ -195,6 +196,7 @@ class TritonPythonModel:
             masked_image_mean=torch.from_numpy(array(request, steps.MASKED_IMAGE_MEAN.name)),
             masked_image_std=torch.from_numpy(array(request, steps.MASKED_IMAGE_STD.name)),
             latent_mask=torch.from_numpy(array(request, steps.LATENT_MASK.name)),
+            control_image=control_image(array(request, steps.CONTROL_CONDITION.name), params),
         )
         # Inside an ensemble is_cancelled() stays false (Triton 2.51), so the deadline is what stops it;
         # a caller of this step alone would be seen.

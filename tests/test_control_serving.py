@@ -1,0 +1,202 @@
+"""A ControlNet pipeline served (``smartedit export --controlnet``) against diffusers'
+``StableDiffusionControlNetInpaintPipeline`` on the same tiny weights, over gRPC with the real client.
+
+The tiny ControlNet's output convolutions are drawn at random (smartedit.export.tiny_controlnet), so a served
+edit that dropped the control, or took it from the wrong pixels, would not match.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import png_bytes, scene, serving
+from reference import diffusers_controlnet_inpaint, psnr
+from smartedit.edit.control_images import canny_condition, image_condition, inpaint_condition
+
+CONTROLNET_NAME = "edges"
+EDIT = dict(prompt="a red chair", negative_prompt="ugly", num_inference_steps=4, guidance_scale=7.5, seed=7,
+            scheduler="ddim")
+
+
+@pytest.fixture(scope="module")
+def controlled_server(tiny_model_dir, tiny_controlnet_dir, tmp_path_factory):
+    """Pipeline ``controlled``: the tiny model with the tiny ControlNet, exported by the command line."""
+    out = tmp_path_factory.mktemp("controlnet") / "model_repository"
+    result = subprocess.run([sys.executable, "-m", "smartedit", "export", "--model", f"controlled={tiny_model_dir}",
+                             "--controlnet", f"{CONTROLNET_NAME}={tiny_controlnet_dir}", "--no-segmentation",
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with serving(out, out.parent / "tritonserver.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def controlled_client(controlled_server):
+    from smartedit_client import InpaintClient
+
+    with InpaintClient(controlled_server.address.grpc, timeout_s=120) as client:
+        yield client
+
+
+def _served(client, image, mask, **options) -> np.ndarray:
+    return np.asarray(client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **{**EDIT, **options}).image)
+
+
+@pytest.mark.functional
+@pytest.mark.parametrize("control,options", [
+    ("image", {}),  # the reference's defaults: scale 0.5 over the whole schedule
+    ("image", {"controlnet_conditioning_scale": 1.0, "control_guidance_start": 0.2, "control_guidance_end": 0.8,
+               "scheduler": "euler"}),
+    ("canny", {"control_low_threshold": 50, "control_high_threshold": 150, "controlnet_conditioning_scale": 0.8,
+               "strength": 0.6, "guidance_scale": 5.0}),
+    ("inpaint", {"controlnet_conditioning_scale": 1.0, "control_guidance_end": 0.5, "scheduler": "dpmpp_2m"}),
+    ("image", {"guess_mode": True, "controlnet_conditioning_scale": 0.9}),
+])
+def test_a_controlled_edit_matches_diffusers_controlnet_inpaint(controlled_client, tiny_pipeline, tiny_controlnet,
+                                                                control, options):
+    image, mask = scene(40, 24)
+    inside = np.asarray(mask) >= 128
+    sent = scene(40, 24, seed=5)[0]  # a conditioning image of its own, for control "image"
+    if control == "image":
+        condition, request = image_condition(np.asarray(sent)), {"control_image": png_bytes(sent)}
+    elif control == "canny":  # the reference is given the same Canny image the server makes
+        condition = image_condition(canny_condition(np.asarray(image), options["control_low_threshold"],
+                                                    options["control_high_threshold"]))
+        request = {"control": "canny"}
+    else:
+        condition, request = inpaint_condition(np.asarray(image), inside), {"control": "inpaint"}
+    served = _served(controlled_client, image, mask, **request, **options)
+    edit = {**EDIT, **{key: value for key, value in options.items() if not key.startswith("control_")}}
+    control_options = {key: value for key, value in options.items()
+                       if key.startswith(("controlnet_", "control_guidance")) or key == "guess_mode"}
+    for key in ("strength", "guess_mode", "controlnet_conditioning_scale", "control_guidance_start",
+                "control_guidance_end"):
+        edit.pop(key, None)
+    reference = diffusers_controlnet_inpaint(tiny_pipeline, tiny_controlnet, image, mask, condition,
+                                             strength=options.get("strength", 1.0), **edit, **control_options)
+    assert psnr(served[inside], reference[inside]) >= 40
+    assert np.array_equal(served[~inside], np.asarray(image)[~inside])
+    # the control matters: the same edit without it is another picture
+    plain = _served(controlled_client, image, mask, **{key: value for key, value in options.items()
+                                                        if key in ("scheduler", "strength", "guidance_scale")})
+    assert psnr(plain[inside], reference[inside]) < 40
+
+
+@pytest.mark.functional
+def test_edits_with_and_without_control_batched_together_each_equal_alone(controlled_client):
+    from conftest import assert_together_equals_alone
+
+    image, mask = scene(40, 24, seed=2)
+    edits = [({}, 1), ({"control": "canny"}, 2), ({"control": "inpaint", "controlnet_conditioning_scale": 1.0}, 3),
+             ({"control_image": png_bytes(scene(40, 24, seed=6)[0]), "guess_mode": True}, 4), ({}, 5)]
+
+    def send(options, seed):
+        return controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask),
+                                         **{**EDIT, "seed": seed, **options}).png
+
+    assert_together_equals_alone(edits, send)
+
+
+@pytest.mark.functional
+def test_a_streamed_controlled_edit_is_the_unary_one(controlled_client):
+    image, mask = scene(40, 24, seed=1)
+    options = dict(EDIT, control="canny", control_low_threshold=30, control_high_threshold=90)
+    with controlled_client.inpaint_stream(image=png_bytes(image), mask_image=png_bytes(mask), **options) as stream:
+        streamed = list(stream)[-1]
+    unary = controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **options)
+    assert streamed.png == unary.png
+    assert unary.parameters["parameters"]["control"] == "canny"
+    assert unary.parameters["parameters"]["controlnet"] == CONTROLNET_NAME
+
+
+@pytest.mark.functional
+def test_a_large_photo_is_controlled_in_its_edit_region(controlled_client):
+    """A photo larger than the working size is edited as a crop around its mask; the conditioning image sent with it
+    is cropped and scaled the same way (tests/test_control.py checks the arithmetic): the control still acts, and
+    nothing outside the mask changes."""
+    from PIL import Image
+
+    image = scene(600, 400, seed=3)[0]
+    mask = Image.new("L", image.size, 0)
+    mask.paste(255, (300, 220, 360, 280))
+    inside = np.asarray(mask) >= 128
+    controlled = controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask),
+                                           control_image=png_bytes(scene(600, 400, seed=8)[0]), **EDIT)
+    plain = _served(controlled_client, image, mask)
+    assert controlled.parameters["parameters"]["control"] == "image"
+    assert np.array_equal(np.asarray(controlled.image)[~inside], np.asarray(image)[~inside])
+    assert psnr(np.asarray(controlled.image)[inside], plain[inside]) < 40
+
+
+@pytest.mark.functional
+@pytest.mark.parametrize("options,field,fragment", [
+    ({"control": "image"}, "control_image", "is required for control image"),
+    ({"control_image": "small"}, "control_image", "must be the same size"),
+    ({"control_image": b"not an image"}, "control_image", "is not a PNG"),
+    ({"controlnet": "depth"}, "controlnet", f"its ControlNet: '{CONTROLNET_NAME}'"),
+    ({"control_guidance_start": 0.6, "control_guidance_end": 0.5}, "control_guidance_start", "must be below"),
+    ({"control": "canny", "control_image": "same"}, "control_image", "send one or the other"),
+    ({"control": "depth"}, "control", "unknown control"),
+    ({"controlnet_conditioning_scale": -1.0}, "controlnet_conditioning_scale", "between 0 and 10"),
+    ({"task": "text_edit"}, "task", "not served by this pipeline"),
+])
+def test_bad_control_is_invalid_argument_naming_the_field(controlled_client, options, field, fragment):
+    from smartedit_client import InvalidRequestError
+
+    image, mask = scene(40, 24)
+    sizes = {"small": png_bytes(scene(24, 24)[0]), "same": png_bytes(image)}
+    options = {key: sizes.get(value, value) if isinstance(value, str) else value for key, value in options.items()}
+    with pytest.raises(InvalidRequestError) as raised:
+        controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **{**EDIT, **options})
+    assert str(raised.value).startswith(f"{field}:") and fragment in str(raised.value), str(raised.value)
+    # and the server goes on serving
+    assert controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **EDIT).image.size == (40, 24)
+
+
+@pytest.mark.functional
+def test_server_info_names_the_pipelines_controlnet_and_its_inputs(controlled_client):
+    info = controlled_client.server_info()
+    assert info.controlnets == (CONTROLNET_NAME,)
+    assert info.parameters["controlnet"].default == CONTROLNET_NAME
+    assert info.parameters["controlnet_conditioning_scale"].default == 0.5
+    assert set(info.parameters["control"].choices) == {"none", "image", "canny", "inpaint"}
+    assert "text_edit" not in info.tasks
+
+
+@pytest.mark.functional
+def test_the_gateway_takes_a_control_image_file_or_base64_and_control_as_a_field(controlled_server, controlled_client,
+                                                                                 tmp_path):
+    import base64
+    import json
+
+    from test_gateway import _post_json, gateway
+
+    image, mask = scene(40, 24, seed=4)
+    control = scene(40, 24, seed=9)[0]
+    for name, picture in (("image", image), ("mask", mask), ("control", control)):
+        (tmp_path / f"{name}.png").write_bytes(png_bytes(picture))
+    expected = controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask),
+                                         control_image=png_bytes(control), **EDIT).png
+    canny = controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), control="canny", **EDIT).png
+    with gateway(controlled_server.address.grpc, tmp_path / "gateway.log") as url:
+        out = tmp_path / "out.png"
+        run = subprocess.run(["curl", "-sS", "-f", "-F", f"image=@{tmp_path / 'image.png'}",
+                              "-F", f"mask_image=@{tmp_path / 'mask.png'}",
+                              "-F", f"control_image=@{tmp_path / 'control.png'}",
+                              *sum((["-F", f"{key}={value}"] for key, value in EDIT.items()), []),
+                              f"{url}/edit/inpaint", "-o", str(out)], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert out.read_bytes() == expected
+        body = {"image": base64.b64encode(png_bytes(image)).decode(),
+                "mask_image": base64.b64encode(png_bytes(mask)).decode(), **EDIT}
+        status, _, raw = _post_json(url + "/edit/inpaint", {**body, "control": "canny"})
+        assert status == 200 and raw == canny
+        status, _, raw = _post_json(url + "/edit/inpaint", {**body, "control_image": "data:image/png;base64,"
+                                                            + base64.b64encode(png_bytes(control)).decode()})
+        assert status == 200 and raw == expected
+        status, _, raw = _post_json(url + "/edit/inpaint", {**body, "control": "image"})
+        assert status == 400 and json.loads(raw)["field"] == "control_image", raw
