@@ -313,3 +313,34 @@ def test_a_controlnet_for_another_base_is_refused_at_export_naming_what_differs(
     with pytest.raises(UnsupportedModel, match="could not load it as a diffusers ControlNet"):
         attach_controlnet(tiny_pipeline, tmp_path)
     assert getattr(tiny_pipeline, "controlnet", None) is None  # nothing attached
+
+
+def test_a_conditioning_image_on_a_transparent_layer_is_read_over_black_and_a_16_bit_one_is_refused():
+    from PIL import Image
+
+    from smartedit.edit.photos import conditioning_rgb
+    from smartedit.errors import RequestError
+
+    layer = Image.new("RGBA", (4, 2), (255, 255, 255, 0))
+    layer.putpixel((1, 1), (255, 255, 255, 255))  # one drawn pixel
+    read = np.asarray(conditioning_rgb("control_image", layer))
+    assert read[1, 1].tolist() == [255, 255, 255] and read.sum() == 3 * 255
+    with pytest.raises(RequestError, match="^control_image: is a 16/32-bit integer image .mode I;16."):
+        conditioning_rgb("control_image", Image.fromarray(np.zeros((2, 4), dtype=np.uint16)))
+
+
+def test_a_4_channel_controlnet_pipeline_refuses_text_edit_saying_why(tiny_text_to_image_pipeline):
+    import dataclasses
+
+    from smartedit.diffusion.families import family_parameters
+    from smartedit.edit.parameters import resolve_parameters
+    from smartedit.errors import RequestError
+
+    info = dataclasses.replace(PipelineInfo.from_pipeline(tiny_text_to_image_pipeline), controlnet="edges")
+    for sent, field in (({"task": b"text_edit"}, "task"), ({"source_prompt": b"a cat"}, "source_prompt")):
+        read = {"prompt": b"a dog", **sent}.get
+        with pytest.raises(RequestError, match=f"^{field}: .*it serves a ControlNet"):
+            resolve_parameters(read, PreprocessSettings(), family_parameters(info))
+    plain = resolve_parameters({"prompt": b"a dog", "task": b"text_edit"}.get, PreprocessSettings(),
+                               family_parameters(PipelineInfo.from_pipeline(tiny_text_to_image_pipeline)))
+    assert plain.task == "text_edit" and plain.control is None

@@ -7,11 +7,13 @@ edit that dropped the control, or took it from the wrong pixels, would not match
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import png_bytes, scene, serving
 from reference import diffusers_controlnet_inpaint, psnr
@@ -135,23 +137,40 @@ def test_a_large_photo_is_controlled_in_its_edit_region(controlled_client):
 @pytest.mark.functional
 @pytest.mark.parametrize("options,field,fragment", [
     ({"control": "image"}, "control_image", "is required for control image"),
+    ({"control_image": "same", "checkpoint_every": 2}, "checkpoint_every", "cannot be checkpointed yet"),
     ({"control_image": "small"}, "control_image", "must be the same size"),
     ({"control_image": b"not an image"}, "control_image", "is not a PNG"),
     ({"controlnet": "depth"}, "controlnet", f"its ControlNet: '{CONTROLNET_NAME}'"),
-    ({"control_guidance_start": 0.6, "control_guidance_end": 0.5}, "control_guidance_start", "must be below"),
-    ({"control": "canny", "control_image": "same"}, "control_image", "send one or the other"),
+    ({"control": "canny", "control_guidance_start": 0.6, "control_guidance_end": 0.5}, "control_guidance_start",
+     "must be below"),
+    ({"control": "canny", "control_image": "same"}, "control_image", "makes its own conditioning image"),
     ({"control": "depth"}, "control", "unknown control"),
     ({"controlnet_conditioning_scale": -1.0}, "controlnet_conditioning_scale", "between 0 and 10"),
     ({"task": "text_edit"}, "task", "not served by this pipeline"),
+    ({"control": "none", "control_image": "same"}, "control_image", "leaves the edit uncontrolled"),
+    ({"controlnet_conditioning_scale": 0.9}, "controlnet_conditioning_scale", "does nothing with control none"),
+    ({"control": "inpaint", "control_low_threshold": 10}, "control_low_threshold", "it needs control canny"),
+    ({"control": "canny", "control_low_threshold": 200, "control_high_threshold": 100}, "control_low_threshold",
+     "is above control_high_threshold"),
+    ({"control": "canny", "control_guidance_end": 0.0}, "control_guidance_end", "must be below"),
+    ({"control_image": "16-bit"}, "control_image", "send it as an 8-bit PNG"),
 ])
 def test_bad_control_is_invalid_argument_naming_the_field(controlled_client, options, field, fragment):
     from smartedit_client import InvalidRequestError
 
     image, mask = scene(40, 24)
-    sizes = {"small": png_bytes(scene(24, 24)[0]), "same": png_bytes(image)}
+    deep = io.BytesIO()
+    Image.fromarray(np.full((24, 40), 4000, dtype=np.uint16)).save(deep, format="PNG")  # mode I;16: a raw depth map
+    sizes = {"small": png_bytes(scene(24, 24)[0]), "same": png_bytes(image), "16-bit": deep.getvalue()}
     options = {key: sizes.get(value, value) if isinstance(value, str) else value for key, value in options.items()}
+    streamed = options.pop("checkpoint_every", None)
     with pytest.raises(InvalidRequestError) as raised:
-        controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **{**EDIT, **options})
+        if streamed:  # the stream's input
+            with controlled_client.inpaint_stream(image=png_bytes(image), mask_image=png_bytes(mask), **EDIT, **options,
+                                                  checkpoint_every=streamed) as stream:
+                list(stream)
+        else:
+            controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **{**EDIT, **options})
     assert str(raised.value).startswith(f"{field}:") and fragment in str(raised.value), str(raised.value)
     # and the server goes on serving
     assert controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **EDIT).image.size == (40, 24)
@@ -200,3 +219,25 @@ def test_the_gateway_takes_a_control_image_file_or_base64_and_control_as_a_field
         assert status == 200 and raw == expected
         status, _, raw = _post_json(url + "/edit/inpaint", {**body, "control": "image"})
         assert status == 400 and json.loads(raw)["field"] == "control_image", raw
+
+
+@pytest.mark.functional
+def test_a_plain_edits_png_carries_no_control_and_replays_on_a_plain_pipeline(controlled_client, client):
+    """An edit without control on a ControlNet pipeline records no control setting (they did nothing), so its PNG
+    replays anywhere; a pipeline without a ControlNet refuses control inputs by name."""
+    from smartedit_client import InvalidRequestError
+
+    image, mask = scene(40, 24, seed=3)
+    plain = controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **EDIT)
+    record = plain.parameters["parameters"]
+    assert all(record[name] is None for name in ("control", "controlnet", "controlnet_conditioning_scale",
+                                                 "control_guidance_start", "guess_mode", "control_low_threshold"))
+    assert client.replay(plain.png, image=png_bytes(image), mask_image=png_bytes(mask)).image.size == (40, 24)
+    canny = controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), control="canny", **EDIT)
+    assert canny.parameters["parameters"]["controlnet_conditioning_scale"] == 0.5
+    assert controlled_client.replay(canny.png, image=png_bytes(image), mask_image=png_bytes(mask)).png == canny.png
+    for options, field in (({"control": "canny"}, "control"), ({"control_image": png_bytes(image)}, "control_image"),
+                           ({"guess_mode": True}, "guess_mode")):
+        with pytest.raises(InvalidRequestError, match=f"^{field}: is not taken by this pipeline .it serves no "
+                                                      f"ControlNet"):
+            client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **EDIT, **options)

@@ -188,9 +188,9 @@ def export_repository(args, out: Path) -> Path:
         if args.profile == SIMULATED:
             from smartedit.export.simulated import build_simulated_repository
 
-            if args.model:
-                raise ValueError("--profile simulated takes no --model: its shapes and timings come from "
-                                 "--latency-table")
+            if args.model or getattr(args, "controlnet", None):
+                raise ValueError("--profile simulated takes no --model or --controlnet: its shapes and timings come "
+                                 "from --latency-table")
             return build_simulated_repository(Path(args.latency_table), out, options)
         wanted = pipeline_arguments(args.model, getattr(args, "tiny", None))
         names = [name for name, _, _ in wanted]

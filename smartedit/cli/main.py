@@ -267,8 +267,8 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
                         "ControlNetModel folder), named CNAME (default: its folder's name): its UNet and the "
                         "ControlNet "
                         "are exported as one graph, and edits take control_image / control. One per pipeline: "
-                        "export the base again under another name for another ControlNet. A bare value with one "
-                        "pipeline is its")
+                        "export the base again under another name for another ControlNet. With one pipeline NAME= may "
+                        "be left out")
     p.add_argument("--sam-model", default=None,
                    help="Segment Anything checkpoint for click-to-mask, a folder or hub id such as "
                         "facebook/sam-vit-base (default: an embedded tiny SAM)")

@@ -202,8 +202,9 @@ def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings,
     defaults = default_values(settings, family)
     task = sent.get(wire.TASK.name, defaults[wire.TASK.name])
     if task not in family.tasks:
-        raise RequestError(wire.TASK.name, f"{task} is not served by this pipeline (family {family.family}); its "
-                                           f"tasks: {', '.join(family.tasks)}")
+        why = family.reasons.get(wire.TASK.name, f"family {family.family}")
+        raise RequestError(wire.TASK.name, f"{task} is not served by this pipeline ({why}); its tasks: "
+                                           f"{', '.join(family.tasks)}")
     # Left out: the task's default, else the server's, else the record's.
     values = {**defaults, **TASK_DEFAULTS[task], **sent}
     if not values[wire.PROMPT.name] and task != INPAINT:
@@ -216,31 +217,58 @@ def resolve_parameters(read: Callable[[str], Any], settings: PreprocessSettings,
     return params
 
 
+# What each control setting applies to: every control (the ControlNet, its scale and window, guess mode), or canny's
+# edges alone (the thresholds).
+_CONTROL_SETTINGS = (wire.CONTROLNET, wire.CONTROLNET_CONDITIONING_SCALE, wire.CONTROL_GUIDANCE_START,
+                     wire.CONTROL_GUIDANCE_END, wire.GUESS_MODE)
+_CANNY_SETTINGS = (wire.CONTROL_LOW_THRESHOLD, wire.CONTROL_HIGH_THRESHOLD)
+
+
 def _resolve_control(values: dict, sent: dict, has_control_image: bool, family: FamilyParameters) -> None:
-    """The edit's ``control``: a sent ``control_image`` is the control unless the request names another; the
-    ``controlnet`` one of the pipeline's."""
+    """The edit's control settings: a sent ``control_image`` is the control unless the request names another; the
+    ``controlnet`` is the pipeline's. A setting that does not apply is refused when sent (it would do nothing) and
+    recorded as None otherwise, so that the result PNG carries only what made it (and replays on any pipeline)."""
     name = wire.CONTROL.name
-    if wire.CONTROL.name in family.refused:
+    if name in family.refused:
         if has_control_image:
             raise RequestError(wire.CONTROL_IMAGE.name, f"is not taken by this pipeline "
                                                         f"({family.reasons.get(name, f'family {family.family}')})")
         return
     if has_control_image and name not in sent:
         values[name] = "image"
-    if has_control_image and values[name] != "image":
-        raise RequestError(wire.CONTROL_IMAGE.name, f"is sent with control {values[name]}, which makes its own "
-                                                    f"conditioning image from the photo: send one or the other")
-    if values[name] == "image" and not has_control_image:
-        raise RequestError(wire.CONTROL_IMAGE.name, "is required for control image")
+    control = values[name]
     served = family.defaults.get(wire.CONTROLNET.name)
-    values[wire.CONTROLNET.name] = values[wire.CONTROLNET.name] or served
-    if values[wire.CONTROLNET.name] != served:
-        raise RequestError(wire.CONTROLNET.name, f"{values[wire.CONTROLNET.name]!r} is not served by this pipeline; "
+    if sent.get(wire.CONTROLNET.name, served) not in (served, ""):
+        raise RequestError(wire.CONTROLNET.name, f"{sent[wire.CONTROLNET.name]!r} is not served by this pipeline; "
                                                  f"its ControlNet: {served!r}")
-    if values[wire.CONTROL_GUIDANCE_START.name] >= values[wire.CONTROL_GUIDANCE_END.name]:
-        raise RequestError(wire.CONTROL_GUIDANCE_START.name,
-                           f"{values[wire.CONTROL_GUIDANCE_START.name]} must be below control_guidance_end "
-                           f"{values[wire.CONTROL_GUIDANCE_END.name]} (the control acts between the two)")
+    if has_control_image and control != "image":
+        made = ("which makes its own conditioning image from the photo" if control != "none" else
+                "which leaves the edit uncontrolled")
+        raise RequestError(wire.CONTROL_IMAGE.name, f"is sent with control {control}, {made}: send control image "
+                                                    f"(or leave control out) to use it")
+    if control == "image" and not has_control_image:
+        raise RequestError(wire.CONTROL_IMAGE.name, "is required for control image")
+    unused = _CONTROL_SETTINGS + _CANNY_SETTINGS if control == "none" else () if control == "canny" else _CANNY_SETTINGS
+    for spec in unused:
+        if spec.name in sent:
+            needs = ("control canny" if spec in _CANNY_SETTINGS else
+                     "a control (control_image, or control canny / inpaint)")
+            raise RequestError(spec.name, f"{sent[spec.name]} does nothing with control {control}: it needs {needs}")
+        values[spec.name] = None
+    if control == "none":
+        values[name] = None
+        return
+    values[wire.CONTROLNET.name] = served
+    start, end = values[wire.CONTROL_GUIDANCE_START.name], values[wire.CONTROL_GUIDANCE_END.name]
+    if start >= end:
+        field = wire.CONTROL_GUIDANCE_END.name if wire.CONTROL_GUIDANCE_START.name not in sent else \
+            wire.CONTROL_GUIDANCE_START.name
+        raise RequestError(field, f"control_guidance_start {start} must be below control_guidance_end {end} (the "
+                                  f"control acts between the two)")
+    if control == "canny" and values[wire.CONTROL_LOW_THRESHOLD.name] > values[wire.CONTROL_HIGH_THRESHOLD.name]:
+        raise RequestError(wire.CONTROL_LOW_THRESHOLD.name,
+                           f"{values[wire.CONTROL_LOW_THRESHOLD.name]} is above control_high_threshold "
+                           f"{values[wire.CONTROL_HIGH_THRESHOLD.name]}")
 
 
 def _check_combinations(params: EditParameters) -> None:

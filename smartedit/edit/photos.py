@@ -86,6 +86,22 @@ def mask_luminance(mask: Image.Image) -> Image.Image:
     return Image.alpha_composite(Image.new("RGBA", layer.size, (0, 0, 0, 255)), layer).convert("L")
 
 
+def conditioning_rgb(field: str, image: Image.Image) -> Image.Image:
+    """A ControlNet's conditioning image as the RGB it is read as: a drawing on a transparent layer composited over
+    black (the black a ControlNet's edge and line maps have where nothing is drawn).
+
+    Raises:
+        RequestError: naming ``field``, for a 16- or 32-bit image (a depth map saved raw), which 8-bit RGB would clip:
+            its values mean what the tool that made it chose; send it scaled to 8 bits.
+    """
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        raise RequestError(field, f"is a {'32-bit float' if image.mode == 'F' else '16/32-bit integer'} image (mode "
+                                  f"{image.mode}); send it as an 8-bit PNG (L or RGB), its values scaled to 0-255")
+    if not _has_alpha(image):
+        return image.convert("RGB")
+    return Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image.convert("RGBA")).convert("RGB")
+
+
 @dataclass(frozen=True)
 class Photo:
     rgb: Image.Image  # what the models edit, upright

@@ -19,7 +19,7 @@ from smartedit.errors import RequestError
 from smartedit.edit.masks import repaint_area
 from smartedit.edit.parameters import EditParameters, resolve_parameters
 from smartedit.edit.control_images import CANNY, INPAINT, canny_condition, image_condition, inpaint_condition
-from smartedit.edit.photos import Photo, decode_image, decode_photo
+from smartedit.edit.photos import Photo, conditioning_rgb, decode_image, decode_photo
 from smartedit.edit.regions import EditRegion, plan_edit_region
 from smartedit.serving.settings import PreprocessSettings
 from smartedit.diffusion.families import family_parameters, prompts_of
@@ -85,11 +85,12 @@ def prepare_images(image_bytes: bytes, mask_bytes: bytes | None, info: PipelineI
     mask_condition = (np.asarray(mask, dtype=np.float32) / 255.0 >= 0.5).astype(np.float32)[None, None]
     pixels = np.asarray(image, dtype=np.uint8)
     masked_image = normalized(pixels) * (mask_condition < 0.5)
-    control_condition = _control_condition(params, control_bytes, photo, region, pixels, mask_condition[0, 0] >= 0.5,
-                                           settings)
     if params.task == REMOVE:
         # Denoising starts from the hole filled from its surroundings (smartedit.edit.tasks), not from the object.
         pixels = prefill_hole(pixels, mask_condition[0, 0] >= 0.5)
+    # From those pixels: a removal's edges are the fill's, not the object's, which the control would draw again.
+    control_condition = _control_condition(params, control_bytes, photo, region, pixels, mask_condition[0, 0] >= 0.5,
+                                           settings)
     latent_mask = torch.nn.functional.interpolate(
         torch.from_numpy(mask_condition),
         size=(region.height // info.vae_scale_factor, region.width // info.vae_scale_factor),
@@ -117,7 +118,7 @@ def _control_condition(params: EditParameters, control_bytes: bytes | None, phot
         return inpaint_condition(pixels, repainted)
     if control != "image":
         return NO_CONTROL
-    sent = decode_image(wire.CONTROL_IMAGE.name, control_bytes, settings).convert("RGB")
+    sent = conditioning_rgb(wire.CONTROL_IMAGE.name, decode_image(wire.CONTROL_IMAGE.name, control_bytes, settings))
     if sent.size != photo.rgb.size:
         raise RequestError(wire.CONTROL_IMAGE.name, f"is {sent.size[0]}x{sent.size[1]} but image is "
                                                     f"{photo.rgb.size[0]}x{photo.rgb.size[1]} (upright, after its EXIF "

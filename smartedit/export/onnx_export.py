@@ -123,7 +123,11 @@ class FusedControlGraph(torch.nn.Module):
                                     conditioning_scale=1.0, return_dict=False)
         levels = torch.logspace(-1, 0, len(down) + 1)
         factors = torch.where(guess[:, None] > 0.5, levels[None, :], torch.ones_like(levels)[None, :]) * scale[:, None]
-        residuals = [residual * factors[:, level, None, None, None] for level, residual in enumerate([*down, mid])]
+        # Rows of scale 0 get zeros, not residual x 0: a NaN or an FP16 overflow in the ControlNet on such a row
+        # (an uncontrolled edit, a step outside the window) must not reach an edit that has no control then.
+        on = (scale != 0)[:, None, None, None]
+        residuals = [torch.where(on, residual * factors[:, level, None, None, None], torch.zeros_like(residual))
+                     for level, residual in enumerate([*down, mid])]
         return self.unet(*unet_inputs, *residuals)
 
 

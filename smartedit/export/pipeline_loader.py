@@ -230,6 +230,9 @@ def attach_controlnet(pipeline, source: str | Path) -> None:
         differing.append(f"in_channels {new['in_channels']} (the latents': {pipeline.vae.config.latent_channels})")
     if differing:
         raise UnsupportedModel(f"{source}: a ControlNet for another base model: {'; '.join(differing)}")
+    if int(new.get("conditioning_channels", 3)) != 3:
+        raise UnsupportedModel(f"{source}: takes a conditioning image of {new['conditioning_channels']} channels; the "
+                               f"served graph takes RGB (3)")
     if new.get("global_pool_conditions"):
         raise UnsupportedModel(f"{source}: pools its conditions (global_pool_conditions, a shuffle ControlNet), "
                                f"which the served graph does not do")

@@ -199,6 +199,9 @@ async def read_edit(request: Request, extra: tuple[wire.WireTensor, ...] = ()) -
         for name in _REQUIRED_IMAGES:
             if name not in files:
                 raise _bad(name, "is required: send it as a file field of the form")
+        for name in _EDIT_IMAGES:
+            if name in fields:  # dropped, it would leave the edit without the image the caller meant to send
+                raise _bad(name, "must be a file field of the form, not a text field")
         parameters = _parameters(fields, from_text=True, extra=extra)
         parameters.update({spec.name: files[spec.name] for spec in wire.IMAGE_OPTIONS if spec.name in files})
         return EditForm(files[wire.IMAGE.name], files.get(wire.MASK_IMAGE.name), parameters)

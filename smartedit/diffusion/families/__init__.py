@@ -106,7 +106,11 @@ def family_parameters(info: PipelineInfo) -> FamilyParameters:
     tasks = tuple(module.TASKS)
     if info.controlnet:
         defaults[wire.CONTROLNET.name] = info.controlnet
-        tasks = tuple(task for task in tasks if task != TEXT_EDIT)
+        if TEXT_EDIT in tasks:
+            tasks = tuple(task for task in tasks if task != TEXT_EDIT)
+            refused |= {wire.SOURCE_PROMPT.name}  # text_edit's alone
+            why = "it serves a ControlNet, and a text edit's inversion would need a control of its own"
+            reasons = {wire.TASK.name: why, wire.SOURCE_PROMPT.name: why}
     else:
         control = {spec.name for spec in wire.CONTROL_INPUTS if spec in wire.PARAMETERS}
         refused |= control

@@ -252,6 +252,10 @@ class TritonPythonModel:
         if every and params.num_images != 1:
             raise RequestError(wire.CHECKPOINT_EVERY.name, f"{every} needs num_images 1 (a checkpoint continues one "
                                                            f"image), got num_images {params.num_images}")
+        if every and params.control == "image":
+            raise RequestError(wire.CHECKPOINT_EVERY.name, f"{every}: an edit controlled by a sent control_image "
+                                                           f"cannot be checkpointed yet (a resume does not carry the "
+                                                           f"image); control canny and inpaint can")
         if every and params.task == TEXT_EDIT:
             raise RequestError(wire.CHECKPOINT_EVERY.name, f"{every}: a text edit cannot be checkpointed (its "
                                                            f"state holds the inversion's whole trajectory)")
