@@ -344,3 +344,11 @@ def test_a_4_channel_controlnet_pipeline_refuses_text_edit_saying_why(tiny_text_
     plain = resolve_parameters({"prompt": b"a dog", "task": b"text_edit"}.get, PreprocessSettings(),
                                family_parameters(PipelineInfo.from_pipeline(tiny_text_to_image_pipeline)))
     assert plain.task == "text_edit" and plain.control is None
+
+
+def test_a_controlnet_named_without_one_attached_is_refused_before_anything_is_written(tiny_pipeline, tmp_path):
+    from smartedit.export.repository import PipelineSource, build_pipelines_repository
+
+    with pytest.raises(ValueError, match="a ControlNet is named .'edges'. without one attached"):
+        build_pipelines_repository([PipelineSource("tiny", tiny_pipeline, controlnet="edges")], tmp_path / "repo")
+    assert not list(tmp_path.iterdir())

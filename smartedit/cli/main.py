@@ -265,10 +265,9 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controlnet", action="append", default=None, metavar="[NAME=][CNAME=]PATH",
                    help="serve pipeline NAME (an SD 1.x/2.x one) with the ControlNet at PATH (a diffusers "
                         "ControlNetModel folder), named CNAME (default: its folder's name): its UNet and the "
-                        "ControlNet "
-                        "are exported as one graph, and edits take control_image / control. One per pipeline: "
-                        "export the base again under another name for another ControlNet. With one pipeline NAME= may "
-                        "be left out")
+                        "ControlNet are exported as one graph, and edits take control_image / control. One per "
+                        "pipeline: export the base again under another name for another ControlNet. With one "
+                        "pipeline NAME= may be left out")
     p.add_argument("--sam-model", default=None,
                    help="Segment Anything checkpoint for click-to-mask, a folder or hub id such as "
                         "facebook/sam-vit-base (default: an embedded tiny SAM)")

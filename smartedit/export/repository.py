@@ -37,7 +37,7 @@ from smartedit.serving.settings import (
     BATCHED, ENGINES, PER_REQUEST, PIPELINE_PARAMETER, EngineSettings, PreprocessSettings, pipeline_settings,
 )
 from smartedit.diffusion.samplers import suited_samplers
-from smartedit.diffusion.families import components_of, fp32_components, prompts_of, weights_of
+from smartedit.diffusion.families import CONTROLNET_MODULE, components_of, fp32_components, prompts_of, weights_of
 from smartedit.diffusion.spec import UNET, PipelineInfo
 from smartedit.serving.triton_config import (
     ONNX_CPU, ONNX_GPU, RUNTIME_PROFILES, SIMULATED, TENSORRT, BatchingSettings, component_config, parse_pbtxt,
@@ -306,6 +306,9 @@ def build_pipelines_repository(sources: list[PipelineSource], out: Path,
         served = []
         for names, source in zip(pipelines, sources):
             pipeline = source.pipeline
+            if bool(source.controlnet) != (getattr(pipeline, CONTROLNET_MODULE, None) is not None):
+                raise ValueError(f"pipeline {source.name!r}: a ControlNet is named ({source.controlnet!r}) without "
+                                 f"one attached, or attached without a name: use attach_controlnet and name it")
             info = dataclasses.replace(PipelineInfo.from_pipeline(pipeline), controlnet=source.controlnet)
             provenance = Provenance(model=source.model_name, weights_sha256=weights_digest(pipeline, weights_of(info)),
                                     adapters=source.adapters)
