@@ -56,6 +56,21 @@ def tiny_controlnet(tiny_controlnet_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_controlnet_dir(tiny_sdxl_dir, tmp_path_factory) -> Path:
+    """A tiny SDXL ControlNet (it takes the pooled prompt and size ids) for the tiny SDXL models, built as SD's."""
+    from smartedit.export.tiny_controlnet import write_tiny_controlnet
+
+    return write_tiny_controlnet(tiny_sdxl_dir, tmp_path_factory.mktemp("tiny-sdxl-controlnet"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_controlnet(tiny_sdxl_controlnet_dir):
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(str(tiny_sdxl_controlnet_dir)).eval()
+
+
+@pytest.fixture(scope="session")
 def tiny_text_to_image_dir(tmp_path_factory) -> Path:
     """The tiny model's weights with a 4-channel UNet, as a text-to-image SD folder (sd-latent-blend)."""
     return _tiny_sd_variant(tmp_path_factory, "tiny-text-to-image", text_to_image=True)

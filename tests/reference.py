@@ -47,14 +47,19 @@ def diffusers_controlnet_inpaint(pipeline, controlnet, image: Image.Image, mask:
                                  *, prompt: str, negative_prompt: str | None, num_inference_steps: int,
                                  guidance_scale: float, seed: int, scheduler: str, strength: float = 1.0,
                                  eta: float = 0.0, **control) -> np.ndarray:
-    """diffusers' ``StableDiffusionControlNetInpaintPipeline`` on ``pipeline``'s weights and ``controlnet``, given
+    """diffusers' ``StableDiffusionControlNetInpaintPipeline`` (``StableDiffusionXLControlNetInpaintPipeline`` for an
+    SDXL ``pipeline``) on ``pipeline``'s weights and ``controlnet``, given
     ``control_image`` as the ControlNet takes it (``[1, 3, H, W]``, [0, 1]; -1 = masked) and ``control``: its
     ``controlnet_conditioning_scale``, ``control_guidance_start``/``end``, ``guess_mode``."""
-    from diffusers import StableDiffusionControlNetInpaintPipeline
+    from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionXLControlNetInpaintPipeline
 
-    reference = StableDiffusionControlNetInpaintPipeline(
-        **{**pipeline.components, "scheduler": SCHEDULERS[scheduler].from_config(pipeline.scheduler.config)},
-        controlnet=controlnet)
+    sampler = SCHEDULERS[scheduler].from_config(pipeline.scheduler.config)
+    if getattr(pipeline, "text_encoder_2", None) is not None:  # SDXL's, keeping the pipeline's config
+        reference = StableDiffusionXLControlNetInpaintPipeline.from_pipe(pipeline, controlnet=controlnet,
+                                                                         scheduler=sampler, add_watermarker=False)
+    else:
+        reference = StableDiffusionControlNetInpaintPipeline(**{**pipeline.components, "scheduler": sampler},
+                                                             controlnet=controlnet)
     reference.set_progress_bar_config(disable=True)
     result = reference(
         prompt=prompt, negative_prompt=negative_prompt, image=image, mask_image=mask,

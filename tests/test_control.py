@@ -18,13 +18,13 @@ from smartedit.diffusion.control import (
     DOWN_RESIDUAL, MID_RESIDUAL, ControlledUNet, ControlSettings, attach, residual_layout, uncontrolled,
 )
 from smartedit.diffusion.denoise import EditInputs, decoder_input, run_to_end
-from smartedit.diffusion.families import start_denoising
-from smartedit.diffusion.prompts import SD_PROMPTS
+from smartedit.diffusion.families import family_of, start_denoising
 from smartedit.diffusion.spec import PipelineInfo
 from smartedit.edit.control_images import canny_condition, image_condition, inpaint_condition
 from smartedit.edit.parameters import EditParameters
 from smartedit.edit.postprocessing import compose, to_pixels
 from smartedit.edit.preprocessing import prepare_images
+from smartedit.export.onnx_export import added_conditioning, component_module
 from smartedit.serving.settings import PreprocessSettings
 
 
@@ -38,6 +38,7 @@ def _torch_controlled_unet(pipe, controlnet) -> ControlledUNet:
         with torch.inference_mode():
             return pipe.unet(tensors["sample"], tensors["timestep"],
                              encoder_hidden_states=tensors["encoder_hidden_states"],
+                             added_cond_kwargs=added_conditioning(tensors),
                              down_block_additional_residuals=[tensors[name] for name in down_names],
                              mid_block_additional_residual=tensors[MID_RESIDUAL]).sample.numpy()
 
@@ -47,7 +48,7 @@ def _torch_controlled_unet(pipe, controlnet) -> ControlledUNet:
             down, mid = controlnet(tensors["sample"], tensors["timestep"],
                                    encoder_hidden_states=tensors["encoder_hidden_states"],
                                    controlnet_cond=tensors["controlnet_cond"], conditioning_scale=1.0,
-                                   return_dict=False)
+                                   added_cond_kwargs=added_conditioning(tensors), return_dict=False)
         return {name: residual.numpy() for name, residual in zip(down_names + [MID_RESIDUAL], [*down, mid])}
 
     return ControlledUNet(unet, control, pipe.vae.config.latent_channels, layout)
@@ -58,12 +59,15 @@ def _preparer(pipe, image, mask, control_image, settings: dict, params: EditPara
     composed with)."""
     info = PipelineInfo.from_pipeline(pipe)
     prepared = prepare_images(png_bytes(image), png_bytes(mask), info, PreprocessSettings())
-    ids = torch.from_numpy(SD_PROMPTS.tokenize([pipe.tokenizer], params.negative_prompt, params.prompt)["input_ids"])
+    prompts = family_of(info).PROMPTS
+    ids = prompts.tokenize([getattr(pipe, name) for name in prompts.tokenizers], params.negative_prompt, params.prompt)
     with torch.inference_mode():
-        embeds = pipe.text_encoder(ids)[0]
+        encoded = component_module(pipe, "text_encoder", info.family)(*map(torch.from_numpy, ids.values()))
+        encoded = encoded if isinstance(encoded, tuple) else (encoded,)
+        embeddings = dict(zip(prompts.embeddings.values(), encoded))
         masked = pipe.vae.encode(torch.from_numpy(prepared.masked_image)).latent_dist
         init = pipe.vae.encode(torch.from_numpy(prepared.init_image)).latent_dist
-    inputs = EditInputs({"prompt_embeds": embeds}, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
+    inputs = EditInputs(embeddings, masked.mean, masked.std, torch.from_numpy(prepared.latent_mask))
 
     def prepare():
         state = start_denoising(info, pipe.scheduler.config, params, inputs, lambda: (init.mean, init.std))
@@ -252,6 +256,96 @@ def test_edits_with_and_without_control_batched_on_the_fused_graph_equal_each_al
     assert_batched_equal_alone(cases, prepares, fused_graph, max_unet_rows=12)
 
 
+# --- SDXL: its ControlNet takes the pooled prompt and size ids besides, as its UNet does -----------------------------
+
+@pytest.mark.parametrize("base,kind,settings,sampler,strength,guidance", [
+    (False, "image", {"conditioning_scale": 0.5}, "euler", 0.9999, 5.0),
+    (False, "canny", {"conditioning_scale": 1.0, "guidance_start": 0.2, "guidance_end": 0.8}, "ddim", 1.0, 7.5),
+    (False, "inpaint", {"guess_mode": True, "conditioning_scale": 0.9}, "dpmpp_2m", 1.0, 5.0),
+    (True, "image", {"conditioning_scale": 1.0, "guidance_end": 0.5}, "euler", 0.9999, 5.0),  # 4-channel SDXL
+    (True, "canny", {"guess_mode": True, "conditioning_scale": 0.8}, "ddim", 0.7, 1.0),  # no guidance: one row
+])
+def test_the_sdxl_controlled_loop_matches_diffusers_sdxl_controlnet_inpaint(
+        tiny_sdxl_pipeline, tiny_sdxl_base_pipeline, tiny_sdxl_controlnet, base, kind, settings, sampler, strength,
+        guidance):
+    pipe = tiny_sdxl_base_pipeline if base else tiny_sdxl_pipeline
+    image, mask = scene(64, 48, seed=4)
+    control_image = _control_image(kind, image, mask)
+    params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler=sampler, num_inference_steps=5,
+                            strength=strength, guidance_scale=guidance, seed=7)
+    ours, inside = _controlled_loop(pipe, tiny_sdxl_controlnet, image, mask, control_image, settings, params)
+    reference = _reference(pipe, tiny_sdxl_controlnet, image, mask, control_image, settings, params)
+    assert psnr(ours[inside], reference[inside]) >= 40
+    assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
+    plain, _ = _controlled_loop(pipe, tiny_sdxl_controlnet, image, mask, None, {}, params)
+    assert psnr(plain[inside], reference[inside]) < 40  # the control matters
+
+
+@pytest.fixture(scope="module")
+def sdxl_fused_graph(tiny_sdxl_pipeline, tiny_sdxl_controlnet, tmp_path_factory):
+    """The tiny SDXL UNet and its ControlNet as the export fuses them (``export --controlnet``), on ONNX Runtime."""
+    import onnxruntime as ort
+    from smartedit.export.onnx_export import export_fused_control
+
+    path = export_fused_control(tiny_sdxl_pipeline, tiny_sdxl_controlnet,
+                                PipelineInfo.from_pipeline(tiny_sdxl_pipeline), tmp_path_factory.mktemp("sdxl-fused"))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    calls = []
+
+    def unet(inputs):
+        calls.append(inputs["sample"].shape[0])
+        return session.run(None, {name: np.ascontiguousarray(value) for name, value in inputs.items()})[0]
+
+    unet.calls = calls
+    return unet
+
+
+def test_the_sdxl_fused_graph_is_the_controlnet_then_the_unet_and_batches_as_alone(tiny_sdxl_pipeline,
+                                                                                    tiny_sdxl_controlnet,
+                                                                                    sdxl_fused_graph):
+    """Rows of four control settings in one call (the fused graph against the two PyTorch modules); then six edits
+    with and without control stepped together, each equal to the edit alone bit for bit."""
+    pipe = tiny_sdxl_pipeline
+    image, mask = scene(64, 48, seed=4)
+    cases = [("canny", {"conditioning_scale": 1.0}), (None, {}), ("image", {"guess_mode": True}),
+             ("inpaint", {"conditioning_scale": 0.3, "guidance_start": 0.25}), (None, {}),
+             ("image", {"guidance_end": 0.5})]
+    prepares = []
+    for index, (kind, settings) in enumerate(cases):
+        params = EditParameters(prompt=f"edit {index}", negative_prompt="ugly" if index % 2 else "",
+                                scheduler="euler", num_inference_steps=4, guidance_scale=5.0, seed=index)
+        control_image = None if kind is None else _control_image(kind, image, mask)
+        prepares.append(_preparer(pipe, image, mask, control_image, settings, params)[0])
+    states = [prepare() for prepare in prepares[:4]]
+    inputs = {name: np.concatenate([state.unet_inputs()[name].numpy() for state in states])
+              for name in states[0].unet_inputs()}
+    assert {"text_embeds", "time_ids"} <= set(inputs)
+    reference = _torch_controlled_unet(pipe, tiny_sdxl_controlnet)(dict(inputs))
+    assert np.abs(sdxl_fused_graph(inputs) - reference).max() < 1e-4
+    assert_batched_equal_alone(cases, prepares, sdxl_fused_graph, max_unet_rows=12)
+
+
+def test_the_sdxl_loop_on_the_fused_graph_matches_diffusers(tiny_sdxl_pipeline, tiny_sdxl_controlnet,
+                                                            sdxl_fused_graph):
+    pipe = tiny_sdxl_pipeline
+    image, mask = scene(64, 48, seed=6)
+    settings = {"conditioning_scale": 1.0, "guidance_end": 0.6}
+    control_image = _control_image("canny", image, mask)
+    params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler="euler", num_inference_steps=5,
+                            guidance_scale=5.0, strength=0.9999, seed=9)
+    info = PipelineInfo.from_pipeline(pipe)
+    prepare, prepared = _preparer(pipe, image, mask, control_image, settings, params)
+    state = prepare()
+    assert run_to_end(state, torch_unet_of(sdxl_fused_graph))
+    with torch.inference_mode():
+        decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
+    ours = compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box)
+    reference = _reference(pipe, tiny_sdxl_controlnet, image, mask, control_image, settings, params)
+    inside = prepared.repaint_mask
+    assert psnr(ours[inside], reference[inside]) >= 40
+    assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
+
+
 @pytest.mark.parametrize("size,box", [((40, 24), None), ((600, 400), (300, 220, 360, 280))])
 def test_the_conditioning_image_is_cropped_and_scaled_as_the_photo(tiny_pipeline, size, box):
     """A control_image identical to the photo becomes the photo's region at the working size, pixel for pixel as
@@ -298,8 +392,9 @@ def test_controlnet_arguments_name_the_pipeline_and_the_controlnet(tmp_path):
         controlnet_arguments([f"x={folder}", f"y={folder}"], ["sd"])
 
 
-def test_a_controlnet_for_another_base_is_refused_at_export_naming_what_differs(tiny_pipeline, tiny_sdxl_pipeline,
-                                                                                 tiny_controlnet_dir, tmp_path):
+def test_a_controlnet_for_another_base_is_refused_at_export_naming_what_differs(
+        tiny_pipeline, tiny_sdxl_pipeline, tiny_instruct_pipeline, tiny_controlnet_dir, tiny_sdxl_controlnet_dir,
+        tmp_path):
     from smartedit.export.pipeline_loader import UnsupportedModel, attach_controlnet
     from smartedit.export.tiny_controlnet import build_tiny_controlnet
 
@@ -308,11 +403,17 @@ def test_a_controlnet_for_another_base_is_refused_at_export_naming_what_differs(
     wider.save_pretrained(tmp_path / "wider")
     with pytest.raises(UnsupportedModel, match=r"another base model: cross_attention_dim 48 \(the UNet's: 32\)"):
         attach_controlnet(tiny_pipeline, tmp_path / "wider")
-    with pytest.raises(UnsupportedModel, match="this pipeline's family is sdxl-inpaint"):
+    # SD's ControlNet on an SDXL UNet, and SDXL's on an SD one: their prompt widths and added conditioning differ
+    with pytest.raises(UnsupportedModel, match=r"addition_embed_type None \(the UNet's: text_time\)"):
         attach_controlnet(tiny_sdxl_pipeline, tiny_controlnet_dir)
+    with pytest.raises(UnsupportedModel, match=r"addition_embed_type text_time \(the UNet's: None\)"):
+        attach_controlnet(tiny_pipeline, tiny_sdxl_controlnet_dir)
+    with pytest.raises(UnsupportedModel, match="this pipeline's family is instruct-pix2pix"):
+        attach_controlnet(tiny_instruct_pipeline, tiny_controlnet_dir)
     with pytest.raises(UnsupportedModel, match="could not load it as a diffusers ControlNet"):
         attach_controlnet(tiny_pipeline, tmp_path)
-    assert getattr(tiny_pipeline, "controlnet", None) is None  # nothing attached
+    for pipeline in (tiny_pipeline, tiny_sdxl_pipeline, tiny_instruct_pipeline):
+        assert getattr(pipeline, "controlnet", None) is None  # nothing attached
 
 
 def test_a_conditioning_image_on_a_transparent_layer_is_read_over_black_and_a_16_bit_one_is_refused():

@@ -1,5 +1,6 @@
-"""A ControlNet pipeline served (``smartedit export --controlnet``) against diffusers'
-``StableDiffusionControlNetInpaintPipeline`` on the same tiny weights, over gRPC with the real client.
+"""ControlNet pipelines served (``smartedit export --controlnet``) against diffusers'
+``StableDiffusionControlNetInpaintPipeline`` (and ``StableDiffusionXLControlNetInpaintPipeline`` for the SDXL one) on
+the same tiny weights, over gRPC with the real client.
 
 The tiny ControlNet's output convolutions are drawn at random (smartedit.export.tiny_controlnet), so a served
 edit that dropped the control, or took it from the wrong pixels, would not match.
@@ -20,17 +21,22 @@ from reference import diffusers_controlnet_inpaint, psnr
 from smartedit.edit.control_images import canny_condition, image_condition, inpaint_condition
 
 CONTROLNET_NAME = "edges"
+# The tiny SDXL inpainting model with its own tiny ControlNet, served beside the SD one.
+SDXL_PIPELINE, SDXL_CONTROLNET_NAME = "sdxl_controlled", "sdxl_edges"
 EDIT = dict(prompt="a red chair", negative_prompt="ugly", num_inference_steps=4, guidance_scale=7.5, seed=7,
             scheduler="ddim")
 
 
 @pytest.fixture(scope="module")
-def controlled_server(tiny_model_dir, tiny_controlnet_dir, tmp_path_factory):
-    """Pipeline ``controlled``: the tiny model with the tiny ControlNet, exported by the command line."""
+def controlled_server(tiny_model_dir, tiny_controlnet_dir, tiny_sdxl_dir, tiny_sdxl_controlnet_dir, tmp_path_factory):
+    """Pipeline ``controlled`` (the default): the tiny model with the tiny ControlNet; ``SDXL_PIPELINE``: the tiny
+    SDXL inpainting model with its tiny ControlNet; exported by the command line."""
     out = tmp_path_factory.mktemp("controlnet") / "model_repository"
     result = subprocess.run([sys.executable, "-m", "smartedit", "export", "--model", f"controlled={tiny_model_dir}",
-                             "--controlnet", f"{CONTROLNET_NAME}={tiny_controlnet_dir}", "--no-segmentation",
-                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+                             "--model", f"{SDXL_PIPELINE}={tiny_sdxl_dir}",
+                             "--controlnet", f"controlled={CONTROLNET_NAME}={tiny_controlnet_dir}",
+                             "--controlnet", f"{SDXL_PIPELINE}={SDXL_CONTROLNET_NAME}={tiny_sdxl_controlnet_dir}",
+                             "--no-segmentation", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     with serving(out, out.parent / "tritonserver.log") as running:
         yield running
@@ -48,6 +54,39 @@ def _served(client, image, mask, **options) -> np.ndarray:
     return np.asarray(client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **{**EDIT, **options}).image)
 
 
+def _assert_matches_reference(client, pipeline, controlnet, control, options, *, size=(40, 24), served_as=None,
+                              default_strength=1.0):
+    """The edit ``options`` under ``control`` (image: a conditioning image of its own; canny; inpaint) served on
+    ``served_as`` (the default pipeline when None) >= 40 dB inside the mask and exact outside against diffusers'
+    ControlNet inpainting pipeline on ``pipeline`` and ``controlnet``; the same edit without control < 40 dB."""
+    image, mask = scene(*size)
+    inside = np.asarray(mask) >= 128
+    sent = scene(*size, seed=5)[0]
+    if control == "image":
+        condition, request = image_condition(np.asarray(sent)), {"control_image": png_bytes(sent)}
+    elif control == "canny":  # the reference is given the same Canny image the server makes
+        condition = image_condition(canny_condition(np.asarray(image), options.get("control_low_threshold", 100),
+                                                    options.get("control_high_threshold", 200)))
+        request = {"control": "canny"}
+    else:
+        condition, request = inpaint_condition(np.asarray(image), inside), {"control": "inpaint"}
+    chosen = {} if served_as is None else {"pipeline": served_as}
+    served = _served(client, image, mask, **request, **options, **chosen)
+    control_names = ("guess_mode", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
+    edit = {**EDIT, **{key: value for key, value in options.items() if not key.startswith("control") and
+                       key not in control_names + ("strength",)}}
+    control_options = {key: value for key, value in options.items() if key in control_names}
+    reference = diffusers_controlnet_inpaint(pipeline, controlnet, image, mask, condition,
+                                             strength=options.get("strength", default_strength), **edit,
+                                             **control_options)
+    assert psnr(served[inside], reference[inside]) >= 40
+    assert np.array_equal(served[~inside], np.asarray(image)[~inside])
+    # the control matters: the same edit without it is another picture
+    plain = _served(client, image, mask, **chosen, **{key: value for key, value in options.items()
+                                                     if key in ("scheduler", "strength", "guidance_scale")})
+    assert psnr(plain[inside], reference[inside]) < 40
+
+
 @pytest.mark.functional
 @pytest.mark.parametrize("control,options", [
     ("image", {}),  # the reference's defaults: scale 0.5 over the whole schedule
@@ -60,44 +99,34 @@ def _served(client, image, mask, **options) -> np.ndarray:
 ])
 def test_a_controlled_edit_matches_diffusers_controlnet_inpaint(controlled_client, tiny_pipeline, tiny_controlnet,
                                                                 control, options):
-    image, mask = scene(40, 24)
-    inside = np.asarray(mask) >= 128
-    sent = scene(40, 24, seed=5)[0]  # a conditioning image of its own, for control "image"
-    if control == "image":
-        condition, request = image_condition(np.asarray(sent)), {"control_image": png_bytes(sent)}
-    elif control == "canny":  # the reference is given the same Canny image the server makes
-        condition = image_condition(canny_condition(np.asarray(image), options["control_low_threshold"],
-                                                    options["control_high_threshold"]))
-        request = {"control": "canny"}
-    else:
-        condition, request = inpaint_condition(np.asarray(image), inside), {"control": "inpaint"}
-    served = _served(controlled_client, image, mask, **request, **options)
-    edit = {**EDIT, **{key: value for key, value in options.items() if not key.startswith("control_")}}
-    control_options = {key: value for key, value in options.items()
-                       if key.startswith(("controlnet_", "control_guidance")) or key == "guess_mode"}
-    for key in ("strength", "guess_mode", "controlnet_conditioning_scale", "control_guidance_start",
-                "control_guidance_end"):
-        edit.pop(key, None)
-    reference = diffusers_controlnet_inpaint(tiny_pipeline, tiny_controlnet, image, mask, condition,
-                                             strength=options.get("strength", 1.0), **edit, **control_options)
-    assert psnr(served[inside], reference[inside]) >= 40
-    assert np.array_equal(served[~inside], np.asarray(image)[~inside])
-    # the control matters: the same edit without it is another picture
-    plain = _served(controlled_client, image, mask, **{key: value for key, value in options.items()
-                                                        if key in ("scheduler", "strength", "guidance_scale")})
-    assert psnr(plain[inside], reference[inside]) < 40
+    _assert_matches_reference(controlled_client, tiny_pipeline, tiny_controlnet, control, options)
 
 
 @pytest.mark.functional
-def test_edits_with_and_without_control_batched_together_each_equal_alone(controlled_client):
+@pytest.mark.parametrize("control,options", [
+    ("image", {}),  # StableDiffusionXLControlNetInpaintPipeline's defaults: scale 1.0, strength 0.9999
+    ("canny", {"control_low_threshold": 50, "control_high_threshold": 150, "controlnet_conditioning_scale": 0.7,
+               "control_guidance_start": 0.25, "scheduler": "euler", "guidance_scale": 5.0}),
+    ("inpaint", {"guess_mode": True, "controlnet_conditioning_scale": 0.9, "control_guidance_end": 0.75,
+                 "scheduler": "dpmpp_2m", "strength": 1.0}),
+])
+def test_an_sdxl_controlled_edit_matches_diffusers_sdxl_controlnet_inpaint(controlled_client, tiny_sdxl_pipeline,
+                                                                           tiny_sdxl_controlnet, control, options):
+    _assert_matches_reference(controlled_client, tiny_sdxl_pipeline, tiny_sdxl_controlnet, control, options,
+                              size=(64, 48), served_as=SDXL_PIPELINE, default_strength=0.9999)
+
+
+@pytest.mark.functional
+@pytest.mark.parametrize("pipeline,size", [("controlled", (40, 24)), (SDXL_PIPELINE, (64, 48))])
+def test_edits_with_and_without_control_batched_together_each_equal_alone(controlled_client, pipeline, size):
     from conftest import assert_together_equals_alone
 
-    image, mask = scene(40, 24, seed=2)
+    image, mask = scene(*size, seed=2)
     edits = [({}, 1), ({"control": "canny"}, 2), ({"control": "inpaint", "controlnet_conditioning_scale": 1.0}, 3),
-             ({"control_image": png_bytes(scene(40, 24, seed=6)[0]), "guess_mode": True}, 4), ({}, 5)]
+             ({"control_image": png_bytes(scene(*size, seed=6)[0]), "guess_mode": True}, 4), ({}, 5)]
 
     def send(options, seed):
-        return controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask),
+        return controlled_client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), pipeline=pipeline,
                                          **{**EDIT, "seed": seed, **options}).png
 
     assert_together_equals_alone(edits, send)
@@ -184,6 +213,11 @@ def test_server_info_names_the_pipelines_controlnet_and_its_inputs(controlled_cl
     assert info.parameters["controlnet_conditioning_scale"].default == 0.5
     assert set(info.parameters["control"].choices) == {"none", "image", "canny", "inpaint"}
     assert "text_edit" not in info.tasks
+    sdxl = controlled_client.server_info(pipeline=SDXL_PIPELINE)
+    assert (sdxl.family, sdxl.controlnets) == ("sdxl-inpaint", (SDXL_CONTROLNET_NAME,))
+    assert sdxl.parameters["controlnet"].default == SDXL_CONTROLNET_NAME
+    # StableDiffusionXLControlNetInpaintPipeline's default scale, SD's pipeline's 0.5
+    assert sdxl.parameters["controlnet_conditioning_scale"].default == 1.0
 
 
 @pytest.mark.functional

@@ -263,7 +263,7 @@ def _add_export_arguments(p: argparse.ArgumentParser) -> None:
                         "for an LCM-/TCD-LoRA or a distilled checkpoint whose config names another; server_info then "
                         "lists the few-step samplers as the ones that suit it")
     p.add_argument("--controlnet", action="append", default=None, metavar="[NAME=][CNAME=]PATH",
-                   help="serve pipeline NAME (an SD 1.x/2.x one) with the ControlNet at PATH (a diffusers "
+                   help="serve pipeline NAME (an SD 1.x/2.x or SDXL one) with the ControlNet at PATH (a diffusers "
                         "ControlNetModel folder), named CNAME (default: its folder's name): its UNet and the "
                         "ControlNet are exported as one graph, and edits take control_image / control. One per "
                         "pipeline: export the base again under another name for another ControlNet. With one "

@@ -1,4 +1,5 @@
-"""ControlNet in the loop, as diffusers' ``StableDiffusionControlNetInpaintPipeline.__call__`` applies it.
+"""ControlNet in the loop, as diffusers' ``StableDiffusionControlNetInpaintPipeline.__call__`` (and its SDXL
+counterpart, whose ControlNet takes the pooled prompt and size ids as the UNet does) applies it.
 
 An edit under control carries, besides its family's UNet inputs, the conditioning image on every one of its rows
 (``CONTROL_IMAGE``, constant) and, at every step, each row's conditioning scale (``CONTROL_SCALE``: the request's
@@ -27,15 +28,15 @@ import numpy as np
 import torch
 
 from smartedit.diffusion.denoise import SAMPLE, TIMESTEP, DenoiseState
-from smartedit.diffusion.spec import CONTROL_GUESS, CONTROL_IMAGE, CONTROL_SCALE
+from smartedit.diffusion.spec import ADDED_CONDITIONING, CONTROL_GUESS, CONTROL_IMAGE, CONTROL_SCALE
 
 CONTROL_INPUTS = (CONTROL_IMAGE, CONTROL_SCALE, CONTROL_GUESS)
 # The residuals' names between the two models of ``ControlledUNet`` (the down blocks' by index, the mid block's).
 DOWN_RESIDUAL, MID_RESIDUAL = "down_block_residual_{}", "mid_block_residual"
 PROMPT_STATES = "encoder_hidden_states"
 
-# (the ControlNet's inputs by name: sample, timestep, encoder_hidden_states, controlnet_cond) -> its residuals by
-# name (DOWN_RESIDUAL, MID_RESIDUAL), unscaled
+# (the ControlNet's inputs by name: sample, timestep, encoder_hidden_states, controlnet_cond and, SDXL's, text_embeds,
+# time_ids) -> its residuals by name (DOWN_RESIDUAL, MID_RESIDUAL), unscaled
 ControlNetFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 # (the UNet's inputs by name, the residuals' included) -> noise_pred
 ResidualUNetFn = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -165,6 +166,7 @@ class ControlledUNet:
                 TIMESTEP: inputs[TIMESTEP][active],
                 PROMPT_STATES: inputs[PROMPT_STATES][active],
                 CONTROL_IMAGE: image[active],
+                **{name: inputs[name][active] for name in ADDED_CONDITIONING if name in inputs},
             })
             # Each row's factor per residual: the float32 level factor times the float32 scale, then one
             # multiplication of the residual, as diffusers' ControlNet computes it.

@@ -249,6 +249,9 @@ SDXL_TEXT_ENCODER = ComponentSpec(
              TensorSpec("pooled", "FP32", ("pooled_text_width",))),
 )
 
+# SDXL's added conditioning among its UNet's inputs (and its ControlNet's): the pooled prompt and the size ids.
+ADDED_CONDITIONING = ("text_embeds", "time_ids")
+
 SDXL_UNET = ComponentSpec(
     name="unet",
     inputs=UNET.inputs + (TensorSpec("text_embeds", "FP32", ("pooled_text_width",)),

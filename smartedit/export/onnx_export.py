@@ -18,7 +18,9 @@ from smartedit.diffusion.families import CONTROLNET_MODULE, components_of
 from smartedit.diffusion.recognize import (
     INSTRUCT_PIX2PIX, SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND,
 )
-from smartedit.diffusion.spec import CONTROL_GUESS, CONTROL_SCALE, UNET, ComponentSpec, PipelineInfo
+from smartedit.diffusion.spec import (
+    ADDED_CONDITIONING, CONTROL_GUESS, CONTROL_SCALE, SDXL_UNET, UNET, ComponentSpec, PipelineInfo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,6 @@ class SdxlUNetGraph(torch.nn.Module):
 class ControlledUNetGraph(torch.nn.Module):
     """A UNet taking, after its own inputs (``input_names``: SD's three, SDXL's five), a ControlNet's residuals."""
 
-    _ADDED = ("text_embeds", "time_ids")  # SDXL's added conditioning
-
     def __init__(self, unet, input_names: list[str]):
         super().__init__()
         self.unet = unet
@@ -94,16 +94,16 @@ class ControlledUNetGraph(torch.nn.Module):
     def forward(self, *tensors):
         named = dict(zip(self.input_names, tensors))
         residuals = list(tensors[len(self.input_names):])
-        added = {name: named[name] for name in self._ADDED if name in named}
         return self.unet(named["sample"], named["timestep"], encoder_hidden_states=named["encoder_hidden_states"],
-                         added_cond_kwargs=added or None, down_block_additional_residuals=residuals[:-1],
+                         added_cond_kwargs=added_conditioning(named), down_block_additional_residuals=residuals[:-1],
                          mid_block_additional_residual=residuals[-1], return_dict=False)[0]
 
 
 class FusedControlGraph(torch.nn.Module):
     """A ControlNet and a UNet in one graph: after the UNet's own inputs (``input_names``), each row's conditioning
     image, scale and guess flag (smartedit.diffusion.control's row inputs). The ControlNet runs on every row (the
-    4 latent channels, before any mask channels); each row's residuals are multiplied by its scale (times diffusers'
+    4 latent channels, before any mask channels, with the UNet's prompt states and, SDXL's, its pooled prompt and size
+    ids); each row's residuals are multiplied by its scale (times diffusers'
     guess-mode level factors, ``logspace(-1, 0)``, on a guess-mode row) as diffusers' ControlNet multiplies them,
     and the UNet adds them. A row of scale 0 gets zeros: its UNet sums are unchanged."""
 
@@ -120,7 +120,8 @@ class FusedControlGraph(torch.nn.Module):
         image, scale, guess = tensors[len(self.input_names):]
         down, mid = self.controlnet(named["sample"][:, :self.latent_channels], named["timestep"],
                                     encoder_hidden_states=named["encoder_hidden_states"], controlnet_cond=image,
-                                    conditioning_scale=1.0, return_dict=False)
+                                    added_cond_kwargs=added_conditioning(named), conditioning_scale=1.0,
+                                    return_dict=False)
         levels = torch.logspace(-1, 0, len(down) + 1)
         factors = torch.where(guess[:, None] > 0.5, levels[None, :], torch.ones_like(levels)[None, :]) * scale[:, None]
         # Rows of scale 0 get zeros, not residual x 0: a NaN or an FP16 overflow in the ControlNet on such a row
@@ -129,6 +130,12 @@ class FusedControlGraph(torch.nn.Module):
         residuals = [torch.where(on, residual * factors[:, level, None, None, None], torch.zeros_like(residual))
                      for level, residual in enumerate([*down, mid])]
         return self.unet(*unet_inputs, *residuals)
+
+
+def added_conditioning(named: dict) -> dict | None:
+    """SDXL's added conditioning (``text_embeds``, ``time_ids``) among a UNet's inputs by name; None for SD's."""
+    added = {name: named[name] for name in ADDED_CONDITIONING if name in named}
+    return added or None
 
 
 class VaeDecoderGraph(torch.nn.Module):
@@ -140,24 +147,28 @@ class VaeDecoderGraph(torch.nn.Module):
         return self.vae.decode(latents, return_dict=False)[0]
 
 
-def _sd_unet_graph(pipeline) -> torch.nn.Module:
-    """The UNet's graph: with the ControlNet the pipeline is exported with (``export --controlnet``), both in one."""
-    controlnet = getattr(pipeline, CONTROLNET_MODULE, None)
-    if controlnet is None:
-        return UNetGraph(pipeline.unet)
-    return FusedControlGraph(pipeline.unet, controlnet, UNET.input_names, int(pipeline.vae.config.latent_channels))
+def _unet_graph(plain_graph, unet_spec: ComponentSpec):
+    """The UNet's graph maker: ``plain_graph`` of the UNet or, with the ControlNet the pipeline is exported with
+    (``export --controlnet``), both in one graph taking ``unet_spec``'s inputs and the control's."""
+    def graph(pipeline) -> torch.nn.Module:
+        controlnet = getattr(pipeline, CONTROLNET_MODULE, None)
+        if controlnet is None:
+            return plain_graph(pipeline.unet)
+        return FusedControlGraph(pipeline.unet, controlnet, unet_spec.input_names,
+                                 int(pipeline.vae.config.latent_channels))
+    return graph
 
 
 _SD_GRAPHS = {
     "text_encoder": lambda pipeline: TextEncoderGraph(pipeline.text_encoder),
     "vae_encoder": lambda pipeline: VaeEncoderGraph(pipeline.vae),
-    "unet": _sd_unet_graph,
+    "unet": _unet_graph(UNetGraph, UNET),
     "vae_decoder": lambda pipeline: VaeDecoderGraph(pipeline.vae),
 }
 _SDXL_GRAPHS = dict(
     _SD_GRAPHS,
     text_encoder=lambda pipeline: SdxlTextEncodersGraph(pipeline.text_encoder, pipeline.text_encoder_2),
-    unet=lambda pipeline: SdxlUNetGraph(pipeline.unet),
+    unet=_unet_graph(SdxlUNetGraph, SDXL_UNET),
 )
 # Per family (smartedit.diffusion.families), the graph each of its COMPONENTS is exported from. Here and
 # not in the family modules: the serving processes import those, and must not import the exporter.

@@ -195,8 +195,10 @@ def replace_vae(pipeline, source: str | Path) -> None:
     check_servable(pipeline, source)
 
 
-# The ControlNet config entries that must be its UNet's: the residuals it makes are added to that UNet's blocks.
+# The ControlNet config entries that must be its UNet's: the residuals it makes are added to that UNet's blocks,
+# and it takes the UNet's prompt states and (SDXL's) added conditioning, pooled prompt and size ids.
 _CONTROLNET_SHAPE = ("block_out_channels", "layers_per_block", "cross_attention_dim")
+_CONTROLNET_ADDED = ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim")
 
 
 def attach_controlnet(pipeline, source: str | Path) -> None:
@@ -205,19 +207,21 @@ def attach_controlnet(pipeline, source: str | Path) -> None:
 
     Raises:
         UnsupportedModel: it cannot be loaded as a ControlNet; the pipeline's family has no served ControlNet (SD
-            1.x/2.x inpainting and 4-channel checkpoints do); a ControlNet of another base (its blocks or prompt
-            width are not the UNet's, or it takes other latents); one that pools its conditions (shuffle).
+            1.x/2.x and SDXL, inpainting and 4-channel checkpoints, do; InstructPix2Pix does not); a ControlNet of
+            another base (its blocks, prompt width or added conditioning are not the UNet's, or it takes other
+            latents); one that pools its conditions (shuffle).
     """
     from diffusers import ControlNetModel
 
-    from smartedit.diffusion.recognize import SD_INPAINT, SD_LATENT_BLEND
+    from smartedit.diffusion.recognize import SD_INPAINT, SD_LATENT_BLEND, SDXL_INPAINT, SDXL_LATENT_BLEND
     from smartedit.diffusion.spec import PipelineInfo
 
     source = str(source)
     family = PipelineInfo.from_pipeline(pipeline).family
-    if family not in (SD_INPAINT.name, SD_LATENT_BLEND.name):
-        raise UnsupportedModel(f"{source}: a ControlNet is served with SD 1.x/2.x pipelines (families "
-                               f"{SD_INPAINT.name}, {SD_LATENT_BLEND.name}); this pipeline's family is {family}")
+    controlled = (SD_INPAINT.name, SD_LATENT_BLEND.name, SDXL_INPAINT.name, SDXL_LATENT_BLEND.name)
+    if family not in controlled:
+        raise UnsupportedModel(f"{source}: a ControlNet is served with SD 1.x/2.x and SDXL pipelines (families "
+                               f"{', '.join(controlled)}); this pipeline's family is {family}")
     try:
         controlnet = ControlNetModel.from_pretrained(source, torch_dtype=pipeline.unet.dtype)
     except (OSError, ValueError, TypeError) as error:
@@ -226,6 +230,9 @@ def attach_controlnet(pipeline, source: str | Path) -> None:
     own, new = pipeline.unet.config, controlnet.config
     differing = [f"{key} {new[key]} (the UNet's: {own[key]})" for key in _CONTROLNET_SHAPE
                  if list(_as_list(new[key])) != list(_as_list(own[key]))]
+    # An SD ControlNet on an SDXL UNet (or the reverse) differs here first: SDXL's take its pooled prompt and ids.
+    differing += [f"{key} {new.get(key)} (the UNet's: {own.get(key)})" for key in _CONTROLNET_ADDED
+                  if new.get(key) != own.get(key)]
     if int(new["in_channels"]) != int(pipeline.vae.config.latent_channels):
         differing.append(f"in_channels {new['in_channels']} (the latents': {pipeline.vae.config.latent_channels})")
     if differing:
@@ -236,9 +243,6 @@ def attach_controlnet(pipeline, source: str | Path) -> None:
     if new.get("global_pool_conditions"):
         raise UnsupportedModel(f"{source}: pools its conditions (global_pool_conditions, a shuffle ControlNet), "
                                f"which the served graph does not do")
-    if new.get("addition_embed_type"):
-        raise UnsupportedModel(f"{source}: takes added conditioning ({new['addition_embed_type']}: an SDXL "
-                               f"ControlNet), which the served graph does not pass it")
     pipeline.controlnet = controlnet.eval()
 
 

@@ -1,5 +1,5 @@
-"""A tiny ControlNet for the tiny SD model, built from its UNet's config (as diffusers' ControlNet inpaint fast tests
-build theirs). A freshly built ControlNet's output convolutions are zero (what training starts from), so its
+"""A tiny ControlNet for the tiny SD (or SDXL) model, built from its UNet's config (as diffusers' ControlNet inpaint
+fast tests build theirs). A freshly built ControlNet's output convolutions are zero (what training starts from), so its
 residuals would change nothing and no test of them could fail: those are drawn at random here, large enough that
 the control changes a tiny edit by 10-25 dB.
 """
@@ -12,6 +12,9 @@ from pathlib import Path
 # The UNet config entries a ControlNet copies (diffusers' ControlNetModel.from_unet copies these and a few more).
 _FROM_UNET = ("block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim",
               "attention_head_dim", "norm_num_groups")
+# And an SDXL UNet's: its added conditioning (the pooled prompt and size ids), its attention layout.
+_FROM_SDXL_UNET = ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
+                   "transformer_layers_per_block", "use_linear_projection")
 
 
 def build_tiny_controlnet(unet, vae_scale_factor: int, seed: int = 0, latent_channels: int = 4):
@@ -21,11 +24,12 @@ def build_tiny_controlnet(unet, vae_scale_factor: int, seed: int = 0, latent_cha
     from diffusers import ControlNetModel
 
     downsamples = int(math.log2(vae_scale_factor))
+    copied = _FROM_UNET + (_FROM_SDXL_UNET if unet.config.get("addition_embed_type") else ())
     torch.manual_seed(seed)
     controlnet = ControlNetModel(
         in_channels=latent_channels,
         conditioning_embedding_out_channels=tuple(16 * 2 ** min(level, 1) for level in range(downsamples + 1)),
-        **{key: unet.config[key] for key in _FROM_UNET},
+        **{key: unet.config[key] for key in copied},
     )
     generator = torch.Generator().manual_seed(seed + 1)
     zero_initialised = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
@@ -37,8 +41,8 @@ def build_tiny_controlnet(unet, vae_scale_factor: int, seed: int = 0, latent_cha
 
 
 def write_tiny_controlnet(pipeline_dir: Path, out: Path, seed: int = 0) -> Path:
-    """Build the tiny ControlNet for the SD pipeline at ``pipeline_dir`` and save it to ``out`` (a ControlNetModel
-    folder: ``ControlNetModel.from_pretrained(out)`` loads it)."""
+    """Build the tiny ControlNet for the SD or SDXL pipeline at ``pipeline_dir`` and save it to ``out`` (a
+    ControlNetModel folder: ``ControlNetModel.from_pretrained(out)`` loads it)."""
     import diffusers
 
     pipeline = diffusers.DiffusionPipeline.from_pretrained(str(pipeline_dir))

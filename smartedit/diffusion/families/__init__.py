@@ -10,7 +10,8 @@ smartedit.diffusion.recognize) and answers:
 - ``PROMPTS``: how prompts become embeddings (``smartedit.diffusion.prompts.PromptEncoding``: its
   tokenizers, the encoder that takes their ids, the embeddings it answers by the names ``start`` reads);
 - ``DEFAULTS``: the parameters whose default differs for it from the contract's (SDXL's strength
-  0.9999), by name; the server's configuration and the task's defaults still come first;
+  0.9999, its ControlNet's conditioning scale 1.0), by name (those a pipeline refuses are dropped); the
+  server's configuration and the task's defaults still come first;
 - ``TASKS``: the tasks its pipelines serve, the first their default (``smartedit.edit.tasks``: the inpainting
   families serve inpaint, remove and replace_background; InstructPix2Pix serves instruct);
 - ``OWN_PARAMETERS``: the contract's parameters that only it takes (InstructPix2Pix's
@@ -115,6 +116,7 @@ def family_parameters(info: PipelineInfo) -> FamilyParameters:
         control = {spec.name for spec in wire.CONTROL_INPUTS if spec in wire.PARAMETERS}
         refused |= control
         reasons = {name: "it serves no ControlNet: export one with --controlnet" for name in control}
+    defaults = {name: value for name, value in defaults.items() if name not in refused}
     return FamilyParameters(family=info.family, defaults=defaults, refused=frozenset(refused), tasks=tasks,
                             reasons=reasons)
 

@@ -23,8 +23,9 @@ WEIGHTS = SDXL_WEIGHTS
 # Two tokenizers into one encoder graph of both CLIP models.
 PROMPTS = SDXL_PROMPTS
 # diffusers' SDXL inpainting default: the photo's latents noised almost fully, so the masked area keeps a
-# trace of what was there (0.9999, not 1.0: at 1.0 the loop starts from noise alone).
-DEFAULTS: dict = {"strength": 0.9999}
+# trace of what was there (0.9999, not 1.0: at 1.0 the loop starts from noise alone). With a ControlNet, its
+# conditioning scale is StableDiffusionXLControlNetInpaintPipeline's default (1.0; SD's pipeline says 0.5).
+DEFAULTS: dict = {"strength": 0.9999, "controlnet_conditioning_scale": 1.0}
 OWN_PARAMETERS: tuple[str, ...] = ()
 # The tasks it serves: those of a UNet that repaints a mask.
 TASKS = INPAINTING_TASKS

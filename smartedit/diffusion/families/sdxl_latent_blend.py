@@ -22,8 +22,9 @@ FAMILY = SDXL_LATENT_BLEND
 COMPONENTS = SDXL_COMPONENTS
 WEIGHTS = SDXL_WEIGHTS
 PROMPTS = SDXL_PROMPTS
-# diffusers' SDXL inpainting pipeline's default, whatever the UNet.
-DEFAULTS: dict = {"strength": 0.9999}
+# diffusers' SDXL inpainting pipeline's default, whatever the UNet; with a ControlNet, its conditioning scale is
+# StableDiffusionXLControlNetInpaintPipeline's default (1.0; SD's pipeline says 0.5).
+DEFAULTS: dict = {"strength": 0.9999, "controlnet_conditioning_scale": 1.0}
 # The parameters only it (and sd-latent-blend) takes: a text edit's source prompt.
 OWN_PARAMETERS = sd_latent_blend.OWN_PARAMETERS
 # The tasks it serves: those of a UNet that repaints a mask, and text edits by inversion.
