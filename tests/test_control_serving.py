@@ -9,6 +9,7 @@ edit that dropped the control, or took it from the wrong pixels, would not match
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 
@@ -164,9 +165,77 @@ def test_a_large_photo_is_controlled_in_its_edit_region(controlled_client):
 
 
 @pytest.mark.functional
+def test_an_edit_controlled_by_a_sent_image_resumes_from_its_checkpoints_with_that_image(
+        controlled_server, controlled_client, tmp_path):
+    """The checkpoint's state records the conditioning image's digest, as the photo's: the resume sends it again
+    (SDK, async SDK, CLI, gateway) and ends on the uninterrupted edit's PNG; without it, with another one, or with
+    one for a canny edit's checkpoint, the resume is refused naming control_image."""
+    import asyncio
+    import base64
+
+    from smartedit_client import AsyncInpaintClient, CheckpointEvent, InvalidRequestError
+    from test_gateway import _events, _post_json, gateway
+
+    image, mask = scene(40, 24, seed=5)
+    control = png_bytes(scene(40, 24, seed=8)[0])
+    photo = dict(image=png_bytes(image), mask_image=png_bytes(mask))
+    with controlled_client.inpaint_stream(**photo, **{**EDIT, "num_inference_steps": 6}, control_image=control,
+                                          guess_mode=True, checkpoint_every=2, preview_every=0) as stream:
+        checkpoints = [event for event in stream if isinstance(event, CheckpointEvent)]
+    whole = stream.result.png
+    assert [checkpoint.step for checkpoint in checkpoints] == [2, 4]
+    for checkpoint in checkpoints:
+        assert controlled_client.resume(checkpoint, **photo, control_image=control).png == whole
+
+    async def resumed_async():
+        async with AsyncInpaintClient(controlled_server.address.grpc, timeout_s=120) as aio:
+            return (await aio.resume(checkpoints[0], **photo, control_image=control)).png
+    assert asyncio.run(resumed_async()) == whole
+
+    for sent, fragment in ((None, "is required: the checkpoint's edit was sent with one"),
+                           (png_bytes(scene(40, 24, seed=9)[0]), "is not the control_image the checkpoint's edit")):
+        with pytest.raises(InvalidRequestError, match=f"^control_image: {fragment}"):
+            controlled_client.resume(checkpoints[0], **photo, control_image=sent)
+    with controlled_client.inpaint_stream(**photo, **EDIT, control="canny", checkpoint_every=2) as canny:
+        canny_checkpoint = [event for event in canny if isinstance(event, CheckpointEvent)][0]
+    assert controlled_client.resume(canny_checkpoint, **photo).png == canny.result.png
+    with pytest.raises(InvalidRequestError, match="^control_image: is not taken: the checkpoint's edit was sent "
+                                                  "without one"):
+        controlled_client.resume(canny_checkpoint, **photo, control_image=control)
+
+    # the command line: --resume with --control-image
+    for name, data in (("photo", photo["image"]), ("mask", photo["mask_image"]), ("control", control),
+                       ("checkpoint.state", checkpoints[1].resume_state)):
+        (tmp_path / name).write_bytes(data)
+    run = subprocess.run([sys.executable, "-m", "smartedit_client.cli", "--url", controlled_server.address.grpc,
+                          "--image", str(tmp_path / "photo"), "--mask", str(tmp_path / "mask"), "--control-image",
+                          str(tmp_path / "control"), "--resume", str(tmp_path / "checkpoint.state"), "--out",
+                          str(tmp_path / "resumed.png")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "resumed.png").read_bytes() == whole
+
+    # the gateway: a control_image file in the form, or base64 in JSON
+    with gateway(controlled_server.address.grpc, tmp_path / "gateway.log") as url:
+        run = subprocess.run(["curl", "-sS", "-N", "-F", f"image=@{tmp_path / 'photo'}", "-F",
+                              f"mask_image=@{tmp_path / 'mask'}", "-F", f"control_image=@{tmp_path / 'control'}",
+                              "-F", f"resume_state=@{tmp_path / 'checkpoint.state'}", f"{url}/edit/resume/stream"],
+                             capture_output=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        kind, result = _events(run.stdout)[-1]
+        assert kind == "result" and base64.b64decode(result["images"][0]["png_base64"]) == whole, result
+        body = {name: base64.b64encode(data).decode() for name, data in (
+            ("image", photo["image"]), ("mask_image", photo["mask_image"]),
+            ("resume_state", checkpoints[0].resume_state))}
+        status, _, raw = _post_json(url + "/edit/resume/stream", body)  # the control image left out
+        assert status == 400 and json.loads(raw)["field"] == "control_image", raw
+        status, _, raw = _post_json(url + "/edit/resume/stream",
+                                    {**body, "control_image": base64.b64encode(control).decode()})
+        assert status == 200 and base64.b64decode(_events(raw)[-1][1]["images"][0]["png_base64"]) == whole
+
+
+@pytest.mark.functional
 @pytest.mark.parametrize("options,field,fragment", [
     ({"control": "image"}, "control_image", "is required for control image"),
-    ({"control_image": "same", "checkpoint_every": 2}, "checkpoint_every", "cannot be checkpointed yet"),
     ({"control_image": "small"}, "control_image", "must be the same size"),
     ({"control_image": b"not an image"}, "control_image", "is not a PNG"),
     ({"controlnet": "depth"}, "controlnet", f"its ControlNet: '{CONTROLNET_NAME}'"),
@@ -224,7 +293,6 @@ def test_server_info_names_the_pipelines_controlnet_and_its_inputs(controlled_cl
 def test_the_gateway_takes_a_control_image_file_or_base64_and_control_as_a_field(controlled_server, controlled_client,
                                                                                  tmp_path):
     import base64
-    import json
 
     from test_gateway import _post_json, gateway
 

@@ -28,20 +28,28 @@ def model_identity(info: PipelineInfo, provenance: Provenance) -> dict[str, str]
     return {"family": info.family, "weights_sha256": provenance.weights_sha256, "model": provenance.model}
 
 
-def photo_digests(image: bytes, mask: bytes | None) -> dict[str, str | None]:
-    """SHA-256 of the request's image and mask bytes (None: no mask)."""
-    return {"image_sha256": hashlib.sha256(bytes(image)).hexdigest(),
-            "mask_sha256": None if mask is None else hashlib.sha256(bytes(mask)).hexdigest()}
+# The request's images a state is tied to, by the field that sends each: its digest's key in the state's header.
+_DIGESTS = ((wire.IMAGE.name, "image_sha256"), (wire.MASK_IMAGE.name, "mask_sha256"),
+            (wire.CONTROL_IMAGE.name, "control_image_sha256"))
 
 
-def checkpoint_header(info: PipelineInfo, provenance: Provenance, image: bytes, mask: bytes | None) -> dict:
+def photo_digests(image: bytes, mask: bytes | None, control_image: bytes | None = None) -> dict[str, str | None]:
+    """SHA-256 of the request's image, mask and ControlNet conditioning image bytes (None: not sent)."""
+    sent = {wire.IMAGE.name: image, wire.MASK_IMAGE.name: mask, wire.CONTROL_IMAGE.name: control_image}
+    return {key: None if sent[field] is None else hashlib.sha256(bytes(sent[field])).hexdigest()
+            for field, key in _DIGESTS}
+
+
+def checkpoint_header(info: PipelineInfo, provenance: Provenance, image: bytes, mask: bytes | None,
+                      control_image: bytes | None = None) -> dict:
     """The header fields a checkpoint's state carries from the request (the engine adds the loop's)."""
-    return {"model": model_identity(info, provenance), "photo": photo_digests(image, mask)}
+    return {"model": model_identity(info, provenance), "photo": photo_digests(image, mask, control_image)}
 
 
 def check_resumable(saved: ResumeState, info: PipelineInfo, provenance: Provenance, image: bytes,
-                    mask: bytes | None) -> None:
-    """Refuse a state that another model made, or that was made from another photo or mask.
+                    mask: bytes | None, control_image: bytes | None = None) -> None:
+    """Refuse a state that another model made, or that was made from another photo, mask or conditioning image
+    (``control_image``: a ControlNet edit's, sent again with the resume as the photo is).
 
     Raises:
         ResumeStateError: naming why.
@@ -54,11 +62,17 @@ def check_resumable(saved: ResumeState, info: PipelineInfo, provenance: Provenan
                 f"sha256 {str(made_by.get('weights_sha256'))[:12]}...) than this pipeline serves "
                 f"({serving['model']!r}, family {serving['family']}, weights sha256 {serving['weights_sha256'][:12]}"
                 f"...): resume on the pipeline that made the checkpoint")
-    made_from, sent = saved.value("photo", dict), photo_digests(image, mask)
-    for key, field in (("image_sha256", wire.IMAGE.name), ("mask_sha256", wire.MASK_IMAGE.name)):
-        if made_from.get(key) != sent[key]:
-            raise RequestError(field, f"is not the {field} the checkpoint's edit was sent with (its SHA-256 "
-                                      f"differs): send the same bytes with resume_state")
+    made_from, sent = saved.value("photo", dict), photo_digests(image, mask, control_image)
+    for field, key in _DIGESTS:
+        if made_from.get(key) == sent[key]:
+            continue
+        if sent[key] is None:
+            raise RequestError(field, "is required: the checkpoint's edit was sent with one (send the same bytes "
+                                      "with resume_state)")
+        if made_from.get(key) is None:
+            raise RequestError(field, "is not taken: the checkpoint's edit was sent without one")
+        raise RequestError(field, f"is not the {field} the checkpoint's edit was sent with (its SHA-256 "
+                                  f"differs): send the same bytes with resume_state")
 
 
 def record_reader(saved: ResumeState, read: Callable[[str], Any]) -> Callable[[str], Any]:

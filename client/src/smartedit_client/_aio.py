@@ -132,18 +132,19 @@ class AsyncInpaintClient:
     def resume_stream(self, resume_state, *, image: ImageLike, mask_image: ImageLike | None = None,
                       resume_image: ImageLike | None = None, preview_every: int | None = None,
                       checkpoint_every: int | None = None, pipeline: str | None = None, timeout_s: float | None = None,
-                      request_id: str | None = None) -> "AsyncInpaintStream":
+                      request_id: str | None = None, control_image: ImageLike | None = None) -> "AsyncInpaintStream":
         """As ``InpaintClient.resume_stream``."""
-        inputs = resume_inputs(resume_state, image, mask_image, resume_image, preview_every, checkpoint_every)
+        inputs = resume_inputs(resume_state, image, mask_image, resume_image, preview_every, checkpoint_every,
+                               control_image=control_image)
         return self._stream(inputs, pipeline, timeout_s, request_id)
 
     async def resume(self, resume_state, *, image: ImageLike, mask_image: ImageLike | None = None,
                      resume_image: ImageLike | None = None, pipeline: str | None = None, timeout_s: float | None = None,
-                     request_id: str | None = None) -> InpaintResult:
+                     request_id: str | None = None, control_image: ImageLike | None = None) -> InpaintResult:
         """As ``InpaintClient.resume``: the same arguments, result and errors."""
         async with self.resume_stream(resume_state, image=image, mask_image=mask_image, resume_image=resume_image,
-                                      preview_every=0, pipeline=pipeline, timeout_s=timeout_s,
-                                      request_id=request_id) as stream:
+                                      preview_every=0, pipeline=pipeline, timeout_s=timeout_s, request_id=request_id,
+                                      control_image=control_image) as stream:
             async for _ in stream:
                 pass
         return stream.result

@@ -300,7 +300,7 @@ class InpaintClient:
     def resume_stream(self, resume_state, *, image: ImageLike, mask_image: ImageLike | None = None,
                       resume_image: ImageLike | None = None, preview_every: int | None = None,
                       checkpoint_every: int | None = None, pipeline: str | None = None, timeout_s: float | None = None,
-                      request_id: str | None = None) -> InpaintStream:
+                      request_id: str | None = None, control_image: ImageLike | None = None) -> InpaintStream:
         """Continue a streamed edit from a checkpoint, streamed: progress, previews (and checkpoints again),
         then the result. See ``resume``.
 
@@ -308,14 +308,15 @@ class InpaintClient:
             InvalidRequestError: a field is invalid, found before sending (server-side ones while iterating).
             ServerUnavailableError: the server is unreachable.
         """
-        inputs = resume_inputs(resume_state, image, mask_image, resume_image, preview_every, checkpoint_every)
+        inputs = resume_inputs(resume_state, image, mask_image, resume_image, preview_every, checkpoint_every,
+                               control_image=control_image)
         return InpaintStream(self.url, tls=self._tls, model_name=call_models(self, pipeline)[1], inputs=inputs,
                              request_id=request_id or uuid.uuid4().hex, timeout_s=timeout_s or self.timeout_s,
                              channel=(self._target, self._channel_args))
 
     def resume(self, resume_state, *, image: ImageLike, mask_image: ImageLike | None = None,
                resume_image: ImageLike | None = None, pipeline: str | None = None, timeout_s: float | None = None,
-               request_id: str | None = None) -> InpaintResult:
+               request_id: str | None = None, control_image: ImageLike | None = None) -> InpaintResult:
         """Continue an edit from one of its checkpoints (``inpaint_stream(..., checkpoint_every=N)``).
 
         With no ``resume_image`` the edit continues from the saved step exactly: the result is the PNG the
@@ -328,6 +329,7 @@ class InpaintClient:
                 ``CheckpointEvent`` itself.
             image, mask_image: the ones the checkpoint's edit was sent with (the same bytes); its parameters
                 come from the state.
+            control_image: a ControlNet edit's conditioning image, when it was sent one (the same bytes).
             resume_image: the checkpoint's ``image`` painted on (same size): bytes, a path or a PIL image.
             pipeline: the pipeline that made the checkpoint, when it is not the client's.
 
@@ -335,13 +337,13 @@ class InpaintClient:
             InpaintResult: as ``inpaint``'s.
 
         Raises:
-            InvalidRequestError: a state that is truncated, changed, another model's, or from another image or
-                mask (the message says which); a resume_image of another size.
+            InvalidRequestError: a state that is truncated, changed, another model's, or from another image,
+                mask or control_image (the message says which); a resume_image of another size.
             and as ``inpaint``.
         """
         with self.resume_stream(resume_state, image=image, mask_image=mask_image, resume_image=resume_image,
-                                preview_every=0, pipeline=pipeline, timeout_s=timeout_s,
-                                request_id=request_id) as stream:
+                                preview_every=0, pipeline=pipeline, timeout_s=timeout_s, request_id=request_id,
+                                control_image=control_image) as stream:
             for _ in stream:
                 pass
         return stream.result
@@ -445,8 +447,10 @@ def replay_of(png: ImageLike) -> dict:
 
 
 def resume_inputs(resume_state, image: ImageLike, mask_image: ImageLike | None, resume_image: ImageLike | None,
-                  preview_every: int | None, checkpoint_every: int | None) -> list[grpcclient.InferInput]:
-    """A resuming request's tensors: the photo, the state and the stream's own inputs (no parameter)."""
+                  preview_every: int | None, checkpoint_every: int | None, *,
+                  control_image: ImageLike | None = None) -> list[grpcclient.InferInput]:
+    """A resuming request's tensors: the photo (and a ControlNet edit's conditioning image), the state and the
+    stream's own inputs (no parameter)."""
     state = getattr(resume_state, "resume_state", resume_state)  # a CheckpointEvent
     if isinstance(state, Image.Image):
         raise InvalidRequestError(f"{wire.RESUME_STATE.name}: expected a checkpoint's resume_state (bytes or a "
@@ -455,6 +459,7 @@ def resume_inputs(resume_state, image: ImageLike, mask_image: ImageLike | None, 
               wire.MASK_IMAGE: None if mask_image is None else encoded("mask_image", mask_image),
               wire.RESUME_STATE: encoded(wire.RESUME_STATE.name, state),
               wire.RESUME_IMAGE: None if resume_image is None else encoded(wire.RESUME_IMAGE.name, resume_image),
+              wire.CONTROL_IMAGE: None if control_image is None else encoded(wire.CONTROL_IMAGE.name, control_image),
               wire.PREVIEW_EVERY: preview_every, wire.CHECKPOINT_EVERY: checkpoint_every}
     return encoded_tensors(values)
 

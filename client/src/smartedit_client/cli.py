@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
                                   "text_edit: without one the whole photo is edited)")
     p.add_argument("--control-image", default=None,
                    help="ControlNet pipelines: the conditioning image, the size of --image (or --control canny / "
-                        "inpaint to have the server make one)")
+                        "inpaint to have the server make one); with --resume, the one the edit was sent with")
     p.add_argument("--prompt", default=None, help="what to paint in the masked region (required unless --replay)")
     p.add_argument("--replay", metavar="PNG", default=None,
                    help="send again the edit whose parameters this result PNG carries (on --image and --mask); "
@@ -66,8 +66,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help=f"with --checkpoints: steps between checkpoints (default {DEFAULT_CHECKPOINT_EVERY})")
     p.add_argument("--resume", metavar="STATE", default=None,
-                   help="continue the edit a checkpoint's .state file holds (give the same --image and --mask, no "
-                        "parameter: they come from the state)")
+                   help="continue the edit a checkpoint's .state file holds (give the same --image, --mask and "
+                        "--control-image, no parameter: they come from the state)")
     p.add_argument("--resume-image", metavar="PNG", default=None,
                    help="with --resume: the checkpoint's PNG, painted on; the edit continues from the change")
     return p
@@ -186,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with client:
             if args.resume:
-                result = _streamed(client.resume_stream(args.resume, resume_image=args.resume_image, **edit,
-                                                        **stream_options), previews, checkpoints)
+                result = _streamed(client.resume_stream(args.resume, resume_image=args.resume_image,
+                                                        control_image=args.control_image, **edit, **stream_options),
+                                   previews, checkpoints)
             elif previews or checkpoints:
                 result = _streamed(client.inpaint_stream(**edit, **parameters, **stream_options), previews,
                                    checkpoints)

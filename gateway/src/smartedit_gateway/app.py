@@ -221,7 +221,8 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
     async def edit_resume_stream(request: Request):
         """Continue an edit from a checkpoint: ``image`` and ``mask_image`` exactly as the first edit sent them,
         ``resume_state`` (a ``checkpoint`` event's ``resume_state_base64``, decoded: a file, or base64 text)
-        and optionally ``resume_image`` (the checkpoint's PNG painted on, same size); ``pipeline``,
+        and optionally ``resume_image`` (the checkpoint's PNG painted on, same size) and ``control_image`` (a
+        ControlNet edit's conditioning image, as the first edit sent it); ``pipeline``,
         ``preview_every`` and ``checkpoint_every`` as the stream's. No edit parameter: the state holds them
         (one sent is refused, 400 naming it). The same events as /edit/inpaint/stream; a state, photo or mask
         the server refuses is a 400 JSON answer naming the field, before any event."""
@@ -229,7 +230,7 @@ def create_app(settings: GatewaySettings = GatewaySettings()) -> FastAPI:
         try:
             stream = request.app.state.client.resume_stream(
                 form.resume_state, image=form.image, mask_image=form.mask_image, resume_image=form.resume_image,
-                request_id=logs.request_id.get(), **form.fields)
+                control_image=form.control_image, request_id=logs.request_id.get(), **form.fields)
         except SmartEditError as error:
             raise from_sdk(error) from None
         first, events = await _first_event(stream)

@@ -227,19 +227,22 @@ class ResumeForm:
     resume_state: bytes
     resume_image: bytes | None
     fields: dict[str, Any]  # pipeline, preview_every, checkpoint_every: only those sent
+    control_image: bytes | None = None  # a ControlNet edit's conditioning image, as the first edit sent it
 
 
 _RESUME_BYTES = (wire.RESUME_STATE.name, wire.RESUME_IMAGE.name)
+# The images a resume sends again as the first edit sent them: files in a form, base64 in JSON.
+_RESUME_PHOTOS = (wire.IMAGE.name, wire.MASK_IMAGE.name, wire.CONTROL_IMAGE.name)
 
 
 def _resume_fields(values: dict[str, Any], from_text: bool) -> dict[str, Any]:
     specs = {spec.name: spec for spec in RESUME_FIELDS}
     edit_parameters = {spec.name for spec in wire.PARAMETERS}
-    for name in sorted(set(values) - set(specs) - {wire.IMAGE.name, wire.MASK_IMAGE.name, *_RESUME_BYTES}):
+    for name in sorted(set(values) - set(specs) - {*_RESUME_PHOTOS, *_RESUME_BYTES}):
         if name in edit_parameters:
             raise _bad(name, "is not sent with resume_state: the state holds the edit's parameters")
         raise _bad(name, f"is not a field of /edit/resume/stream; known: "
-                         f"{', '.join(sorted([wire.IMAGE.name, wire.MASK_IMAGE.name, *_RESUME_BYTES, *specs]))}")
+                         f"{', '.join(sorted([*_RESUME_PHOTOS, *_RESUME_BYTES, *specs]))}")
     return {name: _typed(specs[name], value, from_text) for name, value in values.items()
             if name in specs and value is not None}
 
@@ -247,7 +250,8 @@ def _resume_fields(values: dict[str, Any], from_text: bool) -> dict[str, Any]:
 async def read_resume(request: Request) -> ResumeForm:
     """A resuming request: ``image`` and ``mask_image`` (the first edit's, as sent), ``resume_state`` (a
     checkpoint's state: a file, or base64 text) and optionally ``resume_image`` (the checkpoint's image painted
-    on: a file, or base64), plus ``pipeline``, ``preview_every`` and ``checkpoint_every``; no edit parameter.
+    on: a file, or base64) and ``control_image`` (a ControlNet edit's, as sent), plus ``pipeline``,
+    ``preview_every`` and ``checkpoint_every``; no edit parameter.
 
     Raises:
         GatewayError: 400 naming the field; 415 for another body type.
@@ -261,14 +265,16 @@ async def read_resume(request: Request) -> ResumeForm:
         for name in (*_REQUIRED_IMAGES, wire.RESUME_STATE.name):
             if name not in files:
                 raise _bad(name, "is required: send it as a file field of the form")
-        unexpected = sorted(set(files) - {wire.IMAGE.name, wire.MASK_IMAGE.name, *_RESUME_BYTES})
+        if wire.CONTROL_IMAGE.name in fields:
+            raise _bad(wire.CONTROL_IMAGE.name, "must be a file field of the form, not a text field")
+        unexpected = sorted(set(files) - {*_RESUME_PHOTOS, *_RESUME_BYTES})
         if unexpected:
             fields.setdefault(unexpected[0], "")  # named by _resume_fields
         parameters = _resume_fields(fields, from_text=True)
     elif content_type == "application/json":
         body = await _json_object(request)
         files = {}
-        for name in (wire.IMAGE.name, wire.MASK_IMAGE.name, *_RESUME_BYTES):
+        for name in (*_RESUME_PHOTOS, *_RESUME_BYTES):
             if body.get(name) is None:
                 if name in (*_REQUIRED_IMAGES, wire.RESUME_STATE.name):
                     raise _bad(name, "is required: base64" + (" of the encoded image" if "image" in name else ""))
@@ -279,7 +285,7 @@ async def read_resume(request: Request) -> ResumeForm:
         raise GatewayError(415, f"send multipart/form-data or application/json, not "
                                 f"{content_type or 'no Content-Type'}")
     return ResumeForm(files[wire.IMAGE.name], files.get(wire.MASK_IMAGE.name), files[wire.RESUME_STATE.name],
-                      files.get(wire.RESUME_IMAGE.name), parameters)
+                      files.get(wire.RESUME_IMAGE.name), parameters, files.get(wire.CONTROL_IMAGE.name))
 
 
 def resume_openapi_schema() -> dict:
@@ -291,7 +297,8 @@ def resume_openapi_schema() -> dict:
         if spec.minimum is not None:
             schema["minimum"] = spec.minimum
         properties[spec.name] = schema
-    docs = {spec.name: spec.meaning for spec in (wire.IMAGE, wire.MASK_IMAGE, wire.RESUME_STATE, wire.RESUME_IMAGE)}
+    docs = {spec.name: spec.meaning for spec in (wire.IMAGE, wire.MASK_IMAGE, wire.CONTROL_IMAGE, wire.RESUME_STATE,
+                                                 wire.RESUME_IMAGE)}
     multipart = {name: {"type": "string", "format": "binary", "description": doc} for name, doc in docs.items()}
     for name in _RESUME_BYTES:
         multipart[name]["description"] += " (a file, or its base64 as a text field)"

@@ -209,7 +209,8 @@ class TritonPythonModel:
         edit = {spec.name: value for spec, value in tensors.items()}
         edit[steps.PREVIEW_EVERY.name] = np.array([preview_every], dtype=np.int32)
         if checkpoint_every:
-            header = checkpoint_header(self.info, self.provenance, read(wire.IMAGE.name), read(wire.MASK_IMAGE.name))
+            header = checkpoint_header(self.info, self.provenance, read(wire.IMAGE.name), read(wire.MASK_IMAGE.name),
+                                       read(wire.CONTROL_IMAGE.name))
             edit[steps.CHECKPOINT_EVERY.name] = np.array([checkpoint_every], dtype=np.int32)
             edit[steps.CHECKPOINT_HEADER.name] = np.array([json.dumps(header).encode()], dtype=np.object_)
         self._run_components(component_steps(self.prompts, before_loop=True), edit, request_id)
@@ -240,7 +241,8 @@ class TritonPythonModel:
         if image is None:
             raise RequestError(wire.IMAGE.name, "is required (the photo the checkpoint's edit was sent with)")
         saved = ResumeState.from_bytes(raw)
-        check_resumable(saved, self.info, self.provenance, image, read(wire.MASK_IMAGE.name))
+        check_resumable(saved, self.info, self.provenance, image, read(wire.MASK_IMAGE.name),
+                        read(wire.CONTROL_IMAGE.name))
         return saved
 
     @staticmethod
@@ -252,10 +254,6 @@ class TritonPythonModel:
         if every and params.num_images != 1:
             raise RequestError(wire.CHECKPOINT_EVERY.name, f"{every} needs num_images 1 (a checkpoint continues one "
                                                            f"image), got num_images {params.num_images}")
-        if every and params.control == "image":
-            raise RequestError(wire.CHECKPOINT_EVERY.name, f"{every}: an edit controlled by a sent control_image "
-                                                           f"cannot be checkpointed yet (a resume does not carry the "
-                                                           f"image); control canny and inpaint can")
         if every and params.task == TEXT_EDIT:
             raise RequestError(wire.CHECKPOINT_EVERY.name, f"{every}: a text edit cannot be checkpointed (its "
                                                            f"state holds the inversion's whole trajectory)")
