@@ -343,3 +343,48 @@ def test_a_plain_edits_png_carries_no_control_and_replays_on_a_plain_pipeline(co
         with pytest.raises(InvalidRequestError, match=f"^{field}: is not taken by this pipeline .it serves no "
                                                       f"ControlNet"):
             client.inpaint(image=png_bytes(image), mask_image=png_bytes(mask), **EDIT, **options)
+
+
+@pytest.mark.browser
+def test_the_editor_sends_a_control_image_and_resumes_its_checkpoints_with_it(controlled_server, browser, tmp_path):
+    """In a real browser: a ControlNet pipeline's editor offers a control image; the edit sends it (the result PNG
+    records control image), a checkpoint continued sends it again and ends on the uninterrupted edit's PNG, and
+    once removed the next edit sends none."""
+    from playwright.sync_api import expect
+
+    from test_editor import _download, _open, _paint, _run_to_result, _screenshot, offline_page
+    from test_gateway import gateway
+
+    (tmp_path / "photo.png").write_bytes(png_bytes(scene(256, 192, seed=3)[0]))
+    control = png_bytes(scene(256, 192, seed=8)[0])
+    (tmp_path / "edges.png").write_bytes(control)
+    with gateway(controlled_server.address.grpc, tmp_path / "gateway.log") as url, \
+            offline_page(browser, url) as page:
+        _open(page, url, tmp_path / "photo.png")
+        expect(page.locator("#control-image-choice")).to_be_visible()
+        page.set_input_files("#control_image", str(tmp_path / "edges.png"))
+        expect(page.locator("#control-image-name")).to_have_text("edges.png")
+        _paint(page, (0.2, 0.3), (0.6, 0.6))
+        sent = []
+        page.on("request", lambda request: sent.append((request.url, request.post_data_buffer))
+                if request.method == "POST" and "/edit/" in request.url else None)
+        _run_to_result(page, prompt="a wooden bench", num_inference_steps=4, seed=7, preview_every=0,
+                       checkpoint_every=2)
+        _screenshot(page, "editor-control-image.png")
+        _, whole = _download(page, tmp_path / "whole.png")
+        # (Chromium leaves a file's bytes out of the request it reports: the record says what the server took)
+        assert b'name="control_image"' in sent[-1][1]
+        assert json.loads(Image.open(io.BytesIO(whole)).text["smartedit"])["parameters"]["control"] == "image"
+        page.locator("#checkpoint-list li").first.locator("button.continue-checkpoint").click()
+        edits = page.locator("#history li").count()
+        page.click("#resume")
+        expect(page.locator("#history li")).to_have_count(edits + 1, timeout=120_000)
+        _, resumed = _download(page, tmp_path / "resumed.png")
+        assert sent[-1][0].endswith("/edit/resume/stream") and b'name="control_image"' in sent[-1][1]
+        assert resumed == whole  # a resume without the control image is refused: it went again
+        page.click("#control-image-clear")
+        expect(page.locator("#control-image-name")).to_have_text("none")
+        _run_to_result(page, prompt="a wooden bench", num_inference_steps=4, seed=7, checkpoint_every=0)
+        _, plain = _download(page, tmp_path / "plain.png")
+        assert b'name="control_image"' not in sent[-1][1]
+        assert json.loads(Image.open(io.BytesIO(plain)).text["smartedit"])["parameters"]["control"] is None

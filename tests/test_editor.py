@@ -410,6 +410,7 @@ def test_parameters_the_form_does_not_lay_out_get_inputs_from_info_and_are_sent(
     with offline_page(browser, editor_url) as page:
         _open(page, editor_url, files / "photo.png")
         expect(page.locator("#more-settings")).to_be_visible()
+        expect(page.locator("#control-image-choice")).to_be_hidden()  # this pipeline serves no ControlNet
         generated = page.eval_on_selector_all("#more-fields [name]", "nodes => nodes.map(n => n.name)")
         laid_out = page.eval_on_selector_all("#edit [name]:not(#more-fields [name])", "nodes => nodes.map(n => n.name)")
         assert set(generated) == {name for name, p in declared.items() if not p["required"]} - set(laid_out)

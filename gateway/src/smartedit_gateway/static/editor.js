@@ -80,6 +80,7 @@ const state = {
   history: [],
   split: 0.5, // the before / after divider, as a fraction of the width
   touchUp: null, // {checkpoint, sent, fields, stroke}: the checkpoint being painted on
+  controlImage: null, // {blob, name}: the conditioning image chosen for a ControlNet pipeline, or null
 };
 
 // ---------------------------------------------------------------- messages
@@ -226,11 +227,29 @@ function showPipeline() {
   const tasks = state.info.tasks || Object.keys(TASKS);
   for (const option of $("task").options) option.hidden = option.disabled = !tasks.includes(option.value);
   if (!tasks.includes($("task").value)) $("task").value = tasks[0];
+  $("control-image-choice").hidden = !controlled();
   moreFields(state.info.parameters || {});
   // A field another pipeline declared (InstructPix2Pix's image_guidance_scale) is hidden and not sent here.
   for (const name of state.moreFields || []) formField(name).closest("label").hidden = !takesParameter(name);
   showTaskHint();
   maskChanged();
+}
+
+// Whether the chosen pipeline serves a ControlNet: its edits take a control_image.
+function controlled() {
+  return Boolean(state.info && state.info.controlnets && state.info.controlnets.length);
+}
+
+function useControlImage(chosen) {
+  state.controlImage = chosen;
+  $("control-image-name").textContent = chosen ? chosen.name : "none";
+  $("control-image-clear").hidden = !chosen;
+  $("control_image").removeAttribute("aria-invalid");
+}
+
+// The conditioning image to send with an edit: the chosen one, on a pipeline that takes one.
+function controlImageToSend() {
+  return controlled() ? state.controlImage : null;
 }
 
 function takesParameter(name) {
@@ -782,16 +801,18 @@ async function runEdit(event) {
     // Nothing painted for a task that needs no mask: none sent, and the whole photo is edited.
     const unpainted = MASK_OPTIONAL.has(fields.task) && !state.exactMask && maskPixelCount() === 0;
     const maskBlob = unpainted ? null : await maskForSending();
+    const controlImage = controlImageToSend();
     const form = new FormData();
     form.append("image", photo.blob, photo.name);
     if (maskBlob) form.append("mask_image", maskBlob, "mask.png");
+    if (controlImage) form.append("control_image", controlImage.blob, controlImage.name);
     for (const [name, value] of Object.entries(fields)) form.append(name, value);
-    return [form, { photo, maskBlob }];
+    return [form, { photo, maskBlob, controlImage }];
   });
 }
 
 // One streamed edit (a new one, or one resumed from a checkpoint): ``build`` makes the form and what was
-// sent ({photo, maskBlob}: kept with the result and its checkpoints).
+// sent ({photo, maskBlob, controlImage}: kept with the result and its checkpoints).
 async function streamEdit(url, fields, build) {
   const controller = new AbortController();
   const requestId = newRequestId();
@@ -848,7 +869,8 @@ async function editDone(data, fields, sent) {
   const image = data.images[0];
   const blob = pngBlob(image.png_base64);
   const record = image.parameters && image.parameters.parameters;
-  const entry = { photo: sent.photo, maskBlob: sent.maskBlob, requestId: data.request_id || sent.requestId, blob,
+  const entry = { photo: sent.photo, maskBlob: sent.maskBlob, controlImage: sent.controlImage || null,
+                  requestId: data.request_id || sent.requestId, blob,
                   url: URL.createObjectURL(blob), seed: image.seed,
                   // the PNG records what the server resolved, not which of its pipelines edited
                   parameters: record ? { ...record, pipeline: fields.pipeline } : fields };
@@ -954,6 +976,7 @@ async function reloadEdit(entry) {
   if (entry.maskBlob) await useMaskImage(entry.maskBlob);
   else maskContext.clearRect(0, 0, mask.width, mask.height); // a whole-photo edit: nothing painted
   state.exactMask = entry.maskBlob;
+  useControlImage(entry.controlImage || null);
   for (const name of editFieldNames()) {
     const value = entry.parameters[name];
     const element = formField(name);
@@ -1094,11 +1117,13 @@ async function resumeEdit() {
     const form = new FormData();
     form.append("image", touch.sent.photo.blob, touch.sent.photo.name);
     if (touch.sent.maskBlob) form.append("mask_image", touch.sent.maskBlob, "mask.png");
+    // the conditioning image the first edit sent, as its photo: the state holds the digests of both
+    if (touch.sent.controlImage) form.append("control_image", touch.sent.controlImage.blob, touch.sent.controlImage.name);
     form.append("resume_state", pngBlob(touch.checkpoint.state, "application/octet-stream"), "checkpoint.state");
     if (resumeImage) form.append("resume_image", resumeImage, "painted.png");
     if (fields.pipeline) form.append("pipeline", fields.pipeline);
     for (const [name, value] of Object.entries(stream)) form.append(name, value);
-    return [form, { photo: touch.sent.photo, maskBlob: touch.sent.maskBlob }];
+    return [form, { photo: touch.sent.photo, maskBlob: touch.sent.maskBlob, controlImage: touch.sent.controlImage }];
   });
 }
 
@@ -1198,6 +1223,12 @@ function setUp() {
     event.target.value = ""; // choosing the same file again opens it again
     if (file) openFile(file);
   });
+  $("control_image").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    event.target.value = ""; // the chosen file is kept in the state; choosing it again replaces it
+    if (file) useControlImage({ blob: file, name: file.name });
+  });
+  $("control-image-clear").addEventListener("click", () => useControlImage(null));
   $("task").addEventListener("change", () => {
     showTaskHint();
     maskChanged();
