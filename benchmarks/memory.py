@@ -12,6 +12,17 @@ pixels came back byte-exact, and the RSS of the server's whole process tree befo
 (sampled every 50 ms) and 5 s after the burst ("settled": what the server keeps). RSS counts shared
 memory once per process that maps it, so the PSS total (each shared page split between its users)
 is printed too. Run on demand; nothing is asserted.
+
+``--control image`` / ``canny`` runs each case's edits under a ControlNet (the repository's pipeline must serve
+one): ``image`` sends a conditioning image of the photo's size (a PNG edge map of it), ``canny`` has the server
+make one. ``--control none image canny`` runs each case once per control, side by side. A ControlNet repository
+on the tiny model:
+
+    .venv/bin/python -c "from pathlib import Path; from smartedit.export.tiny_model import write_tiny_pipeline; \
+        from smartedit.export.tiny_controlnet import write_tiny_controlnet; \
+        write_tiny_controlnet(write_tiny_pipeline(Path('build/tiny')), Path('build/tiny-controlnet'))"
+    .venv/bin/smartedit export --model tiny=build/tiny --controlnet build/tiny-controlnet --no-segmentation \
+        --out build/control_repository
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from smartedit.ops.health import stubs_of
 from smartedit.ops.server import ServerAddress, TritonServer, free_port
@@ -79,8 +90,17 @@ def case_files(case: str, seed: int) -> tuple[bytes, bytes]:
     return _encoded(image, "JPEG"), _encoded(Image.fromarray(mask), "PNG")
 
 
-def burst(client: InpaintClient, pid: int, case: str, count: int, steps: int) -> str:
+def control_options(control: str, image: bytes) -> dict:
+    """The request's control inputs: ``image``, an edge map of the photo sent as PNG; ``canny``, made by the server."""
+    if control == "image":
+        edges = Image.open(io.BytesIO(image)).convert("L").filter(ImageFilter.FIND_EDGES).convert("RGB")
+        return {"control_image": _encoded(edges, "PNG")}
+    return {} if control == "none" else {"control": control}
+
+
+def burst(client: InpaintClient, pid: int, case: str, count: int, steps: int, control: str = "none") -> str:
     files = [case_files(case, seed) for seed in range(count)]
+    controls = [control_options(control, image) for image, _ in files]
     before = tree_memory_mb(pid)
     peak, done = [before], threading.Event()
 
@@ -95,10 +115,10 @@ def burst(client: InpaintClient, pid: int, case: str, count: int, steps: int) ->
     started = time.perf_counter()
 
     def edit(item) -> str:
-        image, mask = item
+        (image, mask), options = item
         try:
             result = client.inpaint(image=image, mask_image=mask, prompt="a wooden bench", num_inference_steps=steps,
-                                    seed=1)
+                                    seed=1, **options)
         except SmartEditError as error:
             return f"refused: {error}"
         sent = np.asarray(Image.open(io.BytesIO(image)).convert(result.image.mode))
@@ -108,14 +128,15 @@ def burst(client: InpaintClient, pid: int, case: str, count: int, steps: int) ->
         return f"{result.image.size[0]}x{result.image.size[1]} PNG, unmasked pixels byte-exact: {exact}"
 
     with ThreadPoolExecutor(count) as pool:
-        outcomes = sorted(set(pool.map(edit, files)))
+        outcomes = sorted(set(pool.map(edit, zip(files, controls))))
     took = time.perf_counter() - started
     done.set()
     sampler.join()
     time.sleep(5.0)
     settled = tree_memory_mb(pid)
     sent_mb = len(files[0][0]) / 1e6
-    return (f"{case} x{count} ({sent_mb:.3f} MB sent): {took:.1f} s, {'; '.join(outcomes)}\n"
+    label = case if control == "none" else f"{case} control {control}"
+    return (f"{label} x{count} ({sent_mb:.3f} MB sent): {took:.1f} s, {'; '.join(outcomes)}\n"
             f"    server RSS before {before[0]:.0f} MB, peak {peak[0][0]:.0f} MB, settled {settled[0]:.0f} MB "
             f"(PSS {before[1]:.0f} / {peak[0][1]:.0f} / {settled[1]:.0f} MB)")
 
@@ -127,12 +148,15 @@ def main() -> None:
                                                         "tiny-2048"], help="see above")
     parser.add_argument("--burst", type=int, default=1, help="concurrent edits per size")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--control", nargs="+", default=["none"], choices=["none", "image", "canny"],
+                        help="each case under each of these controls (a ControlNet pipeline's; see above)")
     args = parser.parse_args()
     address = ServerAddress(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     with TritonServer(args.repository, address, log_file=Path("out/benchmark-memory/tritonserver.log")) as server:
         with InpaintClient(address.grpc, timeout_s=1800) as client:
             for case in args.cases:
-                print(burst(client, server.process.pid, case, args.burst, args.steps), flush=True)
+                for control in args.control:
+                    print(burst(client, server.process.pid, case, args.burst, args.steps, control), flush=True)
 
 
 if __name__ == "__main__":

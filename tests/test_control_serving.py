@@ -388,3 +388,89 @@ def test_the_editor_sends_a_control_image_and_resumes_its_checkpoints_with_it(co
         _, plain = _download(page, tmp_path / "plain.png")
         assert b'name="control_image"' not in sent[-1][1]
         assert json.loads(Image.open(io.BytesIO(plain)).text["smartedit"])["parameters"]["control"] is None
+
+
+@pytest.fixture(scope="module")
+def control_repository(tiny_model_dir, tiny_controlnet_dir, tmp_path_factory):
+    """The tiny model with the tiny ControlNet alone (one pipeline: a quicker start), for the restart group."""
+    from smartedit.export.pipeline_loader import attach_controlnet, load_pipeline
+    from smartedit.export.repository import PipelineSource, RepositoryOptions, build_pipelines_repository
+
+    pipeline = load_pipeline(tiny_model_dir)
+    attach_controlnet(pipeline, tiny_controlnet_dir)
+    out = tmp_path_factory.mktemp("control-restart") / "model_repository"
+    return build_pipelines_repository([PipelineSource("controlled", pipeline, "tiny", controlnet=CONTROLNET_NAME)], out,
+                                      RepositoryOptions(verify=False, segmentation=False))
+
+
+@pytest.mark.restart
+def test_a_controlnet_pipelines_engine_killed_mid_edit_recovers_and_a_stop_finishes_controlled_edits(
+        control_repository, tmp_path):
+    """Production faults on a ControlNet pipeline, under controlled edits of each kind streaming at once: the
+    engine's process killed (each edit fails saying so, readiness leaves 200, a controlled edit succeeds again),
+    then SIGTERM mid-edit (every edit in flight finishes under its control, serve exits 0)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from smartedit_client import InpaintClient, ProgressEvent, ServerUnavailableError, SmartEditError
+    from test_recovery import ready_status, stub_pid, tritonserver_of, watched
+
+    image, mask = (png_bytes(picture) for picture in scene(256, 256))
+    controls = {"image": {"control_image": png_bytes(scene(256, 256, seed=8)[0])}, "canny": {"control": "canny"},
+                "inpaint": {"control": "inpaint"}, "none": {}}
+
+    def stream_all(address):
+        """Each control's streamed edit (60 steps) in a thread; returns once each has made a step."""
+        outcomes, stepped, threads = {}, {name: threading.Event() for name in controls}, []
+
+        def stream(name):
+            try:
+                with InpaintClient(address, timeout_s=300) as client, client.inpaint_stream(
+                        image=image, mask_image=mask, prompt="a bench", num_inference_steps=60, seed=3,
+                        preview_every=0, **controls[name]) as edit:
+                    for event in edit:
+                        if isinstance(event, ProgressEvent):
+                            stepped[name].set()
+                outcomes[name] = edit.result.parameters["parameters"]["control"]
+            except SmartEditError as error:
+                outcomes[name] = error
+            stepped[name].set()
+
+        threads = [threading.Thread(target=stream, args=(name,)) for name in controls]
+        for thread in threads:
+            thread.start()
+        assert all(event.wait(120) for event in stepped.values())
+        return outcomes, threads
+
+    with watched(control_repository, tmp_path) as server:
+        address = f"127.0.0.1:{server['grpc']}"
+        outcomes, threads = stream_all(address)
+        killed_at = time.monotonic()
+        os.kill(stub_pid(tritonserver_of(server["process"].pid), "denoise_engine"), signal.SIGKILL)
+        for thread in threads:
+            thread.join(300)
+        assert all(isinstance(error, ServerUnavailableError) and "process died while the edit ran" in str(error)
+                   for error in outcomes.values()), outcomes
+        left_ready = False
+        while time.monotonic() - killed_at < 90:
+            left_ready |= ready_status(server["http"]) != 200
+            try:
+                with InpaintClient(address, timeout_s=60) as client:
+                    again = client.inpaint(image=image, mask_image=mask, prompt="a bench", num_inference_steps=4,
+                                           seed=1, **controls["image"])
+                break
+            except SmartEditError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"no controlled edit succeeded within 90 s of the kill: {server['log'].read_text()[-3000:]}")
+        assert left_ready and again.parameters["parameters"]["control"] == "image"
+        print(f"a controlled edit succeeds again {time.monotonic() - killed_at:.1f} s after the engine's kill")
+
+        outcomes, threads = stream_all(address)
+        server["process"].send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(300)
+        assert server["process"].wait(timeout=120) == 0
+        assert outcomes == {"image": "image", "canny": "canny", "inpaint": "inpaint", "none": None}, outcomes
