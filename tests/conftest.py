@@ -226,6 +226,26 @@ def serving(repository: Path, log_file: Path):
         yield running
 
 
+def export_by_cli(*arguments, out: Path, verify: bool = True):
+    """``smartedit export ARGUMENTS --no-segmentation --out OUT`` as a user runs it (``--no-verify`` unless
+    ``verify``); its CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "smartedit", "export", *map(str, arguments), "--no-segmentation",
+                           *([] if verify else ["--no-verify"]), "--out", str(out)], capture_output=True, text=True,
+                          timeout=900)
+
+
+@contextmanager
+def serving_export(*arguments, out: Path, verify: bool = True):
+    """A tritonserver on the repository ``export_by_cli(*arguments)`` writes to ``out``."""
+    result = export_by_cli(*arguments, out=out, verify=verify)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with serving(out, out.parent / "tritonserver.log") as running:
+        yield running
+
+
 def export_two_pipelines(tiny_pipeline, tiny_text_to_image_pipeline, out: Path) -> Path:
     """One repository serving the tiny model as pipeline ``tiny`` (the first) and the tiny 4-channel one
     as ``blend`` (README "Several pipelines in one server")."""

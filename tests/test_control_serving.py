@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import png_bytes, scene, serving
+from conftest import png_bytes, scene, serving_export
 from reference import diffusers_controlnet_inpaint, psnr
 from smartedit.edit.control_images import canny_condition, image_condition, inpaint_condition
 
@@ -33,13 +33,10 @@ def controlled_server(tiny_model_dir, tiny_controlnet_dir, tiny_sdxl_dir, tiny_s
     """Pipeline ``controlled`` (the default): the tiny model with the tiny ControlNet; ``SDXL_PIPELINE``: the tiny
     SDXL inpainting model with its tiny ControlNet; exported by the command line."""
     out = tmp_path_factory.mktemp("controlnet") / "model_repository"
-    result = subprocess.run([sys.executable, "-m", "smartedit", "export", "--model", f"controlled={tiny_model_dir}",
-                             "--model", f"{SDXL_PIPELINE}={tiny_sdxl_dir}",
-                             "--controlnet", f"controlled={CONTROLNET_NAME}={tiny_controlnet_dir}",
-                             "--controlnet", f"{SDXL_PIPELINE}={SDXL_CONTROLNET_NAME}={tiny_sdxl_controlnet_dir}",
-                             "--no-segmentation", "--out", str(out)], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    with serving(out, out.parent / "tritonserver.log") as running:
+    with serving_export("--model", f"controlled={tiny_model_dir}", "--model", f"{SDXL_PIPELINE}={tiny_sdxl_dir}",
+                        "--controlnet", f"controlled={CONTROLNET_NAME}={tiny_controlnet_dir}",
+                        "--controlnet", f"{SDXL_PIPELINE}={SDXL_CONTROLNET_NAME}={tiny_sdxl_controlnet_dir}",
+                        out=out) as running:
         yield running
 
 

@@ -9,13 +9,12 @@ pipeline given the same file through ``load_lora_weights`` + ``fuse_lora`` at th
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import png_bytes, scene, serving
+from conftest import export_by_cli, png_bytes, scene, serving_export
 from reference import diffusers_inpaint, psnr
 from smartedit.export.lora import AdapterMismatch, LoraAdapter, check_adapter, file_sha256
 
@@ -37,8 +36,7 @@ def wrong_base_adapter(tiny_sdxl_dir, tmp_path_factory):
 
 def _export(*arguments, out) -> subprocess.CompletedProcess:
     # --no-verify: the graphs' check against PyTorch is tests/test_onnx_export.py's; these compare served results
-    return subprocess.run([sys.executable, "-m", "smartedit", "export", *map(str, arguments), "--no-segmentation",
-                           "--no-verify", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    return export_by_cli(*arguments, out=out, verify=False)
 
 
 # --- the adapter file, before any export -------------------------------------------------------------------
@@ -177,12 +175,10 @@ def adapted_server(tiny_model_dir, adapter_files, tmp_path_factory):
     (the same tiny weights): one pipeline less to start here."""
     peft_file, kohya_file = adapter_files
     out = tmp_path_factory.mktemp("lora") / "model_repository"
-    result = _export(*[argument for name in ("peft", "kohya", "lcm")
-                       for argument in ("--model", f"{name}={tiny_model_dir}")],
-                     "--lora", f"peft={peft_file}", "--lora", f"kohya={kohya_file}:{KOHYA_SCALE}",
-                     "--scheduler", "lcm=lcm", out=out)
-    assert result.returncode == 0, result.stderr[-3000:]
-    with serving(out, out.parent / "tritonserver.log") as running:
+    with serving_export(*[argument for name in ("peft", "kohya", "lcm")
+                          for argument in ("--model", f"{name}={tiny_model_dir}")],
+                        "--lora", f"peft={peft_file}", "--lora", f"kohya={kohya_file}:{KOHYA_SCALE}",
+                        "--scheduler", "lcm=lcm", out=out, verify=False) as running:
         yield running
 
 
