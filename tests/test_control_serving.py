@@ -412,7 +412,8 @@ def test_a_controlnet_pipelines_engine_killed_mid_edit_recovers_and_a_stop_finis
     import time
 
     from smartedit_client import InpaintClient, ProgressEvent, ServerUnavailableError, SmartEditError
-    from test_recovery import ready_status, stub_pid, tritonserver_of, watched
+
+    from test_recovery import recover, stub_pid, tritonserver_of, wait_for_log, watched
 
     image, mask = (png_bytes(picture) for picture in scene(256, 256))
     controls = {"image": {"control_image": png_bytes(scene(256, 256, seed=8)[0])}, "canny": {"control": "canny"},
@@ -444,26 +445,27 @@ def test_a_controlnet_pipelines_engine_killed_mid_edit_recovers_and_a_stop_finis
     with watched(control_repository, tmp_path) as server:
         address = f"127.0.0.1:{server['grpc']}"
         outcomes, threads = stream_all(address)
+        log_before = len(server["log"].read_text())
         killed_at = time.monotonic()
         os.kill(stub_pid(tritonserver_of(server["process"].pid), "denoise_engine"), signal.SIGKILL)
         for thread in threads:
             thread.join(300)
-        assert all(isinstance(error, ServerUnavailableError) and "process died while the edit ran" in str(error)
-                   for error in outcomes.values()), outcomes
-        left_ready = False
-        while time.monotonic() - killed_at < 90:
-            left_ready |= ready_status(server["http"]) != 200
-            try:
-                with InpaintClient(address, timeout_s=60) as client:
-                    again = client.inpaint(image=image, mask_image=mask, prompt="a bench", num_inference_steps=4,
-                                           seed=1, **controls["image"])
-                break
-            except SmartEditError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"no controlled edit succeeded within 90 s of the kill: {server['log'].read_text()[-3000:]}")
-        assert left_ready and again.parameters["parameters"]["control"] == "image"
-        print(f"a controlled edit succeeds again {time.monotonic() - killed_at:.1f} s after the engine's kill")
+        took_s, left_ready = recover(server, killed_at)  # a plain edit succeeds again; readiness left 200
+        assert took_s != float("inf") and left_ready, server["log"].read_text()[-3000:]
+        # Triton 2.51 aborts now and then when it lets go of a dead process (test_recovery.py says when): the
+        # edits it caught then cannot reach the server rather than hear of the death.
+        aborted = "lock_exception" in server["triton_log"].read_text()
+        assert all(isinstance(error, ServerUnavailableError) and (
+            "process died while the edit ran" in str(error) or aborted and "cannot reach" in str(error))
+            for error in outcomes.values()), outcomes
+        with InpaintClient(address, timeout_s=60) as client:
+            again = client.inpaint(image=image, mask_image=mask, prompt="a bench", num_inference_steps=4, seed=1,
+                                   **controls["image"])
+        assert again.parameters["parameters"]["control"] == "image"
+        print(f"edits succeed again {took_s:.1f} s after the engine's kill")
+        # done with the recovery (serve opens its gate after proving the new process) before the stop
+        assert wait_for_log(server, log_before, "denoise_engine: edits are served again",
+                            "tritonserver restarted and ready"), server["log"].read_text()[-3000:]
 
         outcomes, threads = stream_all(address)
         server["process"].send_signal(signal.SIGTERM)

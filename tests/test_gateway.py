@@ -344,6 +344,21 @@ def test_the_resume_endpoint_refuses_parameters_and_bad_states_naming_the_field(
     assert answer["field"] == field and fragment in answer["message"], answer
 
 
+@pytest.mark.parametrize("field", ["mask_image", "control_image"])
+def test_a_resume_form_refuses_an_image_sent_as_a_text_field_naming_it(gateway_url, tmp_path, field):
+    """Dropped, it would leave the resume without the image its sender meant (the server would then say the mask
+    is missing, or refuse the state's control image digest): refused at the form."""
+    image, _ = _files(tmp_path, seed=9)
+    (tmp_path / "state.bin").write_bytes(b"\x00" * 64)
+    run = subprocess.run(["curl", "-sS", "-F", f"image=@{tmp_path / 'image.png'}", "-F",
+                          f"resume_state=@{tmp_path / 'state.bin'}", "-F", f"{field}=not a file",
+                          "-w", "\n%{http_code}", f"{gateway_url}/edit/resume/stream"],
+                         capture_output=True, text=True, timeout=60)
+    body, status = run.stdout.rsplit("\n", 1)
+    assert status == "400" and json.loads(body)["field"] == field, run.stdout
+    assert "must be a file field of the form" in json.loads(body)["message"]
+
+
 def test_a_corrupted_checkpoint_state_is_refused_naming_resume_state(gateway_url, tmp_path):
     image, mask = _files(tmp_path, seed=10)
     photo = {"image": _b64(png_bytes(image)), "mask_image": _b64(png_bytes(mask))}

@@ -126,3 +126,28 @@ def test_a_checkpoint_of_a_sampler_without_its_own_estimate_shows_ddims(sampler,
     alpha_bar = state.scheduler.alphas_cumprod[int(state.timesteps[2])]
     expected = (sample - (1 - alpha_bar) ** 0.5 * prediction) / alpha_bar ** 0.5
     assert state.pred_original is None and torch.allclose(checkpoint(state).tensors["clean_latents"], expected)
+
+
+def test_a_state_is_tied_to_the_control_image_its_edit_was_sent_and_older_states_resume_without_one():
+    """The header's ``photo`` digests name each image; a state written before control images were recorded (no
+    ``control_image_sha256``) resumes as one whose edit was sent none."""
+    from smartedit.diffusion.spec import PipelineInfo
+    from smartedit.edit.provenance import Provenance
+    from smartedit.edit.resume_request import check_resumable, checkpoint_header
+    from smartedit.errors import RequestError
+
+    info = PipelineInfo(vae_scale_factor=8, latent_channels=4, unet_in_channels=9, text_length=77,
+                        text_hidden_size=768, vae_scaling_factor=0.18215, unet_sample_size=64, working_resolution=512)
+    provenance = Provenance(model="m", weights_sha256="a" * 64)
+    controlled = ResumeState(checkpoint_header(info, provenance, b"photo", b"mask", b"edges"))
+    check_resumable(controlled, info, provenance, b"photo", b"mask", b"edges")
+    for sent, fragment in ((None, "control_image: is required"), (b"other", "control_image: is not the control_image")):
+        with pytest.raises(RequestError, match=fragment):
+            check_resumable(controlled, info, provenance, b"photo", b"mask", sent)
+    older = ResumeState(checkpoint_header(info, provenance, b"photo", b"mask"))
+    del older.header["photo"]["control_image_sha256"]
+    check_resumable(older, info, provenance, b"photo", b"mask")
+    with pytest.raises(RequestError, match="control_image: is not taken: the checkpoint's edit was sent without one"):
+        check_resumable(older, info, provenance, b"photo", b"mask", b"edges")
+    with pytest.raises(RequestError, match="mask_image: is required"):
+        check_resumable(older, info, provenance, b"photo", None)

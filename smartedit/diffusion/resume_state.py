@@ -59,9 +59,9 @@ class ResumeState:
 
     Attributes:
         header: JSON values: ``record`` (the edit's resolved parameters), ``model`` (the identity of the
-            weights that made it), ``photo`` (digests of the image and mask it was made from), ``step`` and
-            ``total_steps``, ``scheduler`` (the sampler's state: its values, tensors by name) -- whatever
-            the writer put there besides the tensor table, which ``to_bytes`` writes.
+            weights that made it), ``photo`` (digests of the image, mask and control image it was
+            made from), ``step`` and ``total_steps``, ``scheduler`` (the sampler's state: its values, tensors
+            by name) -- whatever the writer put there besides the tensor table, which ``to_bytes`` writes.
         tensors: by name: the latents, the predicted clean latents the checkpoint image shows, the
             generator's state and the sampler's tensors.
     """

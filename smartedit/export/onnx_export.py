@@ -103,9 +103,9 @@ class FusedControlGraph(torch.nn.Module):
     """A ControlNet and a UNet in one graph: after the UNet's own inputs (``input_names``), each row's conditioning
     image, scale and guess flag (smartedit.diffusion.control's row inputs). The ControlNet runs on every row (the
     4 latent channels, before any mask channels, with the UNet's prompt states and, SDXL's, its pooled prompt and size
-    ids); each row's residuals are multiplied by its scale (times diffusers'
-    guess-mode level factors, ``logspace(-1, 0)``, on a guess-mode row) as diffusers' ControlNet multiplies them,
-    and the UNet adds them. A row of scale 0 gets zeros: its UNet sums are unchanged."""
+    ids); each row's residuals are multiplied by its scale (times diffusers' guess-mode level factors,
+    ``logspace(-1, 0)``, on a guess-mode row) as diffusers' ControlNet multiplies them, and the UNet adds them.
+    A row of scale 0 gets zeros: its UNet sums are unchanged."""
 
     def __init__(self, unet, controlnet, input_names: list[str], latent_channels: int):
         super().__init__()

@@ -103,8 +103,7 @@ NUM_IMAGES = WireTensor("num_images", "INT32", False,
 CONTROL_IMAGE = WireTensor("control_image", "BYTES", False,
                            "ControlNet pipelines: the conditioning image (PNG / JPEG / WebP, the size of image; an "
                            "edge map, a depth map, ... as the ControlNet was trained on), cropped and scaled with the "
-                           "edit's "
-                           "region; or let the server make one with control")
+                           "edit's region; or let the server make one with control")
 CONTROLNET = WireTensor("controlnet", "BYTES", False,
                         "ControlNet pipelines: which ControlNet (server_info lists a pipeline's); default its own",
                         default="")
@@ -121,7 +120,8 @@ CONTROL_HIGH_THRESHOLD = WireTensor("control_high_threshold", "INT32", False,
                                     maximum=255, default=200)
 CONTROLNET_CONDITIONING_SCALE = WireTensor("controlnet_conditioning_scale", "FP32", False,
                                            "ControlNet pipelines: how strongly the control steers the edit (its "
-                                           "residuals' factor); default 0.5", minimum=0.0, maximum=10.0, default=0.5)
+                                           "residuals' factor); default 0.5 (SDXL pipelines: 1.0, as diffusers'; "
+                                           "server_info gives a pipeline's)", minimum=0.0, maximum=10.0, default=0.5)
 CONTROL_GUIDANCE_START = WireTensor("control_guidance_start", "FP32", False,
                                     "ControlNet pipelines: the fraction of the steps after which the control starts; "
                                     "default 0", minimum=0.0, maximum=1.0, default=0.0)
@@ -204,15 +204,16 @@ ERROR_MESSAGE = WireTensor("error_message", "BYTES", False, "on failure: what we
 
 # Checkpoints and resuming (the stream only): every checkpoint_every steps a progress response carries
 # checkpoint_image (the decoded predicted clean image, at the edit's working size) and checkpoint_state;
-# a request that sends that state back as resume_state (with the same image and mask_image, and no
-# parameter: they come from the state) continues the edit from that step, and with resume_image (the
-# checkpoint image, painted on) from the latents moved by the painter's change.
+# a request that sends that state back as resume_state (with the same image and mask_image, and control_image
+# when the edit was sent one; no parameter: they come from the state) continues the edit from that step, and
+# with resume_image (the checkpoint image, painted on) from the latents moved by the painter's change.
 CHECKPOINT_EVERY = WireTensor("checkpoint_every", "INT32", False,
                               "steps between checkpoints (a checkpoint_image and its checkpoint_state); default 0, "
                               "none; one image (num_images 1), any task but text_edit", minimum=0, default=0)
 RESUME_STATE = WireTensor("resume_state", "BYTES", False,
                           "a checkpoint's checkpoint_state, as sent: continue that edit from its step (send the "
-                          "same image and mask_image, and no parameter; they come from the state)")
+                          "same image and mask_image, and control_image when the edit was sent one; no parameter: "
+                          "they come from the state)")
 RESUME_IMAGE = WireTensor("resume_image", "BYTES", False,
                           "with resume_state: the checkpoint's checkpoint_image, painted on (PNG, same size); the "
                           "edit continues from the latents moved by the change")

@@ -265,8 +265,9 @@ async def read_resume(request: Request) -> ResumeForm:
         for name in (*_REQUIRED_IMAGES, wire.RESUME_STATE.name):
             if name not in files:
                 raise _bad(name, "is required: send it as a file field of the form")
-        if wire.CONTROL_IMAGE.name in fields:
-            raise _bad(wire.CONTROL_IMAGE.name, "must be a file field of the form, not a text field")
+        for name in (wire.MASK_IMAGE.name, wire.CONTROL_IMAGE.name):
+            if name in fields:  # dropped, it would leave the resume without the image the caller meant to send
+                raise _bad(name, "must be a file field of the form, not a text field")
         unexpected = sorted(set(files) - {*_RESUME_PHOTOS, *_RESUME_BYTES})
         if unexpected:
             fields.setdefault(unexpected[0], "")  # named by _resume_fields
@@ -297,8 +298,9 @@ def resume_openapi_schema() -> dict:
         if spec.minimum is not None:
             schema["minimum"] = spec.minimum
         properties[spec.name] = schema
-    docs = {spec.name: spec.meaning for spec in (wire.IMAGE, wire.MASK_IMAGE, wire.CONTROL_IMAGE, wire.RESUME_STATE,
-                                                 wire.RESUME_IMAGE)}
+    docs = {spec.name: spec.meaning for spec in (wire.IMAGE, wire.MASK_IMAGE, wire.RESUME_STATE, wire.RESUME_IMAGE)}
+    docs[wire.CONTROL_IMAGE.name] = ("a ControlNet edit's conditioning image, the same bytes the checkpoint's edit was "
+                                     "sent with (when it was sent one)")
     multipart = {name: {"type": "string", "format": "binary", "description": doc} for name, doc in docs.items()}
     for name in _RESUME_BYTES:
         multipart[name]["description"] += " (a file, or its base64 as a text field)"

@@ -324,6 +324,8 @@ async function openFile(file) {
     return false;
   }
   await usePhoto(file, name, image);
+  // A control image is the photo's size: another photo needs its own (continuing from a result keeps it).
+  useControlImage(null);
   setStatus(`${name}: ${image.naturalWidth}×${image.naturalHeight}.`);
   return true;
 }
@@ -1118,7 +1120,8 @@ async function resumeEdit() {
     form.append("image", touch.sent.photo.blob, touch.sent.photo.name);
     if (touch.sent.maskBlob) form.append("mask_image", touch.sent.maskBlob, "mask.png");
     // the conditioning image the first edit sent, as its photo: the state holds the digests of both
-    if (touch.sent.controlImage) form.append("control_image", touch.sent.controlImage.blob, touch.sent.controlImage.name);
+    const control = touch.sent.controlImage;
+    if (control) form.append("control_image", control.blob, control.name);
     form.append("resume_state", pngBlob(touch.checkpoint.state, "application/octet-stream"), "checkpoint.state");
     if (resumeImage) form.append("resume_image", resumeImage, "painted.png");
     if (fields.pipeline) form.append("pipeline", fields.pipeline);
