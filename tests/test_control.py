@@ -78,12 +78,15 @@ def _preparer(pipe, image, mask, control_image, settings: dict, params: EditPara
     return prepare, prepared
 
 
-def _controlled_loop(pipe, controlnet, image, mask, control_image, settings: dict, params: EditParameters):
+def _controlled_loop(pipe, controlnet, image, mask, control_image, settings: dict, params: EditParameters,
+                     unet=None):
+    """(the edit's composed pixels, where it repaints), stepped on ``unet`` (numpy in and out; default: the two
+    PyTorch modules, ``_torch_controlled_unet``)."""
     info = PipelineInfo.from_pipeline(pipe)
     prepare, prepared = _preparer(pipe, image, mask, control_image, settings, params)
     with torch.inference_mode():
         state = prepare()
-        assert run_to_end(state, torch_unet_of(_torch_controlled_unet(pipe, controlnet)))
+        assert run_to_end(state, torch_unet_of(unet or _torch_controlled_unet(pipe, controlnet)))
         decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
     return (compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box),
             prepared.repaint_mask)
@@ -230,15 +233,9 @@ def test_the_loop_on_the_fused_graph_matches_diffusers(tiny_pipeline, tiny_contr
     control_image = _control_image(kind, image, mask)
     params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler="ddim", num_inference_steps=5,
                             guidance_scale=7.5, seed=9)
-    info = PipelineInfo.from_pipeline(tiny_pipeline)
-    prepare, prepared = _preparer(tiny_pipeline, image, mask, control_image, settings, params)
-    state = prepare()
-    assert run_to_end(state, torch_unet_of(fused_graph))
-    with torch.inference_mode():
-        decoded = tiny_pipeline.vae.decode(decoder_input(state, info)).sample.numpy()
-    ours = compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box)
+    ours, inside = _controlled_loop(tiny_pipeline, tiny_controlnet, image, mask, control_image, settings, params,
+                                    unet=fused_graph)
     reference = _reference(tiny_pipeline, tiny_controlnet, image, mask, control_image, settings, params)
-    inside = prepared.repaint_mask
     assert psnr(ours[inside], reference[inside]) >= 40
     assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
 
@@ -333,15 +330,9 @@ def test_the_sdxl_loop_on_the_fused_graph_matches_diffusers(tiny_sdxl_pipeline, 
     control_image = _control_image("canny", image, mask)
     params = EditParameters(prompt="a red chair", negative_prompt="ugly", scheduler="euler", num_inference_steps=5,
                             guidance_scale=5.0, strength=0.9999, seed=9)
-    info = PipelineInfo.from_pipeline(pipe)
-    prepare, prepared = _preparer(pipe, image, mask, control_image, settings, params)
-    state = prepare()
-    assert run_to_end(state, torch_unet_of(sdxl_fused_graph))
-    with torch.inference_mode():
-        decoded = pipe.vae.decode(decoder_input(state, info)).sample.numpy()
-    ours = compose(to_pixels(decoded), prepared.original_image, prepared.repaint_mask, prepared.region.box)
+    ours, inside = _controlled_loop(pipe, tiny_sdxl_controlnet, image, mask, control_image, settings, params,
+                                    unet=sdxl_fused_graph)
     reference = _reference(pipe, tiny_sdxl_controlnet, image, mask, control_image, settings, params)
-    inside = prepared.repaint_mask
     assert psnr(ours[inside], reference[inside]) >= 40
     assert np.array_equal(ours[~inside], np.asarray(image)[~inside])
 
